@@ -1,1 +1,96 @@
-fn main() {}
+//! The `kedge` command line: one binary for every role.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use kedge::server::{self, ServerOptions};
+
+/// A whole Kubernetes cluster in one binary.
+#[derive(Parser)]
+#[command(name = "kedge", version, about, propagate_version = true)]
+struct Cli {
+    /// Log format
+    #[arg(long, global = true, env = "KEDGE_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a server: the Kubernetes API on a replicated store
+    Server(ServerOptions),
+    /// Run kubectl (found on PATH) against this host's cluster
+    #[command(disable_help_flag = true)]
+    Kubectl {
+        /// Arguments passed to kubectl unchanged
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    // openraft is chatty at info level about routine elections and snapshots.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Replaces this process with kubectl, pointed at the kedge kubeconfig unless the caller
+/// chose one.
+fn kubectl(args: Vec<OsString>) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new("kubectl");
+    command.args(&args);
+    let chose_kubeconfig = std::env::var_os("KUBECONFIG").is_some()
+        || args
+            .iter()
+            .any(|a| a.to_str().is_some_and(|a| a == "--kubeconfig" || a.starts_with("--kubeconfig=")));
+    if !chose_kubeconfig {
+        let path = std::env::var_os("KEDGE_KUBECONFIG_OUTPUT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/etc/kedge/kedge.yaml"));
+        command.env("KUBECONFIG", path);
+    }
+    let error = command.exec();
+    eprintln!("kedge: cannot run kubectl: {error} (is kubectl installed and on PATH?)");
+    ExitCode::from(127)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Kubectl { args } => kubectl(args),
+        Command::Server(options) => {
+            init_logging(cli.log_format);
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    eprintln!("kedge: error: starting the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(server::run(options)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("kedge: error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,1 +1,18 @@
-//! api
+//! The Kubernetes API over HTTPS.
+//!
+//! Owns: the listener and TLS ([`server`]), authentication of every request and routing
+//! ([`router`]), `Status` errors ([`status`]), `/version`, and the health endpoints. Requests
+//! under a mounted [`PeerService`] prefix (the Raft transport) are handed over, for servers
+//! only. Kubernetes resources arrive with the API issue; they will read and write only
+//! through `crate::store::Store`.
+//!
+//! Must not touch: Raft or the engine directly, or certificates beyond the TLS config it is
+//! given.
+
+pub mod http;
+pub mod router;
+pub mod server;
+pub mod status;
+pub mod version;
+
+pub use router::{PeerService, Router};

@@ -1,1 +1,182 @@
-//! server
+//! `kedge server`: assembles one server process.
+//!
+//! Owns: the order things start and stop in — certificates and token ([`crate::pki`]), the
+//! listener, the Raft node and store ([`crate::raft`], [`crate::store`]), the API
+//! ([`crate::api`]), the admin kubeconfig — and signal handling.
+//!
+//! Must not touch: how any of those work inside.
+
+mod options;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http::{Method, Response};
+
+pub use options::ServerOptions;
+
+use crate::api::{self, PeerService, Router};
+use crate::auth::Authenticator;
+use crate::client::HttpsClient;
+use crate::pki;
+use crate::raft::{self, RaftConfig, RaftNode};
+use crate::store::Store;
+
+/// The Raft transport mounted on the API port, for servers only.
+struct RaftPeers(Arc<RaftNode>);
+
+impl PeerService for RaftPeers {
+    fn prefix(&self) -> &'static str {
+        raft::wire::PREFIX
+    }
+
+    fn group(&self) -> &'static str {
+        pki::SERVER_GROUP
+    }
+
+    fn handle(&self, method: Method, path: String, body: Bytes) -> BoxFuture<'_, Response<Bytes>> {
+        Box::pin(async move { raft::service::handle(&self.0, &method, &path, body).await })
+    }
+}
+
+/// The URL clients on this host use to reach the API.
+fn local_url(options: &ServerOptions, port: u16) -> String {
+    let ip = if options.bind_address.is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        options.bind_address
+    };
+    url_for(ip, port)
+}
+
+fn url_for(ip: std::net::IpAddr, port: u16) -> String {
+    match ip {
+        std::net::IpAddr::V6(v6) => format!("https://[{v6}]:{port}"),
+        v4 => format!("https://{v4}:{port}"),
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+async fn termination() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, shutting down"),
+    }
+}
+
+/// Runs a server until SIGTERM or SIGINT.
+pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
+    if let Some(url) = &options.server {
+        bail!(
+            "joining an existing server ({url}) is not supported by this build yet; \
+             to form a cluster of several servers now, start each with --raft-id and the same --raft-peers"
+        );
+    }
+    let kubeconfig_mode = pki::parse_file_mode(&options.write_kubeconfig_mode)
+        .with_context(|| format!("--write-kubeconfig-mode {:?}", options.write_kubeconfig_mode))?;
+    let service_ip = options.service_ip().map_err(anyhow::Error::msg)?;
+    let server_dir = options.data_dir.join("server");
+    create_private_dir(&options.data_dir)?;
+    create_private_dir(&server_dir)?;
+
+    let mut host_addresses = pki::host_addresses();
+    host_addresses.push(options.advertise_ip());
+    if !options.bind_address.is_unspecified() {
+        host_addresses.push(options.bind_address);
+    }
+    let pki_options = pki::PkiOptions {
+        hostname: hostname(),
+        extra_sans: options.tls_san.clone(),
+        service_ip,
+        cluster_domain: options.cluster_domain.clone(),
+        host_addresses,
+    };
+    let tls_dir = server_dir.join("tls");
+    let certs = pki::ensure_server_pki(&tls_dir, &pki_options)
+        .with_context(|| format!("setting up certificates in {}", tls_dir.display()))?;
+    pki::ensure_token(&server_dir, certs.ca.cert_pem(), options.token.as_deref())
+        .with_context(|| format!("setting up the join token in {}", server_dir.display()))?;
+
+    let addr = SocketAddr::new(options.bind_address, options.https_listen_port);
+    let listener = api::server::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))?;
+    let port = listener.local_addr().context("reading the bound port")?.port();
+
+    let client = HttpsClient::new(pki::client_config(certs.ca.cert_pem(), Some(&certs.peer)).context("client TLS")?);
+    let own_url = url_for(options.advertise_ip(), port);
+    let mut raft_config = RaftConfig::single(options.raft_id, &own_url, &server_dir.join("db"));
+    raft_config.initial_members = options.initial_members(&own_url).map_err(anyhow::Error::msg)?;
+    raft_config.history_window = Duration::from_secs(options.store_history_seconds);
+    raft_config.history_revisions = options.store_history_revisions;
+    let node = RaftNode::start(raft_config, client).await.context("starting the store")?;
+    let store = Store::new(node.engine().clone(), node.clone());
+
+    let router = Arc::new(Router::new(
+        store.clone(),
+        Authenticator::default(),
+        Some(Arc::new(RaftPeers(node.clone()))),
+    ));
+    let tls = Arc::new(pki::server_config(&certs.ca, &certs.serving).context("server TLS")?);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(api::server::serve(listener, tls, router, async {
+        let _ = stop_rx.await;
+    }));
+    tracing::info!(%addr, port, "kedge API listening");
+
+    let kubeconfig_url = local_url(&options, port);
+    pki::write_kubeconfig(&options.write_kubeconfig, kubeconfig_mode, &kubeconfig_url, certs.ca.cert_pem(), &certs.admin)
+        .with_context(|| format!("writing the kubeconfig {}", options.write_kubeconfig.display()))?;
+    tracing::info!(path = %options.write_kubeconfig.display(), "wrote the admin kubeconfig");
+
+    let readiness = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            while !store.ready().await {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            tracing::info!(revision = store.revision(), "kedge is ready");
+        })
+    };
+
+    termination().await;
+    readiness.abort();
+    let _ = stop_tx.send(());
+    let _ = serving.await;
+    node.shutdown().await;
+    Ok(())
+}
+
+/// Creates `dir` (mode 0700) if missing; an existing one keeps its mode.
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
+}

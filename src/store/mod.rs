@@ -35,6 +35,9 @@ pub trait Replicator: Send + Sync + 'static {
     fn read_barrier(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 }
 
+/// How long a readiness check waits for the read barrier.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How fresh a read must be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Consistency {
@@ -183,6 +186,13 @@ impl Store {
         }
         let prefix = prefix.to_string();
         self.blocking(move |engine| engine.list(&prefix, &options)).await
+    }
+
+    /// Whether linearizable requests can be served now: a leader is known and this replica
+    /// has applied everything it committed.
+    pub async fn ready(&self) -> bool {
+        let barrier = self.replicator.read_barrier();
+        matches!(tokio::time::timeout(READY_TIMEOUT, barrier).await, Ok(Ok(())))
     }
 
     /// Events under `prefix` after revision `after`: history first, then live.

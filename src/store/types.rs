@@ -76,7 +76,7 @@ pub enum CommandOutcome {
 }
 
 /// Errors of the store's client-facing operations.
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StoreError {
     #[error("key {key:?} already exists")]
     AlreadyExists { key: String, current: Box<KeyValue> },

@@ -129,6 +129,15 @@ impl Engine {
         Ok(header)
     }
 
+    /// Reads only the header of an exported image.
+    pub fn read_snapshot_header(input: impl Read) -> Result<SnapshotHeader, EngineError> {
+        let mut input = CrcReader { inner: input, crc: 0 };
+        let frame = input
+            .frame()?
+            .ok_or_else(|| EngineError::Snapshot("empty snapshot".to_string()))?;
+        decode(&frame)
+    }
+
     /// Replaces the whole state with the snapshot read from `input`, durably. Nothing changes
     /// unless the snapshot is complete and its checksum matches. Watchers are told their
     /// history is gone.
@@ -146,9 +155,8 @@ impl Engine {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         txn.set_quick_repair(true);
-        for table in [LIVE, META] {
-            txn.delete_table(table)?;
-        }
+        txn.delete_table(LIVE)?;
+        txn.delete_table(META)?;
         txn.delete_table(VERSIONS)?;
         txn.delete_table(CHANGES)?;
         {

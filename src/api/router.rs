@@ -1,0 +1,127 @@
+//! Request routing: authentication first (nothing is served anonymously), then the
+//! endpoints this server knows.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+use super::http::{full, json, text, Body};
+use super::{status, version};
+use crate::auth::{Authenticator, UserInfo};
+use crate::store::Store;
+
+/// Largest body accepted on server-to-server paths (Raft batches and snapshot chunks).
+const MAX_PEER_BODY: usize = 256 << 20;
+
+/// A service for other servers only, mounted under a path prefix (the Raft transport).
+pub trait PeerService: Send + Sync {
+    /// Requests whose path starts with this go to the service.
+    fn prefix(&self) -> &'static str;
+    /// Only callers in this group may use it.
+    fn group(&self) -> &'static str;
+    fn handle(&self, method: Method, path: String, body: Bytes) -> BoxFuture<'_, Response<Bytes>>;
+}
+
+/// Dispatches authenticated requests.
+pub struct Router {
+    store: Store,
+    authenticator: Authenticator,
+    peer_service: Option<Arc<dyn PeerService>>,
+}
+
+impl Router {
+    pub fn new(store: Store, authenticator: Authenticator, peer_service: Option<Arc<dyn PeerService>>) -> Router {
+        Router {
+            store,
+            authenticator,
+            peer_service,
+        }
+    }
+
+    /// Handles one request whose TLS peer presented `client_cert` (already verified).
+    pub async fn handle(&self, request: Request<Incoming>, client_cert: Option<&[u8]>) -> Response<Body> {
+        let authorization = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let Some(user) = self.authenticator.authenticate(client_cert, authorization).await else {
+            return status::unauthorized();
+        };
+        let path = request.uri().path().to_string();
+        if let Some(service) = &self.peer_service {
+            if path.starts_with(service.prefix()) {
+                return self.peer(service.as_ref(), &user, request, path).await;
+            }
+        }
+        let verbose = request.uri().query().is_some_and(|q| q.split('&').any(|kv| kv == "verbose" || kv.starts_with("verbose=")));
+        let method = request.method().clone();
+        let readonly = method == Method::GET || method == Method::HEAD;
+        let known = matches!(path.as_str(), "/version" | "/healthz" | "/livez" | "/readyz")
+            || ["/healthz/", "/livez/", "/readyz/"].iter().any(|p| path.starts_with(p));
+        if known && !readonly {
+            return status::failure(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                format!("the server does not allow this method on the requested resource ({method} {path})"),
+            );
+        }
+        match path.as_str() {
+            "/version" => json(StatusCode::OK, &version::info()),
+            "/healthz" | "/livez" => checks(&[("ping", true)], &path, verbose),
+            "/healthz/ping" | "/livez/ping" | "/readyz/ping" => text(StatusCode::OK, "ok"),
+            "/readyz" => {
+                let store_ready = self.store.ready().await;
+                checks(&[("ping", true), ("store", store_ready)], &path, verbose)
+            }
+            "/readyz/store" => {
+                let store_ready = self.store.ready().await;
+                checks(&[("store", store_ready)], &path, verbose)
+            }
+            _ => status::not_found(&path),
+        }
+    }
+
+    async fn peer(&self, service: &dyn PeerService, user: &UserInfo, request: Request<Incoming>, path: String) -> Response<Body> {
+        if !user.in_group(service.group()) {
+            return status::forbidden(&user.name, &path);
+        }
+        let method = request.method().clone();
+        let body = match Limited::new(request.into_body(), MAX_PEER_BODY).collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(e) => {
+                return status::failure(StatusCode::BAD_REQUEST, "BadRequest", format!("reading the request body: {e}"));
+            }
+        };
+        let (parts, body) = service.handle(method, path, body).await.into_parts();
+        Response::from_parts(parts, full(body))
+    }
+}
+
+/// A health endpoint's answer in kube-apiserver's format: `ok`, or with `?verbose` one
+/// `[+]name ok` / `[-]name failed` line per check; 500 when any check fails.
+fn checks(results: &[(&str, bool)], path: &str, verbose: bool) -> Response<Body> {
+    let healthy = results.iter().all(|(_, ok)| *ok);
+    let name = path.trim_start_matches('/');
+    if !verbose && healthy {
+        return text(StatusCode::OK, "ok");
+    }
+    let mut body = String::new();
+    for (check, ok) in results {
+        if *ok {
+            body.push_str(&format!("[+]{check} ok\n"));
+        } else {
+            body.push_str(&format!("[-]{check} failed: reason withheld\n"));
+        }
+    }
+    if healthy {
+        body.push_str(&format!("{name} check passed\n"));
+        text(StatusCode::OK, body)
+    } else {
+        body.push_str(&format!("{name} check failed\n"));
+        text(StatusCode::INTERNAL_SERVER_ERROR, body)
+    }
+}

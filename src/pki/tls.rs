@@ -1,0 +1,149 @@
+//! rustls configurations from the cluster's certificates. The ring provider is passed
+//! explicitly, so nothing depends on a process-wide default.
+
+use std::sync::Arc;
+
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::ca::{pem_to_der, Ca, CertKeyPair};
+use super::PkiError;
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn tls_error(what: &str) -> impl Fn(rustls::Error) -> PkiError + '_ {
+    move |e| PkiError::Tls(format!("{what}: {e}"))
+}
+
+fn roots(ca_pem: &str) -> Result<RootCertStore, PkiError> {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(pem_to_der(ca_pem)?))
+        .map_err(tls_error("adding the cluster CA"))?;
+    Ok(roots)
+}
+
+fn chain_and_key(pair: &CertKeyPair) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), PkiError> {
+    let chain = CertificateDer::pem_slice_iter(pair.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| PkiError::Parse(format!("certificate PEM: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(pair.key_pem.as_bytes()).map_err(|e| PkiError::Parse(format!("key PEM: {e}")))?;
+    Ok((chain, key))
+}
+
+const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// Presents `serving`; asks clients for a certificate signed by `ca` but lets them in
+/// without one (bearer tokens are checked after the handshake; no credentials at all gets
+/// a 401 from the API, not a TLS failure).
+pub fn server_config(ca: &Ca, serving: &CertKeyPair) -> Result<ServerConfig, PkiError> {
+    let provider = provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca.cert_pem())?), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| PkiError::Tls(format!("client certificate verifier: {e}")))?;
+    let (chain, key) = chain_and_key(serving)?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(tls_error("protocol versions"))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(tls_error("serving certificate"))?;
+    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// Trusts only the cluster CA; presents `client` when given.
+pub fn client_config(ca_pem: &str, client: Option<&CertKeyPair>) -> Result<ClientConfig, PkiError> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(tls_error("protocol versions"))?
+        .with_root_certificates(roots(ca_pem)?);
+    let mut config = match client {
+        Some(pair) => {
+            let (chain, key) = chain_and_key(pair)?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(tls_error("client certificate"))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+    use super::*;
+
+    async fn handshake(server: ServerConfig, client: ClientConfig) -> Result<Option<Vec<u8>>, String> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = TlsAcceptor::from(Arc::new(server));
+        let accept = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tls = acceptor.accept(tcp).await.map_err(|e| e.to_string())?;
+            let peer = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec());
+            let mut byte = [0u8; 1];
+            tls.read_exact(&mut byte).await.map_err(|e| e.to_string())?;
+            tls.write_all(&byte).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(peer)
+        });
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let connector = TlsConnector::from(Arc::new(client));
+        let exchange = async {
+            let mut tls = connector.connect(name, tcp).await.map_err(|e| e.to_string())?;
+            tls.write_all(b"x").await.map_err(|e| e.to_string())?;
+            let mut byte = [0u8; 1];
+            tls.read_exact(&mut byte).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(())
+        };
+        let client_result = exchange.await;
+        let server_result = accept.await.unwrap();
+        client_result?;
+        server_result
+    }
+
+    #[tokio::test]
+    async fn client_certificates_from_the_cluster_ca_are_accepted_and_others_refused() {
+        let ca = Ca::generate().unwrap();
+        let serving = ca
+            .issue_serving("kube-apiserver", &["localhost".into()], Duration::from_secs(3600))
+            .unwrap();
+        let admin = ca
+            .issue_client("system:admin", &["system:masters"], Duration::from_secs(3600))
+            .unwrap();
+        let server = || server_config(&ca, &serving).unwrap();
+
+        let peer = handshake(server(), client_config(ca.cert_pem(), Some(&admin)).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(peer, Some(admin.der().unwrap()));
+
+        let anonymous = handshake(server(), client_config(ca.cert_pem(), None).unwrap()).await.unwrap();
+        assert_eq!(anonymous, None, "no certificate is allowed at the TLS layer");
+
+        let other_ca = Ca::generate().unwrap();
+        let stranger = other_ca
+            .issue_client("mallory", &["system:masters"], Duration::from_secs(3600))
+            .unwrap();
+        assert!(handshake(server(), client_config(ca.cert_pem(), Some(&stranger)).unwrap())
+            .await
+            .is_err());
+
+        // A client that trusts another CA refuses this server.
+        assert!(handshake(server(), client_config(other_ca.cert_pem(), None).unwrap())
+            .await
+            .is_err());
+    }
+}

@@ -1,0 +1,263 @@
+//! openraft's state machine: applies committed entries to the store's engine in batches, and
+//! builds, persists and installs snapshots of it.
+//!
+//! Applying does not fsync; the engine is made durable by checkpoints (periodic, every
+//! [`CHECKPOINT_EVERY_ENTRIES`], before a snapshot, at shutdown). What a crash rolls back is
+//! replayed from the Raft log, which keeps every entry above the durable checkpoint.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, RaftLogId};
+use serde::{Deserialize, Serialize};
+
+use super::log::DurableApplied;
+use super::types::{storage_error, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::store::{CommandOutcome, Engine, EngineError};
+
+/// Checkpoint after this many applied entries even if the timer has not fired.
+pub const CHECKPOINT_EVERY_ENTRIES: u64 = 20_000;
+
+const SNAPSHOT_FILE: &str = "current.snap";
+
+/// What the engine stores with each applied batch: where in the log it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct AppliedMarker {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+}
+
+impl AppliedMarker {
+    fn decode(raw: &[u8]) -> Result<Self, StorageError> {
+        if raw.is_empty() {
+            return Ok(AppliedMarker::default());
+        }
+        postcard::from_bytes(raw).map_err(|e| storage_error(ErrorSubject::StateMachine, ErrorVerb::Read, &e))
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("applied marker serializes")
+    }
+}
+
+fn sm_error(verb: ErrorVerb, e: &(dyn std::error::Error + 'static)) -> StorageError {
+    storage_error(ErrorSubject::StateMachine, verb, e)
+}
+
+fn snapshot_error(verb: ErrorVerb, e: &(dyn std::error::Error + 'static)) -> StorageError {
+    storage_error(ErrorSubject::Snapshot(None), verb, e)
+}
+
+async fn blocking<T: Send + 'static>(
+    verb: ErrorVerb,
+    work: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| sm_error(verb, &e))?
+}
+
+/// Makes everything applied durable and tells the log how far it may purge.
+pub fn checkpoint(engine: &Engine, durable_applied: &DurableApplied) -> Result<(), EngineError> {
+    engine.checkpoint()?;
+    if let Ok(marker) = AppliedMarker::decode(&engine.durable_marker()) {
+        durable_applied.set(marker.last_applied.map(|id| id.index));
+    }
+    Ok(())
+}
+
+/// The applied index recorded in the engine's last durable checkpoint.
+pub fn durable_applied_index(engine: &Engine) -> Result<Option<u64>, StorageError> {
+    Ok(AppliedMarker::decode(&engine.durable_marker())?.last_applied.map(|id| id.index))
+}
+
+/// The state machine of one server.
+pub struct StateMachine {
+    engine: Arc<Engine>,
+    snapshot_dir: PathBuf,
+    durable_applied: DurableApplied,
+    /// The marker of the last applied batch (mirrors what the engine stores).
+    marker: AppliedMarker,
+}
+
+impl StateMachine {
+    pub fn new(engine: Arc<Engine>, snapshot_dir: &Path, durable_applied: DurableApplied) -> Result<Self, StorageError> {
+        std::fs::create_dir_all(snapshot_dir).map_err(|e| snapshot_error(ErrorVerb::Write, &e))?;
+        durable_applied.set(durable_applied_index(&engine)?);
+        let marker = AppliedMarker::decode(&engine.applied_marker().map_err(|e| sm_error(ErrorVerb::Read, &e))?)?;
+        Ok(StateMachine {
+            engine,
+            snapshot_dir: snapshot_dir.to_path_buf(),
+            durable_applied,
+            marker,
+        })
+    }
+
+    fn builder(&self) -> SnapshotBuilder {
+        SnapshotBuilder {
+            engine: self.engine.clone(),
+            snapshot_dir: self.snapshot_dir.clone(),
+            durable_applied: self.durable_applied.clone(),
+        }
+    }
+}
+
+/// Writes `bytes` to `dir/name` atomically and durably.
+fn persist(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, dir.join(name))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// The openraft description of an exported engine image.
+fn snapshot_meta(image: &[u8]) -> Result<SnapshotMeta, StorageError> {
+    let header = Engine::read_snapshot_header(image).map_err(|e| snapshot_error(ErrorVerb::Read, &e))?;
+    let marker = AppliedMarker::decode(&header.marker)?;
+    let snapshot_id = match marker.last_applied {
+        Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, header.revision),
+        None => format!("empty-{}", header.revision),
+    };
+    Ok(SnapshotMeta {
+        last_log_id: marker.last_applied,
+        last_membership: marker.membership,
+        snapshot_id,
+    })
+}
+
+pub struct SnapshotBuilder {
+    engine: Arc<Engine>,
+    snapshot_dir: PathBuf,
+    durable_applied: DurableApplied,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let engine = self.engine.clone();
+        let dir = self.snapshot_dir.clone();
+        let durable_applied = self.durable_applied.clone();
+        let image = blocking(ErrorVerb::Write, move || {
+            let mut image = Vec::new();
+            engine
+                .export(&mut image)
+                .map_err(|e| snapshot_error(ErrorVerb::Write, &e))?;
+            // Durable at least up to the snapshot, so the log may be purged up to it.
+            checkpoint(&engine, &durable_applied).map_err(|e| sm_error(ErrorVerb::Write, &e))?;
+            persist(&dir, SNAPSHOT_FILE, &image).map_err(|e| snapshot_error(ErrorVerb::Write, &e))?;
+            Ok(image)
+        })
+        .await?;
+        let meta = snapshot_meta(&image)?;
+        tracing::info!(snapshot = %meta.snapshot_id, bytes = image.len(), "built a store snapshot");
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(image)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok((self.marker.last_applied, self.marker.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Option<CommandOutcome>>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut marker = self.marker.clone();
+        let mut commands = Vec::new();
+        for entry in entries {
+            let log_id = *entry.get_log_id();
+            marker.last_applied = Some(log_id);
+            commands.push(match entry.payload {
+                EntryPayload::Normal(command) => Some(command),
+                EntryPayload::Membership(membership) => {
+                    marker.membership = StoredMembership::new(Some(log_id), membership);
+                    None
+                }
+                EntryPayload::Blank => None,
+            });
+        }
+        if commands.is_empty() {
+            return Ok(Vec::new());
+        }
+        let engine = self.engine.clone();
+        let durable_applied = self.durable_applied.clone();
+        let encoded = marker.encode();
+        let outcomes = blocking(ErrorVerb::Write, move || {
+            let outcomes = engine
+                .apply_batch(&commands, &encoded)
+                .map_err(|e| sm_error(ErrorVerb::Write, &e))?;
+            if engine.applied_since_checkpoint() >= CHECKPOINT_EVERY_ENTRIES {
+                checkpoint(&engine, &durable_applied).map_err(|e| sm_error(ErrorVerb::Write, &e))?;
+            }
+            Ok(outcomes)
+        })
+        .await?;
+        self.marker = marker;
+        Ok(outcomes)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.builder()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+        let image = snapshot.into_inner();
+        let described = snapshot_meta(&image)?;
+        if described.last_log_id != meta.last_log_id {
+            return Err(snapshot_error(
+                ErrorVerb::Read,
+                &EngineError::Snapshot(format!(
+                    "snapshot data is at {:?} but was announced at {:?}",
+                    described.last_log_id, meta.last_log_id
+                )),
+            ));
+        }
+        let engine = self.engine.clone();
+        let dir = self.snapshot_dir.clone();
+        let durable_applied = self.durable_applied.clone();
+        let last = meta.last_log_id.map(|id| id.index);
+        blocking(ErrorVerb::Write, move || {
+            engine
+                .import(image.as_slice())
+                .map_err(|e| snapshot_error(ErrorVerb::Write, &e))?;
+            durable_applied.set(last);
+            persist(&dir, SNAPSHOT_FILE, &image).map_err(|e| snapshot_error(ErrorVerb::Write, &e))
+        })
+        .await?;
+        self.marker = AppliedMarker {
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+        };
+        tracing::info!(snapshot = %meta.snapshot_id, "installed a store snapshot from the leader");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let path = self.snapshot_dir.join(SNAPSHOT_FILE);
+        let image = match tokio::fs::read(&path).await {
+            Ok(image) => image,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(snapshot_error(ErrorVerb::Read, &e)),
+        };
+        let meta = snapshot_meta(&image)?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(image)),
+        }))
+    }
+}

@@ -1,0 +1,198 @@
+//! `kedge server` flags. Every flag also reads a `KEDGE_*` environment variable, as k3s
+//! reads `K3S_*`.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::raft::types::NodeId;
+
+#[derive(Args, Clone, Debug)]
+pub struct ServerOptions {
+    /// Folder that holds all state (store, certificates, token)
+    #[arg(long, short = 'd', env = "KEDGE_DATA_DIR", default_value = "/var/lib/kedge")]
+    pub data_dir: PathBuf,
+
+    /// HTTPS port of the Kubernetes API (and of server-to-server traffic)
+    #[arg(long, env = "KEDGE_HTTPS_LISTEN_PORT", default_value_t = 6443)]
+    pub https_listen_port: u16,
+
+    /// Address to listen on
+    #[arg(long, env = "KEDGE_BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub bind_address: IpAddr,
+
+    /// Address other servers reach this one at [default: the bind address, or 127.0.0.1 when
+    /// binding to all addresses]
+    #[arg(long, env = "KEDGE_ADVERTISE_ADDRESS")]
+    pub advertise_address: Option<IpAddr>,
+
+    /// Extra host names or IPs for the serving certificate (repeatable)
+    #[arg(long = "tls-san", env = "KEDGE_TLS_SAN", value_delimiter = ',')]
+    pub tls_san: Vec<String>,
+
+    /// Write the admin kubeconfig to this file
+    #[arg(long, short = 'o', env = "KEDGE_KUBECONFIG_OUTPUT", default_value = "/etc/kedge/kedge.yaml")]
+    pub write_kubeconfig: PathBuf,
+
+    /// File mode of the written kubeconfig, in octal
+    #[arg(long, env = "KEDGE_KUBECONFIG_MODE", default_value = "0600")]
+    pub write_kubeconfig_mode: String,
+
+    /// Shared secret (or full K10 token) that nodes and servers join with; generated on
+    /// first start when not given
+    #[arg(long, short = 't', env = "KEDGE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// URL of an existing server to join instead of forming a new cluster
+    #[arg(long, short = 's', env = "KEDGE_URL")]
+    pub server: Option<String>,
+
+    /// Run only the control plane, no node agent on this host (this build has no node agent yet,
+    /// so none runs either way)
+    #[arg(long, env = "KEDGE_DISABLE_AGENT")]
+    pub disable_agent: bool,
+
+    /// IPv4 range Service ClusterIPs come from; its first address is the `kubernetes` Service
+    #[arg(long, env = "KEDGE_SERVICE_CIDR", default_value = "10.43.0.0/16")]
+    pub service_cidr: String,
+
+    /// Cluster DNS domain
+    #[arg(long, env = "KEDGE_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+
+    /// This server's Raft node id (unique in the cluster; fixed for the life of its data dir)
+    #[arg(long, env = "KEDGE_RAFT_ID", default_value_t = 1)]
+    pub raft_id: NodeId,
+
+    /// Static initial membership for several servers, as ID=URL pairs
+    /// (e.g. 1=https://10.0.0.1:6443,2=https://10.0.0.2:6443); used only when the store is
+    /// empty. Without it the server forms a cluster of one.
+    #[arg(long, env = "KEDGE_RAFT_PEERS", value_delimiter = ',', value_parser = parse_peer)]
+    pub raft_peers: Vec<(NodeId, String)>,
+
+    /// Keep at least this many seconds of store history for watch resumption and paged lists
+    #[arg(long, env = "KEDGE_STORE_HISTORY_SECONDS", default_value_t = 300)]
+    pub store_history_seconds: u64,
+
+    /// ... but at most this many revisions of it
+    #[arg(long, env = "KEDGE_STORE_HISTORY_REVISIONS", default_value_t = 10_000)]
+    pub store_history_revisions: u64,
+}
+
+fn parse_peer(s: &str) -> Result<(NodeId, String), String> {
+    let (id, url) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not ID=URL"))?;
+    let id: NodeId = id.trim().parse().map_err(|_| format!("{id:?} is not a node id"))?;
+    let url = url.trim();
+    if !url.starts_with("https://") {
+        return Err(format!("peer URL {url:?} must start with https://"));
+    }
+    Ok((id, url.trim_end_matches('/').to_string()))
+}
+
+impl ServerOptions {
+    /// The address to put in URLs for this server.
+    pub fn advertise_ip(&self) -> IpAddr {
+        match self.advertise_address {
+            Some(ip) => ip,
+            None if self.bind_address.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
+            None => self.bind_address,
+        }
+    }
+
+    /// The first address of the service CIDR (the `kubernetes` Service's ClusterIP).
+    pub fn service_ip(&self) -> Result<IpAddr, String> {
+        let (base, bits) = self
+            .service_cidr
+            .split_once('/')
+            .ok_or_else(|| format!("--service-cidr {:?} is not a CIDR", self.service_cidr))?;
+        let base: std::net::Ipv4Addr = base
+            .parse()
+            .map_err(|_| format!("--service-cidr {:?}: {base:?} is not an IPv4 address", self.service_cidr))?;
+        let bits: u32 = bits
+            .parse()
+            .ok()
+            .filter(|b| (1..=30).contains(b))
+            .ok_or_else(|| format!("--service-cidr {:?}: prefix length must be 1 to 30", self.service_cidr))?;
+        let mask = u32::MAX << (32 - bits);
+        Ok(IpAddr::from(std::net::Ipv4Addr::from((u32::from(base) & mask) + 1)))
+    }
+
+    /// The initial Raft membership: the flag's, or this server alone.
+    pub fn initial_members(&self, own_url: &str) -> Result<BTreeMap<NodeId, String>, String> {
+        if self.raft_peers.is_empty() {
+            return Ok(BTreeMap::from([(self.raft_id, own_url.to_string())]));
+        }
+        let members: BTreeMap<NodeId, String> = self.raft_peers.iter().cloned().collect();
+        if members.len() != self.raft_peers.len() {
+            return Err("--raft-peers names a node id twice".to_string());
+        }
+        if !members.contains_key(&self.raft_id) {
+            return Err(format!("--raft-peers does not include this server's --raft-id {}", self.raft_id));
+        }
+        Ok(members)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        server: ServerOptions,
+    }
+
+    #[test]
+    fn defaults_follow_k3s() {
+        let cli = Cli::try_parse_from(["kedge"]).unwrap().server;
+        assert_eq!(cli.https_listen_port, 6443);
+        assert_eq!(cli.data_dir, PathBuf::from("/var/lib/kedge"));
+        assert_eq!(cli.write_kubeconfig, PathBuf::from("/etc/kedge/kedge.yaml"));
+        assert_eq!(cli.service_ip().unwrap().to_string(), "10.43.0.1");
+        assert_eq!(cli.advertise_ip().to_string(), "127.0.0.1");
+    }
+
+    #[test]
+    fn peers_are_parsed_and_checked() {
+        let cli = Cli::try_parse_from([
+            "kedge",
+            "--raft-id",
+            "2",
+            "--raft-peers",
+            "1=https://10.0.0.1:6443,2=https://10.0.0.2:6443/",
+        ])
+        .unwrap()
+        .server;
+        let members = cli.initial_members("https://ignored").unwrap();
+        assert_eq!(members[&2], "https://10.0.0.2:6443");
+        assert!(Cli::try_parse_from(["kedge", "--raft-peers", "x=https://a"]).is_err());
+        assert!(Cli::try_parse_from(["kedge", "--raft-peers", "1=http://a"]).is_err());
+        let cli = Cli::try_parse_from(["kedge", "--raft-id", "3", "--raft-peers", "1=https://a"])
+            .unwrap()
+            .server;
+        assert!(cli.initial_members("https://b").is_err());
+    }
+
+    #[test]
+    fn service_cidr_is_validated() {
+        let bad = |cidr: &str| {
+            Cli::try_parse_from(["kedge", "--service-cidr", cidr])
+                .unwrap()
+                .server
+                .service_ip()
+                .is_err()
+        };
+        assert!(bad("10.43.0.0"));
+        assert!(bad("10.43.0.0/33"));
+        assert!(bad("fd00::/64"));
+        let ok = Cli::try_parse_from(["kedge", "--service-cidr", "10.96.5.7/12"]).unwrap().server;
+        assert_eq!(ok.service_ip().unwrap().to_string(), "10.96.0.1");
+    }
+}
