@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
@@ -37,7 +37,13 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let builder = {
         let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder.http2().max_concurrent_streams(1000);
+        // Timers let hyper drop connections that never finish sending their headers.
+        builder.http1().timer(TokioTimer::new());
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(1000)
+            .keep_alive_interval(Duration::from_secs(30));
         Arc::new(builder)
     };
     tokio::pin!(shutdown);

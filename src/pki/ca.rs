@@ -152,8 +152,9 @@ impl Ca {
         }))
     }
 
-    /// Saves `ca.crt` (0644) and `ca.key` (0600).
+    /// Saves `ca.crt` (0644) and `ca.key` (0600), creating `tls_dir` (0700) if needed.
     pub fn save(&self, tls_dir: &Path) -> Result<(), PkiError> {
+        super::files::ensure_dir(tls_dir, 0o700)?;
         CertKeyPair {
             cert_pem: self.cert_pem.clone(),
             key_pem: self.key.serialize_pem(),

@@ -14,9 +14,9 @@ use openraft::{BasicNode, Config, SnapshotPolicy};
 use tokio::sync::watch;
 
 use super::log::wal::{Wal, WalOptions};
-use super::log::{DurableApplied, LogStore};
+use super::log::LogStore;
 use super::network::Network;
-use super::state_machine::{checkpoint, StateMachine};
+use super::state_machine::StateMachine;
 use super::types::{Node, NodeId, Raft};
 use super::wire::{self, Proposed, RemoteError};
 use crate::client::{ClientError, HttpsClient};
@@ -85,7 +85,6 @@ pub struct RaftNode {
     raft: Raft,
     engine: Arc<Engine>,
     log: LogStore,
-    durable_applied: DurableApplied,
     client: HttpsClient,
     stop: watch::Sender<bool>,
 }
@@ -136,9 +135,8 @@ impl RaftNode {
         if recovered.truncated_bytes > 0 {
             tracing::warn!(bytes = recovered.truncated_bytes, "the Raft log had a torn tail (an unacknowledged write cut short by a crash); it was cut off");
         }
-        let durable_applied = DurableApplied::default();
-        let log = LogStore::new(wal, &recovered.meta, durable_applied.clone()).map_err(|e| NodeError::Storage(e.to_string()))?;
-        let state_machine = StateMachine::new(engine.clone(), &dir.join("snapshots"), durable_applied.clone())
+        let log = LogStore::new(wal, &recovered.meta).map_err(|e| NodeError::Storage(e.to_string()))?;
+        let state_machine = StateMachine::new(engine.clone(), &dir.join("snapshots"))
             .map_err(|e| NodeError::Storage(e.to_string()))?;
 
         let raft_config = Config {
@@ -147,7 +145,8 @@ impl RaftNode {
             election_timeout_min: config.election_timeout.0.as_millis() as u64,
             election_timeout_max: config.election_timeout.1.as_millis() as u64,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
-            max_in_snapshot_log_to_keep: 1000,
+            // Followers a little behind catch up from the log rather than a whole snapshot.
+            max_in_snapshot_log_to_keep: (config.snapshot_every / 2).min(1000),
             install_snapshot_timeout: 10_000,
             ..Default::default()
         }
@@ -183,7 +182,6 @@ impl RaftNode {
             raft,
             engine,
             log,
-            durable_applied,
             client,
             stop,
         });
@@ -237,6 +235,8 @@ impl RaftNode {
             revision: self.engine.revision(),
             compact_revision: self.engine.compact_revision(),
             members: metrics.membership_config.membership().voter_ids().collect(),
+            snapshot_index: metrics.snapshot.map(|id| id.index),
+            purged_index: metrics.purged.map(|id| id.index),
         }
     }
 
@@ -376,8 +376,7 @@ impl RaftNode {
                 }
                 let Some(node) = node.upgrade() else { return };
                 let engine = node.engine.clone();
-                let durable = node.durable_applied.clone();
-                match tokio::task::spawn_blocking(move || checkpoint(&engine, &durable)).await {
+                match tokio::task::spawn_blocking(move || engine.checkpoint()).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => tracing::error!(error = %e, "store checkpoint failed"),
                     Err(e) => tracing::error!(error = %e, "store checkpoint task failed"),
@@ -437,10 +436,9 @@ impl RaftNode {
             tracing::warn!(error = %e, "Raft did not stop cleanly");
         }
         let engine = self.engine.clone();
-        let durable = self.durable_applied.clone();
         let log = self.log.clone();
         let result = tokio::task::spawn_blocking(move || {
-            checkpoint(&engine, &durable).map_err(|e| e.to_string())?;
+            engine.checkpoint().map_err(|e| e.to_string())?;
             log.close().map_err(|e| e.to_string())
         })
         .await;

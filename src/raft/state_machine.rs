@@ -2,8 +2,10 @@
 //! builds, persists and installs snapshots of it.
 //!
 //! Applying does not fsync; the engine is made durable by checkpoints (periodic, every
-//! [`CHECKPOINT_EVERY_ENTRIES`], before a snapshot, at shutdown). What a crash rolls back is
-//! replayed from the Raft log, which keeps every entry above the durable checkpoint.
+//! [`CHECKPOINT_EVERY_ENTRIES`], after exporting a snapshot, at shutdown) and by snapshot
+//! installs. What a crash rolls back is replayed from the Raft log. openraft purges the log
+//! only up to a snapshot, and every snapshot is durable in the engine before it is used, so
+//! the log always holds what a restart must replay.
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
@@ -13,7 +15,6 @@ use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, RaftLogId};
 use serde::{Deserialize, Serialize};
 
-use super::log::DurableApplied;
 use super::types::{storage_error, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::store::{CommandOutcome, Engine, EngineError};
 
@@ -59,38 +60,21 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| sm_error(verb, &e))?
 }
 
-/// Makes everything applied durable and tells the log how far it may purge.
-pub fn checkpoint(engine: &Engine, durable_applied: &DurableApplied) -> Result<(), EngineError> {
-    engine.checkpoint()?;
-    if let Ok(marker) = AppliedMarker::decode(&engine.durable_marker()) {
-        durable_applied.set(marker.last_applied.map(|id| id.index));
-    }
-    Ok(())
-}
-
-/// The applied index recorded in the engine's last durable checkpoint.
-pub fn durable_applied_index(engine: &Engine) -> Result<Option<u64>, StorageError> {
-    Ok(AppliedMarker::decode(&engine.durable_marker())?.last_applied.map(|id| id.index))
-}
-
 /// The state machine of one server.
 pub struct StateMachine {
     engine: Arc<Engine>,
     snapshot_dir: PathBuf,
-    durable_applied: DurableApplied,
     /// The marker of the last applied batch (mirrors what the engine stores).
     marker: AppliedMarker,
 }
 
 impl StateMachine {
-    pub fn new(engine: Arc<Engine>, snapshot_dir: &Path, durable_applied: DurableApplied) -> Result<Self, StorageError> {
+    pub fn new(engine: Arc<Engine>, snapshot_dir: &Path) -> Result<Self, StorageError> {
         std::fs::create_dir_all(snapshot_dir).map_err(|e| snapshot_error(ErrorVerb::Write, &e))?;
-        durable_applied.set(durable_applied_index(&engine)?);
         let marker = AppliedMarker::decode(&engine.applied_marker().map_err(|e| sm_error(ErrorVerb::Read, &e))?)?;
         Ok(StateMachine {
             engine,
             snapshot_dir: snapshot_dir.to_path_buf(),
-            durable_applied,
             marker,
         })
     }
@@ -99,7 +83,6 @@ impl StateMachine {
         SnapshotBuilder {
             engine: self.engine.clone(),
             snapshot_dir: self.snapshot_dir.clone(),
-            durable_applied: self.durable_applied.clone(),
         }
     }
 }
@@ -133,21 +116,20 @@ fn snapshot_meta(image: &[u8]) -> Result<SnapshotMeta, StorageError> {
 pub struct SnapshotBuilder {
     engine: Arc<Engine>,
     snapshot_dir: PathBuf,
-    durable_applied: DurableApplied,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let engine = self.engine.clone();
         let dir = self.snapshot_dir.clone();
-        let durable_applied = self.durable_applied.clone();
         let image = blocking(ErrorVerb::Write, move || {
             let mut image = Vec::new();
             engine
                 .export(&mut image)
                 .map_err(|e| snapshot_error(ErrorVerb::Write, &e))?;
-            // Durable at least up to the snapshot, so the log may be purged up to it.
-            checkpoint(&engine, &durable_applied).map_err(|e| sm_error(ErrorVerb::Write, &e))?;
+            // Durable at least up to the snapshot (exported first), so the log may be purged
+            // up to it.
+            engine.checkpoint().map_err(|e| sm_error(ErrorVerb::Write, &e))?;
             persist(&dir, SNAPSHOT_FILE, &image).map_err(|e| snapshot_error(ErrorVerb::Write, &e))?;
             Ok(image)
         })
@@ -191,14 +173,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(Vec::new());
         }
         let engine = self.engine.clone();
-        let durable_applied = self.durable_applied.clone();
         let encoded = marker.encode();
         let outcomes = blocking(ErrorVerb::Write, move || {
             let outcomes = engine
                 .apply_batch(&commands, &encoded)
                 .map_err(|e| sm_error(ErrorVerb::Write, &e))?;
             if engine.applied_since_checkpoint() >= CHECKPOINT_EVERY_ENTRIES {
-                checkpoint(&engine, &durable_applied).map_err(|e| sm_error(ErrorVerb::Write, &e))?;
+                engine.checkpoint().map_err(|e| sm_error(ErrorVerb::Write, &e))?;
             }
             Ok(outcomes)
         })
@@ -229,13 +210,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let engine = self.engine.clone();
         let dir = self.snapshot_dir.clone();
-        let durable_applied = self.durable_applied.clone();
-        let last = meta.last_log_id.map(|id| id.index);
         blocking(ErrorVerb::Write, move || {
+            // The import is durable when it returns: the log may be purged up to it.
             engine
                 .import(image.as_slice())
                 .map_err(|e| snapshot_error(ErrorVerb::Write, &e))?;
-            durable_applied.set(last);
             persist(&dir, SNAPSHOT_FILE, &image).map_err(|e| snapshot_error(ErrorVerb::Write, &e))
         })
         .await?;

@@ -63,6 +63,10 @@ pub struct Status {
     pub revision: u64,
     pub compact_revision: u64,
     pub members: Vec<NodeId>,
+    /// Last log index included in this server's newest snapshot.
+    pub snapshot_index: Option<u64>,
+    /// Log entries up to here are gone from this server's log.
+    pub purged_index: Option<u64>,
 }
 
 pub fn encode<T: Serialize>(value: &T) -> bytes::Bytes {

@@ -130,6 +130,7 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
     raft_config.initial_members = options.initial_members(&own_url).map_err(anyhow::Error::msg)?;
     raft_config.history_window = Duration::from_secs(options.store_history_seconds);
     raft_config.history_revisions = options.store_history_revisions;
+    raft_config.snapshot_every = options.raft_snapshot_every;
     let node = RaftNode::start(raft_config, client).await.context("starting the store")?;
     let store = Store::new(node.engine().clone(), node.clone());
 

@@ -72,6 +72,10 @@ pub struct ServerOptions {
     #[arg(long, env = "KEDGE_RAFT_PEERS", value_delimiter = ',', value_parser = parse_peer)]
     pub raft_peers: Vec<(NodeId, String)>,
 
+    /// Snapshot the store (and drop the Raft log before it) every this many log entries
+    #[arg(long, env = "KEDGE_RAFT_SNAPSHOT_EVERY", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub raft_snapshot_every: u64,
+
     /// Keep at least this many seconds of store history for watch resumption and paged lists
     #[arg(long, env = "KEDGE_STORE_HISTORY_SECONDS", default_value_t = 300)]
     pub store_history_seconds: u64,

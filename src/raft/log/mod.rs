@@ -5,4 +5,4 @@ mod record;
 mod storage;
 pub mod wal;
 
-pub use storage::{DurableApplied, LogStore};
+pub use storage::LogStore;

@@ -3,7 +3,6 @@
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -22,27 +21,10 @@ struct LogMeta {
     purged: Option<LogId>,
 }
 
-/// Index up to which the state machine is durable. The log never deletes entries above it,
-/// so a restart can always replay what the state machine lost.
-#[derive(Clone, Debug, Default)]
-pub struct DurableApplied(Arc<AtomicU64>);
-
-impl DurableApplied {
-    /// Records the durable applied index (`None`: nothing applied).
-    pub fn set(&self, index: Option<u64>) {
-        self.0.store(index.map_or(0, |i| i + 1), Ordering::Release);
-    }
-
-    fn get(&self) -> Option<u64> {
-        self.0.load(Ordering::Acquire).checked_sub(1)
-    }
-}
-
 struct Inner {
     wal: Wal,
     meta: Mutex<LogMeta>,
     last_log_id: Mutex<Option<LogId>>,
-    durable_applied: DurableApplied,
 }
 
 /// The Raft log of one server. Clones share the same log (openraft hands readers to its
@@ -61,8 +43,8 @@ fn decode(index: u64, payload: &[u8]) -> Result<Entry, StorageError> {
 }
 
 impl LogStore {
-    /// Opens the log in `wal`; `durable_applied` is kept up to date by the state machine.
-    pub fn new(wal: Wal, recovered_meta: &[u8], durable_applied: DurableApplied) -> Result<LogStore, StorageError> {
+    /// The log in `wal`, with the meta blob it recovered.
+    pub fn new(wal: Wal, recovered_meta: &[u8]) -> Result<LogStore, StorageError> {
         let meta: LogMeta = if recovered_meta.is_empty() {
             LogMeta::default()
         } else {
@@ -84,7 +66,6 @@ impl LogStore {
                 wal,
                 meta: Mutex::new(meta),
                 last_log_id: Mutex::new(last_log_id),
-                durable_applied,
             }),
         })
     }
@@ -233,18 +214,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 
+    /// openraft purges only up to a snapshot, and the state machine is durable up to every
+    /// snapshot it builds or installs (see `state_machine`), so what goes is never needed to
+    /// rebuild the state machine after a crash.
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // The purge point is recorded durably first, so a crash can never leave deleted
         // segments behind a purge point that says they still exist.
         self.save_meta(|meta| meta.purged = Some(log_id), true).await?;
-        // Entries the state machine has not made durable stay on disk (see DurableApplied).
-        let upto = match self.inner.durable_applied.get() {
-            Some(durable) => log_id.index.min(durable),
-            None => return Ok(()),
-        };
         self.inner
             .wal
-            .purge(upto)
+            .purge(log_id.index)
             .map_err(|e| log_error(ErrorVerb::Delete, &e))?;
         let mut last = self.inner.last_log_id.lock().expect("last log id");
         if last.is_none_or(|last| last.index <= log_id.index) {

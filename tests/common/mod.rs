@@ -1,0 +1,218 @@
+//! Shared harness of the integration tests: real `kedge server` processes on loopback, each
+//! in its own temp data dir, and clients with certificates from their CA.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kedge::client::HttpsClient;
+use kedge::pki::{self, Ca, CertKeyPair};
+use kedge::raft::remote::RemoteServer;
+
+pub const KEDGE: &str = env!("CARGO_BIN_EXE_kedge");
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// One `kedge server` process.
+pub struct Server {
+    pub data_dir: PathBuf,
+    pub port: u16,
+    pub kubeconfig: PathBuf,
+    pub log: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+    starts: usize,
+}
+
+impl Server {
+    /// A server in `data_dir` on `port`; not started.
+    pub fn new(data_dir: &Path, port: u16, extra_args: &[String]) -> Server {
+        let kubeconfig = data_dir.join("kubeconfig.yaml");
+        let mut args = vec![
+            "server".to_string(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--https-listen-port".into(),
+            port.to_string(),
+            "--bind-address".into(),
+            "127.0.0.1".into(),
+            "--write-kubeconfig".into(),
+            kubeconfig.display().to_string(),
+        ];
+        args.extend(extra_args.iter().cloned());
+        Server {
+            data_dir: data_dir.to_path_buf(),
+            port,
+            kubeconfig,
+            log: data_dir.join("kedge.log"),
+            args,
+            child: None,
+            starts: 0,
+        }
+    }
+
+    /// Starts the process (appending its output to `log`).
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        std::fs::create_dir_all(&self.data_dir).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        self.starts += 1;
+        let child = Command::new(KEDGE)
+            .args(&self.args)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("kedge starts");
+        self.child = Some(child);
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: sending a signal to our own child process.
+            unsafe { libc::kill(pid as libc::pid_t, signal) };
+        }
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(&mut self) {
+        self.signal(libc::SIGKILL);
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("kedge did not exit within 30 s of SIGTERM; log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn tls_dir(&self) -> PathBuf {
+        self.data_dir.join("server/tls")
+    }
+
+    /// A client with this server's admin certificate.
+    pub fn admin_client(&self) -> HttpsClient {
+        let tls = self.tls_dir();
+        let ca = std::fs::read_to_string(tls.join("ca.crt")).unwrap();
+        let admin = CertKeyPair::load(&tls, "admin").unwrap().unwrap();
+        HttpsClient::new(pki::client_config(&ca, Some(&admin)).unwrap())
+    }
+
+    /// Waits until `/readyz` answers 200 (panics with the log after `timeout`).
+    pub async fn wait_ready(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait().unwrap() {
+                    panic!("kedge exited with {status} while starting; log:\n{}", self.log_text());
+                }
+            }
+            if self.tls_dir().join("admin.key").exists() {
+                let client = self.admin_client();
+                let ready = client
+                    .get(&format!("{}/readyz", self.url()), Duration::from_secs(3))
+                    .await
+                    .is_ok_and(|r| r.status == 200);
+                if ready {
+                    return;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!("kedge not ready within {timeout:?}; log:\n{}", self.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A client that servers accept as one of their own (group kedge:servers), from `ca`.
+pub fn server_identity_client(ca: &Ca) -> HttpsClient {
+    let identity = ca
+        .issue_client("kedge-test", &[pki::SERVER_GROUP], Duration::from_secs(3600))
+        .unwrap();
+    HttpsClient::new(pki::client_config(ca.cert_pem(), Some(&identity)).unwrap())
+}
+
+/// A client for a server's store endpoints, with an identity from the server's own CA.
+pub fn store_client(server: &Server) -> RemoteServer {
+    let ca = Ca::load(&server.tls_dir()).unwrap().expect("the server created its CA");
+    RemoteServer::new(server_identity_client(&ca), &server.url())
+}
+
+/// Polls `check` until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Prints the tail of each server log if the test fails, so a CI failure explains itself.
+pub struct LogDump(pub Vec<PathBuf>);
+
+impl Drop for LogDump {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for log in &self.0 {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!("==== last lines of {}", log.display());
+            for line in &lines[lines.len().saturating_sub(60)..] {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
