@@ -13,7 +13,13 @@ use kedge::server::{self, ServerOptions};
 #[command(name = "kedge", version, about, propagate_version = true)]
 struct Cli {
     /// Log format
-    #[arg(long, global = true, env = "KEDGE_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "KEDGE_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     log_format: LogFormat,
 
     #[command(subcommand)]
@@ -29,7 +35,7 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Run a server: the Kubernetes API on a replicated store
-    Server(ServerOptions),
+    Server(Box<ServerOptions>),
     /// Run kubectl (found on PATH) against this host's cluster
     #[command(disable_help_flag = true)]
     Kubectl {
@@ -42,8 +48,11 @@ enum Command {
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     // openraft is chatty at info level about routine elections and snapshots.
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -57,9 +66,10 @@ fn kubectl(args: Vec<OsString>) -> ExitCode {
     let mut command = std::process::Command::new("kubectl");
     command.args(&args);
     let chose_kubeconfig = std::env::var_os("KUBECONFIG").is_some()
-        || args
-            .iter()
-            .any(|a| a.to_str().is_some_and(|a| a == "--kubeconfig" || a.starts_with("--kubeconfig=")));
+        || args.iter().any(|a| {
+            a.to_str()
+                .is_some_and(|a| a == "--kubeconfig" || a.starts_with("--kubeconfig="))
+        });
     if !chose_kubeconfig {
         let path = std::env::var_os("KEDGE_KUBECONFIG_OUTPUT")
             .map(PathBuf::from)
@@ -77,14 +87,17 @@ fn main() -> ExitCode {
         Command::Kubectl { args } => kubectl(args),
         Command::Server(options) => {
             init_logging(cli.log_format);
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(runtime) => runtime,
                 Err(e) => {
                     eprintln!("kedge: error: starting the async runtime: {e}");
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(server::run(options)) {
+            match runtime.block_on(server::run(*options)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("kedge: error: {e:#}");

@@ -60,7 +60,10 @@ impl Load {
         let index = self.leader_hint.load(Ordering::Relaxed) % self.servers.len();
         match self.servers[index].propose(command).await {
             Ok(proposed) => Attempt::Done(proposed),
-            Err(RemoteCallError::Remote(RemoteError::NotLeader { leader: Some((_, url)), .. })) => {
+            Err(RemoteCallError::Remote(RemoteError::NotLeader {
+                leader: Some((_, url)),
+                ..
+            })) => {
                 if let Some(next) = self.servers.iter().position(|s| s.base() == url) {
                     self.leader_hint.store(next, Ordering::Relaxed);
                 }
@@ -95,7 +98,10 @@ impl Load {
                 value: Bytes::from("0"),
             })
             .await;
-        assert!(created.is_some(), "writer {id} could not create its counter");
+        assert!(
+            created.is_some(),
+            "writer {id} could not create its counter"
+        );
         for seq in 0.. {
             if self.stop.load(Ordering::Relaxed) {
                 return;
@@ -118,7 +124,13 @@ impl Load {
                 other => panic!("unexpected outcome for {key}: {other:?}"),
             }
             if seq % 10 == 0 {
-                *self.ledger.lock().unwrap().counter_attempted.entry(id).or_default() += 1;
+                *self
+                    .ledger
+                    .lock()
+                    .unwrap()
+                    .counter_attempted
+                    .entry(id)
+                    .or_default() += 1;
                 let bump = Command::Update {
                     key: counter.clone(),
                     value: Bytes::from(seq.to_string()),
@@ -126,7 +138,13 @@ impl Load {
                 };
                 match self.propose(bump).await.map(|p| p.outcome) {
                     Some(CommandOutcome::Updated { .. }) => {
-                        *self.ledger.lock().unwrap().counter_acked.entry(id).or_default() += 1;
+                        *self
+                            .ledger
+                            .lock()
+                            .unwrap()
+                            .counter_acked
+                            .entry(id)
+                            .or_default() += 1;
                     }
                     None => return,
                     other => panic!("unexpected outcome for {counter}: {other:?}"),
@@ -136,7 +154,9 @@ impl Load {
     }
 
     fn spawn(self: &Arc<Self>, writers: usize) -> Vec<tokio::task::JoinHandle<()>> {
-        (0..writers).map(|id| tokio::spawn(self.clone().writer(id))).collect()
+        (0..writers)
+            .map(|id| tokio::spawn(self.clone().writer(id)))
+            .collect()
     }
 
     async fn wait_for_acked(&self, count: usize, timeout: Duration) {
@@ -161,12 +181,17 @@ impl Load {
     /// Checks one replica's contents against what was acknowledged.
     fn verify(&self, page: &ListPage, who: &str) {
         let ledger = self.ledger.lock().unwrap();
-        let stored: BTreeMap<&str, &KeyValueView> = page.items.iter().map(|kv| (kv.key.as_str(), kv)).collect();
+        let stored: BTreeMap<&str, &KeyValueView> =
+            page.items.iter().map(|kv| (kv.key.as_str(), kv)).collect();
         for (key, value) in &ledger.acked {
             let Some(kv) = stored.get(key.as_str()) else {
                 panic!("{who}: acknowledged write {key} is missing");
             };
-            assert_eq!(kv.value, value.as_bytes(), "{who}: {key} has the wrong value");
+            assert_eq!(
+                kv.value,
+                value.as_bytes(),
+                "{who}: {key} has the wrong value"
+            );
         }
         for (writer, attempted) in &ledger.counter_attempted {
             let key = format!("{PREFIX}counter-{writer}");
@@ -181,7 +206,10 @@ impl Load {
         }
         // Nothing is deleted, so every revision is one version of one live key.
         let versions: u64 = page.items.iter().map(|kv| kv.version).sum();
-        assert_eq!(versions, page.revision, "{who}: revisions do not add up to the writes applied");
+        assert_eq!(
+            versions, page.revision,
+            "{who}: revisions do not add up to the writes applied"
+        );
     }
 }
 
@@ -189,7 +217,9 @@ type KeyValueView = kedge::store::KeyValue;
 
 fn servers_for(ca: &Ca, urls: &[String]) -> Vec<RemoteServer> {
     let client = server_identity_client(ca);
-    urls.iter().map(|url| RemoteServer::new(client.clone(), url)).collect()
+    urls.iter()
+        .map(|url| RemoteServer::new(client.clone(), url))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,7 +234,8 @@ async fn a_killed_server_keeps_every_acknowledged_write() {
 
     for round in 1..=2 {
         let writers = load.spawn(16);
-        load.wait_for_acked(round * 400, Duration::from_secs(120)).await;
+        load.wait_for_acked(round * 400, Duration::from_secs(120))
+            .await;
         server.kill();
         load.finish(writers).await;
         load.stop.store(false, Ordering::Relaxed);
@@ -259,7 +290,12 @@ async fn a_three_server_cluster_survives_losing_its_leader() {
     let writers = load.spawn(8);
     load.wait_for_acked(300, Duration::from_secs(120)).await;
 
-    let leader = load.servers[0].status().await.unwrap().leader.expect("a leader");
+    let leader = load.servers[0]
+        .status()
+        .await
+        .unwrap()
+        .leader
+        .expect("a leader");
     let victim = (leader - 1) as usize;
     servers[victim].kill();
     // Enough writes while it is down that the others snapshot and purge past it.
@@ -268,22 +304,27 @@ async fn a_three_server_cluster_survives_losing_its_leader() {
     servers[victim].start();
     servers[victim].wait_ready(Duration::from_secs(60)).await;
     let acked = load.acked();
-    load.wait_for_acked(acked + 300, Duration::from_secs(120)).await;
+    load.wait_for_acked(acked + 300, Duration::from_secs(120))
+        .await;
     load.finish(writers).await;
 
-    eventually(Duration::from_secs(60), "all servers to apply the same log", || {
-        let servers = load.servers.clone();
-        async move {
-            let mut seen = Vec::new();
-            for server in &servers {
-                match server.status().await {
-                    Ok(status) => seen.push((status.applied_index, status.revision)),
-                    Err(_) => return false,
+    eventually(
+        Duration::from_secs(60),
+        "all servers to apply the same log",
+        || {
+            let servers = load.servers.clone();
+            async move {
+                let mut seen = Vec::new();
+                for server in &servers {
+                    match server.status().await {
+                        Ok(status) => seen.push((status.applied_index, status.revision)),
+                        Err(_) => return false,
+                    }
                 }
+                seen.windows(2).all(|w| w[0] == w[1])
             }
-            seen.windows(2).all(|w| w[0] == w[1])
-        }
-    })
+        },
+    )
     .await;
     let mut pages = Vec::new();
     for (i, server) in load.servers.iter().enumerate() {
@@ -296,7 +337,9 @@ async fn a_three_server_cluster_survives_losing_its_leader() {
     let new_leader = load.servers[0].status().await.unwrap().leader;
     assert_ne!(new_leader, None);
     assert!(
-        servers[victim].log_text().contains("installed a store snapshot from the leader"),
+        servers[victim]
+            .log_text()
+            .contains("installed a store snapshot from the leader"),
         "the returning server should have caught up from a snapshot; log:\n{}",
         servers[victim].log_text()
     );

@@ -28,18 +28,38 @@ async fn kubectl_version_works_and_credentials_are_required() {
     server.start();
     server.wait_ready(Duration::from_secs(30)).await;
 
-    let mode = std::fs::metadata(&server.kubeconfig).unwrap().permissions().mode();
+    let mode = std::fs::metadata(&server.kubeconfig)
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600, "the kubeconfig is private by default");
 
     let out = kubectl(&server.kubeconfig, &["version", "-o", "json"]);
-    assert!(out.status.success(), "kubectl version failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "kubectl version failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let version: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let server_version = &version["serverVersion"];
     assert_eq!(server_version["major"], "1");
     assert_eq!(server_version["minor"], "33");
-    assert!(server_version["gitVersion"].as_str().unwrap().starts_with("v1.33.0+kedge"));
-    for field in ["gitCommit", "gitTreeState", "buildDate", "goVersion", "compiler", "platform"] {
-        assert!(server_version.get(field).is_some(), "/version lacks {field}");
+    assert!(server_version["gitVersion"]
+        .as_str()
+        .unwrap()
+        .starts_with("v1.33.0+kedge"));
+    for field in [
+        "gitCommit",
+        "gitTreeState",
+        "buildDate",
+        "goVersion",
+        "compiler",
+        "platform",
+    ] {
+        assert!(
+            server_version.get(field).is_some(),
+            "/version lacks {field}"
+        );
     }
 
     // `kedge kubectl` finds the kubeconfig through the same variable the server reads.
@@ -49,7 +69,11 @@ async fn kubectl_version_works_and_credentials_are_required() {
         .env("KEDGE_KUBECONFIG_OUTPUT", &server.kubeconfig)
         .output()
         .unwrap();
-    assert!(out.status.success(), "kedge kubectl failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "kedge kubectl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Without credentials: 401 with a Kubernetes Status, for every path.
     let ca = std::fs::read_to_string(server.tls_dir().join("ca.crt")).unwrap();
@@ -97,7 +121,10 @@ async fn kubectl_version_works_and_credentials_are_required() {
     // The admin is not a server: the Raft endpoints are forbidden to it.
     let response = server
         .admin_client()
-        .get(&format!("{}/kedge/raft/v1/status", server.url()), Duration::from_secs(5))
+        .get(
+            &format!("{}/kedge/raft/v1/status", server.url()),
+            Duration::from_secs(5),
+        )
         .await
         .unwrap();
     assert_eq!(response.status, 403);
@@ -128,8 +155,14 @@ async fn restarts_reuse_certificates_token_and_data() {
 
     server.start();
     server.wait_ready(Duration::from_secs(30)).await;
-    assert_eq!(std::fs::read(server.tls_dir().join("ca.crt")).unwrap(), ca_before);
-    assert_eq!(std::fs::read_to_string(dir.path().join("server/token")).unwrap(), token_before);
+    assert_eq!(
+        std::fs::read(server.tls_dir().join("ca.crt")).unwrap(),
+        ca_before
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("server/token")).unwrap(),
+        token_before
+    );
     let page = store_client(&server)
         .range_all("/registry/configmaps/", false)
         .await
@@ -137,7 +170,11 @@ async fn restarts_reuse_certificates_token_and_data() {
     assert_eq!(page.items.len(), 50);
     assert_eq!(page.revision, 50);
     let out = kubectl(&server.kubeconfig, &["version"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,10 +203,17 @@ async fn flags_are_read_from_kedge_environment_variables() {
         let mode = std::fs::metadata(&kubeconfig).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o644);
         let token = std::fs::read_to_string(dir.path().join("data/server/token")).unwrap();
-        assert!(token.trim_end().ends_with("::server:my-shared-secret"), "{token}");
+        assert!(
+            token.trim_end().ends_with("::server:my-shared-secret"),
+            "{token}"
+        );
         let out = kubectl(&kubeconfig, &["version"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("Server Version: v1.33.0+kedge")));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Server Version: v1.33.0+kedge"));
     }
     .await;
     let _ = child.kill();
@@ -184,17 +228,28 @@ fn bad_input_is_a_one_line_error_and_a_failing_exit() {
         let out = Command::new(KEDGE)
             .args(["server", "--data-dir"])
             .arg(dir.path())
-            .args(["--https-listen-port", &free_port().to_string(), "--bind-address", "127.0.0.1"])
+            .args([
+                "--https-listen-port",
+                &free_port().to_string(),
+                "--bind-address",
+                "127.0.0.1",
+            ])
             .arg("--write-kubeconfig")
             .arg(dir.path().join("k.yaml"))
             .args(extra)
             .output()
             .unwrap();
-        (out.status, String::from_utf8_lossy(&out.stderr).trim().to_string())
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        )
     };
     let (status, stderr) = run(&["--write-kubeconfig-mode", "999"]);
     assert!(!status.success());
-    assert!(stderr.starts_with("kedge: error:") && stderr.contains("999"), "{stderr}");
+    assert!(
+        stderr.starts_with("kedge: error:") && stderr.contains("999"),
+        "{stderr}"
+    );
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 
     let (status, stderr) = run(&["--service-cidr", "banana"]);
@@ -205,7 +260,10 @@ fn bad_input_is_a_one_line_error_and_a_failing_exit() {
     assert!(!status.success());
     assert!(stderr.contains("joining an existing server"), "{stderr}");
 
-    let out = Command::new(KEDGE).args(["server", "--https-listen-port", "http"]).output().unwrap();
+    let out = Command::new(KEDGE)
+        .args(["server", "--https-listen-port", "http"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--https-listen-port"));
 
@@ -214,5 +272,8 @@ fn bad_input_is_a_one_line_error_and_a_failing_exit() {
     std::fs::write(dir.path().join("server/db/node-id"), "7\n").unwrap();
     let (status, stderr) = run(&[]);
     assert!(!status.success());
-    assert!(stderr.contains("belongs to Raft node 7") && stderr.contains("--raft-id 7"), "{stderr}");
+    assert!(
+        stderr.contains("belongs to Raft node 7") && stderr.contains("--raft-id 7"),
+        "{stderr}"
+    );
 }

@@ -9,7 +9,9 @@ use http_body_util::{BodyExt, Full};
 pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// A plain-text response (health checks answer like kube-apiserver: `ok`).
@@ -27,6 +29,8 @@ pub fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body>
     Response::builder()
         .status(status)
         .header(http::header::CONTENT_TYPE, "application/json")
-        .body(full(serde_json::to_vec(value).expect("response serializes")))
+        .body(full(
+            serde_json::to_vec(value).expect("response serializes"),
+        ))
         .expect("static response parts are valid")
 }

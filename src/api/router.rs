@@ -34,7 +34,11 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(store: Store, authenticator: Authenticator, peer_service: Option<Arc<dyn PeerService>>) -> Router {
+    pub fn new(
+        store: Store,
+        authenticator: Authenticator,
+        peer_service: Option<Arc<dyn PeerService>>,
+    ) -> Router {
         Router {
             store,
             authenticator,
@@ -43,12 +47,20 @@ impl Router {
     }
 
     /// Handles one request whose TLS peer presented `client_cert` (already verified).
-    pub async fn handle(&self, request: Request<Incoming>, client_cert: Option<&[u8]>) -> Response<Body> {
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        client_cert: Option<&[u8]>,
+    ) -> Response<Body> {
         let authorization = request
             .headers()
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        let Some(user) = self.authenticator.authenticate(client_cert, authorization).await else {
+        let Some(user) = self
+            .authenticator
+            .authenticate(client_cert, authorization)
+            .await
+        else {
             return status::unauthorized();
         };
         let path = request.uri().path().to_string();
@@ -57,11 +69,18 @@ impl Router {
                 return self.peer(service.as_ref(), &user, request, path).await;
             }
         }
-        let verbose = request.uri().query().is_some_and(|q| q.split('&').any(|kv| kv == "verbose" || kv.starts_with("verbose=")));
+        let verbose = request.uri().query().is_some_and(|q| {
+            q.split('&')
+                .any(|kv| kv == "verbose" || kv.starts_with("verbose="))
+        });
         let method = request.method().clone();
         let readonly = method == Method::GET || method == Method::HEAD;
-        let known = matches!(path.as_str(), "/version" | "/healthz" | "/livez" | "/readyz")
-            || ["/healthz/", "/livez/", "/readyz/"].iter().any(|p| path.starts_with(p));
+        let known = matches!(
+            path.as_str(),
+            "/version" | "/healthz" | "/livez" | "/readyz"
+        ) || ["/healthz/", "/livez/", "/readyz/"]
+            .iter()
+            .any(|p| path.starts_with(p));
         if known && !readonly {
             return status::failure(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -85,15 +104,28 @@ impl Router {
         }
     }
 
-    async fn peer(&self, service: &dyn PeerService, user: &UserInfo, request: Request<Incoming>, path: String) -> Response<Body> {
+    async fn peer(
+        &self,
+        service: &dyn PeerService,
+        user: &UserInfo,
+        request: Request<Incoming>,
+        path: String,
+    ) -> Response<Body> {
         if !user.in_group(service.group()) {
             return status::forbidden(&user.name, &path);
         }
         let method = request.method().clone();
-        let body = match Limited::new(request.into_body(), MAX_PEER_BODY).collect().await {
+        let body = match Limited::new(request.into_body(), MAX_PEER_BODY)
+            .collect()
+            .await
+        {
             Ok(body) => body.to_bytes(),
             Err(e) => {
-                return status::failure(StatusCode::BAD_REQUEST, "BadRequest", format!("reading the request body: {e}"));
+                return status::failure(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    format!("reading the request body: {e}"),
+                );
             }
         };
         let (parts, body) = service.handle(method, path, body).await.into_parts();

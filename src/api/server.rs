@@ -86,7 +86,13 @@ pub async fn serve(
             let service = service_fn(move |request| {
                 let router = router.clone();
                 let client_cert = client_cert.clone();
-                async move { Ok::<_, std::convert::Infallible>(router.handle(request, client_cert.as_deref().map(Vec::as_slice)).await) }
+                async move {
+                    Ok::<_, std::convert::Infallible>(
+                        router
+                            .handle(request, client_cert.as_deref().map(Vec::as_slice))
+                            .await,
+                    )
+                }
             });
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
             if let Err(e) = watcher.watch(connection.into_owned()).await {
@@ -95,7 +101,10 @@ pub async fn serve(
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("some connections were still open after {DRAIN_TIMEOUT:?}; closing them");
     }
 }

@@ -24,7 +24,9 @@ pub fn failure(code: StatusCode, reason: &str, message: impl Into<String>) -> Re
     Response::builder()
         .status(code)
         .header(http::header::CONTENT_TYPE, "application/json")
-        .body(full(Bytes::from(serde_json::to_vec(&value).expect("Status serializes"))))
+        .body(full(Bytes::from(
+            serde_json::to_vec(&value).expect("Status serializes"),
+        )))
         .expect("static response parts are valid")
 }
 

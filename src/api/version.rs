@@ -33,7 +33,10 @@ fn build_date() -> String {
     let epoch: i64 = env!("KEDGE_BUILD_EPOCH").parse().unwrap_or(0);
     time::OffsetDateTime::from_unix_timestamp(epoch)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default()
 }
 

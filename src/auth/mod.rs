@@ -34,7 +34,12 @@ impl UserInfo {
 pub fn user_from_certificate(der: &[u8]) -> Option<UserInfo> {
     let (_, cert) = X509Certificate::from_der(der).ok()?;
     let subject = cert.subject();
-    let name = subject.iter_common_name().next()?.as_str().ok()?.to_string();
+    let name = subject
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
     if name.is_empty() {
         return None;
     }
@@ -59,12 +64,18 @@ pub struct Authenticator {
 
 impl Authenticator {
     pub fn new(token_authenticators: Vec<Arc<dyn TokenAuthenticator>>) -> Authenticator {
-        Authenticator { token_authenticators }
+        Authenticator {
+            token_authenticators,
+        }
     }
 
     /// The caller of a request whose TLS peer presented `client_cert` (already verified) and
     /// whose `Authorization` header is `authorization`.
-    pub async fn authenticate(&self, client_cert: Option<&[u8]>, authorization: Option<&str>) -> Option<UserInfo> {
+    pub async fn authenticate(
+        &self,
+        client_cert: Option<&[u8]>,
+        authorization: Option<&str>,
+    ) -> Option<UserInfo> {
         if let Some(user) = client_cert.and_then(user_from_certificate) {
             return Some(user);
         }
@@ -103,9 +114,13 @@ mod tests {
 
     fn client_cert(cn: &str, orgs: &[&str]) -> Vec<u8> {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
         for org in orgs {
-            params.distinguished_name.push(rcgen::DnType::OrganizationName, *org);
+            params
+                .distinguished_name
+                .push(rcgen::DnType::OrganizationName, *org);
         }
         let key = rcgen::KeyPair::generate().unwrap();
         params.self_signed(&key).unwrap().der().to_vec()
@@ -115,7 +130,10 @@ mod tests {
     async fn certificates_and_tokens_authenticate() {
         let auth = Authenticator::new(vec![Arc::new(OneToken)]);
         let admin = auth
-            .authenticate(Some(&client_cert("system:admin", &["system:masters"])), None)
+            .authenticate(
+                Some(&client_cert("system:admin", &["system:masters"])),
+                None,
+            )
             .await
             .unwrap();
         assert_eq!(admin.name, "system:admin");
@@ -126,8 +144,14 @@ mod tests {
         assert!(robot.in_group(AUTHENTICATED_GROUP));
 
         assert_eq!(auth.authenticate(None, Some("Bearer bad")).await, None);
-        assert_eq!(auth.authenticate(None, Some("Basic Zm9vOmJhcg==")).await, None);
+        assert_eq!(
+            auth.authenticate(None, Some("Basic Zm9vOmJhcg==")).await,
+            None
+        );
         assert_eq!(auth.authenticate(None, None).await, None);
-        assert_eq!(auth.authenticate(Some(&client_cert("", &[])), None).await, None);
+        assert_eq!(
+            auth.authenticate(Some(&client_cert("", &[])), None).await,
+            None
+        );
     }
 }

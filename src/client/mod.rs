@@ -128,13 +128,21 @@ impl HttpsClient {
     }
 
     /// POSTs `body` and reads the answer.
-    pub async fn post(&self, url: &str, content_type: &str, body: Bytes, timeout: Duration) -> Result<Response, ClientError> {
-        self.request(Method::POST, url, Some(content_type), body, timeout).await
+    pub async fn post(
+        &self,
+        url: &str,
+        content_type: &str,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Response, ClientError> {
+        self.request(Method::POST, url, Some(content_type), body, timeout)
+            .await
     }
 
     /// GETs `url`.
     pub async fn get(&self, url: &str, timeout: Duration) -> Result<Response, ClientError> {
-        self.request(Method::GET, url, None, Bytes::new(), timeout).await
+        self.request(Method::GET, url, None, Bytes::new(), timeout)
+            .await
     }
 }
 

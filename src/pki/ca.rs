@@ -1,114 +1,65 @@
 //! The cluster CA and the leaf certificates it signs.
 
+use std::fmt;
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    SanType,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 use time::OffsetDateTime;
-use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
-use super::files::{read_optional, write_atomic};
+use super::files::{ensure_dir, read_optional};
+use super::leaf::{der_to_pem, parse_der, pem_to_der, CertKeyPair};
+use super::subject::resign_with_subject;
 use super::PkiError;
 
-/// How long the CA is valid.
+/// How long the CA is valid: ten years, like k3s, so it outlives any edge box's deployment
+/// while leaves (one year) are renewed at start.
 pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
-/// A certificate and its private key, PEM encoded.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CertKeyPair {
-    pub cert_pem: String,
-    pub key_pem: String,
-}
+/// Slack for machines whose clocks run behind the one that issued a certificate.
+const CLOCK_SKEW: time::Duration = time::Duration::hours(1);
 
-impl CertKeyPair {
-    /// Loads `<name>.crt` and `<name>.key` from `dir`; `None` if either is missing.
-    pub fn load(dir: &Path, name: &str) -> Result<Option<CertKeyPair>, PkiError> {
-        let cert = read_optional(&dir.join(format!("{name}.crt")))?;
-        let key = read_optional(&dir.join(format!("{name}.key")))?;
-        Ok(cert.zip(key).map(|(cert_pem, key_pem)| CertKeyPair { cert_pem, key_pem }))
-    }
-
-    /// Saves `<name>.crt` (0644) and `<name>.key` (0600) in `dir`.
-    pub fn save(&self, dir: &Path, name: &str) -> Result<(), PkiError> {
-        write_atomic(&dir.join(format!("{name}.key")), self.key_pem.as_bytes(), 0o600)?;
-        write_atomic(&dir.join(format!("{name}.crt")), self.cert_pem.as_bytes(), 0o644)
-    }
-
-    /// The certificate in DER.
-    pub fn der(&self) -> Result<Vec<u8>, PkiError> {
-        pem_to_der(&self.cert_pem)
-    }
-
-    /// When the certificate expires.
-    pub fn not_after(&self) -> Result<OffsetDateTime, PkiError> {
-        let der = self.der()?;
-        let (_, cert) = X509Certificate::from_der(&der).map_err(|e| PkiError::Parse(e.to_string()))?;
-        Ok(cert.validity().not_after.to_datetime())
-    }
-
-    /// The DNS names and IPs (as strings) the certificate is valid for.
-    pub fn sans(&self) -> Result<Vec<String>, PkiError> {
-        let der = self.der()?;
-        let (_, cert) = X509Certificate::from_der(&der).map_err(|e| PkiError::Parse(e.to_string()))?;
-        let mut sans = Vec::new();
-        if let Ok(Some(ext)) = cert.subject_alternative_name() {
-            for name in &ext.value.general_names {
-                match name {
-                    GeneralName::DNSName(dns) => sans.push(dns.to_string()),
-                    GeneralName::IPAddress(bytes) => {
-                        let ip = match bytes.len() {
-                            4 => IpAddr::from(<[u8; 4]>::try_from(*bytes).expect("4 bytes")),
-                            16 => IpAddr::from(<[u8; 16]>::try_from(*bytes).expect("16 bytes")),
-                            _ => continue,
-                        };
-                        sans.push(ip.to_string());
-                    }
-                    _ => {}
-                }
-            }
-        }
-        Ok(sans)
-    }
-}
-
-pub(crate) fn pem_to_der(pem: &str) -> Result<Vec<u8>, PkiError> {
-    use rustls_pki_types::pem::PemObject;
-    rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
-        .map(|der| der.to_vec())
-        .map_err(|e| PkiError::Parse(format!("certificate PEM: {e}")))
-}
-
-/// The cluster CA (ECDSA P-256) that signs every serving and client certificate.
+/// The one cluster CA (ECDSA P-256, CN `kedge-ca@<unix-time>`) that signs every serving,
+/// client and peer certificate; its hash is in the join token.
 pub struct Ca {
     cert_pem: String,
     cert_der: Vec<u8>,
     key: KeyPair,
 }
 
+impl fmt::Debug for Ca {
+    // Never print the signing key.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ca")
+            .field("cert_pem", &self.cert_pem)
+            .finish_non_exhaustive()
+    }
+}
+
 fn rcgen_error(what: &str) -> impl Fn(rcgen::Error) -> PkiError + '_ {
     move |e| PkiError::Generate(format!("{what}: {e}"))
 }
 
-fn validity(params: &mut CertificateParams, valid_for: Duration) {
+fn set_validity(params: &mut CertificateParams, valid_for: Duration) {
     let now = OffsetDateTime::now_utc();
-    // A little slack for clocks of other machines that run behind.
-    params.not_before = now - time::Duration::hours(1);
+    params.not_before = now - CLOCK_SKEW;
     params.not_after = now + valid_for;
 }
 
+/// Strings that parse as an IP address become IP SANs, the rest DNS names.
 fn san_entries(sans: &[String]) -> Result<Vec<SanType>, PkiError> {
     sans.iter()
         .map(|san| match san.parse::<IpAddr>() {
             Ok(ip) => Ok(SanType::IpAddress(ip)),
-            Err(_) => san
-                .as_str()
-                .try_into()
-                .map(SanType::DnsName)
-                .map_err(|e| PkiError::Generate(format!("subject alternative name {san:?}: {e}"))),
+            Err(_) => {
+                san.as_str().try_into().map(SanType::DnsName).map_err(|e| {
+                    PkiError::Generate(format!("subject alternative name {san:?}: {e}"))
+                })
+            }
         })
         .collect()
 }
@@ -117,7 +68,8 @@ impl Ca {
     /// A new CA, valid for [`CA_VALIDITY`].
     pub fn generate() -> Result<Ca, PkiError> {
         let key = KeyPair::generate().map_err(rcgen_error("generating the CA key"))?;
-        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(rcgen_error("CA parameters"))?;
+        let mut params =
+            CertificateParams::new(Vec::<String>::new()).map_err(rcgen_error("CA parameters"))?;
         let now = OffsetDateTime::now_utc().unix_timestamp();
         params
             .distinguished_name
@@ -128,8 +80,10 @@ impl Ca {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        validity(&mut params, CA_VALIDITY);
-        let cert = params.self_signed(&key).map_err(rcgen_error("signing the CA"))?;
+        set_validity(&mut params, CA_VALIDITY);
+        let cert = params
+            .self_signed(&key)
+            .map_err(rcgen_error("signing the CA"))?;
         Ok(Ca {
             cert_pem: cert.pem(),
             cert_der: cert.der().to_vec(),
@@ -137,14 +91,36 @@ impl Ca {
         })
     }
 
-    /// Loads `ca.crt` and `ca.key` from `tls_dir`; `None` if absent.
+    /// Loads `ca.crt` and `ca.key` from `tls_dir`; `None` if neither exists. Only one of
+    /// them, a key that does not belong to the certificate, or a certificate that is not a
+    /// CA is an error: replacing the CA silently would orphan every certificate and token
+    /// it stands behind.
     pub fn load(tls_dir: &Path) -> Result<Option<Ca>, PkiError> {
-        let Some(pair) = CertKeyPair::load(tls_dir, "ca")? else {
-            return Ok(None);
+        let cert_path = tls_dir.join("ca.crt");
+        let key_path = tls_dir.join("ca.key");
+        let (cert_pem, key_pem) = match (read_optional(&cert_path)?, read_optional(&key_path)?) {
+            (None, None) => return Ok(None),
+            (Some(cert), Some(key)) => (cert, key),
+            (Some(_), None) => return Err(incomplete(&cert_path, &key_path)),
+            (None, Some(_)) => return Err(incomplete(&key_path, &cert_path)),
         };
-        let key = KeyPair::from_pem(&pair.key_pem)
-            .map_err(|e| PkiError::Parse(format!("{}: {e}", tls_dir.join("ca.key").display())))?;
-        let cert_der = pem_to_der(&pair.cert_pem)?;
+        let key = KeyPair::from_pem(&key_pem)
+            .map_err(|e| PkiError::Parse(format!("private key: {e}")).in_file(&key_path))?;
+        let cert_der = pem_to_der(&cert_pem).map_err(|e| e.in_file(&cert_path))?;
+        let pair = CertKeyPair { cert_pem, key_pem };
+        if !pair.key_matches().map_err(|e| e.in_file(&cert_path))? {
+            return Err(PkiError::Parse(format!(
+                "{} is not the key of this certificate",
+                key_path.display()
+            ))
+            .in_file(&cert_path));
+        }
+        if !parse_der(&cert_der)
+            .map_err(|e| e.in_file(&cert_path))?
+            .is_ca()
+        {
+            return Err(PkiError::Parse("not a CA certificate".into()).in_file(&cert_path));
+        }
         Ok(Some(Ca {
             cert_pem: pair.cert_pem,
             cert_der,
@@ -152,9 +128,10 @@ impl Ca {
         }))
     }
 
-    /// Saves `ca.crt` (0644) and `ca.key` (0600), creating `tls_dir` (0700) if needed.
+    /// Saves `ca.key` (0600) and `ca.crt` (0644) atomically, creating `tls_dir` (0700) if
+    /// needed.
     pub fn save(&self, tls_dir: &Path) -> Result<(), PkiError> {
-        super::files::ensure_dir(tls_dir, 0o700)?;
+        ensure_dir(tls_dir, 0o700)?;
         CertKeyPair {
             cert_pem: self.cert_pem.clone(),
             key_pem: self.key.serialize_pem(),
@@ -162,10 +139,12 @@ impl Ca {
         .save(tls_dir, "ca")
     }
 
+    /// The CA certificate in PEM: what clients trust and the join token hashes.
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
     }
 
+    /// The CA certificate in DER, for trust stores.
     pub fn cert_der(&self) -> &[u8] {
         &self.cert_der
     }
@@ -179,46 +158,200 @@ impl Ca {
         valid_for: Duration,
     ) -> Result<CertKeyPair, PkiError> {
         let key = KeyPair::generate().map_err(rcgen_error("generating a key"))?;
-        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(rcgen_error("certificate parameters"))?;
+        let mut params = CertificateParams::new(Vec::<String>::new())
+            .map_err(rcgen_error("certificate parameters"))?;
         params.subject_alt_names = san_entries(sans)?;
-        params.distinguished_name.push(DnType::CommonName, common_name);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
         for organization in organizations {
-            params.distinguished_name.push(DnType::OrganizationName, *organization);
+            params
+                .distinguished_name
+                .push(DnType::OrganizationName, *organization);
         }
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         params.extended_key_usages = usages.to_vec();
         params.use_authority_key_identifier_extension = true;
-        validity(&mut params, valid_for);
+        set_validity(&mut params, valid_for);
         let issuer = Issuer::from_ca_cert_der(&self.cert_der.as_slice().into(), &self.key)
             .map_err(rcgen_error("reading the CA certificate"))?;
         let cert = params
             .signed_by(&key, &issuer)
             .map_err(rcgen_error(common_name))?;
+        let cert_pem = if organizations.len() > 1 {
+            // rcgen keeps one O only; see `subject`.
+            let der = resign_with_subject(cert.der(), common_name, organizations, &self.key)?;
+            der_to_pem(&der)
+        } else {
+            cert.pem()
+        };
         Ok(CertKeyPair {
-            cert_pem: cert.pem(),
+            cert_pem,
             key_pem: key.serialize_pem(),
         })
     }
 
-    /// A serving certificate (serverAuth only) for `sans` (IPs and DNS names).
-    pub fn issue_serving(&self, common_name: &str, sans: &[String], valid_for: Duration) -> Result<CertKeyPair, PkiError> {
-        self.issue(common_name, &[], sans, &[ExtendedKeyUsagePurpose::ServerAuth], valid_for)
+    /// A serving certificate (serverAuth only, so it cannot be used to log in) for `sans`:
+    /// strings that parse as an IP become IP SANs, the rest DNS names.
+    pub fn issue_serving(
+        &self,
+        common_name: &str,
+        sans: &[String],
+        valid_for: Duration,
+    ) -> Result<CertKeyPair, PkiError> {
+        let usages = [ExtendedKeyUsagePurpose::ServerAuth];
+        self.issue(common_name, &[], sans, &usages, valid_for)
     }
 
     /// A client certificate (clientAuth only): CN = user, one O per group, as Kubernetes'
     /// x509 authentication reads them.
-    pub fn issue_client(&self, user: &str, groups: &[&str], valid_for: Duration) -> Result<CertKeyPair, PkiError> {
-        self.issue(user, groups, &[], &[ExtendedKeyUsagePurpose::ClientAuth], valid_for)
+    pub fn issue_client(
+        &self,
+        user: &str,
+        groups: &[&str],
+        valid_for: Duration,
+    ) -> Result<CertKeyPair, PkiError> {
+        let usages = [ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(user, groups, &[], &usages, valid_for)
     }
 
-    /// A server-to-server identity: client and server usages.
-    pub fn issue_peer(&self, user: &str, groups: &[&str], sans: &[String], valid_for: Duration) -> Result<CertKeyPair, PkiError> {
-        self.issue(
-            user,
-            groups,
-            sans,
-            &[ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
-            valid_for,
-        )
+    /// A server-to-server identity with both usages: a server presents it when it serves
+    /// its peers and when it calls them.
+    pub fn issue_peer(
+        &self,
+        user: &str,
+        groups: &[&str],
+        sans: &[String],
+        valid_for: Duration,
+    ) -> Result<CertKeyPair, PkiError> {
+        let usages = [
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        self.issue(user, groups, sans, &usages, valid_for)
+    }
+}
+
+fn incomplete(present: &Path, missing: &Path) -> PkiError {
+    PkiError::Incomplete {
+        present: present.display().to_string(),
+        missing: missing.display().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+    use crate::pki::leaf::inspect;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn generate_save_load_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = dir.path().join("server/tls");
+        assert!(Ca::load(&tls).unwrap().is_none());
+        let ca = Ca::generate().unwrap();
+        ca.save(&tls).unwrap();
+        let loaded = Ca::load(&tls).unwrap().expect("saved CA loads");
+        assert_eq!(loaded.cert_der(), ca.cert_der());
+        assert_eq!(loaded.cert_pem(), ca.cert_pem());
+        assert_eq!(
+            std::fs::read_to_string(tls.join("ca.crt")).unwrap(),
+            ca.cert_pem()
+        );
+        assert_eq!(mode(&tls.join("ca.key")), 0o600);
+        assert_eq!(mode(&tls.join("ca.crt")), 0o644);
+        assert_eq!(mode(&tls), 0o700);
+        assert!(!format!("{loaded:?}").contains("PRIVATE KEY"));
+
+        let info = inspect(ca.cert_pem());
+        assert!(info.is_ca);
+        assert!(info.common_name.starts_with("kedge-ca@"), "{info:?}");
+        let left = CertKeyPair {
+            cert_pem: ca.cert_pem().into(),
+            key_pem: String::new(),
+        }
+        .not_after()
+        .unwrap()
+            - OffsetDateTime::now_utc();
+        assert!(left > CA_VALIDITY - Duration::from_secs(60) && left <= CA_VALIDITY);
+
+        // The loaded CA signs leaves the original's certificate verifies.
+        let leaf = loaded
+            .issue_client("u", &[], Duration::from_secs(60))
+            .unwrap();
+        assert!(leaf.issued_by(ca.cert_der()).unwrap());
+    }
+
+    #[test]
+    fn half_a_ca_or_a_foreign_key_is_an_error_not_a_new_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::generate().unwrap();
+        ca.save(dir.path()).unwrap();
+        let key = std::fs::read(dir.path().join("ca.key")).unwrap();
+
+        std::fs::remove_file(dir.path().join("ca.key")).unwrap();
+        let err = Ca::load(dir.path()).unwrap_err();
+        assert!(matches!(err, PkiError::Incomplete { .. }), "{err}");
+        assert!(err.to_string().contains("ca.key"), "{err}");
+
+        Ca::generate().unwrap().save(dir.path()).unwrap();
+        std::fs::write(dir.path().join("ca.key"), key).unwrap();
+        let err = Ca::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("ca.crt") && err.contains("not the key"),
+            "{err}"
+        );
+
+        std::fs::write(dir.path().join("ca.crt"), "garbage").unwrap();
+        let err = Ca::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("ca.crt"), "{err}");
+    }
+
+    #[test]
+    fn leaves_carry_the_asked_usages_names_and_sans() {
+        let ca = Ca::generate().unwrap();
+        let hour = Duration::from_secs(3600);
+        let sans = vec![
+            "10.43.0.1".to_string(),
+            "fd00::1".into(),
+            "kubernetes".into(),
+        ];
+
+        let serving = inspect(&ca.issue_serving("api", &sans, hour).unwrap().cert_pem);
+        assert!(serving.server_auth && !serving.client_auth, "{serving:?}");
+        assert!(!serving.is_ca);
+        assert_eq!(serving.sans, ["10.43.0.1", "fd00::1", "kubernetes"]);
+
+        let client = inspect(
+            &ca.issue_client("jane", &["dev", "ops"], hour)
+                .unwrap()
+                .cert_pem,
+        );
+        assert!(client.client_auth && !client.server_auth, "{client:?}");
+        assert_eq!(client.common_name, "jane");
+        assert_eq!(client.organizations, ["dev", "ops"]);
+        assert!(client.sans.is_empty());
+
+        let peer = inspect(
+            &ca.issue_peer("kedge-server:a", &["kedge:servers"], &sans, hour)
+                .unwrap()
+                .cert_pem,
+        );
+        assert!(peer.client_auth && peer.server_auth, "{peer:?}");
+        assert_eq!(peer.organizations, ["kedge:servers"]);
+        assert_eq!(peer.sans.len(), 3);
+
+        assert!(ca
+            .issue_serving("api", &["bad\u{e9}name".into()], hour)
+            .is_err());
     }
 }

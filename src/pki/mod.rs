@@ -1,32 +1,43 @@
-//! The cluster's PKI: the CA, the certificates it signs and their renewal, the join token,
-//! the admin kubeconfig, and the rustls configurations built from them.
+//! The cluster's PKI: the CA, the leaf certificates it signs and their renewal, the join
+//! token, the admin kubeconfig, and the rustls configurations built from them.
 //!
-//! Must not touch: the network or the store. Private keys are written 0600 and never logged.
+//! Owns the files under `<data-dir>/server/tls/`, `<data-dir>/server/token` and the written
+//! kubeconfig. Must not touch: the network or the store (callers pass host addresses in and
+//! take rustls configs out). Private keys are created 0600 and never logged; neither is the
+//! token's secret.
 
 mod ca;
 mod files;
 mod kubeconfig;
+mod leaf;
+mod options;
 mod server;
+mod subject;
 mod tls;
 mod token;
 
 use std::path::Path;
 
-pub use ca::{Ca, CertKeyPair, CA_VALIDITY};
+pub use ca::{Ca, CA_VALIDITY};
 pub use kubeconfig::{parse_file_mode, write_kubeconfig};
-pub use server::{ensure_server_pki, host_addresses, PkiOptions, ServerPki, LEAF_VALIDITY, RENEW_BEFORE};
+pub use leaf::CertKeyPair;
+pub use options::{host_addresses, PkiOptions};
+pub use server::{ensure_server_pki, ServerPki, LEAF_VALIDITY, RENEW_BEFORE};
 pub use tls::{client_config, server_config};
 pub use token::{ensure_token, JoinToken};
 
-/// O of the certificates servers present to each other.
+/// O of the certificates servers present to each other, so a server can tell a peer
+/// server from a user.
 pub const SERVER_GROUP: &str = "kedge:servers";
-/// The admin user of the written kubeconfig ...
+/// CN of the admin client certificate in the written kubeconfig.
 pub const ADMIN_USER: &str = "system:admin";
-/// ... in Kubernetes' superuser group.
+/// O of the admin certificate: Kubernetes' superuser group, bound to cluster-admin.
 pub const ADMIN_GROUP: &str = "system:masters";
 
+/// What went wrong in the PKI, with the file or the step it happened in.
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
+    /// A file or directory could not be read, written or created.
     #[error("{verb} {path}: {source}")]
     Io {
         verb: &'static str,
@@ -34,14 +45,33 @@ pub enum PkiError {
         #[source]
         source: std::io::Error,
     },
+    /// Something went wrong while reading a particular file; `source` says what.
+    #[error("{path}: {source}")]
+    InFile {
+        path: String,
+        #[source]
+        source: Box<PkiError>,
+    },
+    /// rcgen refused to generate a key or sign a certificate.
     #[error("generating a certificate: {0}")]
     Generate(String),
+    /// A certificate or key is not valid PEM/DER, or the key does not belong to the
+    /// certificate.
     #[error("parsing a certificate or key: {0}")]
     Parse(String),
+    /// Only one of a certificate and its key exists: kedge will not silently replace the
+    /// other half (for the CA that would orphan every certificate it signed).
+    #[error(
+        "{present} exists but {missing} does not; restore it, or remove both to create new ones"
+    )]
+    Incomplete { present: String, missing: String },
+    /// rustls rejected the certificates or settings.
     #[error("TLS configuration: {0}")]
     Tls(String),
+    /// A join token is malformed, made for another CA, or conflicts with the stored one.
     #[error("join token: {0}")]
     Token(String),
+    /// A file mode string such as `--write-kubeconfig-mode` is not valid.
     #[error("file mode: {0}")]
     Mode(String),
 }
@@ -52,6 +82,14 @@ impl PkiError {
             verb,
             path: path.display().to_string(),
             source,
+        }
+    }
+
+    /// Adds the file the error happened in.
+    pub(crate) fn in_file(self, path: &Path) -> PkiError {
+        PkiError::InFile {
+            path: path.display().to_string(),
+            source: Box::new(self),
         }
     }
 }

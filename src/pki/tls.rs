@@ -1,5 +1,6 @@
-//! rustls configurations from the cluster's certificates. The ring provider is passed
-//! explicitly, so nothing depends on a process-wide default.
+//! rustls configurations from the cluster's certificates, for the API server, the Raft
+//! transport and every HTTPS client. The ring provider is passed explicitly, so nothing
+//! depends on (or races to install) a process-wide default.
 
 use std::sync::Arc;
 
@@ -8,7 +9,8 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::ca::{pem_to_der, Ca, CertKeyPair};
+use super::ca::Ca;
+use super::leaf::{pem_to_der, CertKeyPair};
 use super::PkiError;
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -27,14 +29,18 @@ fn roots(ca_pem: &str) -> Result<RootCertStore, PkiError> {
     Ok(roots)
 }
 
-fn chain_and_key(pair: &CertKeyPair) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), PkiError> {
+fn chain_and_key(
+    pair: &CertKeyPair,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), PkiError> {
     let chain = CertificateDer::pem_slice_iter(pair.cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| PkiError::Parse(format!("certificate PEM: {e}")))?;
-    let key = PrivateKeyDer::from_pem_slice(pair.key_pem.as_bytes()).map_err(|e| PkiError::Parse(format!("key PEM: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(pair.key_pem.as_bytes())
+        .map_err(|e| PkiError::Parse(format!("key PEM: {e}")))?;
     Ok((chain, key))
 }
 
+/// HTTP/2 first (watches multiplex), HTTP/1.1 for clients that only speak that.
 const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 
 /// Presents `serving`; asks clients for a certificate signed by `ca` but lets them in
@@ -42,10 +48,13 @@ const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 /// a 401 from the API, not a TLS failure).
 pub fn server_config(ca: &Ca, serving: &CertKeyPair) -> Result<ServerConfig, PkiError> {
     let provider = provider();
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca.cert_pem())?), provider.clone())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| PkiError::Tls(format!("client certificate verifier: {e}")))?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots(ca.cert_pem())?),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| PkiError::Tls(format!("client certificate verifier: {e}")))?;
     let (chain, key) = chain_and_key(serving)?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -57,7 +66,8 @@ pub fn server_config(ca: &Ca, serving: &CertKeyPair) -> Result<ServerConfig, Pki
     Ok(config)
 }
 
-/// Trusts only the cluster CA; presents `client` when given.
+/// A client that trusts only the cluster CA (never the system roots: a cluster's server is
+/// proven by its CA, not by a public one) and presents `client` when given.
 pub fn client_config(ca_pem: &str, client: Option<&CertKeyPair>) -> Result<ClientConfig, PkiError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -85,14 +95,22 @@ mod tests {
 
     use super::*;
 
-    async fn handshake(server: ServerConfig, client: ClientConfig) -> Result<Option<Vec<u8>>, String> {
+    async fn handshake(
+        server: ServerConfig,
+        client: ClientConfig,
+    ) -> Result<Option<Vec<u8>>, String> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let acceptor = TlsAcceptor::from(Arc::new(server));
         let accept = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
             let mut tls = acceptor.accept(tcp).await.map_err(|e| e.to_string())?;
-            let peer = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec());
+            let peer = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.to_vec());
             let mut byte = [0u8; 1];
             tls.read_exact(&mut byte).await.map_err(|e| e.to_string())?;
             tls.write_all(&byte).await.map_err(|e| e.to_string())?;
@@ -102,7 +120,10 @@ mod tests {
         let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
         let connector = TlsConnector::from(Arc::new(client));
         let exchange = async {
-            let mut tls = connector.connect(name, tcp).await.map_err(|e| e.to_string())?;
+            let mut tls = connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| e.to_string())?;
             tls.write_all(b"x").await.map_err(|e| e.to_string())?;
             let mut byte = [0u8; 1];
             tls.read_exact(&mut byte).await.map_err(|e| e.to_string())?;
@@ -118,32 +139,100 @@ mod tests {
     async fn client_certificates_from_the_cluster_ca_are_accepted_and_others_refused() {
         let ca = Ca::generate().unwrap();
         let serving = ca
-            .issue_serving("kube-apiserver", &["localhost".into()], Duration::from_secs(3600))
+            .issue_serving(
+                "kube-apiserver",
+                &["localhost".into()],
+                Duration::from_secs(3600),
+            )
             .unwrap();
         let admin = ca
-            .issue_client("system:admin", &["system:masters"], Duration::from_secs(3600))
+            .issue_client(
+                "system:admin",
+                &["system:masters"],
+                Duration::from_secs(3600),
+            )
             .unwrap();
         let server = || server_config(&ca, &serving).unwrap();
 
-        let peer = handshake(server(), client_config(ca.cert_pem(), Some(&admin)).unwrap())
-            .await
-            .unwrap();
+        let peer = handshake(
+            server(),
+            client_config(ca.cert_pem(), Some(&admin)).unwrap(),
+        )
+        .await
+        .unwrap();
         assert_eq!(peer, Some(admin.der().unwrap()));
 
-        let anonymous = handshake(server(), client_config(ca.cert_pem(), None).unwrap()).await.unwrap();
-        assert_eq!(anonymous, None, "no certificate is allowed at the TLS layer");
+        // Several groups (several O attributes, see `subject`) still verify.
+        let jane = ca
+            .issue_client(
+                "jane",
+                &["dev", "ops", "system:authenticated"],
+                Duration::from_secs(3600),
+            )
+            .unwrap();
+        let seen = handshake(server(), client_config(ca.cert_pem(), Some(&jane)).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(seen, Some(jane.der().unwrap()));
+
+        let anonymous = handshake(server(), client_config(ca.cert_pem(), None).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            anonymous, None,
+            "no certificate is allowed at the TLS layer"
+        );
 
         let other_ca = Ca::generate().unwrap();
         let stranger = other_ca
             .issue_client("mallory", &["system:masters"], Duration::from_secs(3600))
             .unwrap();
-        assert!(handshake(server(), client_config(ca.cert_pem(), Some(&stranger)).unwrap())
-            .await
-            .is_err());
+        assert!(handshake(
+            server(),
+            client_config(ca.cert_pem(), Some(&stranger)).unwrap()
+        )
+        .await
+        .is_err());
 
         // A client that trusts another CA refuses this server.
-        assert!(handshake(server(), client_config(other_ca.cert_pem(), None).unwrap())
-            .await
-            .is_err());
+        assert!(
+            handshake(server(), client_config(other_ca.cert_pem(), None).unwrap())
+                .await
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn peer_certificates_serve_and_call() {
+        let ca = Ca::generate().unwrap();
+        let peer = ca
+            .issue_peer(
+                "kedge-server:a",
+                &[crate::pki::SERVER_GROUP],
+                &["localhost".into()],
+                Duration::from_secs(3600),
+            )
+            .unwrap();
+        let server = server_config(&ca, &peer).unwrap();
+        let client = client_config(ca.cert_pem(), Some(&peer)).unwrap();
+        assert_eq!(
+            server.alpn_protocols,
+            [b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+        assert_eq!(client.alpn_protocols, server.alpn_protocols);
+        let seen = handshake(server, client).await.unwrap();
+        assert_eq!(seen, Some(peer.der().unwrap()));
+    }
+
+    #[test]
+    fn bad_pem_is_an_error_not_a_panic() {
+        let ca = Ca::generate().unwrap();
+        let junk = CertKeyPair {
+            cert_pem: "junk".into(),
+            key_pem: "junk".into(),
+        };
+        assert!(matches!(server_config(&ca, &junk), Err(PkiError::Parse(_))));
+        assert!(client_config("junk", None).is_err());
+        assert!(client_config(ca.cert_pem(), Some(&junk)).is_err());
     }
 }

@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{BasicNode, Config, SnapshotPolicy};
 use tokio::sync::watch;
 
+use super::batcher::Batcher;
 use super::log::wal::{Wal, WalOptions};
 use super::log::LogStore;
 use super::network::Network;
@@ -85,6 +86,7 @@ pub struct RaftNode {
     raft: Raft,
     engine: Arc<Engine>,
     log: LogStore,
+    batcher: Batcher,
     client: HttpsClient,
     stop: watch::Sender<bool>,
 }
@@ -102,7 +104,10 @@ fn check_node_id(db_dir: &Path, node_id: NodeId) -> Result<(), NodeError> {
     };
     match std::fs::read_to_string(&path) {
         Ok(stored) => {
-            let stored: NodeId = stored.trim().parse().map_err(|_| err(format!("not a node id: {stored:?}")))?;
+            let stored: NodeId = stored
+                .trim()
+                .parse()
+                .map_err(|_| err(format!("not a node id: {stored:?}")))?;
             if stored != node_id {
                 return Err(err(format!(
                     "this data dir belongs to Raft node {stored}, not {node_id}; use --raft-id {stored} or another --data-dir"
@@ -123,19 +128,26 @@ fn check_node_id(db_dir: &Path, node_id: NodeId) -> Result<(), NodeError> {
 impl RaftNode {
     /// Opens the node's storage and starts Raft. On an empty log, forms the cluster from
     /// `initial_members`.
-    pub async fn start(config: RaftConfig, client: HttpsClient) -> Result<Arc<RaftNode>, NodeError> {
+    pub async fn start(
+        config: RaftConfig,
+        client: HttpsClient,
+    ) -> Result<Arc<RaftNode>, NodeError> {
         let dir = &config.db_dir;
         std::fs::create_dir_all(dir).map_err(|e| NodeError::DataDir {
             path: dir.display().to_string(),
             reason: e.to_string(),
         })?;
         check_node_id(dir, config.node_id)?;
-        let engine = Arc::new(Engine::open(&dir.join("state.redb"), config.engine_cache_bytes)?);
+        let engine = Arc::new(Engine::open(
+            &dir.join("state.redb"),
+            config.engine_cache_bytes,
+        )?);
         let (wal, recovered) = Wal::open(&dir.join("log"), WalOptions::default())?;
         if recovered.truncated_bytes > 0 {
             tracing::warn!(bytes = recovered.truncated_bytes, "the Raft log had a torn tail (an unacknowledged write cut short by a crash); it was cut off");
         }
-        let log = LogStore::new(wal, &recovered.meta).map_err(|e| NodeError::Storage(e.to_string()))?;
+        let log =
+            LogStore::new(wal, &recovered.meta).map_err(|e| NodeError::Storage(e.to_string()))?;
         let state_machine = StateMachine::new(engine.clone(), &dir.join("snapshots"))
             .map_err(|e| NodeError::Storage(e.to_string()))?;
 
@@ -162,7 +174,11 @@ impl RaftNode {
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
 
-        if !raft.is_initialized().await.map_err(|e| NodeError::Raft(e.to_string()))? {
+        if !raft
+            .is_initialized()
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?
+        {
             let members: BTreeMap<NodeId, Node> = config
                 .initial_members
                 .iter()
@@ -172,20 +188,24 @@ impl RaftNode {
             match raft.initialize(members).await {
                 Ok(()) => {}
                 // Another member initialized first; its log will reach us.
-                Err(RaftError::APIError(e)) => tracing::info!(reason = %e, "cluster already initialized"),
+                Err(RaftError::APIError(e)) => {
+                    tracing::info!(reason = %e, "cluster already initialized")
+                }
                 Err(e) => return Err(NodeError::Raft(e.to_string())),
             }
         }
         let (stop, _) = watch::channel(false);
         let node = Arc::new(RaftNode {
             id: config.node_id,
+            batcher: Batcher::start(raft.clone(), config.node_id),
             raft,
             engine,
             log,
             client,
             stop,
         });
-        if config.initial_members.len() == 1 && config.initial_members.contains_key(&config.node_id) {
+        if config.initial_members.len() == 1 && config.initial_members.contains_key(&config.node_id)
+        {
             // Alone: no reason to wait an election timeout before serving.
             let _ = node.raft.trigger().elect().await;
         }
@@ -225,6 +245,7 @@ impl RaftNode {
     /// This node's view of the cluster.
     pub fn status(&self) -> wire::Status {
         let metrics = self.raft.metrics().borrow().clone();
+        let wal = self.log.wal_stats();
         wire::Status {
             id: self.id,
             state: format!("{:?}", metrics.state),
@@ -237,6 +258,9 @@ impl RaftNode {
             members: metrics.membership_config.membership().voter_ids().collect(),
             snapshot_index: metrics.snapshot.map(|id| id.index),
             purged_index: metrics.purged.map(|id| id.index),
+            log_syncs: wal.syncs,
+            log_bytes: wal.bytes_written,
+            apply_batches: self.engine.batches_applied(),
         }
     }
 
@@ -249,9 +273,14 @@ impl RaftNode {
             .wait(Some(REQUEST_TIMEOUT))
             .metrics(|m| m.current_leader.is_some(), "a leader is elected")
             .await
-            .map_err(|_| StoreError::Unavailable(format!("no Raft leader elected within {REQUEST_TIMEOUT:?}")))?;
-        self.leader()
-            .ok_or_else(|| StoreError::Unavailable("the elected leader is not a member".to_string()))
+            .map_err(|_| {
+                StoreError::Unavailable(format!(
+                    "no Raft leader elected within {REQUEST_TIMEOUT:?}"
+                ))
+            })?;
+        self.leader().ok_or_else(|| {
+            StoreError::Unavailable("the elected leader is not a member".to_string())
+        })
     }
 
     async fn wait_applied(&self, index: u64) -> Result<(), StoreError> {
@@ -265,36 +294,31 @@ impl RaftNode {
 
     /// Proposes on this node if it leads. `Err(NotLeader)` tells the caller where to go.
     pub async fn propose_local(&self, command: Command) -> Result<Proposed, RemoteError> {
-        match self.raft.client_write(command).await {
-            Ok(response) => Ok(Proposed {
-                outcome: response
-                    .data
-                    .ok_or_else(|| StoreError::Internal("a command entry produced no outcome".to_string()))?,
-                index: response.log_id.index,
-            }),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => Err(RemoteError::NotLeader {
-                contacted: self.id,
-                leader: forward.leader_id.zip(forward.leader_node.map(|n| n.addr)),
-            }),
-            Err(e) => Err(StoreError::Unavailable(format!("Raft write failed: {e}")).into()),
-        }
+        self.batcher.propose(command).await
     }
 
     /// The leader's read index, if this node leads.
     pub async fn read_index_local(&self) -> Result<u64, RemoteError> {
         match self.raft.get_read_log_id().await {
             Ok((read_log_id, _)) => Ok(read_log_id.map_or(0, |id| id.index)),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => Err(RemoteError::NotLeader {
-                contacted: self.id,
-                leader: forward.leader_id.zip(forward.leader_node.map(|n| n.addr)),
-            }),
-            Err(e) => Err(StoreError::Unavailable(format!("confirming leadership failed: {e}")).into()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+                Err(RemoteError::NotLeader {
+                    contacted: self.id,
+                    leader: forward.leader_id.zip(forward.leader_node.map(|n| n.addr)),
+                })
+            }
+            Err(e) => {
+                Err(StoreError::Unavailable(format!("confirming leadership failed: {e}")).into())
+            }
         }
     }
 
     /// Runs `request` on the leader: locally if this node leads, else forwarded over HTTPS,
     /// following leadership as it moves. Returns the answer and whether it came from afar.
-    async fn on_leader<R: LeaderRequest>(&self, request: &R) -> Result<(R::Answer, bool), StoreError> {
+    async fn on_leader<R: LeaderRequest>(
+        &self,
+        request: &R,
+    ) -> Result<(R::Answer, bool), StoreError> {
         for _ in 0..FORWARD_ATTEMPTS {
             let leader = match request.run_locally(self).await {
                 Ok(answer) => return Ok((answer, false)),
@@ -322,7 +346,12 @@ impl RaftNode {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
-                Err(e) => return Err(StoreError::Unavailable(format!("forwarding to the leader (node {}): {e}", leader.0))),
+                Err(e) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "forwarding to the leader (node {}): {e}",
+                        leader.0
+                    )))
+                }
             };
             if !response.status.is_success() {
                 return Err(StoreError::Unavailable(format!(
@@ -332,15 +361,19 @@ impl RaftNode {
                     String::from_utf8_lossy(&response.body)
                 )));
             }
-            let answer: Result<R::Answer, RemoteError> = wire::decode(&response.body)
-                .map_err(|e| StoreError::Internal(format!("undecodable answer from the leader: {e}")))?;
+            let answer: Result<R::Answer, RemoteError> =
+                wire::decode(&response.body).map_err(|e| {
+                    StoreError::Internal(format!("undecodable answer from the leader: {e}"))
+                })?;
             match answer {
                 Ok(answer) => return Ok((answer, true)),
                 Err(RemoteError::Store(e)) => return Err(e),
                 Err(RemoteError::NotLeader { .. }) => continue,
             }
         }
-        Err(StoreError::Unavailable("leadership kept moving; gave up".to_string()))
+        Err(StoreError::Unavailable(
+            "leadership kept moving; gave up".to_string(),
+        ))
     }
 
     async fn propose_anywhere(&self, command: Command) -> Result<CommandOutcome, StoreError> {
@@ -385,15 +418,17 @@ impl RaftNode {
         });
     }
 
-    /// On the leader, compacts history older than `window` or beyond `max_revisions`.
+    /// On the leader, compacts history older than `window` or beyond `max_revisions`. Checks
+    /// every second, and compacts in steps of a tenth of `max_revisions`, so history stays
+    /// bounded under heavy write load as well.
     fn spawn_compaction(self: &Arc<Self>, window: Duration, max_revisions: u64) {
         let node = Arc::downgrade(self);
         let mut stop = self.stop.subscribe();
-        let period = (window / 5).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let step = (max_revisions / 10).max(1);
         tokio::spawn(async move {
-            // (when, revision) samples, oldest first.
+            // (when, revision) samples, oldest first, one per second at most.
             let mut samples: VecDeque<(Instant, u64)> = VecDeque::new();
-            let mut ticker = tokio::time::interval(period);
+            let mut ticker = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tokio::select! {
                     _ = ticker.tick() => {}
@@ -402,27 +437,39 @@ impl RaftNode {
                 let Some(node) = node.upgrade() else { return };
                 let now = Instant::now();
                 let revision = node.engine.revision();
-                samples.push_back((now, revision));
+                if samples.back().is_none_or(|(_, last)| *last != revision) {
+                    samples.push_back((now, revision));
+                }
+                // The newest sample at least `window` old is the revision history must reach.
                 let mut expired = 0;
-                while samples.len() > 1 && now.duration_since(samples[1].0) >= window {
+                while let Some((when, rev)) = samples.front().copied() {
+                    if now.duration_since(when) < window {
+                        break;
+                    }
+                    expired = rev;
                     samples.pop_front();
                 }
-                if let Some((when, rev)) = samples.front() {
-                    if now.duration_since(*when) >= window {
-                        expired = *rev;
-                    }
+                if expired > 0 {
+                    samples.push_front((now - window, expired));
                 }
                 let target = expired.max(revision.saturating_sub(max_revisions));
+                let compacted = node.engine.compact_revision();
                 let leading = node.raft.metrics().borrow().current_leader == Some(node.id);
-                if !leading || target <= node.engine.compact_revision() {
+                let due = target > compacted && (target - compacted >= step || expired >= target);
+                if !leading || !due {
                     continue;
                 }
-                match node.propose_local(Command::Compact { revision: target }).await {
+                match node
+                    .propose_local(Command::Compact { revision: target })
+                    .await
+                {
                     Ok(Proposed {
                         outcome: CommandOutcome::Compacted { revision },
                         ..
                     }) => tracing::debug!(revision, "compacted store history"),
-                    Ok(other) => tracing::debug!(outcome = ?other.outcome, "compaction not applied"),
+                    Ok(other) => {
+                        tracing::debug!(outcome = ?other.outcome, "compaction not applied")
+                    }
                     Err(e) => tracing::warn!(error = %e, "compacting store history failed"),
                 }
             }
@@ -451,7 +498,13 @@ impl RaftNode {
 
     /// Members of the current configuration.
     pub fn members(&self) -> BTreeSet<NodeId> {
-        self.raft.metrics().borrow().membership_config.membership().voter_ids().collect()
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
     }
 }
 
@@ -459,7 +512,10 @@ impl RaftNode {
 trait LeaderRequest: Sync {
     type Answer: serde::de::DeserializeOwned + Send;
     const PATH: &'static str;
-    fn run_locally<'a>(&'a self, node: &'a RaftNode) -> BoxFuture<'a, Result<Self::Answer, RemoteError>>;
+    fn run_locally<'a>(
+        &'a self,
+        node: &'a RaftNode,
+    ) -> BoxFuture<'a, Result<Self::Answer, RemoteError>>;
     fn encode(&self) -> bytes::Bytes;
 }
 
@@ -468,7 +524,10 @@ struct ProposeRequest(Command);
 impl LeaderRequest for ProposeRequest {
     type Answer = Proposed;
     const PATH: &'static str = wire::PROPOSE;
-    fn run_locally<'a>(&'a self, node: &'a RaftNode) -> BoxFuture<'a, Result<Proposed, RemoteError>> {
+    fn run_locally<'a>(
+        &'a self,
+        node: &'a RaftNode,
+    ) -> BoxFuture<'a, Result<Proposed, RemoteError>> {
         Box::pin(node.propose_local(self.0.clone()))
     }
     fn encode(&self) -> bytes::Bytes {

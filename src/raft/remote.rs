@@ -12,7 +12,11 @@ pub enum RemoteCallError {
     #[error(transparent)]
     Client(#[from] ClientError),
     #[error("{url} answered {status}: {body}")]
-    Status { url: String, status: http::StatusCode, body: String },
+    Status {
+        url: String,
+        status: http::StatusCode,
+        body: String,
+    },
     #[error("undecodable answer from {url}: {reason}")]
     Decode { url: String, reason: String },
     #[error(transparent)]
@@ -40,9 +44,16 @@ impl RemoteServer {
         &self.base
     }
 
-    async fn call<T: serde::de::DeserializeOwned>(&self, path: &str, body: bytes::Bytes) -> Result<T, RemoteCallError> {
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: bytes::Bytes,
+    ) -> Result<T, RemoteCallError> {
         let url = format!("{}{}", self.base, path);
-        let response = self.client.post(&url, wire::CONTENT_TYPE, body, self.timeout).await?;
+        let response = self
+            .client
+            .post(&url, wire::CONTENT_TYPE, body, self.timeout)
+            .await?;
         if !response.status.is_success() {
             return Err(RemoteCallError::Status {
                 url,
@@ -50,10 +61,11 @@ impl RemoteServer {
                 body: String::from_utf8_lossy(&response.body).into_owned(),
             });
         }
-        let answer: Result<T, RemoteError> = wire::decode(&response.body).map_err(|e| RemoteCallError::Decode {
-            url,
-            reason: e.to_string(),
-        })?;
+        let answer: Result<T, RemoteError> =
+            wire::decode(&response.body).map_err(|e| RemoteCallError::Decode {
+                url,
+                reason: e.to_string(),
+            })?;
         Ok(answer?)
     }
 

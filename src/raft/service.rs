@@ -50,7 +50,11 @@ pub async fn handle(node: &RaftNode, method: &Method, path: &str, body: Bytes) -
     }
 }
 
-async fn post(node: &RaftNode, path: &str, body: &[u8]) -> Result<Response<Bytes>, Response<Bytes>> {
+async fn post(
+    node: &RaftNode,
+    path: &str,
+    body: &[u8],
+) -> Result<Response<Bytes>, Response<Bytes>> {
     let raft = node.raft();
     Ok(match path {
         wire::APPEND => answer(&raft.append_entries(parse(path, body)?).await),

@@ -12,10 +12,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use openraft::storage::RaftStateMachine;
-use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, RaftLogId};
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftLogId, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::types::{storage_error, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use super::types::{
+    storage_error, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
 use crate::store::{CommandOutcome, Engine, EngineError};
 
 /// Checkpoint after this many applied entries even if the timer has not fired.
@@ -35,7 +37,8 @@ impl AppliedMarker {
         if raw.is_empty() {
             return Ok(AppliedMarker::default());
         }
-        postcard::from_bytes(raw).map_err(|e| storage_error(ErrorSubject::StateMachine, ErrorVerb::Read, &e))
+        postcard::from_bytes(raw)
+            .map_err(|e| storage_error(ErrorSubject::StateMachine, ErrorVerb::Read, &e))
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -71,7 +74,11 @@ pub struct StateMachine {
 impl StateMachine {
     pub fn new(engine: Arc<Engine>, snapshot_dir: &Path) -> Result<Self, StorageError> {
         std::fs::create_dir_all(snapshot_dir).map_err(|e| snapshot_error(ErrorVerb::Write, &e))?;
-        let marker = AppliedMarker::decode(&engine.applied_marker().map_err(|e| sm_error(ErrorVerb::Read, &e))?)?;
+        let marker = AppliedMarker::decode(
+            &engine
+                .applied_marker()
+                .map_err(|e| sm_error(ErrorVerb::Read, &e))?,
+        )?;
         Ok(StateMachine {
             engine,
             snapshot_dir: snapshot_dir.to_path_buf(),
@@ -100,7 +107,8 @@ fn persist(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
 
 /// The openraft description of an exported engine image.
 fn snapshot_meta(image: &[u8]) -> Result<SnapshotMeta, StorageError> {
-    let header = Engine::read_snapshot_header(image).map_err(|e| snapshot_error(ErrorVerb::Read, &e))?;
+    let header =
+        Engine::read_snapshot_header(image).map_err(|e| snapshot_error(ErrorVerb::Read, &e))?;
     let marker = AppliedMarker::decode(&header.marker)?;
     let snapshot_id = match marker.last_applied {
         Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, header.revision),
@@ -129,8 +137,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 .map_err(|e| snapshot_error(ErrorVerb::Write, &e))?;
             // Durable at least up to the snapshot (exported first), so the log may be purged
             // up to it.
-            engine.checkpoint().map_err(|e| sm_error(ErrorVerb::Write, &e))?;
-            persist(&dir, SNAPSHOT_FILE, &image).map_err(|e| snapshot_error(ErrorVerb::Write, &e))?;
+            engine
+                .checkpoint()
+                .map_err(|e| sm_error(ErrorVerb::Write, &e))?;
+            persist(&dir, SNAPSHOT_FILE, &image)
+                .map_err(|e| snapshot_error(ErrorVerb::Write, &e))?;
             Ok(image)
         })
         .await?;
@@ -150,26 +161,32 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((self.marker.last_applied, self.marker.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Option<CommandOutcome>>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<CommandOutcome>>, StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
         let mut marker = self.marker.clone();
+        // All commands of all entries go to the engine as one transaction; `counts` splits
+        // the outcomes back per entry.
         let mut commands = Vec::new();
+        let mut counts = Vec::new();
         for entry in entries {
             let log_id = *entry.get_log_id();
             marker.last_applied = Some(log_id);
-            commands.push(match entry.payload {
-                EntryPayload::Normal(command) => Some(command),
+            match entry.payload {
+                EntryPayload::Normal(proposal) => {
+                    counts.push(proposal.commands.len());
+                    commands.extend(proposal.commands.into_iter().map(Some));
+                }
                 EntryPayload::Membership(membership) => {
                     marker.membership = StoredMembership::new(Some(log_id), membership);
-                    None
+                    counts.push(0);
                 }
-                EntryPayload::Blank => None,
-            });
+                EntryPayload::Blank => counts.push(0),
+            }
         }
-        if commands.is_empty() {
+        if counts.is_empty() {
             return Ok(Vec::new());
         }
         let engine = self.engine.clone();
@@ -179,13 +196,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .apply_batch(&commands, &encoded)
                 .map_err(|e| sm_error(ErrorVerb::Write, &e))?;
             if engine.applied_since_checkpoint() >= CHECKPOINT_EVERY_ENTRIES {
-                engine.checkpoint().map_err(|e| sm_error(ErrorVerb::Write, &e))?;
+                engine
+                    .checkpoint()
+                    .map_err(|e| sm_error(ErrorVerb::Write, &e))?;
             }
             Ok(outcomes)
         })
         .await?;
         self.marker = marker;
-        Ok(outcomes)
+        let mut outcomes = outcomes
+            .into_iter()
+            .map(|o| o.expect("every command has an outcome"));
+        Ok(counts
+            .into_iter()
+            .map(|count| outcomes.by_ref().take(count).collect())
+            .collect())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -196,7 +221,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
         let image = snapshot.into_inner();
         let described = snapshot_meta(&image)?;
         if described.last_log_id != meta.last_log_id {

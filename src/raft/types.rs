@@ -4,7 +4,8 @@ use std::io::Cursor;
 
 use openraft::BasicNode;
 
-use crate::store::{Command, CommandOutcome};
+use super::batcher::Proposal;
+use crate::store::CommandOutcome;
 
 /// A server's Raft identity; unique and never reused within a cluster.
 pub type NodeId = u64;
@@ -12,11 +13,11 @@ pub type NodeId = u64;
 pub type Node = BasicNode;
 
 openraft::declare_raft_types!(
-    /// kedge's Raft: the log carries store commands; applying one yields its outcome (none
-    /// for entries that carry no command).
+    /// kedge's Raft: each entry carries a batch of store commands; applying it yields one
+    /// outcome per command (none for entries without commands).
     pub TypeConfig:
-        D = Command,
-        R = Option<CommandOutcome>,
+        D = Proposal,
+        R = Vec<CommandOutcome>,
         NodeId = NodeId,
         Node = Node,
         Entry = openraft::Entry<TypeConfig>,

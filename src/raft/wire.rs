@@ -67,6 +67,12 @@ pub struct Status {
     pub snapshot_index: Option<u64>,
     /// Log entries up to here are gone from this server's log.
     pub purged_index: Option<u64>,
+    /// fdatasync calls of the Raft log so far (one per group commit).
+    pub log_syncs: u64,
+    /// Bytes appended to the Raft log so far.
+    pub log_bytes: u64,
+    /// Batches of entries applied to the store since start (one transaction each).
+    pub apply_batches: u64,
 }
 
 pub fn encode<T: Serialize>(value: &T) -> bytes::Bytes {

@@ -93,8 +93,13 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
              to form a cluster of several servers now, start each with --raft-id and the same --raft-peers"
         );
     }
-    let kubeconfig_mode = pki::parse_file_mode(&options.write_kubeconfig_mode)
-        .with_context(|| format!("--write-kubeconfig-mode {:?}", options.write_kubeconfig_mode))?;
+    let kubeconfig_mode =
+        pki::parse_file_mode(&options.write_kubeconfig_mode).with_context(|| {
+            format!(
+                "--write-kubeconfig-mode {:?}",
+                options.write_kubeconfig_mode
+            )
+        })?;
     let service_ip = options.service_ip().map_err(anyhow::Error::msg)?;
     let server_dir = options.data_dir.join("server");
     create_private_dir(&options.data_dir)?;
@@ -122,16 +127,25 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
     let listener = api::server::bind(addr)
         .await
         .with_context(|| format!("listening on {addr}"))?;
-    let port = listener.local_addr().context("reading the bound port")?.port();
+    let port = listener
+        .local_addr()
+        .context("reading the bound port")?
+        .port();
 
-    let client = HttpsClient::new(pki::client_config(certs.ca.cert_pem(), Some(&certs.peer)).context("client TLS")?);
+    let client = HttpsClient::new(
+        pki::client_config(certs.ca.cert_pem(), Some(&certs.peer)).context("client TLS")?,
+    );
     let own_url = url_for(options.advertise_ip(), port);
     let mut raft_config = RaftConfig::single(options.raft_id, &own_url, &server_dir.join("db"));
-    raft_config.initial_members = options.initial_members(&own_url).map_err(anyhow::Error::msg)?;
+    raft_config.initial_members = options
+        .initial_members(&own_url)
+        .map_err(anyhow::Error::msg)?;
     raft_config.history_window = Duration::from_secs(options.store_history_seconds);
     raft_config.history_revisions = options.store_history_revisions;
     raft_config.snapshot_every = options.raft_snapshot_every;
-    let node = RaftNode::start(raft_config, client).await.context("starting the store")?;
+    let node = RaftNode::start(raft_config, client)
+        .await
+        .context("starting the store")?;
     let store = Store::new(node.engine().clone(), node.clone());
 
     let router = Arc::new(Router::new(
@@ -147,8 +161,19 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
     tracing::info!(%addr, port, "kedge API listening");
 
     let kubeconfig_url = local_url(&options, port);
-    pki::write_kubeconfig(&options.write_kubeconfig, kubeconfig_mode, &kubeconfig_url, certs.ca.cert_pem(), &certs.admin)
-        .with_context(|| format!("writing the kubeconfig {}", options.write_kubeconfig.display()))?;
+    pki::write_kubeconfig(
+        &options.write_kubeconfig,
+        kubeconfig_mode,
+        &kubeconfig_url,
+        certs.ca.cert_pem(),
+        &certs.admin,
+    )
+    .with_context(|| {
+        format!(
+            "writing the kubeconfig {}",
+            options.write_kubeconfig.display()
+        )
+    })?;
     tracing::info!(path = %options.write_kubeconfig.display(), "wrote the admin kubeconfig");
 
     let readiness = {

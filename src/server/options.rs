@@ -12,7 +12,12 @@ use crate::raft::types::NodeId;
 #[derive(Args, Clone, Debug)]
 pub struct ServerOptions {
     /// Folder that holds all state (store, certificates, token)
-    #[arg(long, short = 'd', env = "KEDGE_DATA_DIR", default_value = "/var/lib/kedge")]
+    #[arg(
+        long,
+        short = 'd',
+        env = "KEDGE_DATA_DIR",
+        default_value = "/var/lib/kedge"
+    )]
     pub data_dir: PathBuf,
 
     /// HTTPS port of the Kubernetes API (and of server-to-server traffic)
@@ -33,7 +38,12 @@ pub struct ServerOptions {
     pub tls_san: Vec<String>,
 
     /// Write the admin kubeconfig to this file
-    #[arg(long, short = 'o', env = "KEDGE_KUBECONFIG_OUTPUT", default_value = "/etc/kedge/kedge.yaml")]
+    #[arg(
+        long,
+        short = 'o',
+        env = "KEDGE_KUBECONFIG_OUTPUT",
+        default_value = "/etc/kedge/kedge.yaml"
+    )]
     pub write_kubeconfig: PathBuf,
 
     /// File mode of the written kubeconfig, in octal
@@ -89,7 +99,10 @@ fn parse_peer(s: &str) -> Result<(NodeId, String), String> {
     let (id, url) = s
         .split_once('=')
         .ok_or_else(|| format!("{s:?} is not ID=URL"))?;
-    let id: NodeId = id.trim().parse().map_err(|_| format!("{id:?} is not a node id"))?;
+    let id: NodeId = id
+        .trim()
+        .parse()
+        .map_err(|_| format!("{id:?} is not a node id"))?;
     let url = url.trim();
     if !url.starts_with("https://") {
         return Err(format!("peer URL {url:?} must start with https://"));
@@ -113,16 +126,26 @@ impl ServerOptions {
             .service_cidr
             .split_once('/')
             .ok_or_else(|| format!("--service-cidr {:?} is not a CIDR", self.service_cidr))?;
-        let base: std::net::Ipv4Addr = base
-            .parse()
-            .map_err(|_| format!("--service-cidr {:?}: {base:?} is not an IPv4 address", self.service_cidr))?;
+        let base: std::net::Ipv4Addr = base.parse().map_err(|_| {
+            format!(
+                "--service-cidr {:?}: {base:?} is not an IPv4 address",
+                self.service_cidr
+            )
+        })?;
         let bits: u32 = bits
             .parse()
             .ok()
             .filter(|b| (1..=30).contains(b))
-            .ok_or_else(|| format!("--service-cidr {:?}: prefix length must be 1 to 30", self.service_cidr))?;
+            .ok_or_else(|| {
+                format!(
+                    "--service-cidr {:?}: prefix length must be 1 to 30",
+                    self.service_cidr
+                )
+            })?;
         let mask = u32::MAX << (32 - bits);
-        Ok(IpAddr::from(std::net::Ipv4Addr::from((u32::from(base) & mask) + 1)))
+        Ok(IpAddr::from(std::net::Ipv4Addr::from(
+            (u32::from(base) & mask) + 1,
+        )))
     }
 
     /// The initial Raft membership: the flag's, or this server alone.
@@ -135,7 +158,10 @@ impl ServerOptions {
             return Err("--raft-peers names a node id twice".to_string());
         }
         if !members.contains_key(&self.raft_id) {
-            return Err(format!("--raft-peers does not include this server's --raft-id {}", self.raft_id));
+            return Err(format!(
+                "--raft-peers does not include this server's --raft-id {}",
+                self.raft_id
+            ));
         }
         Ok(members)
     }
@@ -196,7 +222,9 @@ mod tests {
         assert!(bad("10.43.0.0"));
         assert!(bad("10.43.0.0/33"));
         assert!(bad("fd00::/64"));
-        let ok = Cli::try_parse_from(["kedge", "--service-cidr", "10.96.5.7/12"]).unwrap().server;
+        let ok = Cli::try_parse_from(["kedge", "--service-cidr", "10.96.5.7/12"])
+            .unwrap()
+            .server;
         assert_eq!(ok.service_ip().unwrap().to_string(), "10.96.0.1");
     }
 }

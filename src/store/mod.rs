@@ -20,8 +20,8 @@ use futures::future::BoxFuture;
 
 pub use engine::{Engine, EngineError, EngineStats, SnapshotHeader};
 pub use types::{
-    validate_key, Command, CommandOutcome, Event, EventKind, KeyValue, ListOptions, ListPage, Revision,
-    StoreError, MAX_KEY_LEN,
+    validate_key, Command, CommandOutcome, Event, EventKind, KeyValue, ListOptions, ListPage,
+    Revision, StoreError, MAX_KEY_LEN,
 };
 pub use watch::Watcher;
 
@@ -158,19 +158,28 @@ impl Store {
     }
 
     /// The current value of `key`.
-    pub async fn get(&self, key: &str, consistency: Consistency) -> Result<Option<KeyValue>, StoreError> {
+    pub async fn get(
+        &self,
+        key: &str,
+        consistency: Consistency,
+    ) -> Result<Option<KeyValue>, StoreError> {
         self.barrier(consistency).await?;
         let key = key.to_string();
         self.blocking(move |engine| Ok(engine.get(&key)?)).await
     }
 
     /// The value `key` had at `revision` (within the history window).
-    pub async fn get_at(&self, key: &str, revision: Revision) -> Result<Option<KeyValue>, StoreError> {
+    pub async fn get_at(
+        &self,
+        key: &str,
+        revision: Revision,
+    ) -> Result<Option<KeyValue>, StoreError> {
         if revision > self.engine.revision() {
             self.barrier(Consistency::Linearizable).await?;
         }
         let key = key.to_string();
-        self.blocking(move |engine| engine.get_at(&key, revision)).await
+        self.blocking(move |engine| engine.get_at(&key, revision))
+            .await
     }
 
     /// One page of the keys under `prefix`. A continue token pins later pages to the first
@@ -185,14 +194,18 @@ impl Store {
             self.barrier(consistency).await?;
         }
         let prefix = prefix.to_string();
-        self.blocking(move |engine| engine.list(&prefix, &options)).await
+        self.blocking(move |engine| engine.list(&prefix, &options))
+            .await
     }
 
     /// Whether linearizable requests can be served now: a leader is known and this replica
     /// has applied everything it committed.
     pub async fn ready(&self) -> bool {
         let barrier = self.replicator.read_barrier();
-        matches!(tokio::time::timeout(READY_TIMEOUT, barrier).await, Ok(Ok(())))
+        matches!(
+            tokio::time::timeout(READY_TIMEOUT, barrier).await,
+            Ok(Ok(()))
+        )
     }
 
     /// Events under `prefix` after revision `after`: history first, then live.
@@ -208,7 +221,9 @@ fn outcome_error(key: &str, expected: Option<Revision>, outcome: CommandOutcome)
             key: key.to_string(),
             current: Box::new(current),
         },
-        CommandOutcome::NotFound => StoreError::NotFound { key: key.to_string() },
+        CommandOutcome::NotFound => StoreError::NotFound {
+            key: key.to_string(),
+        },
         CommandOutcome::Conflict { current } => StoreError::Conflict {
             key: key.to_string(),
             expected: expected.unwrap_or_default(),

@@ -19,7 +19,9 @@ impl Replicator for DirectReplicator {
     fn propose(&self, command: Command) -> BoxFuture<'_, Result<CommandOutcome, StoreError>> {
         Box::pin(async move {
             let index = self.index.fetch_add(1, Ordering::SeqCst) + 1;
-            let mut out = self.engine.apply_batch(&[Some(command)], &index.to_le_bytes())?;
+            let mut out = self
+                .engine
+                .apply_batch(&[Some(command)], &index.to_le_bytes())?;
             Ok(out.pop().flatten().expect("one outcome"))
         })
     }
@@ -59,7 +61,10 @@ async fn errors_carry_what_the_caller_needs() {
         store.delete("/registry/cm/ns/none", None).await,
         Err(StoreError::NotFound { .. })
     ));
-    assert!(matches!(store.create("", value("x")).await, Err(StoreError::InvalidKey { .. })));
+    assert!(matches!(
+        store.create("", value("x")).await,
+        Err(StoreError::InvalidKey { .. })
+    ));
     assert_eq!(store.revision(), 1, "failed writes consume no revision");
 }
 
@@ -68,16 +73,28 @@ async fn watch_replays_history_then_follows_live_without_gaps_or_duplicates() {
     let dir = tempfile::tempdir().unwrap();
     let store = store(&dir);
     for i in 0..10 {
-        store.create(&format!("/registry/cm/ns/k{i}"), value("v")).await.unwrap();
-        store.create(&format!("/registry/other/ns/k{i}"), value("v")).await.unwrap();
+        store
+            .create(&format!("/registry/cm/ns/k{i}"), value("v"))
+            .await
+            .unwrap();
+        store
+            .create(&format!("/registry/other/ns/k{i}"), value("v"))
+            .await
+            .unwrap();
     }
     let mut watcher = store.watch("/registry/cm/", 4).unwrap();
     let writer = {
         let store = store.clone();
         tokio::spawn(async move {
             for i in 10..600 {
-                store.create(&format!("/registry/cm/ns/k{i}"), value("v")).await.unwrap();
-                store.create(&format!("/registry/other/ns/k{i}"), value("v")).await.unwrap();
+                store
+                    .create(&format!("/registry/cm/ns/k{i}"), value("v"))
+                    .await
+                    .unwrap();
+                store
+                    .create(&format!("/registry/other/ns/k{i}"), value("v"))
+                    .await
+                    .unwrap();
                 if i % 50 == 0 {
                     tokio::task::yield_now().await;
                 }
@@ -103,7 +120,10 @@ async fn a_watcher_that_falls_far_behind_still_sees_every_event() {
     let mut watcher = store.watch("/registry/", 0).unwrap();
     // Many more batches than the live channel holds, none consumed meanwhile.
     for i in 0..(watch::CHANNEL_CAPACITY * 3) {
-        store.create(&format!("/registry/k{i:05}"), value("v")).await.unwrap();
+        store
+            .create(&format!("/registry/k{i:05}"), value("v"))
+            .await
+            .unwrap();
     }
     for expected in 1..=(watch::CHANNEL_CAPACITY * 3) as u64 {
         let event = watcher.next().await.unwrap().unwrap();
@@ -116,10 +136,16 @@ async fn watching_compacted_history_fails_with_compacted() {
     let dir = tempfile::tempdir().unwrap();
     let store = store(&dir);
     for i in 0..5 {
-        store.create(&format!("/registry/k{i}"), value("v")).await.unwrap();
+        store
+            .create(&format!("/registry/k{i}"), value("v"))
+            .await
+            .unwrap();
     }
     store.compact(3).await.unwrap();
-    assert!(matches!(store.watch("/registry/", 2), Err(StoreError::Compacted { .. })));
+    assert!(matches!(
+        store.watch("/registry/", 2),
+        Err(StoreError::Compacted { .. })
+    ));
     let mut watcher = store.watch("/registry/", 3).unwrap();
     assert_eq!(watcher.next().await.unwrap().unwrap().revision(), 4);
 }
@@ -130,7 +156,10 @@ async fn deletes_are_watched_with_the_deleted_value() {
     let store = store(&dir);
     let kv = store.create("/registry/a", value("last")).await.unwrap();
     let mut watcher = store.watch("/registry/", kv.mod_revision).unwrap();
-    let (prev, revision) = store.delete("/registry/a", Some(kv.mod_revision)).await.unwrap();
+    let (prev, revision) = store
+        .delete("/registry/a", Some(kv.mod_revision))
+        .await
+        .unwrap();
     assert_eq!(prev.value, "last");
     let event = watcher.next().await.unwrap().unwrap();
     assert_eq!(event.kind, EventKind::Delete);

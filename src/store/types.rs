@@ -47,9 +47,9 @@ impl Command {
     /// The key a command writes, if it writes one.
     pub fn key(&self) -> Option<&str> {
         match self {
-            Command::Create { key, .. } | Command::Update { key, .. } | Command::Delete { key, .. } => {
-                Some(key)
-            }
+            Command::Create { key, .. }
+            | Command::Update { key, .. }
+            | Command::Delete { key, .. } => Some(key),
             Command::Compact { .. } => None,
         }
     }
@@ -61,18 +61,35 @@ impl Command {
 pub enum CommandOutcome {
     Created(KeyValue),
     /// The new value, and the value it replaced.
-    Updated { kv: KeyValue, prev: KeyValue },
+    Updated {
+        kv: KeyValue,
+        prev: KeyValue,
+    },
     /// The deleted value, and the revision of the deletion.
-    Deleted { prev: KeyValue, revision: Revision },
-    Compacted { revision: Revision },
-    AlreadyExists { current: KeyValue },
+    Deleted {
+        prev: KeyValue,
+        revision: Revision,
+    },
+    Compacted {
+        revision: Revision,
+    },
+    AlreadyExists {
+        current: KeyValue,
+    },
     NotFound,
     /// The key's mod revision was not the expected one; `current` is what is stored now.
-    Conflict { current: KeyValue },
+    Conflict {
+        current: KeyValue,
+    },
     /// A compaction at or below the current compacted revision, or above the current revision.
-    CompactionRefused { compact_revision: Revision, current_revision: Revision },
+    CompactionRefused {
+        compact_revision: Revision,
+        current_revision: Revision,
+    },
     /// The command was malformed (for example an invalid key); nothing was written.
-    Rejected { reason: String },
+    Rejected {
+        reason: String,
+    },
 }
 
 /// Errors of the store's client-facing operations.
@@ -96,7 +113,10 @@ pub enum StoreError {
     },
     /// The requested revision is newer than anything written yet.
     #[error("revision {requested} is in the future (current revision is {current})")]
-    FutureRevision { requested: Revision, current: Revision },
+    FutureRevision {
+        requested: Revision,
+        current: Revision,
+    },
     #[error("invalid key {key:?}: {reason}")]
     InvalidKey { key: String, reason: String },
     #[error("invalid continue token: {0}")]
@@ -236,8 +256,14 @@ mod tests {
     #[test]
     fn keys_are_validated() {
         assert!(validate_key("/registry/configmaps/default/a").is_ok());
-        assert!(matches!(validate_key(""), Err(StoreError::InvalidKey { .. })));
-        assert!(matches!(validate_key("a\0b"), Err(StoreError::InvalidKey { .. })));
+        assert!(matches!(
+            validate_key(""),
+            Err(StoreError::InvalidKey { .. })
+        ));
+        assert!(matches!(
+            validate_key("a\0b"),
+            Err(StoreError::InvalidKey { .. })
+        ));
         assert!(matches!(
             validate_key(&"x".repeat(MAX_KEY_LEN + 1)),
             Err(StoreError::InvalidKey { .. })
@@ -248,7 +274,10 @@ mod tests {
     fn continue_token_round_trips_and_is_bound_to_its_prefix() {
         let token = ContinueToken::new(42, "/registry/pods/default/web-1".into());
         let encoded = token.encode();
-        assert_eq!(ContinueToken::decode(&encoded, "/registry/pods/").unwrap(), token);
+        assert_eq!(
+            ContinueToken::decode(&encoded, "/registry/pods/").unwrap(),
+            token
+        );
         assert!(ContinueToken::decode(&encoded, "/registry/secrets/").is_err());
         assert!(ContinueToken::decode("%%%", "/registry/pods/").is_err());
         assert!(ContinueToken::decode("e30", "/registry/pods/").is_err()); // "{}"

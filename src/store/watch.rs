@@ -71,7 +71,11 @@ pub struct Watcher {
 impl Watcher {
     /// Watches `prefix` for events after revision `after`. Fails with `Compacted` when that
     /// history is gone.
-    pub(crate) fn new(engine: Arc<Engine>, prefix: &str, after: Revision) -> Result<Self, StoreError> {
+    pub(crate) fn new(
+        engine: Arc<Engine>,
+        prefix: &str,
+        after: Revision,
+    ) -> Result<Self, StoreError> {
         // Subscribe before checking history, so nothing applied in between is missed.
         let receiver = engine.hub().subscribe();
         let compact_revision = engine.compact_revision();

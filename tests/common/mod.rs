@@ -113,7 +113,10 @@ impl Server {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("kedge did not exit within 30 s of SIGTERM; log:\n{}", self.log_text());
+                panic!(
+                    "kedge did not exit within 30 s of SIGTERM; log:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -141,7 +144,10 @@ impl Server {
         loop {
             if let Some(child) = self.child.as_mut() {
                 if let Some(status) = child.try_wait().unwrap() {
-                    panic!("kedge exited with {status} while starting; log:\n{}", self.log_text());
+                    panic!(
+                        "kedge exited with {status} while starting; log:\n{}",
+                        self.log_text()
+                    );
                 }
             }
             if self.tls_dir().join("admin.key").exists() {
@@ -155,7 +161,10 @@ impl Server {
                 }
             }
             if Instant::now() > deadline {
-                panic!("kedge not ready within {timeout:?}; log:\n{}", self.log_text());
+                panic!(
+                    "kedge not ready within {timeout:?}; log:\n{}",
+                    self.log_text()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -174,14 +183,20 @@ impl Drop for Server {
 /// A client that servers accept as one of their own (group kedge:servers), from `ca`.
 pub fn server_identity_client(ca: &Ca) -> HttpsClient {
     let identity = ca
-        .issue_client("kedge-test", &[pki::SERVER_GROUP], Duration::from_secs(3600))
+        .issue_client(
+            "kedge-test",
+            &[pki::SERVER_GROUP],
+            Duration::from_secs(3600),
+        )
         .unwrap();
     HttpsClient::new(pki::client_config(ca.cert_pem(), Some(&identity)).unwrap())
 }
 
 /// A client for a server's store endpoints, with an identity from the server's own CA.
 pub fn store_client(server: &Server) -> RemoteServer {
-    let ca = Ca::load(&server.tls_dir()).unwrap().expect("the server created its CA");
+    let ca = Ca::load(&server.tls_dir())
+        .unwrap()
+        .expect("the server created its CA");
     RemoteServer::new(server_identity_client(&ca), &server.url())
 }
 
@@ -193,7 +208,10 @@ where
 {
     let deadline = Instant::now() + timeout;
     while !check().await {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -108,7 +108,10 @@ pub fn parse(buf: &[u8]) -> Parsed {
         return Parsed::Damaged(format!("impossible length {len}"));
     }
     if buf.len() < HEADER + len {
-        return Parsed::Damaged(format!("cut short: {len} bytes announced, {} present", buf.len() - HEADER.min(buf.len())));
+        return Parsed::Damaged(format!(
+            "cut short: {len} bytes announced, {} present",
+            buf.len() - HEADER.min(buf.len())
+        ));
     }
     let crc = u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes"));
     let body = &buf[HEADER..HEADER + len];
@@ -116,7 +119,8 @@ pub fn parse(buf: &[u8]) -> Parsed {
         return Parsed::Damaged("checksum mismatch".into());
     }
     let (kind, rest) = (body[0], &body[1..]);
-    let word = |rest: &[u8]| -> Option<u64> { Some(u64::from_le_bytes(rest.get(..8)?.try_into().ok()?)) };
+    let word =
+        |rest: &[u8]| -> Option<u64> { Some(u64::from_le_bytes(rest.get(..8)?.try_into().ok()?)) };
     let record = match kind {
         KIND_ENTRY => match word(rest) {
             Some(index) => {
@@ -169,7 +173,9 @@ mod tests {
         let mut at = 0;
         for expected in &records {
             match parse(&buf[at..]) {
-                Parsed::Record { record, framed_len, .. } => {
+                Parsed::Record {
+                    record, framed_len, ..
+                } => {
                     assert_eq!(&record, expected);
                     at += framed_len;
                 }
@@ -180,7 +186,10 @@ mod tests {
         assert_eq!(parse(&[0; 16]), Parsed::End);
 
         let entry = records[0].encoded();
-        assert!(matches!(parse(&entry[..entry.len() - 1]), Parsed::Damaged(_)));
+        assert!(matches!(
+            parse(&entry[..entry.len() - 1]),
+            Parsed::Damaged(_)
+        ));
         let mut flipped = entry.clone();
         *flipped.last_mut().unwrap() ^= 1;
         assert!(matches!(parse(&flipped), Parsed::Damaged(_)));

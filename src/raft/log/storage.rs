@@ -39,7 +39,8 @@ fn log_error(verb: ErrorVerb, e: &WalError) -> StorageError {
 }
 
 fn decode(index: u64, payload: &[u8]) -> Result<Entry, StorageError> {
-    postcard::from_bytes(payload).map_err(|e| storage_error(ErrorSubject::LogIndex(index), ErrorVerb::Read, &e))
+    postcard::from_bytes(payload)
+        .map_err(|e| storage_error(ErrorSubject::LogIndex(index), ErrorVerb::Read, &e))
 }
 
 impl LogStore {
@@ -53,10 +54,15 @@ impl LogStore {
         };
         let last_log_id = match wal.entries() {
             Some((_, last)) => {
-                let entries = wal.read(last..last + 1).map_err(|e| log_error(ErrorVerb::Read, &e))?;
-                let (index, payload) = entries
-                    .first()
-                    .ok_or_else(|| log_error(ErrorVerb::Read, &WalError::Inconsistent("last entry unreadable".into())))?;
+                let entries = wal
+                    .read(last..last + 1)
+                    .map_err(|e| log_error(ErrorVerb::Read, &e))?;
+                let (index, payload) = entries.first().ok_or_else(|| {
+                    log_error(
+                        ErrorVerb::Read,
+                        &WalError::Inconsistent("last entry unreadable".into()),
+                    )
+                })?;
                 Some(*decode(*index, payload)?.get_log_id())
             }
             None => meta.purged,
@@ -71,7 +77,11 @@ impl LogStore {
     }
 
     /// Writes the meta blob; with `durable`, waits until it is on disk.
-    async fn save_meta(&self, update: impl FnOnce(&mut LogMeta), durable: bool) -> Result<(), StorageError> {
+    async fn save_meta(
+        &self,
+        update: impl FnOnce(&mut LogMeta),
+        durable: bool,
+    ) -> Result<(), StorageError> {
         let blob = {
             let mut meta = self.inner.meta.lock().expect("log meta");
             update(&mut meta);
@@ -95,7 +105,12 @@ impl LogStore {
             )
             .map_err(|e| log_error(ErrorVerb::Write, &e))?;
         rx.await
-            .map_err(|_| log_error(ErrorVerb::Write, &WalError::Failed("log writer stopped".into())))?
+            .map_err(|_| {
+                log_error(
+                    ErrorVerb::Write,
+                    &WalError::Failed("log writer stopped".into()),
+                )
+            })?
             .map_err(|e| storage_error(ErrorSubject::Vote, ErrorVerb::Write, &e))
     }
 
@@ -129,7 +144,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
             .await
             .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Read, &e))?
             .map_err(|e| log_error(ErrorVerb::Read, &e))?;
-        raw.iter().map(|(index, payload)| decode(*index, payload)).collect()
+        raw.iter()
+            .map(|(index, payload)| decode(*index, payload))
+            .collect()
     }
 }
 
@@ -160,14 +177,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // Not synced: a lost committed id only delays re-applying until the next commit.
-        self.save_meta(|meta| meta.committed = committed, false).await
+        self.save_meta(|meta| meta.committed = committed, false)
+            .await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
         Ok(self.inner.meta.lock().expect("log meta").committed)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -187,7 +209,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         };
         self.inner
             .wal
-            .append(encoded, Box::new(move |result| callback.log_io_completed(result)))
+            .append(
+                encoded,
+                Box::new(move |result| callback.log_io_completed(result)),
+            )
             .map_err(|e| log_error(ErrorVerb::Write, &e))?;
         *self.inner.last_log_id.lock().expect("last log id") = Some(last);
         Ok(())
@@ -220,7 +245,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // The purge point is recorded durably first, so a crash can never leave deleted
         // segments behind a purge point that says they still exist.
-        self.save_meta(|meta| meta.purged = Some(log_id), true).await?;
+        self.save_meta(|meta| meta.purged = Some(log_id), true)
+            .await?;
         self.inner
             .wal
             .purge(log_id.index)

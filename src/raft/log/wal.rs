@@ -38,7 +38,11 @@ pub enum WalError {
         source: io::Error,
     },
     #[error("log segment {path} is damaged at byte {offset} ({why}); acknowledged entries may follow it, refusing to guess")]
-    Damaged { path: String, offset: u64, why: String },
+    Damaged {
+        path: String,
+        offset: u64,
+        why: String,
+    },
     #[error("log is inconsistent: {0}")]
     Inconsistent(String),
     #[error("log writer failed earlier: {0}")]
@@ -139,7 +143,12 @@ impl State {
         } else {
             self.slots.truncate((since - self.first) as usize);
         }
-        self.cache_bytes = self.slots.iter().filter_map(|s| s.cached.as_ref()).map(Bytes::len).sum();
+        self.cache_bytes = self
+            .slots
+            .iter()
+            .filter_map(|s| s.cached.as_ref())
+            .map(Bytes::len)
+            .sum();
         self.evict_from = self.evict_from.min(since);
         if let Some(durable) = self.durable_index {
             self.durable_index = since.checked_sub(1).map(|last| durable.min(last));
@@ -168,11 +177,15 @@ impl State {
 
     /// Drops cached payloads of durable entries, oldest first, down to the budget.
     fn evict(&mut self, budget: usize) {
-        let Some(durable) = self.durable_index else { return };
+        let Some(durable) = self.durable_index else {
+            return;
+        };
         self.evict_from = self.evict_from.max(self.first);
         while self.cache_bytes > budget && self.evict_from <= durable {
             let position = (self.evict_from - self.first) as usize;
-            let Some(slot) = self.slots.get_mut(position) else { break };
+            let Some(slot) = self.slots.get_mut(position) else {
+                break;
+            };
             if let Some(bytes) = slot.cached.take() {
                 self.cache_bytes -= bytes.len();
             }
@@ -186,15 +199,24 @@ impl State {
     fn purgeable(&self, upto: u64) -> Vec<u64> {
         self.segments
             .iter()
-            .take_while(|(seq, segment)| **seq < self.active && segment.max_index.is_none_or(|max| max <= upto))
+            .take_while(|(seq, segment)| {
+                **seq < self.active && segment.max_index.is_none_or(|max| max <= upto)
+            })
             .map(|(seq, _)| *seq)
             .collect()
     }
 }
 
 enum Op {
-    Write { bytes: Vec<u8>, done: Option<Durable>, last_entry: Option<u64> },
-    Roll { file: File, header: Vec<u8> },
+    Write {
+        bytes: Vec<u8>,
+        done: Option<Durable>,
+        last_entry: Option<u64>,
+    },
+    Roll {
+        file: File,
+        header: Vec<u8>,
+    },
     Delete(Vec<PathBuf>),
     Sync(Durable),
 }
@@ -259,14 +281,19 @@ impl Wal {
             let seq = 1;
             let (file, header) = Self::create_segment(dir, seq, &mut state)?;
             let mut file = file;
-            file.write_all(&header).map_err(|e| io_err(&segment_path(dir, seq), e))?;
-            file.sync_data().map_err(|e| io_err(&segment_path(dir, seq), e))?;
+            file.write_all(&header)
+                .map_err(|e| io_err(&segment_path(dir, seq), e))?;
+            file.sync_data()
+                .map_err(|e| io_err(&segment_path(dir, seq), e))?;
             sync_dir(dir).map_err(|e| io_err(dir, e))?;
             state.active_len = header.len() as u64;
             file
         } else {
             let path = segment_path(dir, state.active);
-            OpenOptions::new().append(true).open(&path).map_err(|e| io_err(&path, e))?
+            OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .map_err(|e| io_err(&path, e))?
         };
         state.durable_index = state.last_index();
         state.evict_from = state.first;
@@ -298,7 +325,11 @@ impl Wal {
 
     /// Creates segment `seq` and registers it as active; returns the file and the header
     /// bytes (the current meta) that must start it.
-    fn create_segment(dir: &Path, seq: u64, state: &mut State) -> Result<(File, Vec<u8>), WalError> {
+    fn create_segment(
+        dir: &Path,
+        seq: u64,
+        state: &mut State,
+    ) -> Result<(File, Vec<u8>), WalError> {
         let path = segment_path(dir, seq);
         let file = OpenOptions::new()
             .create_new(true)
@@ -332,7 +363,13 @@ impl Wal {
 
     /// Queues `bytes` (whole records) for the active segment, rolling to a new segment first
     /// when the active one is full. Called with the state locked, so queue order is log order.
-    fn queue(&self, state: &mut State, bytes: Vec<u8>, done: Option<Durable>, last_entry: Option<u64>) -> Result<u64, WalError> {
+    fn queue(
+        &self,
+        state: &mut State,
+        bytes: Vec<u8>,
+        done: Option<Durable>,
+        last_entry: Option<u64>,
+    ) -> Result<u64, WalError> {
         if let Some(why) = &state.failed {
             return Err(WalError::Failed(why.clone()));
         }
@@ -342,7 +379,11 @@ impl Wal {
         }
         let offset = state.active_len;
         state.active_len += bytes.len() as u64;
-        self.send(Op::Write { bytes, done, last_entry })?;
+        self.send(Op::Write {
+            bytes,
+            done,
+            last_entry,
+        })?;
         Ok(offset)
     }
 
@@ -463,7 +504,12 @@ impl Wal {
                         let segment = state.segments.get(&slot.segment).ok_or_else(|| {
                             WalError::Inconsistent(format!("entry {index} is in a deleted segment"))
                         })?;
-                        Source::Disk(segment.reader.clone(), segment.path.clone(), slot.offset, slot.len)
+                        Source::Disk(
+                            segment.reader.clone(),
+                            segment.path.clone(),
+                            slot.offset,
+                            slot.len,
+                        )
                     }
                 };
                 sources.push((index, source));
@@ -476,7 +522,8 @@ impl Wal {
                 Source::Memory(bytes) => Ok((index, bytes)),
                 Source::Disk(file, path, offset, len) => {
                     let mut buf = vec![0u8; len as usize];
-                    file.read_exact_at(&mut buf, offset).map_err(|e| io_err(&path, e))?;
+                    file.read_exact_at(&mut buf, offset)
+                        .map_err(|e| io_err(&path, e))?;
                     Ok((index, Bytes::from(buf)))
                 }
             })
@@ -539,7 +586,10 @@ fn recover_segment(
                 }
                 let cut = (data.len() - at) as u64;
                 tracing::warn!(segment = %path.display(), offset = at, bytes = cut, %why, "cutting off a torn log tail");
-                let file = OpenOptions::new().write(true).open(path).map_err(|e| io_err(path, e))?;
+                let file = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(|e| io_err(path, e))?;
                 file.set_len(at as u64).map_err(|e| io_err(path, e))?;
                 file.sync_all().map_err(|e| io_err(path, e))?;
                 recovered.truncated_bytes += cut;
@@ -701,7 +751,10 @@ fn writer_loop(
         }
     }
     // Senders are gone: flush what is left so a clean close loses nothing.
-    if flush(&mut file, &mut buffer).and_then(|_| file.sync_data()).is_err() {
+    if flush(&mut file, &mut buffer)
+        .and_then(|_| file.sync_data())
+        .is_err()
+    {
         tracing::error!("final flush of the log failed");
     }
 }

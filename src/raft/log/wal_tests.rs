@@ -10,7 +10,10 @@ fn options(segment_bytes: u64, cache_bytes: usize) -> WalOptions {
 }
 
 fn payload(index: u64) -> Bytes {
-    Bytes::from(format!("entry-{index}-{}", "x".repeat((index % 50) as usize)))
+    Bytes::from(format!(
+        "entry-{index}-{}",
+        "x".repeat((index % 50) as usize)
+    ))
 }
 
 /// Appends `range` one entry per call and waits until all are durable.
@@ -19,8 +22,11 @@ fn append_all(wal: &Wal, range: Range<u64>) {
     let count = range.end - range.start;
     for index in range {
         let tx = tx.clone();
-        wal.append(vec![(index, payload(index))], Box::new(move |r| tx.send(r).unwrap()))
-            .unwrap();
+        wal.append(
+            vec![(index, payload(index))],
+            Box::new(move |r| tx.send(r).unwrap()),
+        )
+        .unwrap();
     }
     for _ in 0..count {
         rx.recv().unwrap().unwrap();
@@ -34,7 +40,10 @@ fn assert_entries(wal: &Wal, range: Range<u64>) {
 }
 
 fn segments(dir: &Path) -> Vec<PathBuf> {
-    let mut paths: Vec<_> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut paths: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     paths.sort();
     paths
 }
@@ -66,7 +75,9 @@ fn appends_must_not_leave_a_hole() {
     let dir = tempfile::tempdir().unwrap();
     let (wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
     append_all(&wal, 5..8);
-    let err = wal.append(vec![(9, payload(9))], Box::new(|_| {})).unwrap_err();
+    let err = wal
+        .append(vec![(9, payload(9))], Box::new(|_| {}))
+        .unwrap_err();
     assert!(matches!(err, WalError::Inconsistent(_)), "{err}");
 }
 
@@ -150,14 +161,20 @@ fn truncation_survives_reopen_and_new_entries_replace_old() {
         wal.truncate(30).unwrap();
         assert_eq!(wal.entries(), Some((1, 29)));
         let (tx, rx) = mpsc::channel();
-        wal.append(vec![(30, Bytes::from_static(b"new"))], Box::new(move |r| tx.send(r).unwrap()))
-            .unwrap();
+        wal.append(
+            vec![(30, Bytes::from_static(b"new"))],
+            Box::new(move |r| tx.send(r).unwrap()),
+        )
+        .unwrap();
         rx.recv().unwrap().unwrap();
         wal.close().unwrap();
     }
     let (wal, recovered) = Wal::open(dir.path(), options(2048, 1 << 20)).unwrap();
     assert_eq!(recovered.entries, Some((1, 30)));
-    assert_eq!(wal.read(30..31).unwrap(), vec![(30, Bytes::from_static(b"new"))]);
+    assert_eq!(
+        wal.read(30..31).unwrap(),
+        vec![(30, Bytes::from_static(b"new"))]
+    );
 }
 
 #[test]
@@ -171,13 +188,19 @@ fn purge_deletes_whole_segments_and_keeps_meta() {
         wal.purge(250).unwrap();
         wal.sync_blocking().unwrap();
         let after = segments(dir.path()).len();
-        assert!(after < before / 2, "{before} segments before purge, {after} after");
+        assert!(
+            after < before / 2,
+            "{before} segments before purge, {after} after"
+        );
         assert_eq!(wal.entries(), Some((251, 299)));
         assert!(wal.read(0..251).unwrap().is_empty());
         wal.close().unwrap();
     }
     let (wal, recovered) = Wal::open(dir.path(), options(1024, 1 << 20)).unwrap();
-    assert_eq!(recovered.meta, "state-1", "meta outlives the segment it was written in");
+    assert_eq!(
+        recovered.meta, "state-1",
+        "meta outlives the segment it was written in"
+    );
     assert_eq!(recovered.entries, Some((251, 299)));
     assert_entries(&wal, 251..300);
 }

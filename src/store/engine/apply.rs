@@ -5,7 +5,9 @@ use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::encoding::{version_key, LiveMeta, VersionRecord};
 use super::{EngineError, CHANGES, LIVE, META, VERSIONS};
-use crate::store::types::{validate_key, Command, CommandOutcome, Event, EventKind, KeyValue, Revision};
+use crate::store::types::{
+    validate_key, Command, CommandOutcome, Event, EventKind, KeyValue, Revision,
+};
 
 /// The engine's tables opened in one write transaction.
 pub(super) struct Tables<'txn> {

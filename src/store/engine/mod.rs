@@ -92,8 +92,10 @@ pub struct Engine {
     compact_revision: AtomicU64,
     /// The applied marker as of the last durable commit.
     durable_marker: Mutex<Vec<u8>>,
-    /// Applied since the last durable commit: commands, and whether anything at all.
+    /// Entries applied since the last durable commit.
     applied_since_checkpoint: AtomicU64,
+    /// Batches applied since open (each one redb transaction).
+    batches: AtomicU64,
 }
 
 /// Sizes of the engine's tables, for status and benchmarks.
@@ -140,6 +142,7 @@ impl Engine {
             compact_revision: AtomicU64::new(compact_revision),
             durable_marker: Mutex::new(marker),
             applied_since_checkpoint: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
         })
     }
 
@@ -162,7 +165,10 @@ impl Engine {
 
     /// The applied marker as of the last durable commit: what a crash would roll back to.
     pub fn durable_marker(&self) -> Vec<u8> {
-        self.durable_marker.lock().expect("durable marker lock").clone()
+        self.durable_marker
+            .lock()
+            .expect("durable marker lock")
+            .clone()
     }
 
     /// Entries applied since the last checkpoint.
@@ -214,9 +220,11 @@ impl Engine {
         };
         txn.commit()?;
         self.revision.store(revision, Ordering::Release);
-        self.compact_revision.store(compact_revision, Ordering::Release);
+        self.compact_revision
+            .store(compact_revision, Ordering::Release);
         self.applied_since_checkpoint
             .fetch_add(commands.len() as u64, Ordering::AcqRel);
+        self.batches.fetch_add(1, Ordering::Relaxed);
         self.hub.publish(events);
         Ok(outcomes)
     }
@@ -241,6 +249,11 @@ impl Engine {
         *self.durable_marker.lock().expect("durable marker lock") = marker;
         self.applied_since_checkpoint.store(0, Ordering::Release);
         Ok(())
+    }
+
+    /// Batches applied since open.
+    pub fn batches_applied(&self) -> u64 {
+        self.batches.load(Ordering::Relaxed)
     }
 
     /// Sizes of the tables.

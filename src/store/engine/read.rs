@@ -4,14 +4,24 @@
 
 use redb::{ReadOnlyTable, ReadTransaction, ReadableDatabase};
 
-use super::encoding::{first_version_key_after, split_version_key, version_key, LiveMeta, VersionRecord};
-use super::{Engine, EngineError, CHANGES, LIVE, META, META_COMPACT_REVISION, META_REVISION, VERSIONS};
+use super::encoding::{
+    first_version_key_after, split_version_key, version_key, LiveMeta, VersionRecord,
+};
+use super::{
+    Engine, EngineError, CHANGES, LIVE, META, META_COMPACT_REVISION, META_REVISION, VERSIONS,
+};
 use crate::store::types::{
     ContinueToken, Event, EventKind, KeyValue, ListOptions, ListPage, Revision, StoreError,
 };
 
-pub(super) fn meta_bytes(meta: &ReadOnlyTable<&str, &[u8]>, name: &str) -> Result<Vec<u8>, EngineError> {
-    Ok(meta.get(name)?.map(|v| v.value().to_vec()).unwrap_or_default())
+pub(super) fn meta_bytes(
+    meta: &ReadOnlyTable<&str, &[u8]>,
+    name: &str,
+) -> Result<Vec<u8>, EngineError> {
+    Ok(meta
+        .get(name)?
+        .map(|v| v.value().to_vec())
+        .unwrap_or_default())
 }
 
 pub(super) fn meta_u64(meta: &ReadOnlyTable<&str, &[u8]>, name: &str) -> Result<u64, EngineError> {
@@ -64,16 +74,27 @@ impl Reader {
         let meta = LiveMeta::decode(raw.value())
             .ok_or_else(|| EngineError::Corrupt(format!("live entry of {key:?}")))?;
         let record = self.version(key, meta.mod_revision)?.ok_or_else(|| {
-            EngineError::Corrupt(format!("version {} of live key {key:?} is missing", meta.mod_revision))
+            EngineError::Corrupt(format!(
+                "version {} of live key {key:?} is missing",
+                meta.mod_revision
+            ))
         })?;
         Ok(Some(record.into_key_value(key, meta.mod_revision)))
     }
 
     /// The newest version of `key` strictly below `before`, with its revision.
-    fn version_before(&self, key: &str, before: Revision) -> Result<Option<(Revision, VersionRecord)>, EngineError> {
+    fn version_before(
+        &self,
+        key: &str,
+        before: Revision,
+    ) -> Result<Option<(Revision, VersionRecord)>, EngineError> {
         let lower = version_key(key, 0);
         let upper = version_key(key, before);
-        let Some(entry) = self.versions.range(lower.as_slice()..upper.as_slice())?.next_back() else {
+        let Some(entry) = self
+            .versions
+            .range(lower.as_slice()..upper.as_slice())?
+            .next_back()
+        else {
             return Ok(None);
         };
         let (raw_key, raw_value) = entry?;
@@ -101,7 +122,12 @@ impl Reader {
     }
 
     /// Live keys under `prefix` starting after `after`, at the reader's revision.
-    fn list_live(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<(Vec<KeyValue>, bool), EngineError> {
+    fn list_live(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<KeyValue>, bool), EngineError> {
         let start = match after {
             Some(after) => format!("{after}\u{1}"),
             None => prefix.to_string(),
@@ -119,7 +145,10 @@ impl Reader {
             let meta = LiveMeta::decode(raw.value())
                 .ok_or_else(|| EngineError::Corrupt(format!("live entry of {key:?}")))?;
             let record = self.version(key, meta.mod_revision)?.ok_or_else(|| {
-                EngineError::Corrupt(format!("version {} of live key {key:?} is missing", meta.mod_revision))
+                EngineError::Corrupt(format!(
+                    "version {} of live key {key:?} is missing",
+                    meta.mod_revision
+                ))
             })?;
             items.push(record.into_key_value(key, meta.mod_revision));
         }
@@ -141,7 +170,9 @@ impl Reader {
         let mut items = Vec::new();
         // The newest version at or below `revision` of the key being scanned.
         let mut candidate: Option<(String, Revision, Vec<u8>)> = None;
-        let flush = |candidate: Option<(String, Revision, Vec<u8>)>, items: &mut Vec<KeyValue>| -> Result<(), EngineError> {
+        let flush = |candidate: Option<(String, Revision, Vec<u8>)>,
+                     items: &mut Vec<KeyValue>|
+         -> Result<(), EngineError> {
             if let Some((key, rev, raw)) = candidate {
                 if !VersionRecord::is_tombstone(&raw) {
                     let record = VersionRecord::decode(&raw)
@@ -244,7 +275,11 @@ impl Engine {
         }
         let mut events = Vec::new();
         let mut scanned = after.max(reader.compact_revision);
-        for entry in reader.changes.range(after + 1..).map_err(EngineError::from)? {
+        for entry in reader
+            .changes
+            .range(after + 1..)
+            .map_err(EngineError::from)?
+        {
             let (rev, key) = entry.map_err(EngineError::from)?;
             let (rev, key) = (rev.value(), key.value());
             if events.len() == max_events {
@@ -263,9 +298,9 @@ impl Engine {
 impl Reader {
     /// The event of the change to `key` at `revision`.
     fn event_at(&self, key: &str, revision: Revision) -> Result<Event, EngineError> {
-        let record = self
-            .version(key, revision)?
-            .ok_or_else(|| EngineError::Corrupt(format!("history {revision} of {key:?} is missing")))?;
+        let record = self.version(key, revision)?.ok_or_else(|| {
+            EngineError::Corrupt(format!("history {revision} of {key:?} is missing"))
+        })?;
         let prev = match self.version_before(key, revision)? {
             Some((rev, prev)) if !prev.tombstone => Some(prev.into_key_value(key, rev)),
             _ => None,

@@ -16,7 +16,8 @@ use super::apply::Tables;
 use super::encoding::{version_key, LiveMeta, VersionRecord};
 use super::read::{meta_bytes, meta_u64};
 use super::{
-    Engine, EngineError, CHANGES, LIVE, META, META_APPLIED, META_COMPACT_REVISION, META_REVISION, VERSIONS,
+    Engine, EngineError, CHANGES, LIVE, META, META_APPLIED, META_COMPACT_REVISION, META_REVISION,
+    VERSIONS,
 };
 use crate::store::types::KeyValue;
 
@@ -70,7 +71,9 @@ impl<R: Read> CrcReader<R> {
             return Ok(None);
         }
         if n > MAX_FRAME {
-            return Err(EngineError::Snapshot(format!("frame of {n} bytes is too large")));
+            return Err(EngineError::Snapshot(format!(
+                "frame of {n} bytes is too large"
+            )));
         }
         let mut payload = vec![0u8; n];
         self.inner.read_exact(&mut payload).map_err(truncated)?;
@@ -124,14 +127,19 @@ impl Engine {
                 .map_err(io_error)?;
         }
         out.inner.write_all(&0u32.to_le_bytes()).map_err(io_error)?;
-        out.inner.write_all(&out.crc.to_le_bytes()).map_err(io_error)?;
+        out.inner
+            .write_all(&out.crc.to_le_bytes())
+            .map_err(io_error)?;
         out.inner.flush().map_err(io_error)?;
         Ok(header)
     }
 
     /// Reads only the header of an exported image.
     pub fn read_snapshot_header(input: impl Read) -> Result<SnapshotHeader, EngineError> {
-        let mut input = CrcReader { inner: input, crc: 0 };
+        let mut input = CrcReader {
+            inner: input,
+            crc: 0,
+        };
         let frame = input
             .frame()?
             .ok_or_else(|| EngineError::Snapshot("empty snapshot".to_string()))?;
@@ -143,14 +151,20 @@ impl Engine {
     /// history is gone.
     pub fn import(&self, input: impl Read) -> Result<SnapshotHeader, EngineError> {
         let _serialized = self.write_lock.lock().expect("engine write lock");
-        let mut input = CrcReader { inner: input, crc: 0 };
+        let mut input = CrcReader {
+            inner: input,
+            crc: 0,
+        };
         let header: SnapshotHeader = decode(
             &input
                 .frame()?
                 .ok_or_else(|| EngineError::Snapshot("empty snapshot".to_string()))?,
         )?;
         if header.format != FORMAT {
-            return Err(EngineError::Snapshot(format!("unknown snapshot format {}", header.format)));
+            return Err(EngineError::Snapshot(format!(
+                "unknown snapshot format {}",
+                header.format
+            )));
         }
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
@@ -175,7 +189,9 @@ impl Engine {
                     mod_revision: kv.mod_revision,
                     version: kv.version,
                 };
-                tables.live.insert(kv.key.as_str(), meta.encode().as_slice())?;
+                tables
+                    .live
+                    .insert(kv.key.as_str(), meta.encode().as_slice())?;
                 tables.versions.insert(
                     version_key(&kv.key, kv.mod_revision).as_slice(),
                     VersionRecord::encode_put(kv.create_revision, kv.version, &kv.value).as_slice(),
@@ -194,7 +210,8 @@ impl Engine {
         }
         txn.commit()?;
         self.revision.store(header.revision, Ordering::Release);
-        self.compact_revision.store(header.revision, Ordering::Release);
+        self.compact_revision
+            .store(header.revision, Ordering::Release);
         *self.durable_marker.lock().expect("durable marker lock") = header.marker.clone();
         self.applied_since_checkpoint.store(0, Ordering::Release);
         self.hub.reset(header.revision);

@@ -54,15 +54,23 @@ fn writes_consume_one_revision_each_and_failures_none() {
             delete("/r/a"),
         ],
     );
-    assert!(matches!(&out[0], Some(CommandOutcome::Created(kv)) if kv.mod_revision == 1 && kv.version == 1));
-    assert!(matches!(&out[1], Some(CommandOutcome::AlreadyExists { current }) if current.value == "1"));
+    assert!(
+        matches!(&out[0], Some(CommandOutcome::Created(kv)) if kv.mod_revision == 1 && kv.version == 1)
+    );
+    assert!(
+        matches!(&out[1], Some(CommandOutcome::AlreadyExists { current }) if current.value == "1")
+    );
     assert!(
         matches!(&out[2], Some(CommandOutcome::Updated { kv, prev }) if kv.mod_revision == 2 && kv.create_revision == 1 && kv.version == 2 && prev.value == "1")
     );
-    assert!(matches!(&out[3], Some(CommandOutcome::Conflict { current }) if current.mod_revision == 2));
+    assert!(
+        matches!(&out[3], Some(CommandOutcome::Conflict { current }) if current.mod_revision == 2)
+    );
     assert_eq!(out[4], Some(CommandOutcome::NotFound));
     assert_eq!(out[5], None);
-    assert!(matches!(&out[6], Some(CommandOutcome::Deleted { prev, revision: 3 }) if prev.value == "2"));
+    assert!(
+        matches!(&out[6], Some(CommandOutcome::Deleted { prev, revision: 3 }) if prev.value == "2")
+    );
     assert_eq!(engine.revision(), 3);
     assert_eq!(engine.get("/r/a").unwrap(), None);
 }
@@ -72,7 +80,9 @@ fn invalid_keys_are_rejected_without_consuming_a_revision() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(&dir);
     let out = apply(&engine, vec![put("bad\0key", "x"), put("", "x")]);
-    assert!(out.iter().all(|o| matches!(o, Some(CommandOutcome::Rejected { .. }))));
+    assert!(out
+        .iter()
+        .all(|o| matches!(o, Some(CommandOutcome::Rejected { .. }))));
     assert_eq!(engine.revision(), 0);
 }
 
@@ -80,15 +90,31 @@ fn invalid_keys_are_rejected_without_consuming_a_revision() {
 fn list_pages_stay_at_the_first_pages_revision() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(&dir);
-    apply(&engine, (0..5).map(|i| put(&format!("/r/k{i}"), "v1")).collect());
+    apply(
+        &engine,
+        (0..5).map(|i| put(&format!("/r/k{i}"), "v1")).collect(),
+    );
     apply(&engine, vec![put("/other/x", "no")]);
     let first = engine
-        .list("/r/", &ListOptions { limit: 2, ..Default::default() })
+        .list(
+            "/r/",
+            &ListOptions {
+                limit: 2,
+                ..Default::default()
+            },
+        )
         .unwrap();
     assert_eq!(keys(&first), vec!["/r/k0", "/r/k1"]);
     assert_eq!(first.revision, 6);
     // Changes after the first page must not show in later pages.
-    apply(&engine, vec![delete("/r/k2"), update("/r/k3", "v2", None), put("/r/k10", "new")]);
+    apply(
+        &engine,
+        vec![
+            delete("/r/k2"),
+            update("/r/k3", "v2", None),
+            put("/r/k10", "new"),
+        ],
+    );
     let second = engine
         .list(
             "/r/",
@@ -116,7 +142,10 @@ fn list_pages_stay_at_the_first_pages_revision() {
     assert_eq!(third.continue_token, None);
     // The latest state reflects every change.
     let latest = engine.list("/r/", &ListOptions::default()).unwrap();
-    assert_eq!(keys(&latest), vec!["/r/k0", "/r/k1", "/r/k10", "/r/k3", "/r/k4"]);
+    assert_eq!(
+        keys(&latest),
+        vec!["/r/k0", "/r/k1", "/r/k10", "/r/k3", "/r/k4"]
+    );
     assert_eq!(latest.revision, 9);
 }
 
@@ -124,9 +153,18 @@ fn list_pages_stay_at_the_first_pages_revision() {
 fn listing_an_exact_page_size_ends_without_a_token() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(&dir);
-    apply(&engine, (0..4).map(|i| put(&format!("/r/k{i}"), "v")).collect());
+    apply(
+        &engine,
+        (0..4).map(|i| put(&format!("/r/k{i}"), "v")).collect(),
+    );
     let page = engine
-        .list("/r/", &ListOptions { limit: 4, ..Default::default() })
+        .list(
+            "/r/",
+            &ListOptions {
+                limit: 4,
+                ..Default::default()
+            },
+        )
         .unwrap();
     assert_eq!(page.items.len(), 4);
     assert_eq!(page.continue_token, None);
@@ -148,14 +186,25 @@ fn listing_an_exact_page_size_ends_without_a_token() {
 fn get_at_reads_past_versions() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(&dir);
-    apply(&engine, vec![put("/r/a", "1"), update("/r/a", "2", None), delete("/r/a"), put("/r/a", "4")]);
+    apply(
+        &engine,
+        vec![
+            put("/r/a", "1"),
+            update("/r/a", "2", None),
+            delete("/r/a"),
+            put("/r/a", "4"),
+        ],
+    );
     let value_at = |rev| engine.get_at("/r/a", rev).unwrap().map(|kv| kv.value);
     assert_eq!(value_at(1), Some(Bytes::from("1")));
     assert_eq!(value_at(2), Some(Bytes::from("2")));
     assert_eq!(value_at(3), None);
     let recreated = engine.get_at("/r/a", 4).unwrap().unwrap();
     assert_eq!((recreated.create_revision, recreated.version), (4, 1));
-    assert!(matches!(engine.get_at("/r/a", 5), Err(StoreError::FutureRevision { .. })));
+    assert!(matches!(
+        engine.get_at("/r/a", 5),
+        Err(StoreError::FutureRevision { .. })
+    ));
 }
 
 #[test]
@@ -164,13 +213,24 @@ fn history_replays_in_order_with_previous_values() {
     let engine = open(&dir);
     apply(
         &engine,
-        vec![put("/r/a", "1"), put("/x/b", "1"), update("/r/a", "2", None), delete("/r/a")],
+        vec![
+            put("/r/a", "1"),
+            put("/x/b", "1"),
+            update("/r/a", "2", None),
+            delete("/r/a"),
+        ],
     );
     let (events, scanned) = engine.changes_after("/r/", 0, 100).unwrap();
     assert_eq!(scanned, 4);
     let summary: Vec<_> = events
         .iter()
-        .map(|e| (e.kind, e.revision(), e.prev.as_ref().map(|p| p.value.clone())))
+        .map(|e| {
+            (
+                e.kind,
+                e.revision(),
+                e.prev.as_ref().map(|p| p.value.clone()),
+            )
+        })
         .collect();
     assert_eq!(
         summary,
@@ -191,33 +251,60 @@ fn compaction_keeps_exactly_what_later_revisions_need() {
     apply(
         &engine,
         vec![
-            put("/r/a", "1"),         // 1
+            put("/r/a", "1"),          // 1
             update("/r/a", "2", None), // 2
-            put("/r/gone", "x"),      // 3
-            delete("/r/gone"),        // 4
+            put("/r/gone", "x"),       // 3
+            delete("/r/gone"),         // 4
             update("/r/a", "3", None), // 5
         ],
     );
     let out = apply(&engine, vec![Some(Command::Compact { revision: 4 })]);
     assert_eq!(out[0], Some(CommandOutcome::Compacted { revision: 4 }));
-    assert_eq!(engine.revision(), 5, "compaction does not consume a revision");
+    assert_eq!(
+        engine.revision(),
+        5,
+        "compaction does not consume a revision"
+    );
     // Version 2 of /r/a (newest at or below 4) stays, version 1 and the deleted key go.
     assert_eq!(engine.stats().unwrap().versions, 2);
-    assert!(matches!(engine.changes_after("/r/", 3, 10), Err(StoreError::Compacted { .. })));
+    assert!(matches!(
+        engine.changes_after("/r/", 3, 10),
+        Err(StoreError::Compacted { .. })
+    ));
     let (events, _) = engine.changes_after("/r/", 4, 10).unwrap();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].prev.as_ref().unwrap().value, "2");
     let at4 = engine
-        .list("/r/", &ListOptions { revision: Some(4), ..Default::default() })
+        .list(
+            "/r/",
+            &ListOptions {
+                revision: Some(4),
+                ..Default::default()
+            },
+        )
         .unwrap();
     assert_eq!(keys(&at4), vec!["/r/a"]);
     assert_eq!(at4.items[0].value, "2");
     assert!(matches!(
-        engine.list("/r/", &ListOptions { revision: Some(3), ..Default::default() }),
+        engine.list(
+            "/r/",
+            &ListOptions {
+                revision: Some(3),
+                ..Default::default()
+            }
+        ),
         Err(StoreError::Compacted { .. })
     ));
-    let refused = apply(&engine, vec![Some(Command::Compact { revision: 4 }), Some(Command::Compact { revision: 9 })]);
-    assert!(refused.iter().all(|o| matches!(o, Some(CommandOutcome::CompactionRefused { .. }))));
+    let refused = apply(
+        &engine,
+        vec![
+            Some(Command::Compact { revision: 4 }),
+            Some(Command::Compact { revision: 9 }),
+        ],
+    );
+    assert!(refused
+        .iter()
+        .all(|o| matches!(o, Some(CommandOutcome::CompactionRefused { .. }))));
 }
 
 #[test]
@@ -236,7 +323,11 @@ fn reopening_without_checkpoint_returns_to_the_last_checkpoint() {
     // redb holds a file lock per process; a crashed process releases it, a forgotten handle
     // does not, so reopen through a fresh copy of the file.
     let copy = tempfile::tempdir().unwrap();
-    std::fs::copy(dir.path().join("state.redb"), copy.path().join("state.redb")).unwrap();
+    std::fs::copy(
+        dir.path().join("state.redb"),
+        copy.path().join("state.redb"),
+    )
+    .unwrap();
     let engine = open(&copy);
     assert_eq!(engine.applied_marker().unwrap(), b"m1");
     assert_eq!(engine.revision(), 1);
@@ -247,8 +338,16 @@ fn reopening_without_checkpoint_returns_to_the_last_checkpoint() {
 fn snapshots_round_trip_and_reject_damage() {
     let dir = tempfile::tempdir().unwrap();
     let source = open(&dir);
-    apply(&source, (0..50).map(|i| put(&format!("/r/k{i:02}"), &"v".repeat(i))).collect());
-    apply(&source, vec![delete("/r/k07"), update("/r/k08", "changed", None)]);
+    apply(
+        &source,
+        (0..50)
+            .map(|i| put(&format!("/r/k{i:02}"), &"v".repeat(i)))
+            .collect(),
+    );
+    apply(
+        &source,
+        vec![delete("/r/k07"), update("/r/k08", "changed", None)],
+    );
     let mut image = Vec::new();
     let header = source.export(&mut image).unwrap();
     assert_eq!((header.revision, header.live_keys), (52, 49));
@@ -261,7 +360,10 @@ fn snapshots_round_trip_and_reject_damage() {
     damaged[middle] ^= 0xff;
     assert!(target.import(damaged.as_slice()).is_err());
     assert!(target.import(&image[..image.len() - 3]).is_err());
-    assert!(target.get("/r/stale").unwrap().is_some(), "a failed import changes nothing");
+    assert!(
+        target.get("/r/stale").unwrap().is_some(),
+        "a failed import changes nothing"
+    );
 
     target.import(image.as_slice()).unwrap();
     assert_eq!(target.revision(), 52);
@@ -269,5 +371,8 @@ fn snapshots_round_trip_and_reject_damage() {
     assert!(target.get("/r/stale").unwrap().is_none());
     let all = |e: &Engine| e.list("/r/", &ListOptions::default()).unwrap().items;
     assert_eq!(all(&source), all(&target));
-    assert_eq!(target.applied_marker().unwrap(), source.applied_marker().unwrap());
+    assert_eq!(
+        target.applied_marker().unwrap(),
+        source.applied_marker().unwrap()
+    );
 }
