@@ -17,7 +17,7 @@ use super::batcher::Batcher;
 use super::log::wal::{Wal, WalOptions};
 use super::log::LogStore;
 use super::network::Network;
-use super::state_machine::StateMachine;
+use super::state_machine::{CheckpointRequest, StateMachine};
 use super::types::{Node, NodeId, Raft};
 use super::wire::{self, Proposed, RemoteError};
 use crate::client::{ClientError, HttpsClient};
@@ -148,7 +148,8 @@ impl RaftNode {
         }
         let log =
             LogStore::new(wal, &recovered.meta).map_err(|e| NodeError::Storage(e.to_string()))?;
-        let state_machine = StateMachine::new(engine.clone(), &dir.join("snapshots"))
+        let checkpoints = CheckpointRequest::default();
+        let state_machine = StateMachine::new(engine.clone(), &dir.join("snapshots"), checkpoints.clone())
             .map_err(|e| NodeError::Storage(e.to_string()))?;
 
         let raft_config = Config {
@@ -209,7 +210,7 @@ impl RaftNode {
             // Alone: no reason to wait an election timeout before serving.
             let _ = node.raft.trigger().elect().await;
         }
-        node.spawn_checkpoints(config.checkpoint_interval);
+        node.spawn_checkpoints(config.checkpoint_interval, checkpoints);
         node.spawn_compaction(config.history_window, config.history_revisions);
         Ok(node)
     }
@@ -396,7 +397,8 @@ impl RaftNode {
             .is_ok_and(|r| r.is_ok())
     }
 
-    fn spawn_checkpoints(self: &Arc<Self>, interval: Duration) {
+    /// Checkpoints every `interval`, and when the state machine asks (its memtable is full).
+    fn spawn_checkpoints(self: &Arc<Self>, interval: Duration, requests: CheckpointRequest) {
         let node = Arc::downgrade(self);
         let mut stop = self.stop.subscribe();
         tokio::spawn(async move {
@@ -405,6 +407,7 @@ impl RaftNode {
             loop {
                 tokio::select! {
                     _ = ticker.tick() => {}
+                    _ = requests.requested() => {}
                     _ = stop.changed() => return,
                 }
                 let Some(node) = node.upgrade() else { return };

@@ -1,9 +1,9 @@
 //! openraft's state machine: applies committed entries to the store's engine in batches, and
 //! builds, persists and installs snapshots of it.
 //!
-//! Applying does not fsync; the engine is made durable by checkpoints (periodic, every
-//! [`CHECKPOINT_EVERY_ENTRIES`], after exporting a snapshot, at shutdown) and by snapshot
-//! installs. What a crash rolls back is replayed from the Raft log. openraft purges the log
+//! Applying does not fsync; the engine is made durable by checkpoints (periodic, when its
+//! memtable passes [`MEMTABLE_BYTES`], with every snapshot it exports, at shutdown) and by
+//! snapshot installs. What a crash rolls back is replayed from the Raft log. openraft purges the log
 //! only up to a snapshot, and every snapshot is durable in the engine before it is used, so
 //! the log always holds what a restart must replay.
 
@@ -20,8 +20,11 @@ use super::types::{
 };
 use crate::store::{CommandOutcome, Engine, EngineError};
 
-/// Checkpoint after this many applied entries even if the timer has not fired.
-pub const CHECKPOINT_EVERY_ENTRIES: u64 = 20_000;
+/// Checkpoint once this much is applied but not yet in redb, even if the timer has not fired:
+/// bigger amortizes flash writes over more updates, smaller bounds memory.
+pub const MEMTABLE_BYTES: usize = 16 << 20;
+/// Past this, applying waits for a checkpoint (the background one fell behind).
+const MEMTABLE_HARD_LIMIT: usize = 4 * MEMTABLE_BYTES;
 
 const SNAPSHOT_FILE: &str = "current.snap";
 
@@ -63,24 +66,36 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| sm_error(verb, &e))?
 }
 
+/// Wakes the background checkpoint loop early.
+#[derive(Clone, Default)]
+pub struct CheckpointRequest(Arc<tokio::sync::Notify>);
+
+impl CheckpointRequest {
+    pub fn request(&self) {
+        self.0.notify_one();
+    }
+
+    pub async fn requested(&self) {
+        self.0.notified().await;
+    }
+}
+
 /// The state machine of one server.
 pub struct StateMachine {
     engine: Arc<Engine>,
+    checkpoints: CheckpointRequest,
     snapshot_dir: PathBuf,
     /// The marker of the last applied batch (mirrors what the engine stores).
     marker: AppliedMarker,
 }
 
 impl StateMachine {
-    pub fn new(engine: Arc<Engine>, snapshot_dir: &Path) -> Result<Self, StorageError> {
+    pub fn new(engine: Arc<Engine>, snapshot_dir: &Path, checkpoints: CheckpointRequest) -> Result<Self, StorageError> {
         std::fs::create_dir_all(snapshot_dir).map_err(|e| snapshot_error(ErrorVerb::Write, &e))?;
-        let marker = AppliedMarker::decode(
-            &engine
-                .applied_marker()
-                .map_err(|e| sm_error(ErrorVerb::Read, &e))?,
-        )?;
+        let marker = AppliedMarker::decode(&engine.applied_marker())?;
         Ok(StateMachine {
             engine,
+            checkpoints,
             snapshot_dir: snapshot_dir.to_path_buf(),
             marker,
         })
@@ -132,14 +147,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let dir = self.snapshot_dir.clone();
         let image = blocking(ErrorVerb::Write, move || {
             let mut image = Vec::new();
+            // Export checkpoints first: the engine is durable up to the snapshot, so the log
+            // may be purged up to it.
             engine
                 .export(&mut image)
                 .map_err(|e| snapshot_error(ErrorVerb::Write, &e))?;
-            // Durable at least up to the snapshot (exported first), so the log may be purged
-            // up to it.
-            engine
-                .checkpoint()
-                .map_err(|e| sm_error(ErrorVerb::Write, &e))?;
             persist(&dir, SNAPSHOT_FILE, &image)
                 .map_err(|e| snapshot_error(ErrorVerb::Write, &e))?;
             Ok(image)
@@ -195,7 +207,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let outcomes = engine
                 .apply_batch(&commands, &encoded)
                 .map_err(|e| sm_error(ErrorVerb::Write, &e))?;
-            if engine.applied_since_checkpoint() >= CHECKPOINT_EVERY_ENTRIES {
+            if engine.unflushed_bytes() >= MEMTABLE_HARD_LIMIT {
                 engine
                     .checkpoint()
                     .map_err(|e| sm_error(ErrorVerb::Write, &e))?;
@@ -204,6 +216,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })
         .await?;
         self.marker = marker;
+        if self.engine.unflushed_bytes() >= MEMTABLE_BYTES {
+            self.checkpoints.request();
+        }
         let mut outcomes = outcomes
             .into_iter()
             .map(|o| o.expect("every command has an outcome"));

@@ -1,13 +1,123 @@
-//! Applying create, update and delete commands inside one write transaction.
+//! Applying create, update and delete commands to the memtable, and writing a memtable
+//! into redb at a checkpoint.
 
 use bytes::Bytes;
-use redb::{ReadableTable, Table, WriteTransaction};
+use redb::{Table, WriteTransaction};
 
 use super::encoding::{version_key, LiveMeta, VersionRecord};
+use super::memtable::Memtable;
+use super::view::View;
 use super::{EngineError, CHANGES, LIVE, META, VERSIONS};
-use crate::store::types::{
-    validate_key, Command, CommandOutcome, Event, EventKind, KeyValue, Revision,
-};
+use crate::store::types::{validate_key, Command, CommandOutcome, Event, EventKind, KeyValue, Revision};
+
+/// The live key with its current value: from the active memtable, else the layers below.
+fn load_live(active: &Memtable, lower: &View, key: &str) -> Result<Option<KeyValue>, EngineError> {
+    let meta = match active.live.get(key) {
+        Some(meta) => *meta,
+        None => lower.live_meta(key)?,
+    };
+    let Some(meta) = meta else { return Ok(None) };
+    let record = match active.versions.get(&version_key(key, meta.mod_revision)) {
+        Some(raw) => VersionRecord::decode(raw),
+        None => lower.version(key, meta.mod_revision)?,
+    }
+    .ok_or_else(|| EngineError::Corrupt(format!("version {} of live key {key:?} is missing", meta.mod_revision)))?;
+    Ok(Some(record.into_key_value(key, meta.mod_revision)))
+}
+
+fn put(active: &mut Memtable, key: &str, value: &Bytes, create_revision: Revision, rev: Revision, version: u64) -> KeyValue {
+    active.set_live(
+        key,
+        Some(LiveMeta {
+            create_revision,
+            mod_revision: rev,
+            version,
+        }),
+    );
+    active.add_version(version_key(key, rev), VersionRecord::encode_put(create_revision, version, value));
+    active.add_change(rev, key);
+    KeyValue {
+        key: key.to_string(),
+        value: value.clone(),
+        create_revision,
+        mod_revision: rev,
+        version,
+    }
+}
+
+/// Applies one write command, consuming a revision when it succeeds.
+pub(super) fn apply_write(
+    active: &mut Memtable,
+    lower: &View,
+    command: &Command,
+    revision: &mut Revision,
+    events: &mut Vec<Event>,
+) -> Result<CommandOutcome, EngineError> {
+    let Some(key) = command.key() else {
+        return Err(EngineError::Database("compaction is not a key write".to_string()));
+    };
+    if let Err(e) = validate_key(key) {
+        return Ok(CommandOutcome::Rejected { reason: e.to_string() });
+    }
+    let current = load_live(active, lower, key)?;
+    let rev = *revision + 1;
+    let outcome = match (command, current) {
+        (Command::Create { .. }, Some(current)) => return Ok(CommandOutcome::AlreadyExists { current }),
+        (Command::Create { value, .. }, None) => {
+            let kv = put(active, key, value, rev, rev, 1);
+            events.push(Event {
+                kind: EventKind::Put,
+                kv: kv.clone(),
+                prev: None,
+            });
+            CommandOutcome::Created(kv)
+        }
+        (Command::Update { .. } | Command::Delete { .. }, None) => return Ok(CommandOutcome::NotFound),
+        (
+            Command::Update {
+                expected_mod_revision: Some(expected),
+                ..
+            }
+            | Command::Delete {
+                expected_mod_revision: Some(expected),
+                ..
+            },
+            Some(current),
+        ) if *expected != current.mod_revision => return Ok(CommandOutcome::Conflict { current }),
+        (Command::Update { value, .. }, Some(prev)) => {
+            let kv = put(active, key, value, prev.create_revision, rev, prev.version + 1);
+            events.push(Event {
+                kind: EventKind::Put,
+                kv: kv.clone(),
+                prev: Some(prev.clone()),
+            });
+            CommandOutcome::Updated { kv, prev }
+        }
+        (Command::Delete { .. }, Some(prev)) => {
+            active.set_live(key, None);
+            active.add_version(
+                version_key(key, rev),
+                VersionRecord::encode_tombstone(prev.create_revision, prev.version + 1),
+            );
+            active.add_change(rev, key);
+            events.push(Event {
+                kind: EventKind::Delete,
+                kv: KeyValue {
+                    key: key.to_string(),
+                    value: Bytes::new(),
+                    create_revision: prev.create_revision,
+                    mod_revision: rev,
+                    version: 0,
+                },
+                prev: Some(prev.clone()),
+            });
+            CommandOutcome::Deleted { prev, revision: rev }
+        }
+        (Command::Compact { .. }, _) => unreachable!("compaction has no key"),
+    };
+    *revision = rev;
+    Ok(outcome)
+}
 
 /// The engine's tables opened in one write transaction.
 pub(super) struct Tables<'txn> {
@@ -36,166 +146,24 @@ impl<'txn> Tables<'txn> {
         self.set_meta(name, &value.to_le_bytes())
     }
 
-    /// The live key with its current value.
-    fn load_live(&self, key: &str) -> Result<Option<KeyValue>, EngineError> {
-        let Some(raw) = self.live.get(key)? else {
-            return Ok(None);
-        };
-        let meta = LiveMeta::decode(raw.value())
-            .ok_or_else(|| EngineError::Corrupt(format!("live entry of {key:?}")))?;
-        let record = self
-            .versions
-            .get(version_key(key, meta.mod_revision).as_slice())?
-            .and_then(|raw| VersionRecord::decode(raw.value()))
-            .ok_or_else(|| {
-                EngineError::Corrupt(format!(
-                    "version {} of live key {key:?} is missing",
-                    meta.mod_revision
-                ))
-            })?;
-        Ok(Some(record.into_key_value(key, meta.mod_revision)))
-    }
-
-    /// Applies one write command, consuming a revision when it succeeds.
-    pub fn apply_write(
-        &mut self,
-        command: &Command,
-        revision: &mut Revision,
-        events: &mut Vec<Event>,
-    ) -> Result<CommandOutcome, EngineError> {
-        if let Some(key) = command.key() {
-            if let Err(e) = validate_key(key) {
-                return Ok(CommandOutcome::Rejected {
-                    reason: e.to_string(),
-                });
+    /// Writes everything a memtable holds.
+    pub fn write_memtable(&mut self, memtable: &Memtable) -> Result<(), EngineError> {
+        for (key, meta) in &memtable.live {
+            match meta {
+                Some(meta) => {
+                    self.live.insert(key.as_str(), meta.encode().as_slice())?;
+                }
+                None => {
+                    self.live.remove(key.as_str())?;
+                }
             }
         }
-        match command {
-            Command::Create { key, value } => self.create(key, value, revision, events),
-            Command::Update {
-                key,
-                value,
-                expected_mod_revision,
-            } => self.update(key, value, *expected_mod_revision, revision, events),
-            Command::Delete {
-                key,
-                expected_mod_revision,
-            } => self.delete(key, *expected_mod_revision, revision, events),
-            Command::Compact { .. } => Err(EngineError::Database(
-                "compaction is not a key write".to_string(),
-            )),
+        for (version_key, record) in &memtable.versions {
+            self.versions.insert(version_key.as_slice(), record.as_ref())?;
         }
-    }
-
-    fn create(
-        &mut self,
-        key: &str,
-        value: &Bytes,
-        revision: &mut Revision,
-        events: &mut Vec<Event>,
-    ) -> Result<CommandOutcome, EngineError> {
-        if let Some(current) = self.load_live(key)? {
-            return Ok(CommandOutcome::AlreadyExists { current });
+        for (revision, key) in &memtable.changes {
+            self.changes.insert(*revision, key.as_str())?;
         }
-        let rev = *revision + 1;
-        let kv = self.put(key, value, rev, rev, 1)?;
-        *revision = rev;
-        events.push(Event {
-            kind: EventKind::Put,
-            kv: kv.clone(),
-            prev: None,
-        });
-        Ok(CommandOutcome::Created(kv))
-    }
-
-    fn update(
-        &mut self,
-        key: &str,
-        value: &Bytes,
-        expected: Option<Revision>,
-        revision: &mut Revision,
-        events: &mut Vec<Event>,
-    ) -> Result<CommandOutcome, EngineError> {
-        let Some(prev) = self.load_live(key)? else {
-            return Ok(CommandOutcome::NotFound);
-        };
-        if expected.is_some_and(|expected| expected != prev.mod_revision) {
-            return Ok(CommandOutcome::Conflict { current: prev });
-        }
-        let rev = *revision + 1;
-        let kv = self.put(key, value, prev.create_revision, rev, prev.version + 1)?;
-        *revision = rev;
-        events.push(Event {
-            kind: EventKind::Put,
-            kv: kv.clone(),
-            prev: Some(prev.clone()),
-        });
-        Ok(CommandOutcome::Updated { kv, prev })
-    }
-
-    fn delete(
-        &mut self,
-        key: &str,
-        expected: Option<Revision>,
-        revision: &mut Revision,
-        events: &mut Vec<Event>,
-    ) -> Result<CommandOutcome, EngineError> {
-        let Some(prev) = self.load_live(key)? else {
-            return Ok(CommandOutcome::NotFound);
-        };
-        if expected.is_some_and(|expected| expected != prev.mod_revision) {
-            return Ok(CommandOutcome::Conflict { current: prev });
-        }
-        let rev = *revision + 1;
-        self.live.remove(key)?;
-        self.versions.insert(
-            version_key(key, rev).as_slice(),
-            VersionRecord::encode_tombstone(prev.create_revision, prev.version + 1).as_slice(),
-        )?;
-        self.changes.insert(rev, key)?;
-        *revision = rev;
-        events.push(Event {
-            kind: EventKind::Delete,
-            kv: KeyValue {
-                key: key.to_string(),
-                value: Bytes::new(),
-                create_revision: prev.create_revision,
-                mod_revision: rev,
-                version: 0,
-            },
-            prev: Some(prev.clone()),
-        });
-        Ok(CommandOutcome::Deleted {
-            prev,
-            revision: rev,
-        })
-    }
-
-    fn put(
-        &mut self,
-        key: &str,
-        value: &Bytes,
-        create_revision: Revision,
-        rev: Revision,
-        version: u64,
-    ) -> Result<KeyValue, EngineError> {
-        let meta = LiveMeta {
-            create_revision,
-            mod_revision: rev,
-            version,
-        };
-        self.live.insert(key, meta.encode().as_slice())?;
-        self.versions.insert(
-            version_key(key, rev).as_slice(),
-            VersionRecord::encode_put(create_revision, version, value).as_slice(),
-        )?;
-        self.changes.insert(rev, key)?;
-        Ok(KeyValue {
-            key: key.to_string(),
-            value: value.clone(),
-            create_revision,
-            mod_revision: rev,
-            version,
-        })
+        Ok(())
     }
 }

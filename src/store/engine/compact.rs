@@ -1,9 +1,11 @@
 //! Compaction: forgetting history at or below a revision, as etcd does.
 //!
-//! For every key changed at or below the target, versions older than its newest version at
-//! or below the target are removed, and that newest version too if it is a tombstone. What
-//! stays is exactly enough to rebuild the state at any revision above the target, and to give
-//! every later event its previous value.
+//! Logically it takes effect when the command is applied (reads of compacted revisions fail
+//! from then on). Physically it happens at the next checkpoint: for every key changed at or
+//! below the target, versions older than its newest version at or below the target are
+//! removed, and that newest version too if it is a tombstone. What stays is exactly enough
+//! to rebuild the state at any revision above the target, and to give every later event its
+//! previous value.
 
 use redb::ReadableTable;
 
@@ -12,23 +14,28 @@ use super::encoding::{version_key, VersionRecord};
 use super::EngineError;
 use crate::store::types::{CommandOutcome, Revision};
 
-pub(super) fn compact(
-    tables: &mut Tables<'_>,
-    compact_revision: &mut Revision,
-    current_revision: Revision,
-    target: Revision,
-) -> Result<CommandOutcome, EngineError> {
+/// Applies a `Compact` command to the engine's compacted revision.
+pub(super) fn compact_logically(compact_revision: &mut Revision, current_revision: Revision, target: Revision) -> CommandOutcome {
     if target <= *compact_revision || target > current_revision {
-        return Ok(CommandOutcome::CompactionRefused {
+        return CommandOutcome::CompactionRefused {
             compact_revision: *compact_revision,
             current_revision,
-        });
+        };
     }
+    *compact_revision = target;
+    CommandOutcome::Compacted { revision: target }
+}
+
+/// Removes from redb the history a compaction at `target` made unreachable.
+pub(super) fn compact_physically(tables: &mut Tables<'_>, target: Revision) -> Result<(), EngineError> {
     let changed: Vec<(Revision, String)> = tables
         .changes
-        .range(*compact_revision + 1..=target)?
+        .range(..=target)?
         .map(|entry| entry.map(|(rev, key)| (rev.value(), key.value().to_string())))
         .collect::<Result<_, _>>()?;
+    if changed.is_empty() {
+        return Ok(());
+    }
     for (rev, key) in &changed {
         let newest = version_key(key, *rev);
         let oldest = version_key(key, 0);
@@ -43,9 +50,6 @@ pub(super) fn compact(
             tables.versions.remove(newest.as_slice())?;
         }
     }
-    tables
-        .changes
-        .retain_in(*compact_revision + 1..=target, |_, _| false)?;
-    *compact_revision = target;
-    Ok(CommandOutcome::Compacted { revision: target })
+    tables.changes.retain_in(..=target, |_, _| false)?;
+    Ok(())
 }

@@ -1,25 +1,30 @@
-//! The embedded engine under the store: redb tables holding live keys, their versions within
-//! the history window, and a revision index for watch replay.
+//! The embedded engine under the store: live keys, their versions within the history window,
+//! and a revision index for watch replay, in redb behind an in-memory layer.
 //!
-//! Writes arrive only through [`Engine::apply_batch`], in replicated-log order, and are
-//! committed without an fsync each: the replicated log is the durable record, and
-//! [`Engine::checkpoint`] makes everything applied so far durable at once. After a crash the
-//! engine reopens at its last checkpoint, and the caller replays the log from the marker it
-//! stored with it. The engine knows nothing of that log: the marker is opaque bytes.
+//! Writes arrive only through [`Engine::apply_batch`], in replicated-log order, and land in
+//! the [`memtable`]; [`Engine::checkpoint`] moves them to redb in one durable transaction.
+//! The replicated log is the durable record of everything since: after a crash the engine
+//! reopens at its last checkpoint and the caller replays the log from the marker stored
+//! with it. The engine knows nothing of that log: the marker is opaque bytes.
 //!
-//! Tables:
+//! Tables (and the memtable's maps, which mirror them):
 //! - `live`: key → [`LiveMeta`] (create/mod revision, version) for every live key;
 //! - `versions`: `key NUL revision` → [`VersionRecord`]: each value written within the history
 //!   window, plus the newest version at or below the compacted revision, so that state at any
 //!   revision since compaction can be rebuilt;
 //! - `changes`: revision → key, the order of history;
 //! - `meta`: current and compacted revision, and the caller's applied marker.
+//!
+//! Compaction is logical at once (reads below the compacted revision fail) and physical at
+//! the next checkpoint.
 
 mod apply;
 mod compact;
 mod encoding;
+mod memtable;
 mod read;
 mod snapshot;
+mod view;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +32,8 @@ use std::sync::Mutex;
 
 use redb::{Database, Durability, ReadableDatabase, TableDefinition};
 
+use self::memtable::Memtable;
+use self::view::View;
 use super::types::{Command, CommandOutcome, Revision};
 use super::watch::WatchHub;
 
@@ -82,23 +89,34 @@ impl From<EngineError> for super::StoreError {
     }
 }
 
+/// What is applied but not yet in redb, and the scalars that describe it.
+struct State {
+    active: Memtable,
+    /// The memtable a checkpoint is writing to redb right now.
+    frozen: Option<Memtable>,
+    revision: Revision,
+    compact_revision: Revision,
+    marker: Vec<u8>,
+    /// Entries applied since the last checkpoint.
+    applied_since_checkpoint: u64,
+}
+
 /// The revisioned key-value state of one replica.
 pub struct Engine {
     db: Database,
     hub: WatchHub,
-    /// Serializes writers so events are published in revision order.
-    write_lock: Mutex<()>,
+    state: Mutex<State>,
+    /// One checkpoint (or import) at a time.
+    flush_lock: Mutex<()>,
     revision: AtomicU64,
     compact_revision: AtomicU64,
     /// The applied marker as of the last durable commit.
     durable_marker: Mutex<Vec<u8>>,
-    /// Entries applied since the last durable commit.
-    applied_since_checkpoint: AtomicU64,
-    /// Batches applied since open (each one redb transaction).
+    /// Batches applied since open.
     batches: AtomicU64,
 }
 
-/// Sizes of the engine's tables, for status and benchmarks.
+/// Sizes of the engine's tables in redb (as of the last checkpoint), for status and tests.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EngineStats {
     pub live_keys: u64,
@@ -137,13 +155,24 @@ impl Engine {
         Ok(Engine {
             db,
             hub: WatchHub::new(),
-            write_lock: Mutex::new(()),
+            state: Mutex::new(State {
+                active: Memtable::default(),
+                frozen: None,
+                revision,
+                compact_revision,
+                marker: marker.clone(),
+                applied_since_checkpoint: 0,
+            }),
+            flush_lock: Mutex::new(()),
             revision: AtomicU64::new(revision),
             compact_revision: AtomicU64::new(compact_revision),
             durable_marker: Mutex::new(marker),
-            applied_since_checkpoint: AtomicU64::new(0),
             batches: AtomicU64::new(0),
         })
+    }
+
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("engine state lock")
     }
 
     /// The revision of the last applied write.
@@ -157,98 +186,24 @@ impl Engine {
     }
 
     /// The caller's marker stored with the last applied batch.
-    pub fn applied_marker(&self) -> Result<Vec<u8>, EngineError> {
-        let txn = self.db.begin_read()?;
-        let meta = txn.open_table(META)?;
-        read::meta_bytes(&meta, META_APPLIED)
+    pub fn applied_marker(&self) -> Vec<u8> {
+        self.lock_state().marker.clone()
     }
 
     /// The applied marker as of the last durable commit: what a crash would roll back to.
     pub fn durable_marker(&self) -> Vec<u8> {
-        self.durable_marker
-            .lock()
-            .expect("durable marker lock")
-            .clone()
+        self.durable_marker.lock().expect("durable marker lock").clone()
     }
 
     /// Entries applied since the last checkpoint.
     pub fn applied_since_checkpoint(&self) -> u64 {
-        self.applied_since_checkpoint.load(Ordering::Acquire)
+        self.lock_state().applied_since_checkpoint
     }
 
-    pub(crate) fn hub(&self) -> &WatchHub {
-        &self.hub
-    }
-
-    /// Applies `commands` in order (a `None` only advances the marker, e.g. for Raft entries
-    /// that carry no command) and stores `marker` with them, in one transaction that is
-    /// visible to readers at once but durable only at the next [`Engine::checkpoint`].
-    pub fn apply_batch(
-        &self,
-        commands: &[Option<Command>],
-        marker: &[u8],
-    ) -> Result<Vec<Option<CommandOutcome>>, EngineError> {
-        let _serialized = self.write_lock.lock().expect("engine write lock");
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::None)?;
-        let start_revision = self.revision();
-        let (outcomes, events, revision, compact_revision) = {
-            let mut tables = apply::Tables::open(&txn)?;
-            let mut revision = start_revision;
-            let mut compact_revision = self.compact_revision();
-            let mut events = Vec::new();
-            let mut outcomes = Vec::with_capacity(commands.len());
-            for command in commands {
-                let outcome = match command {
-                    None => None,
-                    Some(Command::Compact { revision: target }) => Some(compact::compact(
-                        &mut tables,
-                        &mut compact_revision,
-                        revision,
-                        *target,
-                    )?),
-                    Some(command) => {
-                        Some(tables.apply_write(command, &mut revision, &mut events)?)
-                    }
-                };
-                outcomes.push(outcome);
-            }
-            tables.set_meta_u64(META_REVISION, revision)?;
-            tables.set_meta_u64(META_COMPACT_REVISION, compact_revision)?;
-            tables.set_meta(META_APPLIED, marker)?;
-            (outcomes, events, revision, compact_revision)
-        };
-        txn.commit()?;
-        self.revision.store(revision, Ordering::Release);
-        self.compact_revision
-            .store(compact_revision, Ordering::Release);
-        self.applied_since_checkpoint
-            .fetch_add(commands.len() as u64, Ordering::AcqRel);
-        self.batches.fetch_add(1, Ordering::Relaxed);
-        self.hub.publish(events);
-        Ok(outcomes)
-    }
-
-    /// Makes everything applied so far durable with one fsync. Cheap when nothing changed.
-    pub fn checkpoint(&self) -> Result<(), EngineError> {
-        let _serialized = self.write_lock.lock().expect("engine write lock");
-        if self.applied_since_checkpoint.load(Ordering::Acquire) == 0 {
-            return Ok(());
-        }
-        let marker = {
-            let txn = self.db.begin_read()?;
-            let meta = txn.open_table(META)?;
-            read::meta_bytes(&meta, META_APPLIED)?
-        };
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
-        // Quick repair makes reopening after a crash fast (no full-file walk); it costs a
-        // second fsync, paid once per checkpoint rather than once per write.
-        txn.set_quick_repair(true);
-        txn.commit()?;
-        *self.durable_marker.lock().expect("durable marker lock") = marker;
-        self.applied_since_checkpoint.store(0, Ordering::Release);
-        Ok(())
+    /// Approximate bytes applied but not yet checkpointed.
+    pub fn unflushed_bytes(&self) -> usize {
+        let state = self.lock_state();
+        state.active.bytes + state.frozen.as_ref().map_or(0, |m| m.bytes)
     }
 
     /// Batches applied since open.
@@ -256,7 +211,125 @@ impl Engine {
         self.batches.load(Ordering::Relaxed)
     }
 
-    /// Sizes of the tables.
+    pub(crate) fn hub(&self) -> &WatchHub {
+        &self.hub
+    }
+
+    /// A consistent view of everything applied so far.
+    fn view(&self) -> Result<View, EngineError> {
+        let state = self.lock_state();
+        let mut layers = vec![state.active.clone()];
+        layers.extend(state.frozen.clone());
+        let txn = self.db.begin_read()?;
+        View::new(layers, &txn, state.revision, state.compact_revision)
+    }
+
+    /// Applies `commands` in order (a `None` only advances the marker) and records `marker`
+    /// with them. Visible to readers at once; durable at the next [`Engine::checkpoint`].
+    pub fn apply_batch(
+        &self,
+        commands: &[Option<Command>],
+        marker: &[u8],
+    ) -> Result<Vec<Option<CommandOutcome>>, EngineError> {
+        let mut state = self.lock_state();
+        let lower = {
+            let txn = self.db.begin_read()?;
+            View::new(state.frozen.iter().cloned().collect(), &txn, state.revision, state.compact_revision)?
+        };
+        let mut revision = state.revision;
+        let mut compact_revision = state.compact_revision;
+        let mut events = Vec::new();
+        let mut outcomes = Vec::with_capacity(commands.len());
+        for command in commands {
+            outcomes.push(match command {
+                None => None,
+                Some(Command::Compact { revision: target }) => Some(compact::compact_logically(
+                    &mut compact_revision,
+                    revision,
+                    *target,
+                )),
+                Some(command) => Some(apply::apply_write(
+                    &mut state.active,
+                    &lower,
+                    command,
+                    &mut revision,
+                    &mut events,
+                )?),
+            });
+        }
+        state.revision = revision;
+        state.compact_revision = compact_revision;
+        state.marker = marker.to_vec();
+        state.applied_since_checkpoint += commands.len().max(1) as u64;
+        self.revision.store(revision, Ordering::Release);
+        self.compact_revision.store(compact_revision, Ordering::Release);
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        // Under the lock, so events are published in revision order.
+        self.hub.publish(events);
+        Ok(outcomes)
+    }
+
+    /// Makes everything applied so far durable: one redb transaction, one fsync (two with
+    /// quick repair). Cheap when nothing changed.
+    pub fn checkpoint(&self) -> Result<(), EngineError> {
+        let _serialized = self.flush_lock.lock().expect("engine flush lock");
+        self.flush()
+    }
+
+    /// The body of a checkpoint; the caller holds `flush_lock`.
+    fn flush(&self) -> Result<(), EngineError> {
+        let (frozen, revision, compact_revision, marker, applied) = {
+            let mut state = self.lock_state();
+            if state.applied_since_checkpoint == 0 {
+                return Ok(());
+            }
+            let frozen = std::mem::take(&mut state.active);
+            state.frozen = Some(frozen.clone());
+            let applied = std::mem::take(&mut state.applied_since_checkpoint);
+            (frozen, state.revision, state.compact_revision, state.marker.clone(), applied)
+        };
+        let written = self.write_to_redb(&frozen, revision, compact_revision, &marker);
+        let mut state = self.lock_state();
+        state.frozen = None;
+        if let Err(e) = written {
+            // Nothing is lost: put the writes back under the newer ones and try again later.
+            state.active.live = std::mem::take(&mut state.active.live).union(frozen.live);
+            state.active.versions = std::mem::take(&mut state.active.versions).union(frozen.versions);
+            state.active.changes = std::mem::take(&mut state.active.changes).union(frozen.changes);
+            state.active.bytes += frozen.bytes;
+            state.applied_since_checkpoint += applied;
+            return Err(e);
+        }
+        drop(state);
+        *self.durable_marker.lock().expect("durable marker lock") = marker;
+        Ok(())
+    }
+
+    fn write_to_redb(
+        &self,
+        memtable: &Memtable,
+        revision: Revision,
+        compact_revision: Revision,
+        marker: &[u8],
+    ) -> Result<(), EngineError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        // Quick repair makes reopening after a crash fast (no full-file walk) for a second
+        // fsync, paid once per checkpoint.
+        txn.set_quick_repair(true);
+        {
+            let mut tables = apply::Tables::open(&txn)?;
+            tables.write_memtable(memtable)?;
+            tables.set_meta_u64(META_REVISION, revision)?;
+            tables.set_meta_u64(META_COMPACT_REVISION, compact_revision)?;
+            tables.set_meta(META_APPLIED, marker)?;
+            compact::compact_physically(&mut tables, compact_revision)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Sizes of the tables in redb.
     pub fn stats(&self) -> Result<EngineStats, EngineError> {
         use redb::ReadableTableMetadata;
         let txn = self.db.begin_read()?;

@@ -100,9 +100,14 @@ fn decode<'a, T: Deserialize<'a>>(raw: &'a [u8]) -> Result<T, EngineError> {
 }
 
 impl Engine {
-    /// Writes every live key, consistent at one revision, to `out`.
+    /// Checkpoints, then writes every live key as of that checkpoint to `out`: the image is
+    /// durable in this engine before anyone can rely on it.
     pub fn export(&self, out: impl Write) -> Result<SnapshotHeader, EngineError> {
-        let txn = self.db.begin_read()?;
+        let txn = {
+            let _serialized = self.flush_lock.lock().expect("engine flush lock");
+            self.flush()?;
+            self.db.begin_read()?
+        };
         let meta = txn.open_table(META)?;
         let live = txn.open_table(LIVE)?;
         let versions = txn.open_table(VERSIONS)?;
@@ -150,7 +155,9 @@ impl Engine {
     /// unless the snapshot is complete and its checksum matches. Watchers are told their
     /// history is gone.
     pub fn import(&self, input: impl Read) -> Result<SnapshotHeader, EngineError> {
-        let _serialized = self.write_lock.lock().expect("engine write lock");
+        let _serialized = self.flush_lock.lock().expect("engine flush lock");
+        // Held throughout, so no apply or read sees a half-replaced state.
+        let mut state = self.lock_state();
         let mut input = CrcReader {
             inner: input,
             crc: 0,
@@ -209,11 +216,15 @@ impl Engine {
             tables.set_meta(META_APPLIED, &header.marker)?;
         }
         txn.commit()?;
+        state.active = Default::default();
+        state.frozen = None;
+        state.revision = header.revision;
+        state.compact_revision = header.revision;
+        state.marker = header.marker.clone();
+        state.applied_since_checkpoint = 0;
         self.revision.store(header.revision, Ordering::Release);
-        self.compact_revision
-            .store(header.revision, Ordering::Release);
+        self.compact_revision.store(header.revision, Ordering::Release);
         *self.durable_marker.lock().expect("durable marker lock") = header.marker.clone();
-        self.applied_since_checkpoint.store(0, Ordering::Release);
         self.hub.reset(header.revision);
         Ok(header)
     }

@@ -29,9 +29,27 @@ fn delete(key: &str) -> Option<Command> {
     })
 }
 
+thread_local! {
+    /// Whether `apply` checkpoints after every batch, so that reads find data in redb
+    /// rather than in the memtable.
+    static CHECKPOINT_EACH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs a test with writes left in the memtable, then with every batch checkpointed.
+fn in_both_layers(body: fn()) {
+    for checkpoint_each in [false, true] {
+        CHECKPOINT_EACH.with(|c| c.set(checkpoint_each));
+        body();
+    }
+}
+
 fn apply(engine: &Engine, commands: Vec<Option<Command>>) -> Vec<Option<CommandOutcome>> {
     let marker = engine.revision().to_le_bytes();
-    engine.apply_batch(&commands, &marker).unwrap()
+    let outcomes = engine.apply_batch(&commands, &marker).unwrap();
+    if CHECKPOINT_EACH.with(|c| c.get()) {
+        engine.checkpoint().unwrap();
+    }
+    outcomes
 }
 
 fn keys(page: &crate::store::ListPage) -> Vec<&str> {
@@ -40,6 +58,10 @@ fn keys(page: &crate::store::ListPage) -> Vec<&str> {
 
 #[test]
 fn writes_consume_one_revision_each_and_failures_none() {
+    in_both_layers(writes_consume_one_revision_each_and_failures_none_body);
+}
+
+fn writes_consume_one_revision_each_and_failures_none_body() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(&dir);
     let out = apply(
@@ -88,6 +110,10 @@ fn invalid_keys_are_rejected_without_consuming_a_revision() {
 
 #[test]
 fn list_pages_stay_at_the_first_pages_revision() {
+    in_both_layers(list_pages_stay_at_the_first_pages_revision_body);
+}
+
+fn list_pages_stay_at_the_first_pages_revision_body() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(&dir);
     apply(
@@ -151,6 +177,10 @@ fn list_pages_stay_at_the_first_pages_revision() {
 
 #[test]
 fn listing_an_exact_page_size_ends_without_a_token() {
+    in_both_layers(listing_an_exact_page_size_ends_without_a_token_body);
+}
+
+fn listing_an_exact_page_size_ends_without_a_token_body() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(&dir);
     apply(
@@ -184,6 +214,10 @@ fn listing_an_exact_page_size_ends_without_a_token() {
 
 #[test]
 fn get_at_reads_past_versions() {
+    in_both_layers(get_at_reads_past_versions_body);
+}
+
+fn get_at_reads_past_versions_body() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(&dir);
     apply(
@@ -209,6 +243,10 @@ fn get_at_reads_past_versions() {
 
 #[test]
 fn history_replays_in_order_with_previous_values() {
+    in_both_layers(history_replays_in_order_with_previous_values_body);
+}
+
+fn history_replays_in_order_with_previous_values_body() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(&dir);
     apply(
@@ -246,6 +284,10 @@ fn history_replays_in_order_with_previous_values() {
 
 #[test]
 fn compaction_keeps_exactly_what_later_revisions_need() {
+    in_both_layers(compaction_keeps_exactly_what_later_revisions_need_body);
+}
+
+fn compaction_keeps_exactly_what_later_revisions_need_body() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(&dir);
     apply(
@@ -265,7 +307,9 @@ fn compaction_keeps_exactly_what_later_revisions_need() {
         5,
         "compaction does not consume a revision"
     );
-    // Version 2 of /r/a (newest at or below 4) stays, version 1 and the deleted key go.
+    // Physically at the next checkpoint: version 2 of /r/a (newest at or below 4) stays,
+    // version 1 and the deleted key go.
+    engine.checkpoint().unwrap();
     assert_eq!(engine.stats().unwrap().versions, 2);
     assert!(matches!(
         engine.changes_after("/r/", 3, 10),
@@ -316,7 +360,7 @@ fn reopening_without_checkpoint_returns_to_the_last_checkpoint() {
         engine.checkpoint().unwrap();
         assert_eq!(engine.durable_marker(), b"m1");
         engine.apply_batch(&[put("/r/b", "2")], b"m2").unwrap();
-        assert_eq!(engine.applied_marker().unwrap(), b"m2");
+        assert_eq!(engine.applied_marker(), b"m2");
         // Simulate a crash: forget the handle without a durable commit.
         std::mem::forget(engine);
     }
@@ -329,13 +373,17 @@ fn reopening_without_checkpoint_returns_to_the_last_checkpoint() {
     )
     .unwrap();
     let engine = open(&copy);
-    assert_eq!(engine.applied_marker().unwrap(), b"m1");
+    assert_eq!(engine.applied_marker(), b"m1");
     assert_eq!(engine.revision(), 1);
     assert!(engine.get("/r/b").unwrap().is_none());
 }
 
 #[test]
 fn snapshots_round_trip_and_reject_damage() {
+    in_both_layers(snapshots_round_trip_and_reject_damage_body);
+}
+
+fn snapshots_round_trip_and_reject_damage_body() {
     let dir = tempfile::tempdir().unwrap();
     let source = open(&dir);
     apply(
@@ -372,7 +420,48 @@ fn snapshots_round_trip_and_reject_damage() {
     let all = |e: &Engine| e.list("/r/", &ListOptions::default()).unwrap().items;
     assert_eq!(all(&source), all(&target));
     assert_eq!(
-        target.applied_marker().unwrap(),
-        source.applied_marker().unwrap()
+        target.applied_marker(),
+        source.applied_marker()
     );
+}
+
+#[test]
+fn memtable_writes_shadow_redb_until_and_after_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(&dir);
+    apply(&engine, (0..6).map(|i| put(&format!("/r/k{i}"), "old")).collect());
+    engine.checkpoint().unwrap();
+    apply(
+        &engine,
+        vec![delete("/r/k1"), update("/r/k2", "new", None), put("/r/k6", "new"), delete("/r/k6")],
+    );
+    let expect = |engine: &Engine| {
+        let page = engine.list("/r/", &ListOptions::default()).unwrap();
+        assert_eq!(keys(&page), vec!["/r/k0", "/r/k2", "/r/k3", "/r/k4", "/r/k5"]);
+        assert_eq!(page.items[1].value, "new");
+        assert_eq!(engine.get("/r/k1").unwrap(), None);
+        assert_eq!(engine.get("/r/k6").unwrap(), None);
+        let at6 = engine.list("/r/", &ListOptions { revision: Some(6), ..Default::default() }).unwrap();
+        assert_eq!(at6.items.len(), 6);
+        let (events, _) = engine.changes_after("/r/", 5, 100).unwrap();
+        let revisions: Vec<u64> = events.iter().map(|e| e.revision()).collect();
+        assert_eq!(revisions, vec![6, 7, 8, 9, 10]);
+        assert_eq!(events[2].prev.as_ref().unwrap().value, "old");
+    };
+    expect(&engine);
+    engine.checkpoint().unwrap();
+    expect(&engine);
+    assert_eq!(engine.stats().unwrap().live_keys, 5);
+}
+
+#[test]
+fn unflushed_bytes_grow_with_writes_and_drop_at_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(&dir);
+    assert_eq!(engine.unflushed_bytes(), 0);
+    apply(&engine, vec![put("/r/a", &"x".repeat(1000))]);
+    assert!(engine.unflushed_bytes() > 1000);
+    engine.checkpoint().unwrap();
+    assert_eq!(engine.unflushed_bytes(), 0);
+    assert_eq!(engine.durable_marker(), 0u64.to_le_bytes());
 }

@@ -1,0 +1,250 @@
+//! A consistent read view across the engine's layers: the active memtable, the memtable being
+//! flushed (if any), and redb. Upper layers shadow lower ones; a key or revision that is in
+//! two layers at once (a flush that committed but has not yet dropped its memtable) has the
+//! same contents in both.
+
+use redb::{ReadOnlyTable, ReadTransaction};
+
+use super::encoding::{split_version_key, version_key, LiveMeta, VersionRecord};
+use super::memtable::Memtable;
+use super::{EngineError, CHANGES, LIVE, VERSIONS};
+use crate::store::types::{KeyValue, Revision};
+
+type Item<K, V> = Result<(K, V), EngineError>;
+type Source<'a, K, V> = Box<dyn Iterator<Item = Item<K, V>> + 'a>;
+
+/// Sorted merge of sorted sources; on equal keys the earliest source wins and the others'
+/// entries are skipped.
+struct Merge<'a, K, V> {
+    sources: Vec<Source<'a, K, V>>,
+    heads: Vec<Option<(K, V)>>,
+    started: bool,
+}
+
+impl<'a, K: Ord, V> Merge<'a, K, V> {
+    fn new(sources: Vec<Source<'a, K, V>>) -> Self {
+        let heads = sources.iter().map(|_| None).collect();
+        Merge {
+            sources,
+            heads,
+            started: false,
+        }
+    }
+
+    fn pull(&mut self, i: usize) -> Result<(), EngineError> {
+        self.heads[i] = self.sources[i].next().transpose()?;
+        Ok(())
+    }
+}
+
+impl<K: Ord, V> Iterator for Merge<'_, K, V> {
+    type Item = Item<K, V>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if !self.started {
+            self.started = true;
+            for i in 0..self.sources.len() {
+                if let Err(e) = self.pull(i) {
+                    return Some(Err(e));
+                }
+            }
+        }
+        let mut best: Option<usize> = None;
+        for (i, head) in self.heads.iter().enumerate() {
+            if let Some((key, _)) = head {
+                if best.is_none_or(|b| key < &self.heads[b].as_ref().expect("best has a head").0) {
+                    best = Some(i);
+                }
+            }
+        }
+        let best = best?;
+        let item = self.heads[best].take().expect("best has a head");
+        for i in 0..self.heads.len() {
+            if i != best && self.heads[i].as_ref().is_some_and(|(key, _)| *key == item.0) {
+                if let Err(e) = self.pull(i) {
+                    return Some(Err(e));
+                }
+            }
+        }
+        if let Err(e) = self.pull(best) {
+            return Some(Err(e));
+        }
+        Some(Ok(item))
+    }
+}
+
+/// Everything a read sees, fixed at one moment.
+pub(super) struct View {
+    /// Memtables, newest first.
+    layers: Vec<Memtable>,
+    live: ReadOnlyTable<&'static str, &'static [u8]>,
+    versions: ReadOnlyTable<&'static [u8], &'static [u8]>,
+    changes: ReadOnlyTable<u64, &'static str>,
+    pub revision: Revision,
+    pub compact_revision: Revision,
+}
+
+fn decode_live(key: &str, raw: &[u8]) -> Result<LiveMeta, EngineError> {
+    LiveMeta::decode(raw).ok_or_else(|| EngineError::Corrupt(format!("live entry of {key:?}")))
+}
+
+fn decode_version(raw: &[u8], what: impl FnOnce() -> String) -> Result<VersionRecord, EngineError> {
+    VersionRecord::decode(raw).ok_or_else(|| EngineError::Corrupt(what()))
+}
+
+impl View {
+    pub fn new(
+        layers: Vec<Memtable>,
+        txn: &ReadTransaction,
+        revision: Revision,
+        compact_revision: Revision,
+    ) -> Result<View, EngineError> {
+        Ok(View {
+            layers,
+            live: txn.open_table(LIVE)?,
+            versions: txn.open_table(VERSIONS)?,
+            changes: txn.open_table(CHANGES)?,
+            revision,
+            compact_revision,
+        })
+    }
+
+    pub fn live_meta(&self, key: &str) -> Result<Option<LiveMeta>, EngineError> {
+        for layer in &self.layers {
+            if let Some(entry) = layer.live.get(key) {
+                return Ok(*entry);
+            }
+        }
+        match self.live.get(key)? {
+            Some(raw) => decode_live(key, raw.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub fn version(&self, key: &str, revision: Revision) -> Result<Option<VersionRecord>, EngineError> {
+        let vk = version_key(key, revision);
+        let what = || format!("version {revision} of {key:?}");
+        for layer in &self.layers {
+            if let Some(raw) = layer.versions.get(&vk) {
+                return decode_version(raw, what).map(Some);
+            }
+        }
+        match self.versions.get(vk.as_slice())? {
+            Some(raw) => decode_version(raw.value(), what).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The current value of a live key.
+    pub fn live(&self, key: &str) -> Result<Option<KeyValue>, EngineError> {
+        let Some(meta) = self.live_meta(key)? else {
+            return Ok(None);
+        };
+        let record = self.version(key, meta.mod_revision)?.ok_or_else(|| {
+            EngineError::Corrupt(format!("version {} of live key {key:?} is missing", meta.mod_revision))
+        })?;
+        Ok(Some(record.into_key_value(key, meta.mod_revision)))
+    }
+
+    /// The newest version of `key` strictly below `before`, with its revision.
+    pub fn version_before(&self, key: &str, before: Revision) -> Result<Option<(Revision, VersionRecord)>, EngineError> {
+        let (lower, upper) = (version_key(key, 0), version_key(key, before));
+        let mut best: Option<(Revision, Vec<u8>)> = None;
+        let mut consider = |raw_key: &[u8], raw: &[u8]| -> Result<(), EngineError> {
+            let (_, revision) =
+                split_version_key(raw_key).ok_or_else(|| EngineError::Corrupt(format!("version key of {key:?}")))?;
+            if best.as_ref().is_none_or(|(b, _)| revision > *b) {
+                best = Some((revision, raw.to_vec()));
+            }
+            Ok(())
+        };
+        for layer in &self.layers {
+            if let Some((raw_key, raw)) = layer.versions.range(lower.clone()..upper.clone()).next_back() {
+                consider(raw_key, raw)?;
+            }
+        }
+        if let Some(entry) = self.versions.range(lower.as_slice()..upper.as_slice())?.next_back() {
+            let (raw_key, raw) = entry?;
+            consider(raw_key.value(), raw.value())?;
+        }
+        best.map(|(revision, raw)| Ok((revision, decode_version(&raw, || format!("version {revision} of {key:?}"))?)))
+            .transpose()
+    }
+
+    /// Live keys from `start` on, in order.
+    pub fn live_range(&self, start: &str) -> Result<impl Iterator<Item = Item<String, LiveMeta>> + '_, EngineError> {
+        let mut sources: Vec<Source<'_, String, Option<LiveMeta>>> = self
+            .layers
+            .iter()
+            .map(|layer| {
+                Box::new(layer.live.range(start.to_string()..).map(|(k, v)| Ok((k.clone(), *v))))
+                    as Source<'_, String, Option<LiveMeta>>
+            })
+            .collect();
+        sources.push(Box::new(self.live.range(start..)?.map(|entry| {
+            let (key, raw) = entry?;
+            let key = key.value().to_string();
+            let meta = decode_live(&key, raw.value())?;
+            Ok((key, Some(meta)))
+        })));
+        Ok(Merge::new(sources).filter_map(|item| match item {
+            Ok((key, Some(meta))) => Some(Ok((key, meta))),
+            Ok((_, None)) => None,
+            Err(e) => Some(Err(e)),
+        }))
+    }
+
+    /// Versions from version key `start` on, in order, as raw records.
+    pub fn version_range(&self, start: Vec<u8>) -> Result<impl Iterator<Item = Item<Vec<u8>, Vec<u8>>> + '_, EngineError> {
+        let mut sources: Vec<Source<'_, Vec<u8>, Vec<u8>>> = self
+            .layers
+            .iter()
+            .map(|layer| {
+                Box::new(layer.versions.range(start.clone()..).map(|(k, v)| Ok((k.clone(), v.to_vec()))))
+                    as Source<'_, Vec<u8>, Vec<u8>>
+            })
+            .collect();
+        sources.push(Box::new(self.versions.range(start.as_slice()..)?.map(|entry| {
+            let (key, raw) = entry?;
+            Ok((key.value().to_vec(), raw.value().to_vec()))
+        })));
+        Ok(Merge::new(sources))
+    }
+
+    /// History after revision `after`, in revision order.
+    pub fn change_range(&self, after: Revision) -> Result<impl Iterator<Item = Item<u64, String>> + '_, EngineError> {
+        let mut sources: Vec<Source<'_, u64, String>> = self
+            .layers
+            .iter()
+            .map(|layer| {
+                Box::new(layer.changes.range(after + 1..).map(|(k, v)| Ok((*k, v.clone())))) as Source<'_, u64, String>
+            })
+            .collect();
+        sources.push(Box::new(self.changes.range(after + 1..)?.map(|entry| {
+            let (rev, key) = entry?;
+            Ok((rev.value(), key.value().to_string()))
+        })));
+        Ok(Merge::new(sources))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(items: &[(u32, &'static str)]) -> Source<'static, u32, &'static str> {
+        Box::new(items.to_vec().into_iter().map(Ok))
+    }
+
+    #[test]
+    fn merge_is_sorted_and_upper_sources_win() {
+        let merged: Vec<_> = Merge::new(vec![
+            source(&[(2, "top"), (5, "top")]),
+            source(&[(1, "mid"), (2, "mid"), (7, "mid")]),
+            source(&[(2, "low"), (3, "low"), (7, "low")]),
+        ])
+        .map(Result::unwrap)
+        .collect();
+        assert_eq!(merged, vec![(1, "mid"), (2, "top"), (3, "low"), (5, "top"), (7, "mid")]);
+    }
+}
