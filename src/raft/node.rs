@@ -149,7 +149,7 @@ impl RaftNode {
         let log =
             LogStore::new(wal, &recovered.meta).map_err(|e| NodeError::Storage(e.to_string()))?;
         let checkpoints = CheckpointRequest::default();
-        let state_machine = StateMachine::new(engine.clone(), &dir.join("snapshots"), checkpoints.clone())
+        let state_machine = StateMachine::new(engine.clone(), checkpoints.clone())
             .map_err(|e| NodeError::Storage(e.to_string()))?;
 
         let raft_config = Config {

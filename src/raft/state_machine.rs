@@ -1,14 +1,19 @@
 //! openraft's state machine: applies committed entries to the store's engine in batches, and
-//! builds, persists and installs snapshots of it.
+//! takes and installs snapshots of it.
 //!
 //! Applying does not fsync; the engine is made durable by checkpoints (periodic, when its
-//! memtable passes [`MEMTABLE_BYTES`], with every snapshot it exports, at shutdown) and by
-//! snapshot installs. What a crash rolls back is replayed from the Raft log. openraft purges the log
-//! only up to a snapshot, and every snapshot is durable in the engine before it is used, so
-//! the log always holds what a restart must replay.
+//! memtable passes [`MEMTABLE_BYTES`], for every snapshot, at shutdown) and by snapshot
+//! installs. What a crash rolls back is replayed from the Raft log.
+//!
+//! A snapshot is a checkpoint: the engine's redb file already is a durable image of the state,
+//! so "building" one writes no second copy (which on flash would cost the whole state again
+//! every few thousand writes). The image sent to a follower that fell behind is exported from
+//! the engine when a follower needs it, at the engine's state then, which openraft accepts
+//! (a shipped snapshot may be newer than the one it last built). openraft purges the log only
+//! up to a built snapshot, and every built snapshot is durable in the engine, so the log
+//! always holds what a restart must replay.
 
 use std::io::Cursor;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use openraft::storage::RaftStateMachine;
@@ -26,7 +31,6 @@ pub const MEMTABLE_BYTES: usize = 16 << 20;
 /// Past this, applying waits for a checkpoint (the background one fell behind).
 const MEMTABLE_HARD_LIMIT: usize = 4 * MEMTABLE_BYTES;
 
-const SNAPSHOT_FILE: &str = "current.snap";
 
 /// What the engine stores with each applied batch: where in the log it is.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,19 +88,19 @@ impl CheckpointRequest {
 pub struct StateMachine {
     engine: Arc<Engine>,
     checkpoints: CheckpointRequest,
-    snapshot_dir: PathBuf,
+    /// openraft's first snapshot query comes at startup and reads only the description.
+    described_at_startup: bool,
     /// The marker of the last applied batch (mirrors what the engine stores).
     marker: AppliedMarker,
 }
 
 impl StateMachine {
-    pub fn new(engine: Arc<Engine>, snapshot_dir: &Path, checkpoints: CheckpointRequest) -> Result<Self, StorageError> {
-        std::fs::create_dir_all(snapshot_dir).map_err(|e| snapshot_error(ErrorVerb::Write, &e))?;
+    pub fn new(engine: Arc<Engine>, checkpoints: CheckpointRequest) -> Result<Self, StorageError> {
         let marker = AppliedMarker::decode(&engine.applied_marker())?;
         Ok(StateMachine {
             engine,
             checkpoints,
-            snapshot_dir: snapshot_dir.to_path_buf(),
+            described_at_startup: false,
             marker,
         })
     }
@@ -104,30 +108,16 @@ impl StateMachine {
     fn builder(&self) -> SnapshotBuilder {
         SnapshotBuilder {
             engine: self.engine.clone(),
-            snapshot_dir: self.snapshot_dir.clone(),
         }
     }
 }
 
-/// Writes `bytes` to `dir/name` atomically and durably.
-fn persist(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = dir.join(format!("{name}.tmp"));
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, dir.join(name))?;
-    std::fs::File::open(dir)?.sync_all()
-}
-
-/// The openraft description of an exported engine image.
-fn snapshot_meta(image: &[u8]) -> Result<SnapshotMeta, StorageError> {
-    let header =
-        Engine::read_snapshot_header(image).map_err(|e| snapshot_error(ErrorVerb::Read, &e))?;
-    let marker = AppliedMarker::decode(&header.marker)?;
+/// The openraft description of the state an applied marker stands for.
+fn describe(marker: &[u8]) -> Result<SnapshotMeta, StorageError> {
+    let marker = AppliedMarker::decode(marker)?;
     let snapshot_id = match marker.last_applied {
-        Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, header.revision),
-        None => format!("empty-{}", header.revision),
+        Some(id) => format!("{}-{}", id.leader_id.term, id.index),
+        None => "empty".to_string(),
     };
     Ok(SnapshotMeta {
         last_log_id: marker.last_applied,
@@ -136,32 +126,30 @@ fn snapshot_meta(image: &[u8]) -> Result<SnapshotMeta, StorageError> {
     })
 }
 
+/// The openraft description of an exported engine image.
+fn snapshot_meta(image: &[u8]) -> Result<SnapshotMeta, StorageError> {
+    let header = Engine::read_snapshot_header(image).map_err(|e| snapshot_error(ErrorVerb::Read, &e))?;
+    describe(&header.marker)
+}
+
 pub struct SnapshotBuilder {
     engine: Arc<Engine>,
-    snapshot_dir: PathBuf,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    /// A checkpoint; openraft keeps only the description of what it built.
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let engine = self.engine.clone();
-        let dir = self.snapshot_dir.clone();
-        let image = blocking(ErrorVerb::Write, move || {
-            let mut image = Vec::new();
-            // Export checkpoints first: the engine is durable up to the snapshot, so the log
-            // may be purged up to it.
-            engine
-                .export(&mut image)
-                .map_err(|e| snapshot_error(ErrorVerb::Write, &e))?;
-            persist(&dir, SNAPSHOT_FILE, &image)
-                .map_err(|e| snapshot_error(ErrorVerb::Write, &e))?;
-            Ok(image)
+        let marker = blocking(ErrorVerb::Write, move || {
+            engine.checkpoint().map_err(|e| sm_error(ErrorVerb::Write, &e))?;
+            Ok(engine.durable_marker())
         })
         .await?;
-        let meta = snapshot_meta(&image)?;
-        tracing::info!(snapshot = %meta.snapshot_id, bytes = image.len(), "built a store snapshot");
+        let meta = describe(&marker)?;
+        tracing::info!(snapshot = %meta.snapshot_id, "checkpointed the store as a snapshot");
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(image)),
+            snapshot: Box::new(Cursor::new(Vec::new())),
         })
     }
 }
@@ -253,13 +241,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             ));
         }
         let engine = self.engine.clone();
-        let dir = self.snapshot_dir.clone();
         blocking(ErrorVerb::Write, move || {
             // The import is durable when it returns: the log may be purged up to it.
             engine
                 .import(image.as_slice())
-                .map_err(|e| snapshot_error(ErrorVerb::Write, &e))?;
-            persist(&dir, SNAPSHOT_FILE, &image).map_err(|e| snapshot_error(ErrorVerb::Write, &e))
+                .map(|_| ())
+                .map_err(|e| snapshot_error(ErrorVerb::Write, &e))
         })
         .await?;
         self.marker = AppliedMarker {
@@ -271,13 +258,29 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        let path = self.snapshot_dir.join(SNAPSHOT_FILE);
-        let image = match tokio::fs::read(&path).await {
-            Ok(image) => image,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(snapshot_error(ErrorVerb::Read, &e)),
-        };
+        if !self.described_at_startup {
+            // Called once from Raft::new for the description only: don't export the state.
+            self.described_at_startup = true;
+            let marker = self.engine.durable_marker();
+            if marker.is_empty() {
+                return Ok(None);
+            }
+            return Ok(Some(Snapshot {
+                meta: describe(&marker)?,
+                snapshot: Box::new(Cursor::new(Vec::new())),
+            }));
+        }
+        let engine = self.engine.clone();
+        let image = blocking(ErrorVerb::Read, move || {
+            let mut image = Vec::new();
+            engine
+                .export(&mut image)
+                .map_err(|e| snapshot_error(ErrorVerb::Read, &e))?;
+            Ok(image)
+        })
+        .await?;
         let meta = snapshot_meta(&image)?;
+        tracing::info!(snapshot = %meta.snapshot_id, bytes = image.len(), "exported a store snapshot for a follower");
         Ok(Some(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(image)),

@@ -4,10 +4,10 @@
 use bytes::Bytes;
 use redb::{Table, WriteTransaction};
 
-use super::encoding::{version_key, LiveMeta, VersionRecord};
+use super::encoding::{LiveMeta, RevRecord};
 use super::memtable::Memtable;
 use super::view::View;
-use super::{EngineError, CHANGES, LIVE, META, VERSIONS};
+use super::{EngineError, KEY_REVS, LIVE, META, REVS};
 use crate::store::types::{validate_key, Command, CommandOutcome, Event, EventKind, KeyValue, Revision};
 
 /// The live key with its current value: from the active memtable, else the layers below.
@@ -17,12 +17,12 @@ fn load_live(active: &Memtable, lower: &View, key: &str) -> Result<Option<KeyVal
         None => lower.live_meta(key)?,
     };
     let Some(meta) = meta else { return Ok(None) };
-    let record = match active.versions.get(&version_key(key, meta.mod_revision)) {
-        Some(raw) => VersionRecord::decode(raw),
+    let record = match active.revs.get(&meta.mod_revision) {
+        Some(raw) => RevRecord::decode(raw),
         None => lower.version(key, meta.mod_revision)?,
     }
     .ok_or_else(|| EngineError::Corrupt(format!("version {} of live key {key:?} is missing", meta.mod_revision)))?;
-    Ok(Some(record.into_key_value(key, meta.mod_revision)))
+    Ok(Some(record.into_key_value(meta.mod_revision)))
 }
 
 fn put(active: &mut Memtable, key: &str, value: &Bytes, create_revision: Revision, rev: Revision, version: u64) -> KeyValue {
@@ -34,8 +34,7 @@ fn put(active: &mut Memtable, key: &str, value: &Bytes, create_revision: Revisio
             version,
         }),
     );
-    active.add_version(version_key(key, rev), VersionRecord::encode_put(create_revision, version, value));
-    active.add_change(rev, key);
+    active.add_rev(rev, key, RevRecord::encode_put(key, create_revision, version, value));
     KeyValue {
         key: key.to_string(),
         value: value.clone(),
@@ -95,11 +94,11 @@ pub(super) fn apply_write(
         }
         (Command::Delete { .. }, Some(prev)) => {
             active.set_live(key, None);
-            active.add_version(
-                version_key(key, rev),
-                VersionRecord::encode_tombstone(prev.create_revision, prev.version + 1),
+            active.add_rev(
+                rev,
+                key,
+                RevRecord::encode_tombstone(key, prev.create_revision, prev.version + 1),
             );
-            active.add_change(rev, key);
             events.push(Event {
                 kind: EventKind::Delete,
                 kv: KeyValue {
@@ -122,8 +121,8 @@ pub(super) fn apply_write(
 /// The engine's tables opened in one write transaction.
 pub(super) struct Tables<'txn> {
     pub live: Table<'txn, &'static str, &'static [u8]>,
-    pub versions: Table<'txn, &'static [u8], &'static [u8]>,
-    pub changes: Table<'txn, u64, &'static str>,
+    pub revs: Table<'txn, u64, &'static [u8]>,
+    pub key_revs: Table<'txn, &'static [u8], ()>,
     pub meta: Table<'txn, &'static str, &'static [u8]>,
 }
 
@@ -131,8 +130,8 @@ impl<'txn> Tables<'txn> {
     pub fn open(txn: &'txn WriteTransaction) -> Result<Self, EngineError> {
         Ok(Tables {
             live: txn.open_table(LIVE)?,
-            versions: txn.open_table(VERSIONS)?,
-            changes: txn.open_table(CHANGES)?,
+            revs: txn.open_table(REVS)?,
+            key_revs: txn.open_table(KEY_REVS)?,
             meta: txn.open_table(META)?,
         })
     }
@@ -158,11 +157,11 @@ impl<'txn> Tables<'txn> {
                 }
             }
         }
-        for (version_key, record) in &memtable.versions {
-            self.versions.insert(version_key.as_slice(), record.as_ref())?;
+        for (revision, record) in &memtable.revs {
+            self.revs.insert(*revision, record.as_ref())?;
         }
-        for (revision, key) in &memtable.changes {
-            self.changes.insert(*revision, key.as_str())?;
+        for (version_key, ()) in &memtable.key_revs {
+            self.key_revs.insert(version_key.as_slice(), ())?;
         }
         Ok(())
     }

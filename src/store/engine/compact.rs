@@ -1,17 +1,16 @@
 //! Compaction: forgetting history at or below a revision, as etcd does.
 //!
 //! Logically it takes effect when the command is applied (reads of compacted revisions fail
-//! from then on). Physically it happens at the next checkpoint: for every key changed at or
-//! below the target, versions older than its newest version at or below the target are
-//! removed, and that newest version too if it is a tombstone. What stays is exactly enough
-//! to rebuild the state at any revision above the target, and to give every later event its
-//! previous value.
+//! from then on). Physically it happens at the next checkpoint: every write at or below the
+//! target removes the versions of its key older than itself, and a deletion at or below the
+//! target removes itself too. What stays is exactly enough to rebuild the state at any
+//! revision above the target, and to give every later event its previous value.
 
 use redb::ReadableTable;
 
 use super::apply::Tables;
-use super::encoding::{version_key, VersionRecord};
-use super::EngineError;
+use super::encoding::{split_version_key, version_key, RevRecord};
+use super::{EngineError, META_PHYSICAL_COMPACT};
 use crate::store::types::{CommandOutcome, Revision};
 
 /// Applies a `Compact` command to the engine's compacted revision.
@@ -28,28 +27,43 @@ pub(super) fn compact_logically(compact_revision: &mut Revision, current_revisio
 
 /// Removes from redb the history a compaction at `target` made unreachable.
 pub(super) fn compact_physically(tables: &mut Tables<'_>, target: Revision) -> Result<(), EngineError> {
-    let changed: Vec<(Revision, String)> = tables
-        .changes
-        .range(..=target)?
-        .map(|entry| entry.map(|(rev, key)| (rev.value(), key.value().to_string())))
-        .collect::<Result<_, _>>()?;
-    if changed.is_empty() {
+    let done = match tables.meta.get(META_PHYSICAL_COMPACT)? {
+        Some(raw) => u64::from_le_bytes(
+            raw.value()
+                .try_into()
+                .map_err(|_| EngineError::Corrupt("physical compaction revision".to_string()))?,
+        ),
+        None => 0,
+    };
+    if target <= done {
         return Ok(());
     }
-    for (rev, key) in &changed {
-        let newest = version_key(key, *rev);
-        let oldest = version_key(key, 0);
-        tables
-            .versions
-            .retain_in(oldest.as_slice()..newest.as_slice(), |_, _| false)?;
-        let is_tombstone = tables
-            .versions
-            .get(newest.as_slice())?
-            .is_some_and(|raw| VersionRecord::is_tombstone(raw.value()));
-        if is_tombstone {
-            tables.versions.remove(newest.as_slice())?;
+    let written: Vec<(Revision, String, bool)> = tables
+        .revs
+        .range(done + 1..=target)?
+        .map(|entry| {
+            let (rev, raw) = entry?;
+            let record = RevRecord::decode(raw.value())
+                .ok_or_else(|| EngineError::Corrupt(format!("record of revision {}", rev.value())))?;
+            Ok((rev.value(), record.key, record.tombstone))
+        })
+        .collect::<Result<_, EngineError>>()?;
+    for (rev, key, tombstone) in written {
+        let older: Vec<Vec<u8>> = tables
+            .key_revs
+            .range(version_key(&key, 0).as_slice()..version_key(&key, rev).as_slice())?
+            .map(|entry| entry.map(|(k, _)| k.value().to_vec()))
+            .collect::<Result<_, _>>()?;
+        for superseded in older {
+            let (_, old_rev) = split_version_key(&superseded)
+                .ok_or_else(|| EngineError::Corrupt(format!("history index of {key:?}")))?;
+            tables.revs.remove(old_rev)?;
+            tables.key_revs.remove(superseded.as_slice())?;
+        }
+        if tombstone {
+            tables.revs.remove(rev)?;
+            tables.key_revs.remove(version_key(&key, rev).as_slice())?;
         }
     }
-    tables.changes.retain_in(..=target, |_, _| false)?;
-    Ok(())
+    tables.set_meta_u64(META_PHYSICAL_COMPACT, target)
 }

@@ -72,9 +72,11 @@ impl LiveMeta {
     }
 }
 
-/// One version of a key: a value written at some revision, or the tombstone of a deletion.
+/// What a revision wrote: a value of a key, or the tombstone of its deletion. Stored by
+/// revision, so history is appended at the end of its table rather than spread over it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VersionRecord {
+pub struct RevRecord {
+    pub key: String,
     pub tombstone: bool,
     pub create_revision: Revision,
     pub version: u64,
@@ -83,28 +85,30 @@ pub struct VersionRecord {
 
 const TAG_PUT: u8 = 0;
 const TAG_TOMBSTONE: u8 = 1;
-const VERSION_HEADER: usize = 17;
+const REV_HEADER: usize = 21;
 
-impl VersionRecord {
-    pub fn encode_put(create_revision: Revision, version: u64, value: &[u8]) -> Vec<u8> {
-        Self::encode(TAG_PUT, create_revision, version, value)
+impl RevRecord {
+    pub fn encode_put(key: &str, create_revision: Revision, version: u64, value: &[u8]) -> Vec<u8> {
+        Self::encode(TAG_PUT, key, create_revision, version, value)
     }
 
-    pub fn encode_tombstone(create_revision: Revision, version: u64) -> Vec<u8> {
-        Self::encode(TAG_TOMBSTONE, create_revision, version, &[])
+    pub fn encode_tombstone(key: &str, create_revision: Revision, version: u64) -> Vec<u8> {
+        Self::encode(TAG_TOMBSTONE, key, create_revision, version, &[])
     }
 
-    fn encode(tag: u8, create_revision: Revision, version: u64, value: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(VERSION_HEADER + value.len());
+    fn encode(tag: u8, key: &str, create_revision: Revision, version: u64, value: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(REV_HEADER + key.len() + value.len());
         out.push(tag);
         out.extend_from_slice(&create_revision.to_le_bytes());
         out.extend_from_slice(&version.to_le_bytes());
+        out.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        out.extend_from_slice(key.as_bytes());
         out.extend_from_slice(value);
         out
     }
 
     pub fn decode(raw: &[u8]) -> Option<Self> {
-        if raw.len() < VERSION_HEADER {
+        if raw.len() < REV_HEADER {
             return None;
         }
         let tombstone = match raw[0] {
@@ -112,22 +116,20 @@ impl VersionRecord {
             TAG_TOMBSTONE => true,
             _ => return None,
         };
-        Some(VersionRecord {
+        let key_len = u32::from_le_bytes(raw[17..21].try_into().ok()?) as usize;
+        let key = raw.get(REV_HEADER..REV_HEADER + key_len)?;
+        Some(RevRecord {
+            key: std::str::from_utf8(key).ok()?.to_string(),
             tombstone,
             create_revision: u64::from_le_bytes(raw[1..9].try_into().ok()?),
             version: u64::from_le_bytes(raw[9..17].try_into().ok()?),
-            value: Bytes::copy_from_slice(&raw[VERSION_HEADER..]),
+            value: Bytes::copy_from_slice(&raw[REV_HEADER + key_len..]),
         })
     }
 
-    /// Whether the raw record is a tombstone, without copying its value.
-    pub fn is_tombstone(raw: &[u8]) -> bool {
-        raw.first() == Some(&TAG_TOMBSTONE)
-    }
-
-    pub fn into_key_value(self, key: &str, mod_revision: Revision) -> KeyValue {
+    pub fn into_key_value(self, mod_revision: Revision) -> KeyValue {
         KeyValue {
-            key: key.to_string(),
+            key: self.key,
             value: self.value,
             create_revision: self.create_revision,
             mod_revision,
@@ -163,12 +165,16 @@ mod tests {
             version: 4,
         };
         assert_eq!(LiveMeta::decode(&meta.encode()), Some(meta));
-        let put = VersionRecord::decode(&VersionRecord::encode_put(3, 4, b"hello")).unwrap();
+        let put = RevRecord::decode(&RevRecord::encode_put("/k", 3, 4, b"hello")).unwrap();
         assert!(!put.tombstone);
-        assert_eq!(&put.value[..], b"hello");
-        let raw = VersionRecord::encode_tombstone(3, 5);
-        assert!(VersionRecord::is_tombstone(&raw));
-        assert_eq!(VersionRecord::decode(&raw).unwrap().version, 5);
-        assert_eq!(VersionRecord::decode(&[9; 20]), None);
+        assert_eq!((put.key.as_str(), &put.value[..]), ("/k", &b"hello"[..]));
+        let raw = RevRecord::encode_tombstone("/k", 3, 5);
+        let tombstone = RevRecord::decode(&raw).unwrap();
+        assert!(tombstone.tombstone);
+        assert_eq!(tombstone.version, 5);
+        assert_eq!(RevRecord::decode(&[9; 30]), None);
+        let mut cut = RevRecord::encode_put("/long-key", 1, 1, b"");
+        cut.truncate(25);
+        assert_eq!(RevRecord::decode(&cut), None);
     }
 }

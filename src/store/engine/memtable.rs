@@ -4,13 +4,13 @@
 //! write that, not the data, would be most of what is written to flash.
 //!
 //! Maps are persistent (`imbl`), so readers take a consistent copy in O(1) while writers go
-//! on. Entries mirror the redb tables: `live` (with deletions as `None`, masking older
-//! layers), `versions` and `changes`.
+//! on. They mirror the redb tables: `live` (with deletions as `None`, masking older layers),
+//! `revs` and `key_revs`.
 
 use bytes::Bytes;
 use imbl::OrdMap;
 
-use super::encoding::LiveMeta;
+use super::encoding::{version_key, LiveMeta};
 
 /// Rough per-entry overhead of the maps, for the size estimate.
 const ENTRY_OVERHEAD: usize = 64;
@@ -19,10 +19,10 @@ const ENTRY_OVERHEAD: usize = 64;
 pub(super) struct Memtable {
     /// Live keys written since the last flush; `None` marks a deletion.
     pub live: OrdMap<String, Option<LiveMeta>>,
-    /// Encoded `VersionRecord`s by version key.
-    pub versions: OrdMap<Vec<u8>, Bytes>,
-    /// Revision → key.
-    pub changes: OrdMap<u64, String>,
+    /// Encoded `RevRecord`s by revision.
+    pub revs: OrdMap<u64, Bytes>,
+    /// Index of `revs` by key: `key NUL revision`.
+    pub key_revs: OrdMap<Vec<u8>, ()>,
     /// Approximate bytes held.
     pub bytes: usize,
 }
@@ -34,13 +34,10 @@ impl Memtable {
         }
     }
 
-    pub fn add_version(&mut self, version_key: Vec<u8>, record: Vec<u8>) {
-        self.bytes += version_key.len() + record.len() + ENTRY_OVERHEAD;
-        self.versions.insert(version_key, Bytes::from(record));
-    }
-
-    pub fn add_change(&mut self, revision: u64, key: &str) {
-        self.bytes += key.len() + 8 + ENTRY_OVERHEAD;
-        self.changes.insert(revision, key.to_string());
+    /// Records what revision `revision` wrote to `key`.
+    pub fn add_rev(&mut self, revision: u64, key: &str, record: Vec<u8>) {
+        self.bytes += record.len() + key.len() + 2 * ENTRY_OVERHEAD;
+        self.revs.insert(revision, Bytes::from(record));
+        self.key_revs.insert(version_key(key, revision), ());
     }
 }

@@ -9,10 +9,12 @@
 //!
 //! Tables (and the memtable's maps, which mirror them):
 //! - `live`: key → [`LiveMeta`] (create/mod revision, version) for every live key;
-//! - `versions`: `key NUL revision` → [`VersionRecord`]: each value written within the history
-//!   window, plus the newest version at or below the compacted revision, so that state at any
-//!   revision since compaction can be rebuilt;
-//! - `changes`: revision → key, the order of history;
+//! - `revs`: revision → [`RevRecord`] (key and value, or tombstone): each write within the
+//!   history window, plus the newest version of each key at or below the compacted revision,
+//!   so that state at any revision since compaction can be rebuilt. Keyed by revision, as
+//!   etcd's backend is: new history is appended at the end of the tree and compaction removes
+//!   it from the start, so a checkpoint writes mostly new pages;
+//! - `key_revs`: `key NUL revision` → (), the index of `revs` by key;
 //! - `meta`: current and compacted revision, and the caller's applied marker.
 //!
 //! Compaction is logical at once (reads below the compacted revision fail) and physical at
@@ -40,12 +42,14 @@ use super::watch::WatchHub;
 pub use snapshot::SnapshotHeader;
 
 const LIVE: TableDefinition<&str, &[u8]> = TableDefinition::new("live");
-const VERSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("versions");
-const CHANGES: TableDefinition<u64, &str> = TableDefinition::new("changes");
+const REVS: TableDefinition<u64, &[u8]> = TableDefinition::new("revs");
+const KEY_REVS: TableDefinition<&[u8], ()> = TableDefinition::new("key_revs");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 const META_REVISION: &str = "revision";
 const META_COMPACT_REVISION: &str = "compact_revision";
+/// History at or below this is already removed from redb (compaction is physical at flush).
+const META_PHYSICAL_COMPACT: &str = "physical_compact_revision";
 const META_APPLIED: &str = "applied";
 
 /// Failures of the engine itself (as opposed to outcomes of commands).
@@ -120,8 +124,8 @@ pub struct Engine {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EngineStats {
     pub live_keys: u64,
-    pub versions: u64,
-    pub history: u64,
+    /// Revisions whose record is kept (history window plus compacted keys' newest versions).
+    pub revisions: u64,
 }
 
 impl Engine {
@@ -137,8 +141,8 @@ impl Engine {
         let txn = db.begin_write()?;
         {
             txn.open_table(LIVE)?;
-            txn.open_table(VERSIONS)?;
-            txn.open_table(CHANGES)?;
+            txn.open_table(REVS)?;
+            txn.open_table(KEY_REVS)?;
             txn.open_table(META)?;
         }
         txn.commit()?;
@@ -294,8 +298,8 @@ impl Engine {
         if let Err(e) = written {
             // Nothing is lost: put the writes back under the newer ones and try again later.
             state.active.live = std::mem::take(&mut state.active.live).union(frozen.live);
-            state.active.versions = std::mem::take(&mut state.active.versions).union(frozen.versions);
-            state.active.changes = std::mem::take(&mut state.active.changes).union(frozen.changes);
+            state.active.revs = std::mem::take(&mut state.active.revs).union(frozen.revs);
+            state.active.key_revs = std::mem::take(&mut state.active.key_revs).union(frozen.key_revs);
             state.active.bytes += frozen.bytes;
             state.applied_since_checkpoint += applied;
             return Err(e);
@@ -335,8 +339,7 @@ impl Engine {
         let txn = self.db.begin_read()?;
         Ok(EngineStats {
             live_keys: txn.open_table(LIVE)?.len()?,
-            versions: txn.open_table(VERSIONS)?.len()?,
-            history: txn.open_table(CHANGES)?.len()?,
+            revisions: txn.open_table(REVS)?.len()?,
         })
     }
 }

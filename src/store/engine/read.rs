@@ -4,7 +4,7 @@
 
 use redb::ReadOnlyTable;
 
-use super::encoding::{first_version_key_after, split_version_key, VersionRecord};
+use super::encoding::{first_version_key_after, split_version_key, RevRecord};
 use super::view::View;
 use super::{Engine, EngineError};
 use crate::store::types::{ContinueToken, Event, EventKind, KeyValue, ListOptions, ListPage, Revision, StoreError};
@@ -60,7 +60,7 @@ impl View {
             let record = self.version(&key, meta.mod_revision)?.ok_or_else(|| {
                 EngineError::Corrupt(format!("version {} of live key {key:?} is missing", meta.mod_revision))
             })?;
-            items.push(record.into_key_value(&key, meta.mod_revision));
+            items.push(record.into_key_value(meta.mod_revision));
         }
         Ok((items, false))
     }
@@ -72,36 +72,37 @@ impl View {
             None => prefix.as_bytes().to_vec(),
         };
         let mut items = Vec::new();
-        // The newest version at or below `revision` of the key being scanned.
-        let mut candidate: Option<(String, Revision, Vec<u8>)> = None;
-        let flush = |candidate: Option<(String, Revision, Vec<u8>)>, items: &mut Vec<KeyValue>| -> Result<(), EngineError> {
-            if let Some((key, rev, raw)) = candidate {
-                if !VersionRecord::is_tombstone(&raw) {
-                    let record = VersionRecord::decode(&raw)
-                        .ok_or_else(|| EngineError::Corrupt(format!("version {rev} of {key:?}")))?;
-                    items.push(record.into_key_value(&key, rev));
+        // The newest revision at or below `revision` of the key being scanned.
+        let mut candidate: Option<(String, Revision)> = None;
+        let take = |candidate: Option<(String, Revision)>, items: &mut Vec<KeyValue>| -> Result<(), EngineError> {
+            if let Some((key, rev)) = candidate {
+                let record = self
+                    .version(&key, rev)?
+                    .ok_or_else(|| EngineError::Corrupt(format!("history of {key:?} names missing revision {rev}")))?;
+                if !record.tombstone {
+                    items.push(record.into_key_value(rev));
                 }
             }
             Ok(())
         };
-        for entry in self.version_range(start)? {
-            let (raw_key, raw_value) = entry?;
+        for entry in self.key_rev_range(start)? {
+            let (raw_key, ()) = entry?;
             let (key, rev) =
-                split_version_key(&raw_key).ok_or_else(|| EngineError::Corrupt("malformed version key".to_string()))?;
+                split_version_key(&raw_key).ok_or_else(|| EngineError::Corrupt("malformed history index".to_string()))?;
             if !key.starts_with(prefix) {
                 break;
             }
-            if candidate.as_ref().is_none_or(|(k, _, _)| k != key) {
-                flush(candidate.take(), &mut items)?;
+            if candidate.as_ref().is_none_or(|(k, _)| k != key) {
+                take(candidate.take(), &mut items)?;
                 if limit > 0 && items.len() > limit {
                     break;
                 }
             }
             if rev <= revision {
-                candidate = Some((key.to_string(), rev, raw_value));
+                candidate = Some((key.to_string(), rev));
             }
         }
-        flush(candidate.take(), &mut items)?;
+        take(candidate.take(), &mut items)?;
         let more = limit > 0 && items.len() > limit;
         if more {
             items.truncate(limit);
@@ -109,20 +110,17 @@ impl View {
         Ok((items, more))
     }
 
-    /// The event of the change to `key` at `revision`.
-    fn event_at(&self, key: &str, revision: Revision) -> Result<Event, EngineError> {
-        let record = self
-            .version(key, revision)?
-            .ok_or_else(|| EngineError::Corrupt(format!("history {revision} of {key:?} is missing")))?;
-        let prev = match self.version_before(key, revision)? {
-            Some((rev, prev)) if !prev.tombstone => Some(prev.into_key_value(key, rev)),
+    /// The event of what `revision` wrote.
+    fn event(&self, revision: Revision, record: RevRecord) -> Result<Event, EngineError> {
+        let prev = match self.version_before(&record.key, revision)? {
+            Some((rev, prev)) if !prev.tombstone => Some(prev.into_key_value(rev)),
             _ => None,
         };
         Ok(if record.tombstone {
             Event {
                 kind: EventKind::Delete,
                 kv: KeyValue {
-                    key: key.to_string(),
+                    key: record.key,
                     value: bytes::Bytes::new(),
                     create_revision: record.create_revision,
                     mod_revision: revision,
@@ -133,7 +131,7 @@ impl View {
         } else {
             Event {
                 kind: EventKind::Put,
-                kv: record.into_key_value(key, revision),
+                kv: record.into_key_value(revision),
                 prev,
             }
         })
@@ -154,7 +152,7 @@ impl Engine {
             return Ok(view.live(key)?);
         }
         Ok(match view.version_before(key, revision + 1)? {
-            Some((rev, record)) if !record.tombstone => Some(record.into_key_value(key, rev)),
+            Some((rev, record)) if !record.tombstone => Some(record.into_key_value(rev)),
             _ => None,
         })
     }
@@ -198,8 +196,8 @@ impl Engine {
         }
         let mut events = Vec::new();
         let mut scanned = after;
-        for entry in view.change_range(after)? {
-            let (rev, key) = entry?;
+        for entry in view.rev_range(after)? {
+            let (rev, record) = entry?;
             if rev > view.revision {
                 break;
             }
@@ -207,8 +205,8 @@ impl Engine {
                 return Ok((events, scanned));
             }
             scanned = rev;
-            if key.starts_with(prefix) {
-                events.push(view.event_at(&key, rev)?);
+            if record.key.starts_with(prefix) {
+                events.push(view.event(rev, record)?);
             }
         }
         Ok((events, view.revision.max(scanned)))

@@ -13,11 +13,11 @@ use redb::{Durability, ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
 use super::apply::Tables;
-use super::encoding::{version_key, LiveMeta, VersionRecord};
+use super::encoding::{version_key, LiveMeta, RevRecord};
 use super::read::{meta_bytes, meta_u64};
 use super::{
-    Engine, EngineError, CHANGES, LIVE, META, META_APPLIED, META_COMPACT_REVISION, META_REVISION,
-    VERSIONS,
+    Engine, EngineError, KEY_REVS, LIVE, META, META_APPLIED, META_COMPACT_REVISION, META_PHYSICAL_COMPACT,
+    META_REVISION, REVS,
 };
 use crate::store::types::KeyValue;
 
@@ -110,7 +110,7 @@ impl Engine {
         };
         let meta = txn.open_table(META)?;
         let live = txn.open_table(LIVE)?;
-        let versions = txn.open_table(VERSIONS)?;
+        let revs = txn.open_table(REVS)?;
         let header = SnapshotHeader {
             format: FORMAT,
             revision: meta_u64(&meta, META_REVISION)?,
@@ -124,11 +124,11 @@ impl Engine {
             let key = key.value();
             let meta = LiveMeta::decode(raw.value())
                 .ok_or_else(|| EngineError::Corrupt(format!("live entry of {key:?}")))?;
-            let record = versions
-                .get(version_key(key, meta.mod_revision).as_slice())?
-                .and_then(|raw| VersionRecord::decode(raw.value()))
+            let record = revs
+                .get(meta.mod_revision)?
+                .and_then(|raw| RevRecord::decode(raw.value()))
                 .ok_or_else(|| EngineError::Corrupt(format!("value of live key {key:?}")))?;
-            out.frame(&encode(&record.into_key_value(key, meta.mod_revision))?)
+            out.frame(&encode(&record.into_key_value(meta.mod_revision))?)
                 .map_err(io_error)?;
         }
         out.inner.write_all(&0u32.to_le_bytes()).map_err(io_error)?;
@@ -178,8 +178,8 @@ impl Engine {
         txn.set_quick_repair(true);
         txn.delete_table(LIVE)?;
         txn.delete_table(META)?;
-        txn.delete_table(VERSIONS)?;
-        txn.delete_table(CHANGES)?;
+        txn.delete_table(REVS)?;
+        txn.delete_table(KEY_REVS)?;
         {
             let mut tables = Tables::open(&txn)?;
             let mut count = 0u64;
@@ -199,10 +199,13 @@ impl Engine {
                 tables
                     .live
                     .insert(kv.key.as_str(), meta.encode().as_slice())?;
-                tables.versions.insert(
-                    version_key(&kv.key, kv.mod_revision).as_slice(),
-                    VersionRecord::encode_put(kv.create_revision, kv.version, &kv.value).as_slice(),
+                tables.revs.insert(
+                    kv.mod_revision,
+                    RevRecord::encode_put(&kv.key, kv.create_revision, kv.version, &kv.value).as_slice(),
                 )?;
+                tables
+                    .key_revs
+                    .insert(version_key(&kv.key, kv.mod_revision).as_slice(), ())?;
                 count += 1;
             }
             if count != header.live_keys {
@@ -213,6 +216,7 @@ impl Engine {
             }
             tables.set_meta_u64(META_REVISION, header.revision)?;
             tables.set_meta_u64(META_COMPACT_REVISION, header.revision)?;
+            tables.set_meta_u64(META_PHYSICAL_COMPACT, header.revision)?;
             tables.set_meta(META_APPLIED, &header.marker)?;
         }
         txn.commit()?;

@@ -310,7 +310,7 @@ fn compaction_keeps_exactly_what_later_revisions_need_body() {
     // Physically at the next checkpoint: version 2 of /r/a (newest at or below 4) stays,
     // version 1 and the deleted key go.
     engine.checkpoint().unwrap();
-    assert_eq!(engine.stats().unwrap().versions, 2);
+    assert_eq!(engine.stats().unwrap().revisions, 2);
     assert!(matches!(
         engine.changes_after("/r/", 3, 10),
         Err(StoreError::Compacted { .. })

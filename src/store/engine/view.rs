@@ -5,9 +5,9 @@
 
 use redb::{ReadOnlyTable, ReadTransaction};
 
-use super::encoding::{split_version_key, version_key, LiveMeta, VersionRecord};
+use super::encoding::{split_version_key, version_key, LiveMeta, RevRecord};
 use super::memtable::Memtable;
-use super::{EngineError, CHANGES, LIVE, VERSIONS};
+use super::{EngineError, KEY_REVS, LIVE, REVS};
 use crate::store::types::{KeyValue, Revision};
 
 type Item<K, V> = Result<(K, V), EngineError>;
@@ -78,8 +78,8 @@ pub(super) struct View {
     /// Memtables, newest first.
     layers: Vec<Memtable>,
     live: ReadOnlyTable<&'static str, &'static [u8]>,
-    versions: ReadOnlyTable<&'static [u8], &'static [u8]>,
-    changes: ReadOnlyTable<u64, &'static str>,
+    revs: ReadOnlyTable<u64, &'static [u8]>,
+    key_revs: ReadOnlyTable<&'static [u8], ()>,
     pub revision: Revision,
     pub compact_revision: Revision,
 }
@@ -88,8 +88,8 @@ fn decode_live(key: &str, raw: &[u8]) -> Result<LiveMeta, EngineError> {
     LiveMeta::decode(raw).ok_or_else(|| EngineError::Corrupt(format!("live entry of {key:?}")))
 }
 
-fn decode_version(raw: &[u8], what: impl FnOnce() -> String) -> Result<VersionRecord, EngineError> {
-    VersionRecord::decode(raw).ok_or_else(|| EngineError::Corrupt(what()))
+fn decode_rev(revision: Revision, raw: &[u8]) -> Result<RevRecord, EngineError> {
+    RevRecord::decode(raw).ok_or_else(|| EngineError::Corrupt(format!("record of revision {revision}")))
 }
 
 impl View {
@@ -102,8 +102,8 @@ impl View {
         Ok(View {
             layers,
             live: txn.open_table(LIVE)?,
-            versions: txn.open_table(VERSIONS)?,
-            changes: txn.open_table(CHANGES)?,
+            revs: txn.open_table(REVS)?,
+            key_revs: txn.open_table(KEY_REVS)?,
             revision,
             compact_revision,
         })
@@ -121,16 +121,27 @@ impl View {
         }
     }
 
-    pub fn version(&self, key: &str, revision: Revision) -> Result<Option<VersionRecord>, EngineError> {
-        let vk = version_key(key, revision);
-        let what = || format!("version {revision} of {key:?}");
+    /// What `revision` wrote.
+    pub fn rev(&self, revision: Revision) -> Result<Option<RevRecord>, EngineError> {
         for layer in &self.layers {
-            if let Some(raw) = layer.versions.get(&vk) {
-                return decode_version(raw, what).map(Some);
+            if let Some(raw) = layer.revs.get(&revision) {
+                return decode_rev(revision, raw).map(Some);
             }
         }
-        match self.versions.get(vk.as_slice())? {
-            Some(raw) => decode_version(raw.value(), what).map(Some),
+        match self.revs.get(revision)? {
+            Some(raw) => decode_rev(revision, raw.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The version of `key` written at `revision`.
+    pub fn version(&self, key: &str, revision: Revision) -> Result<Option<RevRecord>, EngineError> {
+        match self.rev(revision)? {
+            Some(record) if record.key == key => Ok(Some(record)),
+            Some(record) => Err(EngineError::Corrupt(format!(
+                "revision {revision} wrote {:?}, not {key:?}",
+                record.key
+            ))),
             None => Ok(None),
         }
     }
@@ -143,32 +154,32 @@ impl View {
         let record = self.version(key, meta.mod_revision)?.ok_or_else(|| {
             EngineError::Corrupt(format!("version {} of live key {key:?} is missing", meta.mod_revision))
         })?;
-        Ok(Some(record.into_key_value(key, meta.mod_revision)))
+        Ok(Some(record.into_key_value(meta.mod_revision)))
     }
 
     /// The newest version of `key` strictly below `before`, with its revision.
-    pub fn version_before(&self, key: &str, before: Revision) -> Result<Option<(Revision, VersionRecord)>, EngineError> {
+    pub fn version_before(&self, key: &str, before: Revision) -> Result<Option<(Revision, RevRecord)>, EngineError> {
         let (lower, upper) = (version_key(key, 0), version_key(key, before));
-        let mut best: Option<(Revision, Vec<u8>)> = None;
-        let mut consider = |raw_key: &[u8], raw: &[u8]| -> Result<(), EngineError> {
+        let mut newest: Option<Revision> = None;
+        let mut consider = |raw_key: &[u8]| -> Result<(), EngineError> {
             let (_, revision) =
-                split_version_key(raw_key).ok_or_else(|| EngineError::Corrupt(format!("version key of {key:?}")))?;
-            if best.as_ref().is_none_or(|(b, _)| revision > *b) {
-                best = Some((revision, raw.to_vec()));
-            }
+                split_version_key(raw_key).ok_or_else(|| EngineError::Corrupt(format!("history index of {key:?}")))?;
+            newest = Some(newest.map_or(revision, |n| n.max(revision)));
             Ok(())
         };
         for layer in &self.layers {
-            if let Some((raw_key, raw)) = layer.versions.range(lower.clone()..upper.clone()).next_back() {
-                consider(raw_key, raw)?;
+            if let Some((raw_key, _)) = layer.key_revs.range(lower.clone()..upper.clone()).next_back() {
+                consider(raw_key)?;
             }
         }
-        if let Some(entry) = self.versions.range(lower.as_slice()..upper.as_slice())?.next_back() {
-            let (raw_key, raw) = entry?;
-            consider(raw_key.value(), raw.value())?;
+        if let Some(entry) = self.key_revs.range(lower.as_slice()..upper.as_slice())?.next_back() {
+            consider(entry?.0.value())?;
         }
-        best.map(|(revision, raw)| Ok((revision, decode_version(&raw, || format!("version {revision} of {key:?}"))?)))
-            .transpose()
+        let Some(revision) = newest else { return Ok(None) };
+        let record = self
+            .version(key, revision)?
+            .ok_or_else(|| EngineError::Corrupt(format!("history of {key:?} names missing revision {revision}")))?;
+        Ok(Some((revision, record)))
     }
 
     /// Live keys from `start` on, in order.
@@ -194,35 +205,41 @@ impl View {
         }))
     }
 
-    /// Versions from version key `start` on, in order, as raw records.
-    pub fn version_range(&self, start: Vec<u8>) -> Result<impl Iterator<Item = Item<Vec<u8>, Vec<u8>>> + '_, EngineError> {
-        let mut sources: Vec<Source<'_, Vec<u8>, Vec<u8>>> = self
+    /// `(key, revision)` of every version from version key `start` on, in key order.
+    pub fn key_rev_range(&self, start: Vec<u8>) -> Result<impl Iterator<Item = Item<Vec<u8>, ()>> + '_, EngineError> {
+        let mut sources: Vec<Source<'_, Vec<u8>, ()>> = self
             .layers
             .iter()
             .map(|layer| {
-                Box::new(layer.versions.range(start.clone()..).map(|(k, v)| Ok((k.clone(), v.to_vec()))))
-                    as Source<'_, Vec<u8>, Vec<u8>>
+                Box::new(layer.key_revs.range(start.clone()..).map(|(k, _)| Ok((k.clone(), ()))))
+                    as Source<'_, Vec<u8>, ()>
             })
             .collect();
-        sources.push(Box::new(self.versions.range(start.as_slice()..)?.map(|entry| {
-            let (key, raw) = entry?;
-            Ok((key.value().to_vec(), raw.value().to_vec()))
-        })));
+        sources.push(Box::new(
+            self.key_revs
+                .range(start.as_slice()..)?
+                .map(|entry| Ok((entry?.0.value().to_vec(), ()))),
+        ));
         Ok(Merge::new(sources))
     }
 
-    /// History after revision `after`, in revision order.
-    pub fn change_range(&self, after: Revision) -> Result<impl Iterator<Item = Item<u64, String>> + '_, EngineError> {
-        let mut sources: Vec<Source<'_, u64, String>> = self
+    /// What every revision after `after` wrote, in revision order.
+    pub fn rev_range(&self, after: Revision) -> Result<impl Iterator<Item = Item<u64, RevRecord>> + '_, EngineError> {
+        let mut sources: Vec<Source<'_, u64, RevRecord>> = self
             .layers
             .iter()
             .map(|layer| {
-                Box::new(layer.changes.range(after + 1..).map(|(k, v)| Ok((*k, v.clone())))) as Source<'_, u64, String>
+                Box::new(
+                    layer
+                        .revs
+                        .range(after + 1..)
+                        .map(|(rev, raw)| Ok((*rev, decode_rev(*rev, raw)?))),
+                ) as Source<'_, u64, RevRecord>
             })
             .collect();
-        sources.push(Box::new(self.changes.range(after + 1..)?.map(|entry| {
-            let (rev, key) = entry?;
-            Ok((rev.value(), key.value().to_string()))
+        sources.push(Box::new(self.revs.range(after + 1..)?.map(|entry| {
+            let (rev, raw) = entry?;
+            Ok((rev.value(), decode_rev(rev.value(), raw.value())?))
         })));
         Ok(Merge::new(sources))
     }
