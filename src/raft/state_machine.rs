@@ -31,7 +31,6 @@ pub const MEMTABLE_BYTES: usize = 16 << 20;
 /// Past this, applying waits for a checkpoint (the background one fell behind).
 const MEMTABLE_HARD_LIMIT: usize = 4 * MEMTABLE_BYTES;
 
-
 /// What the engine stores with each applied batch: where in the log it is.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct AppliedMarker {
@@ -128,7 +127,8 @@ fn describe(marker: &[u8]) -> Result<SnapshotMeta, StorageError> {
 
 /// The openraft description of an exported engine image.
 fn snapshot_meta(image: &[u8]) -> Result<SnapshotMeta, StorageError> {
-    let header = Engine::read_snapshot_header(image).map_err(|e| snapshot_error(ErrorVerb::Read, &e))?;
+    let header =
+        Engine::read_snapshot_header(image).map_err(|e| snapshot_error(ErrorVerb::Read, &e))?;
     describe(&header.marker)
 }
 
@@ -141,7 +141,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let engine = self.engine.clone();
         let marker = blocking(ErrorVerb::Write, move || {
-            engine.checkpoint().map_err(|e| sm_error(ErrorVerb::Write, &e))?;
+            engine
+                .checkpoint()
+                .map_err(|e| sm_error(ErrorVerb::Write, &e))?;
             Ok(engine.durable_marker())
         })
         .await?;

@@ -8,7 +8,9 @@ use super::encoding::{LiveMeta, RevRecord};
 use super::memtable::Memtable;
 use super::view::View;
 use super::{EngineError, KEY_REVS, LIVE, META, REVS};
-use crate::store::types::{validate_key, Command, CommandOutcome, Event, EventKind, KeyValue, Revision};
+use crate::store::types::{
+    validate_key, Command, CommandOutcome, Event, EventKind, KeyValue, Revision,
+};
 
 /// The live key with its current value: from the active memtable, else the layers below.
 fn load_live(active: &Memtable, lower: &View, key: &str) -> Result<Option<KeyValue>, EngineError> {
@@ -21,11 +23,23 @@ fn load_live(active: &Memtable, lower: &View, key: &str) -> Result<Option<KeyVal
         Some(raw) => RevRecord::decode(raw),
         None => lower.version(key, meta.mod_revision)?,
     }
-    .ok_or_else(|| EngineError::Corrupt(format!("version {} of live key {key:?} is missing", meta.mod_revision)))?;
+    .ok_or_else(|| {
+        EngineError::Corrupt(format!(
+            "version {} of live key {key:?} is missing",
+            meta.mod_revision
+        ))
+    })?;
     Ok(Some(record.into_key_value(meta.mod_revision)))
 }
 
-fn put(active: &mut Memtable, key: &str, value: &Bytes, create_revision: Revision, rev: Revision, version: u64) -> KeyValue {
+fn put(
+    active: &mut Memtable,
+    key: &str,
+    value: &Bytes,
+    create_revision: Revision,
+    rev: Revision,
+    version: u64,
+) -> KeyValue {
     active.set_live(
         key,
         Some(LiveMeta {
@@ -34,7 +48,11 @@ fn put(active: &mut Memtable, key: &str, value: &Bytes, create_revision: Revisio
             version,
         }),
     );
-    active.add_rev(rev, key, RevRecord::encode_put(key, create_revision, version, value));
+    active.add_rev(
+        rev,
+        key,
+        RevRecord::encode_put(key, create_revision, version, value),
+    );
     KeyValue {
         key: key.to_string(),
         value: value.clone(),
@@ -53,15 +71,21 @@ pub(super) fn apply_write(
     events: &mut Vec<Event>,
 ) -> Result<CommandOutcome, EngineError> {
     let Some(key) = command.key() else {
-        return Err(EngineError::Database("compaction is not a key write".to_string()));
+        return Err(EngineError::Database(
+            "compaction is not a key write".to_string(),
+        ));
     };
     if let Err(e) = validate_key(key) {
-        return Ok(CommandOutcome::Rejected { reason: e.to_string() });
+        return Ok(CommandOutcome::Rejected {
+            reason: e.to_string(),
+        });
     }
     let current = load_live(active, lower, key)?;
     let rev = *revision + 1;
     let outcome = match (command, current) {
-        (Command::Create { .. }, Some(current)) => return Ok(CommandOutcome::AlreadyExists { current }),
+        (Command::Create { .. }, Some(current)) => {
+            return Ok(CommandOutcome::AlreadyExists { current })
+        }
         (Command::Create { value, .. }, None) => {
             let kv = put(active, key, value, rev, rev, 1);
             events.push(Event {
@@ -71,7 +95,9 @@ pub(super) fn apply_write(
             });
             CommandOutcome::Created(kv)
         }
-        (Command::Update { .. } | Command::Delete { .. }, None) => return Ok(CommandOutcome::NotFound),
+        (Command::Update { .. } | Command::Delete { .. }, None) => {
+            return Ok(CommandOutcome::NotFound)
+        }
         (
             Command::Update {
                 expected_mod_revision: Some(expected),
@@ -84,7 +110,14 @@ pub(super) fn apply_write(
             Some(current),
         ) if *expected != current.mod_revision => return Ok(CommandOutcome::Conflict { current }),
         (Command::Update { value, .. }, Some(prev)) => {
-            let kv = put(active, key, value, prev.create_revision, rev, prev.version + 1);
+            let kv = put(
+                active,
+                key,
+                value,
+                prev.create_revision,
+                rev,
+                prev.version + 1,
+            );
             events.push(Event {
                 kind: EventKind::Put,
                 kv: kv.clone(),
@@ -110,7 +143,10 @@ pub(super) fn apply_write(
                 },
                 prev: Some(prev.clone()),
             });
-            CommandOutcome::Deleted { prev, revision: rev }
+            CommandOutcome::Deleted {
+                prev,
+                revision: rev,
+            }
         }
         (Command::Compact { .. }, _) => unreachable!("compaction has no key"),
     };

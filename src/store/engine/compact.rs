@@ -14,7 +14,11 @@ use super::{EngineError, META_PHYSICAL_COMPACT};
 use crate::store::types::{CommandOutcome, Revision};
 
 /// Applies a `Compact` command to the engine's compacted revision.
-pub(super) fn compact_logically(compact_revision: &mut Revision, current_revision: Revision, target: Revision) -> CommandOutcome {
+pub(super) fn compact_logically(
+    compact_revision: &mut Revision,
+    current_revision: Revision,
+    target: Revision,
+) -> CommandOutcome {
     if target <= *compact_revision || target > current_revision {
         return CommandOutcome::CompactionRefused {
             compact_revision: *compact_revision,
@@ -26,7 +30,10 @@ pub(super) fn compact_logically(compact_revision: &mut Revision, current_revisio
 }
 
 /// Removes from redb the history a compaction at `target` made unreachable.
-pub(super) fn compact_physically(tables: &mut Tables<'_>, target: Revision) -> Result<(), EngineError> {
+pub(super) fn compact_physically(
+    tables: &mut Tables<'_>,
+    target: Revision,
+) -> Result<(), EngineError> {
     let done = match tables.meta.get(META_PHYSICAL_COMPACT)? {
         Some(raw) => u64::from_le_bytes(
             raw.value()
@@ -43,8 +50,9 @@ pub(super) fn compact_physically(tables: &mut Tables<'_>, target: Revision) -> R
         .range(done + 1..=target)?
         .map(|entry| {
             let (rev, raw) = entry?;
-            let record = RevRecord::decode(raw.value())
-                .ok_or_else(|| EngineError::Corrupt(format!("record of revision {}", rev.value())))?;
+            let record = RevRecord::decode(raw.value()).ok_or_else(|| {
+                EngineError::Corrupt(format!("record of revision {}", rev.value()))
+            })?;
             Ok((rev.value(), record.key, record.tombstone))
         })
         .collect::<Result<_, EngineError>>()?;

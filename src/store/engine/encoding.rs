@@ -96,7 +96,13 @@ impl RevRecord {
         Self::encode(TAG_TOMBSTONE, key, create_revision, version, &[])
     }
 
-    fn encode(tag: u8, key: &str, create_revision: Revision, version: u64, value: &[u8]) -> Vec<u8> {
+    fn encode(
+        tag: u8,
+        key: &str,
+        create_revision: Revision,
+        version: u64,
+        value: &[u8],
+    ) -> Vec<u8> {
         let mut out = Vec::with_capacity(REV_HEADER + key.len() + value.len());
         out.push(tag);
         out.extend_from_slice(&create_revision.to_le_bytes());

@@ -196,7 +196,10 @@ impl Engine {
 
     /// The applied marker as of the last durable commit: what a crash would roll back to.
     pub fn durable_marker(&self) -> Vec<u8> {
-        self.durable_marker.lock().expect("durable marker lock").clone()
+        self.durable_marker
+            .lock()
+            .expect("durable marker lock")
+            .clone()
     }
 
     /// Entries applied since the last checkpoint.
@@ -238,7 +241,12 @@ impl Engine {
         let mut state = self.lock_state();
         let lower = {
             let txn = self.db.begin_read()?;
-            View::new(state.frozen.iter().cloned().collect(), &txn, state.revision, state.compact_revision)?
+            View::new(
+                state.frozen.iter().cloned().collect(),
+                &txn,
+                state.revision,
+                state.compact_revision,
+            )?
         };
         let mut revision = state.revision;
         let mut compact_revision = state.compact_revision;
@@ -266,7 +274,8 @@ impl Engine {
         state.marker = marker.to_vec();
         state.applied_since_checkpoint += commands.len().max(1) as u64;
         self.revision.store(revision, Ordering::Release);
-        self.compact_revision.store(compact_revision, Ordering::Release);
+        self.compact_revision
+            .store(compact_revision, Ordering::Release);
         self.batches.fetch_add(1, Ordering::Relaxed);
         // Under the lock, so events are published in revision order.
         self.hub.publish(events);
@@ -290,7 +299,13 @@ impl Engine {
             let frozen = std::mem::take(&mut state.active);
             state.frozen = Some(frozen.clone());
             let applied = std::mem::take(&mut state.applied_since_checkpoint);
-            (frozen, state.revision, state.compact_revision, state.marker.clone(), applied)
+            (
+                frozen,
+                state.revision,
+                state.compact_revision,
+                state.marker.clone(),
+                applied,
+            )
         };
         let written = self.write_to_redb(&frozen, revision, compact_revision, &marker);
         let mut state = self.lock_state();
@@ -299,7 +314,8 @@ impl Engine {
             // Nothing is lost: put the writes back under the newer ones and try again later.
             state.active.live = std::mem::take(&mut state.active.live).union(frozen.live);
             state.active.revs = std::mem::take(&mut state.active.revs).union(frozen.revs);
-            state.active.key_revs = std::mem::take(&mut state.active.key_revs).union(frozen.key_revs);
+            state.active.key_revs =
+                std::mem::take(&mut state.active.key_revs).union(frozen.key_revs);
             state.active.bytes += frozen.bytes;
             state.applied_since_checkpoint += applied;
             return Err(e);

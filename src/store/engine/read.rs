@@ -7,10 +7,18 @@ use redb::ReadOnlyTable;
 use super::encoding::{first_version_key_after, split_version_key, RevRecord};
 use super::view::View;
 use super::{Engine, EngineError};
-use crate::store::types::{ContinueToken, Event, EventKind, KeyValue, ListOptions, ListPage, Revision, StoreError};
+use crate::store::types::{
+    ContinueToken, Event, EventKind, KeyValue, ListOptions, ListPage, Revision, StoreError,
+};
 
-pub(super) fn meta_bytes(meta: &ReadOnlyTable<&str, &[u8]>, name: &str) -> Result<Vec<u8>, EngineError> {
-    Ok(meta.get(name)?.map(|v| v.value().to_vec()).unwrap_or_default())
+pub(super) fn meta_bytes(
+    meta: &ReadOnlyTable<&str, &[u8]>,
+    name: &str,
+) -> Result<Vec<u8>, EngineError> {
+    Ok(meta
+        .get(name)?
+        .map(|v| v.value().to_vec())
+        .unwrap_or_default())
 }
 
 pub(super) fn meta_u64(meta: &ReadOnlyTable<&str, &[u8]>, name: &str) -> Result<u64, EngineError> {
@@ -43,7 +51,12 @@ impl View {
     }
 
     /// Live keys under `prefix` after `after`, at the view's revision; and whether more follow.
-    fn list_live(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<(Vec<KeyValue>, bool), EngineError> {
+    fn list_live(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<KeyValue>, bool), EngineError> {
         let start = match after {
             Some(after) => format!("{after}\u{1}"),
             None => prefix.to_string(),
@@ -58,7 +71,10 @@ impl View {
                 return Ok((items, true));
             }
             let record = self.version(&key, meta.mod_revision)?.ok_or_else(|| {
-                EngineError::Corrupt(format!("version {} of live key {key:?} is missing", meta.mod_revision))
+                EngineError::Corrupt(format!(
+                    "version {} of live key {key:?} is missing",
+                    meta.mod_revision
+                ))
             })?;
             items.push(record.into_key_value(meta.mod_revision));
         }
@@ -66,7 +82,13 @@ impl View {
     }
 
     /// Keys under `prefix` after `after`, as they were at `revision`; and whether more follow.
-    fn list_at(&self, prefix: &str, after: Option<&str>, limit: usize, revision: Revision) -> Result<(Vec<KeyValue>, bool), EngineError> {
+    fn list_at(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        revision: Revision,
+    ) -> Result<(Vec<KeyValue>, bool), EngineError> {
         let start = match after {
             Some(after) => first_version_key_after(after),
             None => prefix.as_bytes().to_vec(),
@@ -74,11 +96,13 @@ impl View {
         let mut items = Vec::new();
         // The newest revision at or below `revision` of the key being scanned.
         let mut candidate: Option<(String, Revision)> = None;
-        let take = |candidate: Option<(String, Revision)>, items: &mut Vec<KeyValue>| -> Result<(), EngineError> {
+        let take = |candidate: Option<(String, Revision)>,
+                    items: &mut Vec<KeyValue>|
+         -> Result<(), EngineError> {
             if let Some((key, rev)) = candidate {
-                let record = self
-                    .version(&key, rev)?
-                    .ok_or_else(|| EngineError::Corrupt(format!("history of {key:?} names missing revision {rev}")))?;
+                let record = self.version(&key, rev)?.ok_or_else(|| {
+                    EngineError::Corrupt(format!("history of {key:?} names missing revision {rev}"))
+                })?;
                 if !record.tombstone {
                     items.push(record.into_key_value(rev));
                 }
@@ -87,8 +111,8 @@ impl View {
         };
         for entry in self.key_rev_range(start)? {
             let (raw_key, ()) = entry?;
-            let (key, rev) =
-                split_version_key(&raw_key).ok_or_else(|| EngineError::Corrupt("malformed history index".to_string()))?;
+            let (key, rev) = split_version_key(&raw_key)
+                .ok_or_else(|| EngineError::Corrupt("malformed history index".to_string()))?;
             if !key.starts_with(prefix) {
                 break;
             }
@@ -186,7 +210,12 @@ impl Engine {
 
     /// Up to `max_events` events under `prefix` after revision `after`, in revision order, and
     /// the revision up to which history was scanned (so a caller can continue from there).
-    pub fn changes_after(&self, prefix: &str, after: Revision, max_events: usize) -> Result<(Vec<Event>, Revision), StoreError> {
+    pub fn changes_after(
+        &self,
+        prefix: &str,
+        after: Revision,
+        max_events: usize,
+    ) -> Result<(Vec<Event>, Revision), StoreError> {
         let view = self.view()?;
         if after < view.compact_revision {
             return Err(StoreError::Compacted {

@@ -16,8 +16,8 @@ use super::apply::Tables;
 use super::encoding::{version_key, LiveMeta, RevRecord};
 use super::read::{meta_bytes, meta_u64};
 use super::{
-    Engine, EngineError, KEY_REVS, LIVE, META, META_APPLIED, META_COMPACT_REVISION, META_PHYSICAL_COMPACT,
-    META_REVISION, REVS,
+    Engine, EngineError, KEY_REVS, LIVE, META, META_APPLIED, META_COMPACT_REVISION,
+    META_PHYSICAL_COMPACT, META_REVISION, REVS,
 };
 use crate::store::types::KeyValue;
 
@@ -201,7 +201,8 @@ impl Engine {
                     .insert(kv.key.as_str(), meta.encode().as_slice())?;
                 tables.revs.insert(
                     kv.mod_revision,
-                    RevRecord::encode_put(&kv.key, kv.create_revision, kv.version, &kv.value).as_slice(),
+                    RevRecord::encode_put(&kv.key, kv.create_revision, kv.version, &kv.value)
+                        .as_slice(),
                 )?;
                 tables
                     .key_revs
@@ -227,7 +228,8 @@ impl Engine {
         state.marker = header.marker.clone();
         state.applied_since_checkpoint = 0;
         self.revision.store(header.revision, Ordering::Release);
-        self.compact_revision.store(header.revision, Ordering::Release);
+        self.compact_revision
+            .store(header.revision, Ordering::Release);
         *self.durable_marker.lock().expect("durable marker lock") = header.marker.clone();
         self.hub.reset(header.revision);
         Ok(header)

@@ -419,29 +419,45 @@ fn snapshots_round_trip_and_reject_damage_body() {
     assert!(target.get("/r/stale").unwrap().is_none());
     let all = |e: &Engine| e.list("/r/", &ListOptions::default()).unwrap().items;
     assert_eq!(all(&source), all(&target));
-    assert_eq!(
-        target.applied_marker(),
-        source.applied_marker()
-    );
+    assert_eq!(target.applied_marker(), source.applied_marker());
 }
 
 #[test]
 fn memtable_writes_shadow_redb_until_and_after_a_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(&dir);
-    apply(&engine, (0..6).map(|i| put(&format!("/r/k{i}"), "old")).collect());
+    apply(
+        &engine,
+        (0..6).map(|i| put(&format!("/r/k{i}"), "old")).collect(),
+    );
     engine.checkpoint().unwrap();
     apply(
         &engine,
-        vec![delete("/r/k1"), update("/r/k2", "new", None), put("/r/k6", "new"), delete("/r/k6")],
+        vec![
+            delete("/r/k1"),
+            update("/r/k2", "new", None),
+            put("/r/k6", "new"),
+            delete("/r/k6"),
+        ],
     );
     let expect = |engine: &Engine| {
         let page = engine.list("/r/", &ListOptions::default()).unwrap();
-        assert_eq!(keys(&page), vec!["/r/k0", "/r/k2", "/r/k3", "/r/k4", "/r/k5"]);
+        assert_eq!(
+            keys(&page),
+            vec!["/r/k0", "/r/k2", "/r/k3", "/r/k4", "/r/k5"]
+        );
         assert_eq!(page.items[1].value, "new");
         assert_eq!(engine.get("/r/k1").unwrap(), None);
         assert_eq!(engine.get("/r/k6").unwrap(), None);
-        let at6 = engine.list("/r/", &ListOptions { revision: Some(6), ..Default::default() }).unwrap();
+        let at6 = engine
+            .list(
+                "/r/",
+                &ListOptions {
+                    revision: Some(6),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
         assert_eq!(at6.items.len(), 6);
         let (events, _) = engine.changes_after("/r/", 5, 100).unwrap();
         let revisions: Vec<u64> = events.iter().map(|e| e.revision()).collect();

@@ -60,7 +60,11 @@ impl<K: Ord, V> Iterator for Merge<'_, K, V> {
         let best = best?;
         let item = self.heads[best].take().expect("best has a head");
         for i in 0..self.heads.len() {
-            if i != best && self.heads[i].as_ref().is_some_and(|(key, _)| *key == item.0) {
+            if i != best
+                && self.heads[i]
+                    .as_ref()
+                    .is_some_and(|(key, _)| *key == item.0)
+            {
                 if let Err(e) = self.pull(i) {
                     return Some(Err(e));
                 }
@@ -89,7 +93,8 @@ fn decode_live(key: &str, raw: &[u8]) -> Result<LiveMeta, EngineError> {
 }
 
 fn decode_rev(revision: Revision, raw: &[u8]) -> Result<RevRecord, EngineError> {
-    RevRecord::decode(raw).ok_or_else(|| EngineError::Corrupt(format!("record of revision {revision}")))
+    RevRecord::decode(raw)
+        .ok_or_else(|| EngineError::Corrupt(format!("record of revision {revision}")))
 }
 
 impl View {
@@ -152,44 +157,70 @@ impl View {
             return Ok(None);
         };
         let record = self.version(key, meta.mod_revision)?.ok_or_else(|| {
-            EngineError::Corrupt(format!("version {} of live key {key:?} is missing", meta.mod_revision))
+            EngineError::Corrupt(format!(
+                "version {} of live key {key:?} is missing",
+                meta.mod_revision
+            ))
         })?;
         Ok(Some(record.into_key_value(meta.mod_revision)))
     }
 
     /// The newest version of `key` strictly below `before`, with its revision.
-    pub fn version_before(&self, key: &str, before: Revision) -> Result<Option<(Revision, RevRecord)>, EngineError> {
+    pub fn version_before(
+        &self,
+        key: &str,
+        before: Revision,
+    ) -> Result<Option<(Revision, RevRecord)>, EngineError> {
         let (lower, upper) = (version_key(key, 0), version_key(key, before));
         let mut newest: Option<Revision> = None;
         let mut consider = |raw_key: &[u8]| -> Result<(), EngineError> {
-            let (_, revision) =
-                split_version_key(raw_key).ok_or_else(|| EngineError::Corrupt(format!("history index of {key:?}")))?;
+            let (_, revision) = split_version_key(raw_key)
+                .ok_or_else(|| EngineError::Corrupt(format!("history index of {key:?}")))?;
             newest = Some(newest.map_or(revision, |n| n.max(revision)));
             Ok(())
         };
         for layer in &self.layers {
-            if let Some((raw_key, _)) = layer.key_revs.range(lower.clone()..upper.clone()).next_back() {
+            if let Some((raw_key, _)) = layer
+                .key_revs
+                .range(lower.clone()..upper.clone())
+                .next_back()
+            {
                 consider(raw_key)?;
             }
         }
-        if let Some(entry) = self.key_revs.range(lower.as_slice()..upper.as_slice())?.next_back() {
+        if let Some(entry) = self
+            .key_revs
+            .range(lower.as_slice()..upper.as_slice())?
+            .next_back()
+        {
             consider(entry?.0.value())?;
         }
-        let Some(revision) = newest else { return Ok(None) };
-        let record = self
-            .version(key, revision)?
-            .ok_or_else(|| EngineError::Corrupt(format!("history of {key:?} names missing revision {revision}")))?;
+        let Some(revision) = newest else {
+            return Ok(None);
+        };
+        let record = self.version(key, revision)?.ok_or_else(|| {
+            EngineError::Corrupt(format!(
+                "history of {key:?} names missing revision {revision}"
+            ))
+        })?;
         Ok(Some((revision, record)))
     }
 
     /// Live keys from `start` on, in order.
-    pub fn live_range(&self, start: &str) -> Result<impl Iterator<Item = Item<String, LiveMeta>> + '_, EngineError> {
+    pub fn live_range(
+        &self,
+        start: &str,
+    ) -> Result<impl Iterator<Item = Item<String, LiveMeta>> + '_, EngineError> {
         let mut sources: Vec<Source<'_, String, Option<LiveMeta>>> = self
             .layers
             .iter()
             .map(|layer| {
-                Box::new(layer.live.range(start.to_string()..).map(|(k, v)| Ok((k.clone(), *v))))
-                    as Source<'_, String, Option<LiveMeta>>
+                Box::new(
+                    layer
+                        .live
+                        .range(start.to_string()..)
+                        .map(|(k, v)| Ok((k.clone(), *v))),
+                ) as Source<'_, String, Option<LiveMeta>>
             })
             .collect();
         sources.push(Box::new(self.live.range(start..)?.map(|entry| {
@@ -206,13 +237,20 @@ impl View {
     }
 
     /// `(key, revision)` of every version from version key `start` on, in key order.
-    pub fn key_rev_range(&self, start: Vec<u8>) -> Result<impl Iterator<Item = Item<Vec<u8>, ()>> + '_, EngineError> {
+    pub fn key_rev_range(
+        &self,
+        start: Vec<u8>,
+    ) -> Result<impl Iterator<Item = Item<Vec<u8>, ()>> + '_, EngineError> {
         let mut sources: Vec<Source<'_, Vec<u8>, ()>> = self
             .layers
             .iter()
             .map(|layer| {
-                Box::new(layer.key_revs.range(start.clone()..).map(|(k, _)| Ok((k.clone(), ()))))
-                    as Source<'_, Vec<u8>, ()>
+                Box::new(
+                    layer
+                        .key_revs
+                        .range(start.clone()..)
+                        .map(|(k, _)| Ok((k.clone(), ()))),
+                ) as Source<'_, Vec<u8>, ()>
             })
             .collect();
         sources.push(Box::new(
@@ -224,7 +262,10 @@ impl View {
     }
 
     /// What every revision after `after` wrote, in revision order.
-    pub fn rev_range(&self, after: Revision) -> Result<impl Iterator<Item = Item<u64, RevRecord>> + '_, EngineError> {
+    pub fn rev_range(
+        &self,
+        after: Revision,
+    ) -> Result<impl Iterator<Item = Item<u64, RevRecord>> + '_, EngineError> {
         let mut sources: Vec<Source<'_, u64, RevRecord>> = self
             .layers
             .iter()
@@ -249,8 +290,8 @@ impl View {
 mod tests {
     use super::*;
 
-    fn source(items: &[(u32, &'static str)]) -> Source<'static, u32, &'static str> {
-        Box::new(items.to_vec().into_iter().map(Ok))
+    fn source(items: &'static [(u32, &'static str)]) -> Source<'static, u32, &'static str> {
+        Box::new(items.iter().copied().map(Ok))
     }
 
     #[test]
@@ -262,6 +303,9 @@ mod tests {
         ])
         .map(Result::unwrap)
         .collect();
-        assert_eq!(merged, vec![(1, "mid"), (2, "top"), (3, "low"), (5, "top"), (7, "mid")]);
+        assert_eq!(
+            merged,
+            vec![(1, "mid"), (2, "top"), (3, "low"), (5, "top"), (7, "mid")]
+        );
     }
 }
