@@ -13,14 +13,14 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{free_port, server_identity_client, Server};
+use common::{cluster, free_port, server_identity_client, Server};
 use kedge::pki::Ca;
 use kedge::raft::remote::RemoteServer;
 use kedge::store::Command as StoreCommand;
@@ -416,32 +416,7 @@ const CONCURRENCY: [usize; 3] = [1, 16, 256];
 /// the time from exec to all ready.
 async fn kedge_cluster(root: &Path, count: usize) -> (Vec<Server>, Ca, RemoteServer, Duration) {
     let ca = Ca::generate().unwrap();
-    let ports: Vec<u16> = (0..count).map(|_| free_port()).collect();
-    let peers = ports
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("{}=https://127.0.0.1:{p}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut servers: Vec<Server> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, port)| {
-            let dir: PathBuf = root.join(format!("kedge-{count}-{}", i + 1));
-            ca.save(&dir.join("server/tls")).unwrap();
-            let args = if count > 1 {
-                vec![
-                    "--raft-id".into(),
-                    (i + 1).to_string(),
-                    "--raft-peers".into(),
-                    peers.clone(),
-                ]
-            } else {
-                vec![]
-            };
-            Server::new(&dir, *port, &args)
-        })
-        .collect();
+    let mut servers = cluster(&root.join(format!("kedge-{count}")), &ca, count, &[]);
     let started = Instant::now();
     for server in &mut servers {
         server.start();

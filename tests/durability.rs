@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{eventually, free_port, server_identity_client, LogDump, Server};
+use common::{cluster, eventually, free_port, server_identity_client, LogDump, Server};
 use kedge::pki::Ca;
 use kedge::raft::remote::{RemoteCallError, RemoteServer};
 use kedge::raft::wire::{Proposed, RemoteError};
@@ -252,34 +252,31 @@ async fn a_killed_server_keeps_every_acknowledged_write() {
 async fn a_three_server_cluster_survives_losing_its_leader() {
     let root = tempfile::tempdir().unwrap();
     let ca = Ca::generate().unwrap();
-    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let peers = ports
-        .iter()
-        .enumerate()
-        .map(|(i, port)| format!("{}=https://127.0.0.1:{port}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut servers: Vec<Server> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, port)| {
-            let dir = root.path().join(format!("server-{}", i + 1));
-            // Servers of one cluster share its CA (joining hands it over in a later release).
-            ca.save(&dir.join("server/tls")).unwrap();
-            let args = [
-                "--raft-id".to_string(),
-                (i + 1).to_string(),
-                "--raft-peers".to_string(),
-                peers.clone(),
-                // Snapshot often, so the returning server must catch up from one.
-                "--raft-snapshot-every".to_string(),
-                "200".to_string(),
-            ];
-            Server::new(&dir, *port, &args)
-        })
-        .collect();
+    // Snapshot often, so the returning server must catch up from one.
+    let mut servers = cluster(root.path(), &ca, 3, &["--raft-snapshot-every", "200"]);
     let _logs = LogDump(servers.iter().map(|s| s.log.clone()).collect());
-    for server in &mut servers {
+    // Alone, a member of a three-server cluster has no quorum: not ready.
+    servers[0].start();
+    common::eventually(
+        Duration::from_secs(30),
+        "the first server to answer",
+        || {
+            let url = format!("{}/readyz", servers[0].url());
+            let exists = servers[0].tls_dir().join("admin.key").exists();
+            let client = exists.then(|| servers[0].admin_client());
+            async move {
+                match client {
+                    Some(client) => client
+                        .get(&url, Duration::from_secs(5))
+                        .await
+                        .is_ok_and(|r| r.status == 500),
+                    None => false,
+                }
+            }
+        },
+    )
+    .await;
+    for server in &mut servers[1..] {
         server.start();
     }
     for server in &mut servers {

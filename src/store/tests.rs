@@ -68,33 +68,29 @@ async fn errors_carry_what_the_caller_needs() {
     assert_eq!(store.revision(), 1, "failed writes consume no revision");
 }
 
+/// One key under the watched prefix and one outside it.
+async fn create_pair(store: &Store, i: usize) {
+    for resource in ["cm", "other"] {
+        store
+            .create(&format!("/registry/{resource}/ns/k{i}"), value("v"))
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test]
 async fn watch_replays_history_then_follows_live_without_gaps_or_duplicates() {
     let dir = tempfile::tempdir().unwrap();
     let store = store(&dir);
     for i in 0..10 {
-        store
-            .create(&format!("/registry/cm/ns/k{i}"), value("v"))
-            .await
-            .unwrap();
-        store
-            .create(&format!("/registry/other/ns/k{i}"), value("v"))
-            .await
-            .unwrap();
+        create_pair(&store, i).await;
     }
     let mut watcher = store.watch("/registry/cm/", 4).unwrap();
     let writer = {
         let store = store.clone();
         tokio::spawn(async move {
             for i in 10..600 {
-                store
-                    .create(&format!("/registry/cm/ns/k{i}"), value("v"))
-                    .await
-                    .unwrap();
-                store
-                    .create(&format!("/registry/other/ns/k{i}"), value("v"))
-                    .await
-                    .unwrap();
+                create_pair(&store, i).await;
                 if i % 50 == 0 {
                     tokio::task::yield_now().await;
                 }

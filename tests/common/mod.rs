@@ -180,6 +180,37 @@ impl Drop for Server {
     }
 }
 
+/// `count` servers of one cluster under `root`, sharing `ca` (servers of a cluster share
+/// its CA; joining will hand it over in a later release), with static Raft membership when
+/// there are several. Not started.
+pub fn cluster(root: &Path, ca: &Ca, count: usize, extra_args: &[&str]) -> Vec<Server> {
+    let ports: Vec<u16> = (0..count).map(|_| free_port()).collect();
+    let peers = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| format!("{}=https://127.0.0.1:{port}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            let dir = root.join(format!("server-{}", i + 1));
+            ca.save(&dir.join("server/tls")).unwrap();
+            let mut args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
+            if count > 1 {
+                args.extend([
+                    "--raft-id".to_string(),
+                    (i + 1).to_string(),
+                    "--raft-peers".to_string(),
+                    peers.clone(),
+                ]);
+            }
+            Server::new(&dir, *port, &args)
+        })
+        .collect()
+}
+
 /// A client that servers accept as one of their own (group kedge:servers), from `ca`.
 pub fn server_identity_client(ca: &Ca) -> HttpsClient {
     let identity = ca
