@@ -204,7 +204,8 @@ impl Load {
                  (an update applied twice or lost)"
             );
         }
-        // Nothing is deleted, so every revision is one version of one live key.
+        // Nothing is deleted (the page holds every key, the system namespaces included), so
+        // every revision is one version of one live key.
         let versions: u64 = page.items.iter().map(|kv| kv.version).sum();
         assert_eq!(
             versions, page.revision,
@@ -242,7 +243,10 @@ async fn a_killed_server_keeps_every_acknowledged_write() {
 
         server.start();
         server.wait_ready(Duration::from_secs(60)).await;
-        let page = load.servers[0].range_all(PREFIX, false).await.unwrap();
+        let page = load.servers[0]
+            .range_all("/registry/", false)
+            .await
+            .unwrap();
         load.verify(&page, &format!("after SIGKILL #{round}"));
     }
     assert!(server.terminate().success());
@@ -294,9 +298,39 @@ async fn a_three_server_cluster_survives_losing_its_leader() {
         .leader
         .expect("a leader");
     let victim = (leader - 1) as usize;
+    let victim_last = load.servers[victim]
+        .status()
+        .await
+        .unwrap()
+        .last_log_index
+        .unwrap_or(0);
     servers[victim].kill();
-    // Enough writes while it is down that the others snapshot and purge past it.
-    load.wait_for_acked(1200, Duration::from_secs(180)).await;
+    // Enough writes while it is down that the others snapshot and purge their log past it,
+    // so it can only catch up from a snapshot.
+    let survivors: Vec<RemoteServer> = (1..3)
+        .map(|i| load.servers[(victim + i) % 3].clone())
+        .collect();
+    eventually(
+        Duration::from_secs(180),
+        "the survivors to purge past the victim's log",
+        || {
+            let survivors = survivors.clone();
+            async move {
+                for survivor in &survivors {
+                    let purged = survivor.status().await.ok().and_then(|s| s.purged_index);
+                    // A margin, for entries the victim appended but had not reported.
+                    if purged.is_none_or(|p| p <= victim_last + 50) {
+                        return false;
+                    }
+                }
+                true
+            }
+        },
+    )
+    .await;
+    let acked = load.acked();
+    load.wait_for_acked(acked + 100, Duration::from_secs(60))
+        .await;
 
     servers[victim].start();
     servers[victim].wait_ready(Duration::from_secs(60)).await;
@@ -325,7 +359,7 @@ async fn a_three_server_cluster_survives_losing_its_leader() {
     .await;
     let mut pages = Vec::new();
     for (i, server) in load.servers.iter().enumerate() {
-        let page = server.range_all(PREFIX, true).await.unwrap();
+        let page = server.range_all("/registry/", true).await.unwrap();
         load.verify(&page, &format!("server {}", i + 1));
         pages.push(page);
     }

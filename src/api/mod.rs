@@ -9,10 +9,22 @@
 //! Must not touch: Raft or the engine directly, or certificates beyond the TLS config it is
 //! given.
 
+pub mod bootstrap;
+pub mod defaults;
+pub mod discovery;
+pub mod error;
 pub mod http;
+pub mod object;
+pub mod registry;
+pub mod request;
+pub mod rest;
 pub mod router;
+pub mod selector;
 pub mod server;
 pub mod status;
+pub mod table;
+pub mod validation;
 pub mod version;
 
+pub use rest::Api;
 pub use router::{PeerService, Router};

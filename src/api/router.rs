@@ -10,9 +10,10 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use super::http::{full, json, text, Body};
-use super::{status, version};
+use super::request::{self, ApiPath};
+use super::rest::{self, Api};
+use super::{discovery, status, version};
 use crate::auth::{Authenticator, UserInfo};
-use crate::store::Store;
 
 /// Largest body accepted on server-to-server paths (Raft batches and snapshot chunks).
 const MAX_PEER_BODY: usize = 256 << 20;
@@ -28,19 +29,19 @@ pub trait PeerService: Send + Sync {
 
 /// Dispatches authenticated requests.
 pub struct Router {
-    store: Store,
+    api: Arc<Api>,
     authenticator: Authenticator,
     peer_service: Option<Arc<dyn PeerService>>,
 }
 
 impl Router {
     pub fn new(
-        store: Store,
+        api: Arc<Api>,
         authenticator: Authenticator,
         peer_service: Option<Arc<dyn PeerService>>,
     ) -> Router {
         Router {
-            store,
+            api,
             authenticator,
             peer_service,
         }
@@ -69,6 +70,9 @@ impl Router {
                 return self.peer(service.as_ref(), &user, request, path).await;
             }
         }
+        if let Ok(api_path) = request::parse(&path) {
+            return self.api_request(request, api_path).await;
+        }
         let verbose = request.uri().query().is_some_and(|q| {
             q.split('&')
                 .any(|kv| kv == "verbose" || kv.starts_with("verbose="))
@@ -93,14 +97,68 @@ impl Router {
             "/healthz" | "/livez" => checks(&[("ping", true)], &path, verbose),
             "/healthz/ping" | "/livez/ping" | "/readyz/ping" => text(StatusCode::OK, "ok"),
             "/readyz" => {
-                let store_ready = self.store.ready().await;
+                let store_ready = self.api.store.ready().await;
                 checks(&[("ping", true), ("store", store_ready)], &path, verbose)
             }
             "/readyz/store" => {
-                let store_ready = self.store.ready().await;
+                let store_ready = self.api.store.ready().await;
                 checks(&[("store", store_ready)], &path, verbose)
             }
             _ => status::not_found(&path),
+        }
+    }
+
+    /// Discovery and resource requests.
+    async fn api_request(&self, request: Request<Incoming>, api_path: ApiPath) -> Response<Body> {
+        let path = match api_path {
+            ApiPath::Resource(path) => return rest::handle(&self.api, request, path).await,
+            discovery_path => discovery_path,
+        };
+        if request.method() != Method::GET && request.method() != Method::HEAD {
+            return super::error::ApiError::MethodNotAllowed.response();
+        }
+        let accept = request
+            .headers()
+            .get(http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok());
+        let registry = &self.api.registry;
+        let aggregated = discovery::wants_aggregated(accept);
+        let document = match (&path, aggregated) {
+            (ApiPath::CoreVersions, Some(content_type)) => Some((
+                discovery::aggregated(registry, true, content_type),
+                content_type,
+            )),
+            (ApiPath::Groups, Some(content_type)) => Some((
+                discovery::aggregated(registry, false, content_type),
+                content_type,
+            )),
+            (ApiPath::CoreVersions, None) => {
+                let host = request
+                    .headers()
+                    .get(http::header::HOST)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                Some((discovery::core_versions(host), "application/json"))
+            }
+            (ApiPath::Groups, None) => Some((discovery::group_list(registry), "application/json")),
+            (ApiPath::Group { group }, _) => {
+                discovery::group(registry, group).map(|d| (d, "application/json"))
+            }
+            (ApiPath::Resources { group, version }, _) => {
+                discovery::resource_list(registry, group, version).map(|d| (d, "application/json"))
+            }
+            (ApiPath::Resource(_), _) => unreachable!("handled above"),
+        };
+        match document {
+            Some((document, content_type)) => {
+                let mut response = json(StatusCode::OK, &document);
+                response.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static(content_type),
+                );
+                response
+            }
+            None => status::not_found(request.uri().path()),
         }
     }
 

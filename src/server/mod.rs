@@ -20,7 +20,8 @@ use http::{Method, Response};
 
 pub use options::ServerOptions;
 
-use crate::api::{self, PeerService, Router};
+use crate::api::registry::Registry;
+use crate::api::{self, Api, PeerService, Router};
 use crate::auth::Authenticator;
 use crate::client::HttpsClient;
 use crate::pki;
@@ -148,8 +149,12 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
         .context("starting the store")?;
     let store = Store::new(node.engine().clone(), node.clone());
 
+    let api = Arc::new(Api {
+        store: store.clone(),
+        registry: Arc::new(Registry::builtin()),
+    });
     let router = Arc::new(Router::new(
-        store.clone(),
+        api.clone(),
         Authenticator::default(),
         Some(Arc::new(RaftPeers(node.clone()))),
     ));
@@ -177,12 +182,17 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
     tracing::info!(path = %options.write_kubeconfig.display(), "wrote the admin kubeconfig");
 
     let readiness = {
-        let store = store.clone();
+        let api = api.clone();
         tokio::spawn(async move {
-            while !store.ready().await {
+            while !api.store.ready().await {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            tracing::info!(revision = store.revision(), "kedge is ready");
+            // Every server tries; whoever is first creates them.
+            while let Err(e) = api::bootstrap::ensure_namespaces(&api).await {
+                tracing::warn!(error = %e, "creating the system namespaces failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            tracing::info!(revision = api.store.revision(), "kedge is ready");
         })
     };
 

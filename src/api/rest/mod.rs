@@ -1,0 +1,319 @@
+//! The REST operations on resources, one file per operation (get and list, create,
+//! update and patch, delete, watch), over the store. This module dispatches a parsed
+//! resource path and method to them and owns what they share: the request's query, body
+//! limits and the preparation of objects before they are written.
+
+pub(crate) mod create;
+mod delete;
+mod read;
+mod update;
+mod watch;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::{Map, Value};
+
+use super::error::{ApiError, FieldError, Target};
+use super::http::{json, Body};
+use super::registry::{Registry, ResourceType};
+use super::request::{ResourcePath, Verb};
+use super::{object, validation};
+use crate::store::Store;
+
+/// The largest request body accepted, as kube-apiserver (3 MiB).
+pub const MAX_BODY: usize = 3 << 20;
+
+/// What the REST handlers work with.
+pub struct Api {
+    pub store: Store,
+    pub registry: Arc<Registry>,
+}
+
+/// One request, parsed.
+pub(crate) struct Call<'a> {
+    api: &'a Api,
+    resource: Arc<ResourceType>,
+    path: ResourcePath,
+    query: HashMap<String, String>,
+    accept: Option<String>,
+    content_type: Option<String>,
+    body: Bytes,
+}
+
+impl Call<'_> {
+    fn query(&self, name: &str) -> Option<&str> {
+        self.query.get(name).map(String::as_str)
+    }
+
+    fn namespace(&self) -> Option<&str> {
+        self.path
+            .namespace
+            .as_deref()
+            .filter(|_| self.resource.namespaced)
+    }
+
+    fn target(&self, name: &str) -> Target {
+        Target::new(&self.resource, name)
+    }
+
+    fn key(&self, name: &str) -> String {
+        self.resource.key(self.namespace(), name)
+    }
+
+    /// The request body as a JSON object.
+    fn body_json(&self) -> Result<Value, ApiError> {
+        let media_type = self
+            .content_type
+            .as_deref()
+            .map(|c| c.split(';').next().unwrap_or_default().trim())
+            .unwrap_or("application/json");
+        if media_type != "application/json" && media_type != "*/*" {
+            // Clients that offer protobuf fall back to JSON on this answer.
+            return Err(ApiError::UnsupportedMediaType(
+                "application/json".to_string(),
+            ));
+        }
+        if self.body.is_empty() {
+            return Err(ApiError::BadRequest(
+                "the request body is empty".to_string(),
+            ));
+        }
+        let value: Value = serde_json::from_slice(&self.body).map_err(|e| {
+            ApiError::BadRequest(format!("the request body is not valid JSON: {e}"))
+        })?;
+        if !value.is_object() {
+            return Err(ApiError::BadRequest(
+                "the request body must be a JSON object".to_string(),
+            ));
+        }
+        Ok(value)
+    }
+
+    /// The stored object `name`, read with `consistency`; NotFound if there is none.
+    async fn load(
+        &self,
+        name: &str,
+        consistency: crate::store::Consistency,
+    ) -> Result<crate::store::KeyValue, ApiError> {
+        self.api
+            .store
+            .get(&self.key(name), consistency)
+            .await
+            .map_err(|e| ApiError::from_store(e, self.target(name)))?
+            .ok_or_else(|| ApiError::NotFound(self.target(name)))
+    }
+
+    /// Writes `object` over the stored version at `revision` (compare-and-swap) and gives it
+    /// its new resourceVersion.
+    async fn store_update(
+        &self,
+        key: &str,
+        object: &mut Value,
+        revision: u64,
+    ) -> Result<(), crate::store::StoreError> {
+        let kv = self
+            .api
+            .store
+            .update(key, object::encode(object), Some(revision))
+            .await?;
+        object::set_resource_version(object, kv.mod_revision);
+        Ok(())
+    }
+
+    fn ok(&self, status: StatusCode, object: &Value) -> Response<Body> {
+        json(status, object)
+    }
+}
+
+/// Serves a request for a resource.
+pub async fn handle(api: &Api, request: Request<Incoming>, path: ResourcePath) -> Response<Body> {
+    match serve(api, request, path).await {
+        Ok(response) => response,
+        Err(error) => error.response(),
+    }
+}
+
+fn parse_query(query: Option<&str>) -> HashMap<String, String> {
+    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
+    match Limited::new(body, MAX_BODY).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::TooLarge)
+        }
+        Err(e) => Err(ApiError::BadRequest(format!(
+            "reading the request body: {e}"
+        ))),
+    }
+}
+
+async fn serve(
+    api: &Api,
+    request: Request<Incoming>,
+    path: ResourcePath,
+) -> Result<Response<Body>, ApiError> {
+    let resource = api
+        .registry
+        .get(&path.group, &path.version, &path.resource)
+        .ok_or(ApiError::UnknownResource)?;
+    if path.namespace.is_some() && !resource.namespaced {
+        return Err(ApiError::UnknownResource);
+    }
+    let query = parse_query(request.uri().query());
+    let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    let verb = Verb::of(request.method(), &path, watch).ok_or(ApiError::MethodNotAllowed)?;
+    if let Some(sub) = &path.subresource {
+        if !resource.subresources.contains(sub) {
+            return Err(ApiError::UnknownResource);
+        }
+        if sub != "status" {
+            return Err(ApiError::Unavailable(format!(
+                "the {}/{sub} subresource is not served by this kedge server yet",
+                resource.plural
+            )));
+        }
+        if !matches!(verb, Verb::Get | Verb::Update | Verb::Patch) {
+            return Err(ApiError::MethodNotAllowed);
+        }
+    } else if !resource.supports(verb.as_str()) {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    let header = |name: http::header::HeaderName| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let accept = header(http::header::ACCEPT);
+    let content_type = header(http::header::CONTENT_TYPE);
+    let body = read_body(request.into_body()).await?;
+    let call = Call {
+        api,
+        resource,
+        path,
+        query,
+        accept,
+        content_type,
+        body,
+    };
+    match verb {
+        Verb::Get => read::get(&call).await,
+        Verb::List => read::list(&call).await,
+        Verb::Watch => watch::watch(&call).await,
+        Verb::Create => create::create(&call).await,
+        Verb::Update => update::update(&call).await,
+        Verb::Patch => update::patch(&call).await,
+        Verb::Delete => delete::delete(&call).await,
+        Verb::DeleteCollection => delete::delete_collection(&call).await,
+    }
+}
+
+/// Checks `object` against its kind's schema (and, with `fieldValidation=Strict`, for
+/// fields the schema does not know), then its metadata.
+fn validate(call: &Call<'_>, object: &Value) -> Result<(), ApiError> {
+    let resource = &call.resource;
+    if let Err(e) = (resource.check)(object) {
+        return Err(ApiError::BadRequest(format!(
+            "{kind} in version \"{version}\" cannot be handled as a {kind}: {field}: {message}",
+            kind = resource.kind,
+            version = resource.version,
+            field = e.field,
+            message = e.message
+        )));
+    }
+    let meta = object::metadata(object).cloned().unwrap_or_default();
+    let causes = validation::object_meta(&resource.kind, &meta);
+    if !causes.is_empty() {
+        return Err(ApiError::Invalid {
+            target: call.target(meta.get("name").and_then(Value::as_str).unwrap_or_default()),
+            causes,
+        });
+    }
+    Ok(())
+}
+
+/// Makes `object` carry the endpoint's kind, apiVersion and namespace, or says why it can't.
+fn check_type_and_namespace(call: &Call<'_>, object: &mut Value) -> Result<(), ApiError> {
+    let resource = &call.resource;
+    let api_version = resource.api_version();
+    let map = object.as_object_mut().expect("checked to be an object");
+    match map.get("apiVersion").and_then(Value::as_str) {
+        None | Some("") => {
+            map.insert("apiVersion".into(), Value::String(api_version.clone()));
+        }
+        Some(v) if v == api_version => {}
+        Some(v) => {
+            return Err(ApiError::BadRequest(format!(
+                "the API version in the data ({v}) does not match the expected API version ({api_version})"
+            )))
+        }
+    }
+    match map.get("kind").and_then(Value::as_str) {
+        None | Some("") => {
+            map.insert("kind".into(), Value::String(resource.kind.clone()));
+        }
+        Some(k) if k == resource.kind => {}
+        Some(k) => {
+            return Err(ApiError::BadRequest(format!(
+                "the kind in the data ({k}) does not match the expected kind ({})",
+                resource.kind
+            )))
+        }
+    }
+    let meta = map
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Map::new()))
+        .as_object_mut()
+        .ok_or_else(|| ApiError::BadRequest("metadata must be an object".to_string()))?;
+    if resource.namespaced {
+        let path_namespace = call.path.namespace.clone();
+        match (meta.get("namespace").and_then(Value::as_str), path_namespace) {
+            (Some(body), Some(path)) if !body.is_empty() && body != path => {
+                return Err(ApiError::BadRequest(
+                    "the namespace of the provided object does not match the namespace sent on the request".to_string(),
+                ))
+            }
+            (_, Some(path)) => {
+                meta.insert("namespace".into(), Value::String(path));
+            }
+            (_, None) => {
+                return Err(ApiError::BadRequest(format!(
+                    "{} must be created in a namespace",
+                    resource.plural
+                )))
+            }
+        }
+    } else {
+        meta.remove("namespace");
+    }
+    Ok(())
+}
+
+/// The object's `spec` (what a change to bumps `metadata.generation`).
+fn spec(object: &Value) -> Option<&Value> {
+    object.get("spec")
+}
+
+/// A `metadata.name` for the invalid-name case, as upstream reports it.
+fn name_required(call: &Call<'_>) -> ApiError {
+    ApiError::Invalid {
+        target: call.target(""),
+        causes: vec![FieldError::required(
+            "metadata.name",
+            "name or generateName is required",
+        )],
+    }
+}

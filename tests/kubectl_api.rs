@@ -1,0 +1,576 @@
+//! The Kubernetes API as the real kubectl uses it, against a real `kedge server`.
+//!
+//! kubectl is run with `--validate=false` where it would download the OpenAPI document
+//! (served in a later step), and kubectl 1.31 where kubectl 1.32+ sends protobuf bodies
+//! (their decoding is a later step too).
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::{free_port, Server};
+
+struct Kubectl<'a> {
+    kubeconfig: &'a Path,
+    binary: &'static str,
+}
+
+/// kubectl before it defaulted to protobuf request bodies.
+const KUBECTL_JSON: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.31";
+
+impl Kubectl<'_> {
+    fn run(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut child = Command::new(self.binary)
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl runs");
+        let mut input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).unwrap();
+        }
+        drop(input);
+        child.wait_with_output().unwrap()
+    }
+
+    /// Runs and expects success; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        self.ok_with(args, None)
+    }
+
+    fn ok_with(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.run(args, stdin);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs and expects failure; returns stderr.
+    fn fails(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.run(args, stdin);
+        assert!(
+            !out.status.success(),
+            "kubectl {args:?} should fail: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stderr).unwrap()
+    }
+}
+
+async fn server(dir: &Path) -> Server {
+    let mut server = Server::new(dir, free_port(), &[]);
+    server.start();
+    server.wait_ready(Duration::from_secs(30)).await;
+    server
+}
+
+const MANIFEST: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: web-config
+  namespace: shop
+  labels: {app: web}
+data:
+  greeting: hello
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: web-secret
+  namespace: shop
+type: Opaque
+stringData:
+  password: s3cret
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: shop
+  labels: {app: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: web
+        image: busybox
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_lists_every_builtin_resource() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path()).await;
+    let kubectl = Kubectl {
+        kubeconfig: &server.kubeconfig,
+        binary: "kubectl",
+    };
+    let resources = kubectl.ok(&["api-resources", "--no-headers"]);
+    for expected in [
+        "pods  po  v1  true  Pod",
+        "deployments  deploy  apps/v1  true  Deployment",
+        "namespaces  ns  v1  false  Namespace",
+        "customresourcedefinitions  crd,crds  apiextensions.k8s.io/v1  false  CustomResourceDefinition",
+        "horizontalpodautoscalers  hpa  autoscaling/v2  true  HorizontalPodAutoscaler",
+        "leases    coordination.k8s.io/v1  true  Lease",
+    ] {
+        let words: Vec<&str> = expected.split_whitespace().collect();
+        assert!(
+            resources.lines().any(|line| line.split_whitespace().collect::<Vec<_>>() == words),
+            "api-resources lacks {expected:?}:\n{resources}"
+        );
+    }
+    let namespaces = kubectl.ok(&["get", "namespaces", "-o", "name"]);
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        assert!(
+            namespaces.contains(&format!("namespace/{ns}")),
+            "{namespaces}"
+        );
+    }
+    // The legacy (non-aggregated) documents too.
+    let core = kubectl.ok(&["get", "--raw", "/api/v1"]);
+    assert!(core.contains(r#""name":"pods/status""#), "{core}");
+    let groups = kubectl.ok(&["get", "--raw", "/apis"]);
+    assert!(groups.contains(r#""name":"apps""#));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_get_patch_and_delete_like_a_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path()).await;
+    let kubectl = Kubectl {
+        kubeconfig: &server.kubeconfig,
+        binary: "kubectl",
+    };
+    let out = kubectl.ok_with(&["apply", "--validate=false", "-f", "-"], Some(MANIFEST));
+    for line in [
+        "namespace/shop created",
+        "configmap/web-config created",
+        "secret/web-secret created",
+        "deployment.apps/web created",
+    ] {
+        assert!(out.contains(line), "{out}");
+    }
+    // Applying again changes nothing; a changed field is configured and bumps generation.
+    let out = kubectl.ok_with(&["apply", "--validate=false", "-f", "-"], Some(MANIFEST));
+    assert!(out.contains("deployment.apps/web unchanged"), "{out}");
+    let generation = kubectl.ok(&[
+        "get",
+        "deploy",
+        "web",
+        "-n",
+        "shop",
+        "-o",
+        "jsonpath={.metadata.generation}",
+    ]);
+    assert_eq!(generation, "1");
+    let scaled = MANIFEST.replace("replicas: 2", "replicas: 4");
+    let out = kubectl.ok_with(&["apply", "--validate=false", "-f", "-"], Some(&scaled));
+    assert!(out.contains("deployment.apps/web configured"), "{out}");
+    let fields = kubectl.ok(&[
+        "get",
+        "deploy",
+        "web",
+        "-n",
+        "shop",
+        "-o",
+        "jsonpath={.spec.replicas} {.metadata.generation}",
+    ]);
+    assert_eq!(fields, "4 2");
+
+    // Output formats.
+    let table = kubectl.ok(&["get", "configmaps", "-n", "shop"]);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, vec!["NAME", "DATA", "AGE"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("web-config ") && l.split_whitespace().nth(1) == Some("1")),
+        "{table}"
+    );
+    let secrets = kubectl.ok(&["get", "secrets", "-n", "shop"]);
+    assert!(
+        secrets
+            .lines()
+            .any(|l| l.split_whitespace().take(3).collect::<Vec<_>>()
+                == ["web-secret", "Opaque", "1"]),
+        "{secrets}"
+    );
+    let yaml = kubectl.ok(&["get", "cm", "web-config", "-n", "shop", "-o", "yaml"]);
+    assert!(
+        yaml.contains("greeting: hello") && yaml.contains("uid: "),
+        "{yaml}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&kubectl.ok(&["get", "cm", "-n", "shop", "-o", "json"])).unwrap();
+    assert_eq!(json["kind"], "List");
+    let names = kubectl.ok(&["get", "cm,deploy", "-n", "shop", "-o", "name"]);
+    assert_eq!(
+        names.lines().collect::<Vec<_>>(),
+        vec!["configmap/web-config", "deployment.apps/web"]
+    );
+    let columns = kubectl.ok(&[
+        "get",
+        "cm",
+        "-n",
+        "shop",
+        "-o",
+        "custom-columns=N:.metadata.name,G:.data.greeting",
+        "--no-headers",
+    ]);
+    assert_eq!(
+        columns.split_whitespace().collect::<Vec<_>>(),
+        vec!["web-config", "hello"]
+    );
+    let all = kubectl.ok(&["get", "cm", "-A", "--show-labels"]);
+    assert!(
+        all.lines()
+            .any(|l| l.starts_with("shop ") && l.ends_with("app=web")),
+        "{all}"
+    );
+    let secret = kubectl.ok(&[
+        "get",
+        "secret",
+        "web-secret",
+        "-n",
+        "shop",
+        "-o",
+        "jsonpath={.data.password}",
+    ]);
+    assert_eq!(secret, "czNjcmV0", "stringData is stored as base64 data");
+
+    // label, annotate, and the three patch types.
+    kubectl.ok(&["label", "cm", "web-config", "-n", "shop", "tier=front"]);
+    kubectl.ok(&["annotate", "cm", "web-config", "-n", "shop", "owner=ops"]);
+    let selected = kubectl.ok(&[
+        "get",
+        "cm",
+        "-n",
+        "shop",
+        "-l",
+        "app=web,tier in (front)",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(selected.trim(), "configmap/web-config");
+    kubectl.ok(&[
+        "patch",
+        "cm",
+        "web-config",
+        "-n",
+        "shop",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"b":"2"}}"#,
+    ]);
+    kubectl.ok(&[
+        "patch",
+        "cm",
+        "web-config",
+        "-n",
+        "shop",
+        "--type=json",
+        "-p",
+        r#"[{"op":"add","path":"/data/c","value":"3"}]"#,
+    ]);
+    kubectl.ok(&[
+        "patch",
+        "cm",
+        "web-config",
+        "-n",
+        "shop",
+        "-p",
+        r#"{"data":{"d":"4"}}"#,
+    ]);
+    let data = kubectl.ok(&[
+        "get",
+        "cm",
+        "web-config",
+        "-n",
+        "shop",
+        "-o",
+        "jsonpath={.data}",
+    ]);
+    let data: serde_json::Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(
+        data,
+        serde_json::json!({"greeting": "hello", "b": "2", "c": "3", "d": "4"})
+    );
+    let annotation = kubectl.ok(&[
+        "get",
+        "cm",
+        "web-config",
+        "-n",
+        "shop",
+        "-o",
+        "jsonpath={.metadata.annotations.owner}",
+    ]);
+    assert_eq!(annotation, "ops");
+
+    // Deleting by label and --all.
+    let out = kubectl.ok(&["delete", "cm", "-n", "shop", "-l", "app=web"]);
+    assert!(out.contains(r#"configmap "web-config" deleted"#), "{out}");
+    let out = kubectl.ok(&["delete", "deploy,secret", "-n", "shop", "--all"]);
+    assert!(
+        out.contains(r#"deployment.apps "web" deleted"#)
+            && out.contains(r#"secret "web-secret" deleted"#),
+        "{out}"
+    );
+    let empty = kubectl.ok(&["get", "cm,deploy,secret", "-n", "shop", "-o", "name"]);
+    assert_eq!(empty.trim(), "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_read_exactly_like_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path()).await;
+    let kubectl = Kubectl {
+        kubeconfig: &server.kubeconfig,
+        binary: "kubectl",
+    };
+    let json_kubectl = Kubectl {
+        kubeconfig: &server.kubeconfig,
+        binary: KUBECTL_JSON,
+    };
+    let err = kubectl.fails(&["get", "cm", "nope"], None);
+    assert_eq!(
+        err.trim(),
+        r#"Error from server (NotFound): configmaps "nope" not found"#
+    );
+    let err = kubectl.fails(&["get", "deploy", "nope"], None);
+    assert_eq!(
+        err.trim(),
+        r#"Error from server (NotFound): deployments.apps "nope" not found"#
+    );
+    json_kubectl.ok(&["create", "configmap", "dup", "--from-literal=a=1"]);
+    let err = json_kubectl.fails(&["create", "configmap", "dup", "--from-literal=a=1"], None);
+    assert_eq!(
+        err.trim(),
+        r#"error: failed to create configmap: configmaps "dup" already exists"#
+    );
+    let err = kubectl.fails(
+        &["create", "--validate=false", "-f", "-"],
+        Some(r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"Bad_Name"}}"#),
+    );
+    assert!(
+        err.contains(r#"The ConfigMap "Bad_Name" is invalid: metadata.name: Invalid value: "Bad_Name": a lowercase RFC 1123 subdomain"#),
+        "{err}"
+    );
+    let stale = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"dup","resourceVersion":"1"},"data":{"a":"2"}}"#;
+    let err = kubectl.fails(&["replace", "--validate=false", "-f", "-"], Some(stale));
+    assert!(
+        err.contains(r#"Operation cannot be fulfilled on configmaps "dup": the object has been modified; please apply your changes to the latest version and try again"#),
+        "{err}"
+    );
+    let err = kubectl.fails(
+        &["create", "--validate=false", "-f", "-"],
+        Some(r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"d"},"spec":{"replicas":"three"}}"#),
+    );
+    assert!(
+        err.contains("cannot be handled as a Deployment: spec.replicas: invalid type"),
+        "{err}"
+    );
+    let err = json_kubectl.fails(&["create", "namespace", "default"], None);
+    assert!(
+        err.contains(r#"namespaces "default" already exists"#),
+        "{err}"
+    );
+    let err = kubectl.fails(
+        &["create", "--validate=false", "-n", "missing", "-f", "-"],
+        Some(r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x"}}"#),
+    );
+    assert!(err.contains(r#"namespaces "missing" not found"#), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_requests_get_the_right_status_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path()).await;
+    let client = server.admin_client();
+    let url = |path: &str| format!("{}{path}", server.url());
+    let timeout = Duration::from_secs(10);
+    let status_of =
+        |body: &bytes::Bytes| -> serde_json::Value { serde_json::from_slice(body).unwrap() };
+    let post = |content_type: &'static str, body: String| {
+        let client = client.clone();
+        let url = url("/api/v1/namespaces/default/configmaps");
+        async move {
+            client
+                .post(&url, content_type, body.into(), timeout)
+                .await
+                .unwrap()
+        }
+    };
+
+    let huge = format!(
+        r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"big"}},"data":{{"x":"{}"}}}}"#,
+        "x".repeat(4 << 20)
+    );
+    let response = post("application/json", huge.to_string()).await;
+    assert_eq!(response.status, 413);
+    assert_eq!(status_of(&response.body)["reason"], "RequestEntityTooLarge");
+
+    let response = post("text/csv", "a,b".to_string()).await;
+    assert_eq!(response.status, 415);
+    assert_eq!(status_of(&response.body)["reason"], "UnsupportedMediaType");
+
+    let response = post("application/json", "{not json".to_string()).await;
+    assert_eq!(response.status, 400);
+    assert_eq!(status_of(&response.body)["reason"], "BadRequest");
+
+    let response = client
+        .request(
+            http::Method::POST,
+            &url("/api/v1/namespaces/default/configmaps/x"),
+            Some("application/json"),
+            "{}".into(),
+            timeout,
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status, 405);
+    assert_eq!(status_of(&response.body)["reason"], "MethodNotAllowed");
+
+    let response = client.get(&url("/api/v1/nothings"), timeout).await.unwrap();
+    assert_eq!(response.status, 404);
+
+    // Lists carry a resourceVersion and `items: []` when empty; pages carry a continue token.
+    let empty = client
+        .get(&url("/api/v1/namespaces/default/configmaps"), timeout)
+        .await
+        .unwrap();
+    let empty = status_of(&empty.body);
+    assert_eq!(empty["items"], serde_json::json!([]));
+    assert!(empty["metadata"]["resourceVersion"].as_str().is_some());
+    for i in 0..5 {
+        let body =
+            format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"c{i}"}}}}"#);
+        let created = post("application/json", body).await;
+        assert_eq!(created.status, 201);
+    }
+    let page = status_of(
+        &client
+            .get(
+                &url("/api/v1/namespaces/default/configmaps?limit=2"),
+                timeout,
+            )
+            .await
+            .unwrap()
+            .body,
+    );
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    let token = page["metadata"]["continue"].as_str().unwrap().to_string();
+    let rest = status_of(
+        &client
+            .get(
+                &url(&format!(
+                    "/api/v1/namespaces/default/configmaps?limit=10&continue={token}"
+                )),
+                timeout,
+            )
+            .await
+            .unwrap()
+            .body,
+    );
+    assert_eq!(rest["items"].as_array().unwrap().len(), 3);
+    assert_eq!(rest["metadata"].get("continue"), None);
+    let bad = client
+        .get(
+            &url("/api/v1/namespaces/default/configmaps?limit=1&continue=garbage"),
+            timeout,
+        )
+        .await
+        .unwrap();
+    assert_eq!(bad.status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_watch_sees_changes_and_old_versions_are_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::new(
+        dir.path(),
+        free_port(),
+        &["--store-history-revisions".to_string(), "10".to_string()],
+    );
+    server.start();
+    server.wait_ready(Duration::from_secs(30)).await;
+    let json_kubectl = Kubectl {
+        kubeconfig: &server.kubeconfig,
+        binary: KUBECTL_JSON,
+    };
+    json_kubectl.ok(&["create", "configmap", "watched", "--from-literal=a=1"]);
+    let mut watch = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&server.kubeconfig)
+        .args([
+            "get",
+            "configmap",
+            "watched",
+            "-w",
+            "-o",
+            "jsonpath={.data.a}{\"\\n\"}",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    json_kubectl.ok(&[
+        "patch",
+        "configmap",
+        "watched",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"a":"2"}}"#,
+    ]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = watch.kill();
+    let out = watch.wait_with_output().unwrap();
+    let seen = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        seen.lines().collect::<Vec<_>>(),
+        vec!["1", "2"],
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // With only 10 revisions of history, watching from revision 1 is too old: 410 Expired.
+    for i in 0..30 {
+        json_kubectl.ok(&["create", "configmap", &format!("churn{i}")]);
+    }
+    let client = server.admin_client();
+    common::eventually(Duration::from_secs(15), "compaction", || {
+        let client = client.clone();
+        let url = format!(
+            "{}/api/v1/configmaps?watch=1&resourceVersion=1&timeoutSeconds=1",
+            server.url()
+        );
+        async move {
+            let response = client.get(&url, Duration::from_secs(5)).await.unwrap();
+            let text = String::from_utf8_lossy(&response.body).to_string();
+            text.contains(r#""type":"ERROR""#)
+                && text.contains(r#""reason":"Expired""#)
+                && text.contains(r#""code":410"#)
+        }
+    })
+    .await;
+}
