@@ -1,8 +1,7 @@
 //! The Kubernetes API as the real kubectl uses it, against a real `kedge server`.
 //!
-//! kubectl is run with `--validate=false` where it would download the OpenAPI document
-//! (served in a later step), and kubectl 1.31 where kubectl 1.32+ sends protobuf bodies
-//! (their decoding is a later step too).
+//! kubectl 1.31 stands in where kubectl 1.32+ sends protobuf bodies (typed commands such as
+//! `create configmap`), whose decoding is a later step.
 
 mod common;
 
@@ -139,6 +138,17 @@ async fn discovery_lists_every_builtin_resource() {
             "api-resources lacks {expected:?}:\n{resources}"
         );
     }
+    let explained = kubectl.ok(&["explain", "deployment.spec.replicas"]);
+    assert!(
+        explained.contains("FIELD: replicas <integer>")
+            && explained.contains("Number of desired pods"),
+        "{explained}"
+    );
+    let explained = kubectl.ok(&["explain", "pod.spec.containers"]);
+    assert!(
+        explained.contains("FIELD: containers <[]Container>"),
+        "{explained}"
+    );
     let namespaces = kubectl.ok(&["get", "namespaces", "-o", "name"]);
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         assert!(
@@ -161,7 +171,7 @@ async fn apply_get_patch_and_delete_like_a_user() {
         kubeconfig: &server.kubeconfig,
         binary: "kubectl",
     };
-    let out = kubectl.ok_with(&["apply", "--validate=false", "-f", "-"], Some(MANIFEST));
+    let out = kubectl.ok_with(&["apply", "-f", "-"], Some(MANIFEST));
     for line in [
         "namespace/shop created",
         "configmap/web-config created",
@@ -171,7 +181,7 @@ async fn apply_get_patch_and_delete_like_a_user() {
         assert!(out.contains(line), "{out}");
     }
     // Applying again changes nothing; a changed field is configured and bumps generation.
-    let out = kubectl.ok_with(&["apply", "--validate=false", "-f", "-"], Some(MANIFEST));
+    let out = kubectl.ok_with(&["apply", "-f", "-"], Some(MANIFEST));
     assert!(out.contains("deployment.apps/web unchanged"), "{out}");
     let generation = kubectl.ok(&[
         "get",
@@ -184,7 +194,7 @@ async fn apply_get_patch_and_delete_like_a_user() {
     ]);
     assert_eq!(generation, "1");
     let scaled = MANIFEST.replace("replicas: 2", "replicas: 4");
-    let out = kubectl.ok_with(&["apply", "--validate=false", "-f", "-"], Some(&scaled));
+    let out = kubectl.ok_with(&["apply", "-f", "-"], Some(&scaled));
     assert!(out.contains("deployment.apps/web configured"), "{out}");
     let fields = kubectl.ok(&[
         "get",
@@ -351,6 +361,21 @@ async fn errors_read_exactly_like_upstream() {
         kubeconfig: &server.kubeconfig,
         binary: KUBECTL_JSON,
     };
+    let err = kubectl.fails(
+        &["create", "-f", "-"],
+        Some(r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"typo","labelz":{"a":"b"}}}"#),
+    );
+    assert!(
+        err.contains(r#"ConfigMap in version "v1" cannot be handled as a ConfigMap: strict decoding error: unknown field "metadata.labelz""#),
+        "{err}"
+    );
+    let out = kubectl.run(
+        &["create", "--validate=warn", "-f", "-"],
+        Some(r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"typo","labelz":{"a":"b"}}}"#),
+    );
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains(r#"Warning: unknown field "metadata.labelz""#));
     let err = kubectl.fails(&["get", "cm", "nope"], None);
     assert_eq!(
         err.trim(),
@@ -368,7 +393,7 @@ async fn errors_read_exactly_like_upstream() {
         r#"error: failed to create configmap: configmaps "dup" already exists"#
     );
     let err = kubectl.fails(
-        &["create", "--validate=false", "-f", "-"],
+        &["create", "-f", "-"],
         Some(r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"Bad_Name"}}"#),
     );
     assert!(
@@ -376,13 +401,13 @@ async fn errors_read_exactly_like_upstream() {
         "{err}"
     );
     let stale = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"dup","resourceVersion":"1"},"data":{"a":"2"}}"#;
-    let err = kubectl.fails(&["replace", "--validate=false", "-f", "-"], Some(stale));
+    let err = kubectl.fails(&["replace", "-f", "-"], Some(stale));
     assert!(
         err.contains(r#"Operation cannot be fulfilled on configmaps "dup": the object has been modified; please apply your changes to the latest version and try again"#),
         "{err}"
     );
     let err = kubectl.fails(
-        &["create", "--validate=false", "-f", "-"],
+        &["create", "-f", "-"],
         Some(r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"d"},"spec":{"replicas":"three"}}"#),
     );
     assert!(
@@ -395,7 +420,7 @@ async fn errors_read_exactly_like_upstream() {
         "{err}"
     );
     let err = kubectl.fails(
-        &["create", "--validate=false", "-n", "missing", "-f", "-"],
+        &["create", "-n", "missing", "-f", "-"],
         Some(r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x"}}"#),
     );
     assert!(err.contains(r#"namespaces "missing" not found"#), "{err}");

@@ -15,6 +15,7 @@ pub mod discovery;
 pub mod error;
 pub mod http;
 pub mod object;
+pub mod openapi;
 pub mod registry;
 pub mod request;
 pub mod rest;

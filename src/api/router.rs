@@ -10,6 +10,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use super::http::{full, json, text, Body};
+use super::openapi::OpenApi;
 use super::request::{self, ApiPath};
 use super::rest::{self, Api};
 use super::{discovery, status, version};
@@ -73,6 +74,9 @@ impl Router {
         if let Ok(api_path) = request::parse(&path) {
             return self.api_request(request, api_path).await;
         }
+        if path == "/openapi/v3" || path.starts_with("/openapi/v3/") {
+            return self.openapi(&path);
+        }
         let verbose = request.uri().query().is_some_and(|q| {
             q.split('&')
                 .any(|kv| kv == "verbose" || kv.starts_with("verbose="))
@@ -105,6 +109,25 @@ impl Router {
                 checks(&[("store", store_ready)], &path, verbose)
             }
             _ => status::not_found(&path),
+        }
+    }
+
+    /// `/openapi/v3` and the per group version documents.
+    fn openapi(&self, path: &str) -> Response<Body> {
+        let api = &self.api;
+        if path == "/openapi/v3" {
+            return json(StatusCode::OK, &api.openapi.root(&api.registry));
+        }
+        let document = OpenApi::parse_path(path)
+            .and_then(|(group, version)| api.openapi.document(&api.registry, &group, &version));
+        match document {
+            Some(document) => Response::builder()
+                .status(StatusCode::OK)
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .header(http::header::ETAG, format!("\"{}\"", document.hash))
+                .body(full(document.body.clone()))
+                .expect("static response parts are valid"),
+            None => status::not_found(path),
         }
     }
 

@@ -149,10 +149,7 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
         .context("starting the store")?;
     let store = Store::new(node.engine().clone(), node.clone());
 
-    let api = Arc::new(Api {
-        store: store.clone(),
-        registry: Arc::new(Registry::builtin()),
-    });
+    let api = Arc::new(Api::new(store.clone(), Registry::builtin()));
     let router = Arc::new(Router::new(
         api.clone(),
         Authenticator::default(),

@@ -7,7 +7,9 @@ use k8s_openapi::api::{
 };
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions;
 use k8s_openapi::{ClusterResourceScope, ListableResource, NamespaceResourceScope, Resource};
+use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
 
 use super::{ResourceType, SchemaError, ALL_VERBS, CREATE_ONLY};
@@ -25,14 +27,22 @@ impl Scope for ClusterResourceScope {
     const NAMESPACED: bool = false;
 }
 
-/// Deserializes `value` as `T`, reporting the path of the first field that does not fit.
-fn check<T: DeserializeOwned>(value: &Value) -> Result<(), SchemaError> {
-    serde_path_to_error::deserialize::<_, T>(value)
-        .map(|_| ())
-        .map_err(|e| SchemaError {
-            field: e.path().to_string(),
-            message: e.inner().to_string(),
-        })
+/// Deserializes `value` as `T` and serializes it back, reporting the path of the first
+/// field that does not fit.
+fn check<T: DeserializeOwned + Serialize>(value: &Value) -> Result<Value, SchemaError> {
+    let typed: T = serde_path_to_error::deserialize(value).map_err(|e| SchemaError {
+        field: e.path().to_string(),
+        message: e.inner().to_string(),
+    })?;
+    serde_json::to_value(typed).map_err(|e| SchemaError {
+        field: String::new(),
+        message: e.to_string(),
+    })
+}
+
+fn schema<T: JsonSchema>(generator: &mut schemars::SchemaGenerator) -> String {
+    generator.subschema_for::<T>();
+    T::schema_name().into_owned()
 }
 
 fn strings(items: &[&str]) -> Vec<String> {
@@ -57,7 +67,7 @@ const PLAIN: Spec<'static> = Spec {
 
 fn define<T>(spec: Spec<'_>) -> ResourceType
 where
-    T: Resource + ListableResource + DeserializeOwned,
+    T: Resource + ListableResource + DeserializeOwned + Serialize + JsonSchema,
     T::Scope: Scope,
 {
     ResourceType {
@@ -74,12 +84,15 @@ where
         subresources: strings(spec.subresources),
         stored: spec.stored,
         check: check::<T>,
+        schema: schema::<T>,
     }
 }
 
 /// A review kind: create-only, answered and not stored. k8s-openapi does not mark these
 /// listable, so they are described by hand.
-fn review<T: Resource + DeserializeOwned>(namespaced: bool) -> ResourceType {
+fn review<T: Resource + DeserializeOwned + Serialize + JsonSchema>(
+    namespaced: bool,
+) -> ResourceType {
     ResourceType {
         group: T::GROUP.to_string(),
         version: T::VERSION.to_string(),
@@ -94,6 +107,7 @@ fn review<T: Resource + DeserializeOwned>(namespaced: bool) -> ResourceType {
         subresources: Vec::new(),
         stored: false,
         check: check::<T>,
+        schema: schema::<T>,
     }
 }
 

@@ -26,8 +26,12 @@ pub const ALL_VERBS: &[&str] = &[
 /// Review kinds: answered, never stored.
 pub const CREATE_ONLY: &[&str] = &["create"];
 
-/// Checks a JSON object against a kind's schema; returns the field path and what is wrong.
-pub type SchemaCheck = fn(&Value) -> Result<(), SchemaError>;
+/// Checks a JSON object against a kind's schema: the object as the schema reads it back
+/// (fields it does not know dropped), or the field path and what is wrong.
+pub type SchemaCheck = fn(&Value) -> Result<Value, SchemaError>;
+
+/// Adds a kind's OpenAPI schema (and those it refers to) to a generator; returns its name.
+pub type SchemaOf = fn(&mut schemars::SchemaGenerator) -> String;
 
 /// A schema violation: where, and what.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +58,7 @@ pub struct ResourceType {
     /// Objects are kept in the store (review kinds are not).
     pub stored: bool,
     pub check: SchemaCheck,
+    pub schema: SchemaOf,
 }
 
 impl ResourceType {
@@ -233,6 +238,6 @@ mod tests {
         assert_eq!(err.field, "spec.replicas");
         assert!(err.message.contains("invalid type"), "{}", err.message);
         let good = serde_json::json!({"metadata": {"name": "x"}, "spec": {"replicas": 3, "selector": {}, "template": {}}});
-        assert_eq!((deploy.check)(&good), Ok(()));
+        assert_eq!((deploy.check)(&good).unwrap()["spec"]["replicas"], 3);
     }
 }

@@ -32,6 +32,17 @@ pub const MAX_BODY: usize = 3 << 20;
 pub struct Api {
     pub store: Store,
     pub registry: Arc<Registry>,
+    pub openapi: super::openapi::OpenApi,
+}
+
+impl Api {
+    pub fn new(store: Store, registry: Registry) -> Api {
+        Api {
+            store,
+            registry: Arc::new(registry),
+            openapi: Default::default(),
+        }
+    }
 }
 
 /// One request, parsed.
@@ -43,6 +54,8 @@ pub(crate) struct Call<'a> {
     accept: Option<String>,
     content_type: Option<String>,
     body: Bytes,
+    /// Warnings for the `Warning` response header.
+    warnings: std::sync::Mutex<Vec<String>>,
 }
 
 impl Call<'_> {
@@ -126,7 +139,17 @@ impl Call<'_> {
     }
 
     fn ok(&self, status: StatusCode, object: &Value) -> Response<Body> {
-        json(status, object)
+        let mut response = json(status, object);
+        for warning in self.warnings.lock().expect("warnings").iter() {
+            let value = format!(
+                "299 - {}",
+                serde_json::to_string(warning).unwrap_or_default()
+            );
+            if let Ok(value) = http::HeaderValue::from_str(&value) {
+                response.headers_mut().append(http::header::WARNING, value);
+            }
+        }
+        response
     }
 }
 
@@ -208,6 +231,7 @@ async fn serve(
         accept,
         content_type,
         body,
+        warnings: Default::default(),
     };
     match verb {
         Verb::Get => read::get(&call).await,
@@ -221,18 +245,65 @@ async fn serve(
     }
 }
 
-/// Checks `object` against its kind's schema (and, with `fieldValidation=Strict`, for
-/// fields the schema does not know), then its metadata.
+/// Fields of `input` that the schema dropped from `typed` (its read-back), as paths.
+fn unknown_fields(input: &Value, typed: &Value, path: &str, out: &mut Vec<String>) {
+    match (input, typed) {
+        (Value::Object(input), Value::Object(typed)) => {
+            for (key, value) in input {
+                if value.is_null() {
+                    continue;
+                }
+                let here = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                match typed.get(key) {
+                    None => out.push(here),
+                    Some(known) => unknown_fields(value, known, &here, out),
+                }
+            }
+        }
+        (Value::Array(input), Value::Array(typed)) => {
+            for (i, (value, known)) in input.iter().zip(typed).enumerate() {
+                unknown_fields(value, known, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Checks `object` against its kind's schema, fields it does not know per the request's
+/// `fieldValidation` (Strict: an error; Warn, the default: a warning; Ignore), then its
+/// metadata.
 fn validate(call: &Call<'_>, object: &Value) -> Result<(), ApiError> {
     let resource = &call.resource;
-    if let Err(e) = (resource.check)(object) {
-        return Err(ApiError::BadRequest(format!(
-            "{kind} in version \"{version}\" cannot be handled as a {kind}: {field}: {message}",
+    let cannot_handle = |detail: String| {
+        ApiError::BadRequest(format!(
+            "{kind} in version \"{version}\" cannot be handled as a {kind}: {detail}",
             kind = resource.kind,
             version = resource.version,
-            field = e.field,
-            message = e.message
-        )));
+        ))
+    };
+    let typed = (resource.check)(object)
+        .map_err(|e| cannot_handle(format!("{}: {}", e.field, e.message)))?;
+    let mut unknown = Vec::new();
+    unknown_fields(object, &typed, "", &mut unknown);
+    if !unknown.is_empty() {
+        let listed: Vec<String> = unknown
+            .iter()
+            .map(|f| format!("unknown field {f:?}"))
+            .collect();
+        match call.query("fieldValidation") {
+            Some("Strict") => {
+                return Err(cannot_handle(format!(
+                    "strict decoding error: {}",
+                    listed.join(", ")
+                )))
+            }
+            Some("Ignore") => {}
+            _ => call.warnings.lock().expect("warnings").extend(listed),
+        }
     }
     let meta = object::metadata(object).cloned().unwrap_or_default();
     let causes = validation::object_meta(&resource.kind, &meta);
