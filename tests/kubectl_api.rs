@@ -347,6 +347,15 @@ async fn apply_get_patch_and_delete_like_a_user() {
     );
     let empty = kubectl.ok(&["get", "cm,deploy,secret", "-n", "shop", "-o", "name"]);
     assert_eq!(empty.trim(), "");
+
+    // Deleting a namespace deletes what is in it, then the namespace (kubectl waits for it).
+    kubectl.ok_with(&["apply", "-f", "-"], Some(MANIFEST));
+    let out = kubectl.ok(&["delete", "namespace", "shop", "--timeout=60s"]);
+    assert!(out.contains(r#"namespace "shop" deleted"#), "{out}");
+    let err = kubectl.fails(&["get", "namespace", "shop"], None);
+    assert!(err.contains(r#"namespaces "shop" not found"#), "{err}");
+    let leftovers = kubectl.ok(&["get", "cm,deploy,secret", "-n", "shop", "-o", "name"]);
+    assert_eq!(leftovers.trim(), "", "the namespace's objects are gone too");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,6 +14,7 @@ pub mod defaults;
 pub mod discovery;
 pub mod error;
 pub mod http;
+pub mod namespaces;
 pub mod object;
 pub mod openapi;
 pub mod registry;

@@ -149,7 +149,8 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
         .context("starting the store")?;
     let store = Store::new(node.engine().clone(), node.clone());
 
-    let api = Arc::new(Api::new(store.clone(), Registry::builtin()));
+    let (api, reaper_queue) = Api::new(store.clone(), Registry::builtin());
+    let api = Arc::new(api);
     let router = Arc::new(Router::new(
         api.clone(),
         Authenticator::default(),
@@ -178,7 +179,7 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
     })?;
     tracing::info!(path = %options.write_kubeconfig.display(), "wrote the admin kubeconfig");
 
-    let readiness = {
+    let background = {
         let api = api.clone();
         tokio::spawn(async move {
             while !api.store.ready().await {
@@ -190,11 +191,12 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             tracing::info!(revision = api.store.revision(), "kedge is ready");
+            api::namespaces::run(api, reaper_queue).await;
         })
     };
 
     termination().await;
-    readiness.abort();
+    background.abort();
     let _ = stop_tx.send(());
     let _ = serving.await;
     node.shutdown().await;

@@ -143,6 +143,11 @@ impl Registry {
             .cloned()
     }
 
+    /// Every resource.
+    pub fn all(&self) -> Vec<Arc<ResourceType>> {
+        self.read().clone()
+    }
+
     /// The resources of one group version, in discovery order.
     pub fn resources(&self, group: &str, version: &str) -> Vec<Arc<ResourceType>> {
         self.read()

@@ -135,7 +135,12 @@ async fn delete_one(
                 current["status"] = json!({"phase": "Terminating"});
             }
             match call.store_update(&key, &mut current, kv.mod_revision).await {
-                Ok(()) => return Ok(current),
+                Ok(()) => {
+                    if is_namespace {
+                        call.api.reaper.reap(name);
+                    }
+                    return Ok(current);
+                }
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(ApiError::from_store(e, target())),
             }

@@ -33,15 +33,21 @@ pub struct Api {
     pub store: Store,
     pub registry: Arc<Registry>,
     pub openapi: super::openapi::OpenApi,
+    pub reaper: super::namespaces::NamespaceReaper,
 }
 
 impl Api {
-    pub fn new(store: Store, registry: Registry) -> Api {
-        Api {
+    /// The API over `store`, and the queue of namespaces to remove (for
+    /// `namespaces::run`).
+    pub fn new(store: Store, registry: Registry) -> (Api, super::namespaces::ReaperQueue) {
+        let (reaper, queue) = super::namespaces::NamespaceReaper::new();
+        let api = Api {
             store,
             registry: Arc::new(registry),
             openapi: Default::default(),
-        }
+            reaper,
+        };
+        (api, queue)
     }
 }
 
