@@ -4,7 +4,7 @@
 use http::{Response, StatusCode};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Status, StatusCause, StatusDetails};
 
-use super::http::{json, Body};
+use super::http::Body;
 use super::registry::ResourceType;
 use crate::store::StoreError;
 
@@ -207,12 +207,7 @@ impl ApiError {
     /// The HTTP response carrying the `Status`.
     pub fn response(&self) -> Response<Body> {
         let (code, _) = self.code_and_reason();
-        let mut value = serde_json::to_value(self.status()).expect("Status serializes");
-        if let Some(object) = value.as_object_mut() {
-            object.insert("kind".into(), "Status".into());
-            object.insert("apiVersion".into(), "v1".into());
-        }
-        json(code, &value)
+        super::status::render(code, &self.status())
     }
 
     /// Maps a store error about `target` to what the API answers.

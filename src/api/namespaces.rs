@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::object;
@@ -70,16 +69,9 @@ async fn terminating(api: &Api) -> Vec<String> {
     page.items
         .iter()
         .filter_map(|kv| object::decode(kv).ok())
-        .filter(|ns| object::meta_str(ns, "deletionTimestamp").is_some())
+        .filter(object::is_marked_for_deletion)
         .map(|ns| object::name(&ns).to_string())
         .collect()
-}
-
-fn has_finalizers(object: &Value) -> bool {
-    object::metadata(object)
-        .and_then(|m| m.get("finalizers"))
-        .and_then(Value::as_array)
-        .is_some_and(|f| !f.is_empty())
 }
 
 /// Deletes what can go now; returns how many objects still wait on their finalizers.
@@ -98,14 +90,12 @@ async fn empty(api: &Api, namespace: &str) -> Result<usize, StoreError> {
             let Ok(mut item) = object::decode(&kv) else {
                 continue;
             };
-            let result = if has_finalizers(&item) {
+            let result = if object::has_finalizers(&item) {
                 waiting += 1;
-                if object::meta_str(&item, "deletionTimestamp").is_some() {
+                if object::is_marked_for_deletion(&item) {
                     continue;
                 }
-                let meta = object::metadata_mut(&mut item).expect("objects have metadata");
-                meta.insert("deletionTimestamp".into(), Value::String(object::now()));
-                meta.insert("deletionGracePeriodSeconds".into(), Value::from(0));
+                object::mark_for_deletion(&mut item, 0);
                 api.store
                     .update(&kv.key, object::encode(&item), Some(kv.mod_revision))
                     .await

@@ -55,6 +55,30 @@ pub fn labels(object: &Value) -> Option<&Map<String, Value>> {
     metadata(object)?.get("labels")?.as_object()
 }
 
+/// Whether the object still waits on finalizers before it may be removed.
+pub fn has_finalizers(object: &Value) -> bool {
+    metadata(object)
+        .and_then(|m| m.get("finalizers"))
+        .and_then(Value::as_array)
+        .is_some_and(|f| !f.is_empty())
+}
+
+/// Whether a deletion has been asked for (the object lingers for finalizers or a grace period).
+pub fn is_marked_for_deletion(object: &Value) -> bool {
+    meta_str(object, "deletionTimestamp").is_some()
+}
+
+/// Records that deletion was asked for now, with `grace_seconds` to finish.
+pub fn mark_for_deletion(object: &mut Value, grace_seconds: i64) {
+    if let Some(meta) = metadata_mut(object) {
+        meta.insert("deletionTimestamp".into(), Value::String(now()));
+        meta.insert(
+            "deletionGracePeriodSeconds".into(),
+            Value::from(grace_seconds),
+        );
+    }
+}
+
 /// The resourceVersion a client sent, if any; malformed is a bad request.
 pub fn resource_version(object: &Value) -> Result<Option<u64>, ApiError> {
     match meta_str(object, "resourceVersion") {

@@ -1,11 +1,26 @@
 //! Kubernetes `Status` responses: every error the API returns is one, with the reason and
 //! code clients switch on.
 
-use bytes::Bytes;
 use http::{Response, StatusCode};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
+use serde_json::Value;
 
-use super::http::{full, Body};
+use super::http::{json, Body};
+
+/// A `Status` as it goes on the wire: with its `kind` and `apiVersion`.
+pub fn to_value(status: &Status) -> Value {
+    let mut value = serde_json::to_value(status).expect("Status serializes");
+    if let Some(object) = value.as_object_mut() {
+        object.insert("kind".into(), "Status".into());
+        object.insert("apiVersion".into(), "v1".into());
+    }
+    value
+}
+
+/// The response carrying `status`.
+pub fn render(code: StatusCode, status: &Status) -> Response<Body> {
+    json(code, &to_value(status))
+}
 
 /// A `Status` failure with `reason` (e.g. "Unauthorized", "NotFound") and `message`.
 pub fn failure(code: StatusCode, reason: &str, message: impl Into<String>) -> Response<Body> {
@@ -16,18 +31,7 @@ pub fn failure(code: StatusCode, reason: &str, message: impl Into<String>) -> Re
         status: Some("Failure".to_string()),
         ..Default::default()
     };
-    let mut value = serde_json::to_value(&status).expect("Status serializes");
-    if let Some(object) = value.as_object_mut() {
-        object.insert("kind".into(), "Status".into());
-        object.insert("apiVersion".into(), "v1".into());
-    }
-    Response::builder()
-        .status(code)
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(full(Bytes::from(
-            serde_json::to_vec(&value).expect("Status serializes"),
-        )))
-        .expect("static response parts are valid")
+    render(code, &status)
 }
 
 /// 401, exactly as kube-apiserver answers a request without valid credentials.

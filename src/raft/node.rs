@@ -3,7 +3,7 @@
 //! over HTTPS from followers), linearizable reads wait for the leader's read index.
 //! Also runs the background checkpoint and history compaction loops.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -390,13 +390,6 @@ impl RaftNode {
         self.wait_applied(index).await
     }
 
-    /// Whether this node can serve linearizable requests now.
-    pub async fn ready(&self) -> bool {
-        tokio::time::timeout(Duration::from_secs(2), self.barrier())
-            .await
-            .is_ok_and(|r| r.is_ok())
-    }
-
     /// Checkpoints every `interval`, and when the state machine asks (its memtable is full).
     fn spawn_checkpoints(self: &Arc<Self>, interval: Duration, requests: CheckpointRequest) {
         let node = Arc::downgrade(self);
@@ -497,17 +490,6 @@ impl RaftNode {
             Ok(Err(e)) => tracing::error!(error = %e, "closing the store failed"),
             Err(e) => tracing::error!(error = %e, "closing the store failed"),
         }
-    }
-
-    /// Members of the current configuration.
-    pub fn members(&self) -> BTreeSet<NodeId> {
-        self.raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect()
     }
 }
 

@@ -110,27 +110,17 @@ async fn delete_one(
         let kv = call.load(name, Consistency::Linearizable).await?;
         let mut current = object::decode(&kv)?;
         check_preconditions(call, name, &current, options)?;
-        let has_finalizers = object::metadata(&current)
-            .and_then(|m| m.get("finalizers"))
-            .and_then(Value::as_array)
-            .is_some_and(|f| !f.is_empty());
         let is_namespace = call.resource.kind == "Namespace";
         let grace = if call.resource.kind == "Pod" {
             pod_grace(&current, options)
         } else {
             None
         };
-        if has_finalizers || is_namespace || grace.is_some() {
-            let marked = object::meta_str(&current, "deletionTimestamp").is_some();
-            if marked {
+        if object::has_finalizers(&current) || is_namespace || grace.is_some() {
+            if object::is_marked_for_deletion(&current) {
                 return Ok(current);
             }
-            let meta = object::metadata_mut(&mut current).expect("metadata");
-            meta.insert("deletionTimestamp".into(), Value::String(object::now()));
-            meta.insert(
-                "deletionGracePeriodSeconds".into(),
-                json!(grace.unwrap_or(0)),
-            );
+            object::mark_for_deletion(&mut current, grace.unwrap_or(0));
             if is_namespace {
                 current["status"] = json!({"phase": "Terminating"});
             }

@@ -140,15 +140,7 @@ fn reconcile(call: &Call<'_>, current: &Value, mut new: Value) -> Result<Value, 
 
 /// Whether an object marked for deletion has no finalizers left and may go.
 fn finalized(object: &Value) -> bool {
-    let meta = object::metadata(object);
-    let marked = meta
-        .and_then(|m| m.get("deletionTimestamp"))
-        .is_some_and(|t| !t.is_null());
-    let finalizers = meta
-        .and_then(|m| m.get("finalizers"))
-        .and_then(Value::as_array)
-        .is_some_and(|f| !f.is_empty());
-    marked && !finalizers
+    object::is_marked_for_deletion(object) && !object::has_finalizers(object)
 }
 
 fn without_resource_version(object: &Value) -> Value {

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 
 use super::read::{collect, Selectors};
 use super::{ApiError, Call};
+use crate::api::error::Target;
 use crate::api::http::Body;
 use crate::api::object;
 use crate::api::registry::ResourceType;
@@ -83,11 +84,16 @@ impl Renderer {
         self.event("BOOKMARK", object)
     }
 
+    /// The ERROR event of a store failure (410 Expired when history was compacted).
+    fn store_error(&self, error: StoreError) -> Bytes {
+        self.error(&ApiError::from_store(
+            error,
+            Target::new(&self.resource, ""),
+        ))
+    }
+
     fn error(&self, error: &ApiError) -> Bytes {
-        let mut status = serde_json::to_value(error.status()).expect("Status serializes");
-        status["kind"] = json!("Status");
-        status["apiVersion"] = json!("v1");
-        self.event("ERROR", status)
+        self.event("ERROR", crate::api::status::to_value(&error.status()))
     }
 }
 
@@ -147,9 +153,7 @@ pub(super) async fn watch(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
         match watcher {
             Ok(watcher) => follow(watcher, &renderer, &sender, timeout, bookmarks).await,
             Err(e) => {
-                let error =
-                    ApiError::from_store(e, crate::api::error::Target::new(&renderer.resource, ""));
-                let _ = sender.send(renderer.error(&error)).await;
+                let _ = sender.send(renderer.store_error(e)).await;
             }
         }
     });
@@ -184,11 +188,7 @@ async fn follow(
                     Err(e) => Some(renderer.error(&e)),
                 },
                 Some(Err(e)) => {
-                    let error = match e {
-                        StoreError::Compacted { .. } => ApiError::Expired(format!("too old resource version: {} ({})", watcher.revision(), watcher.revision() + 1)),
-                        other => ApiError::from_store(other, crate::api::error::Target::new(&renderer.resource, "")),
-                    };
-                    let _ = sender.send(renderer.error(&error)).await;
+                    let _ = sender.send(renderer.store_error(e)).await;
                     return;
                 }
             },

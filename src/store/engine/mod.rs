@@ -202,11 +202,6 @@ impl Engine {
             .clone()
     }
 
-    /// Entries applied since the last checkpoint.
-    pub fn applied_since_checkpoint(&self) -> u64 {
-        self.lock_state().applied_since_checkpoint
-    }
-
     /// Approximate bytes applied but not yet checkpointed.
     pub fn unflushed_bytes(&self) -> usize {
         let state = self.lock_state();
