@@ -5,74 +5,11 @@
 
 mod common;
 
-use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{free_port, Server};
-
-struct Kubectl<'a> {
-    kubeconfig: &'a Path,
-    binary: &'static str,
-}
-
-/// kubectl before it defaulted to protobuf request bodies.
-const KUBECTL_JSON: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.31";
-
-impl Kubectl<'_> {
-    fn run(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut child = Command::new(self.binary)
-            .arg("--kubeconfig")
-            .arg(self.kubeconfig)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("kubectl runs");
-        let mut input = child.stdin.take().unwrap();
-        if let Some(text) = stdin {
-            input.write_all(text.as_bytes()).unwrap();
-        }
-        drop(input);
-        child.wait_with_output().unwrap()
-    }
-
-    /// Runs and expects success; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        self.ok_with(args, None)
-    }
-
-    fn ok_with(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let out = self.run(args, stdin);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?} failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// Runs and expects failure; returns stderr.
-    fn fails(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let out = self.run(args, stdin);
-        assert!(
-            !out.status.success(),
-            "kubectl {args:?} should fail: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8(out.stderr).unwrap()
-    }
-}
-
-async fn server(dir: &Path) -> Server {
-    let mut server = Server::new(dir, free_port(), &[]);
-    server.start();
-    server.wait_ready(Duration::from_secs(30)).await;
-    server
-}
+use common::kubectl::{Kubectl, KUBECTL_JSON};
+use common::{free_port, started_server, Server};
 
 const MANIFEST: &str = r#"
 apiVersion: v1
@@ -118,7 +55,7 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovery_lists_every_builtin_resource() {
     let dir = tempfile::tempdir().unwrap();
-    let server = server(dir.path()).await;
+    let server = started_server(dir.path()).await;
     let kubectl = Kubectl {
         kubeconfig: &server.kubeconfig,
         binary: "kubectl",
@@ -166,7 +103,7 @@ async fn discovery_lists_every_builtin_resource() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_get_patch_and_delete_like_a_user() {
     let dir = tempfile::tempdir().unwrap();
-    let server = server(dir.path()).await;
+    let server = started_server(dir.path()).await;
     let kubectl = Kubectl {
         kubeconfig: &server.kubeconfig,
         binary: "kubectl",
@@ -361,7 +298,7 @@ async fn apply_get_patch_and_delete_like_a_user() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_read_exactly_like_upstream() {
     let dir = tempfile::tempdir().unwrap();
-    let server = server(dir.path()).await;
+    let server = started_server(dir.path()).await;
     let kubectl = Kubectl {
         kubeconfig: &server.kubeconfig,
         binary: "kubectl",
@@ -438,7 +375,7 @@ async fn errors_read_exactly_like_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_requests_get_the_right_status_codes() {
     let dir = tempfile::tempdir().unwrap();
-    let server = server(dir.path()).await;
+    let server = started_server(dir.path()).await;
     let client = server.admin_client();
     let url = |path: &str| format!("{}{path}", server.url());
     let timeout = Duration::from_secs(10);

@@ -2,6 +2,8 @@
 //! in its own temp data dir, and clients with certificates from their CA.
 #![allow(dead_code)]
 
+pub mod kubectl;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -264,4 +266,12 @@ impl Drop for LogDump {
             }
         }
     }
+}
+
+/// A started, ready single server in `dir`.
+pub async fn started_server(dir: &Path) -> Server {
+    let mut server = Server::new(dir, free_port(), &[]);
+    server.start();
+    server.wait_ready(Duration::from_secs(30)).await;
+    server
 }
