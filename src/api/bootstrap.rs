@@ -1,39 +1,189 @@
 //! Objects every cluster starts with: the namespaces `default`, `kube-system`, `kube-public`
-//! and `kube-node-lease`.
+//! and `kube-node-lease`; the `kubernetes` ServiceCIDR; the `kubernetes` Service in
+//! `default` at the first address of the service range, with Endpoints and an
+//! EndpointSlice pointing at this API server.
 
-use serde_json::json;
+use std::net::IpAddr;
+
+use serde_json::{json, Value};
 
 use super::rest::create::prepare_new;
+use super::services::{AllocationError, ServiceRef};
 use super::{object, Api};
-use crate::store::StoreError;
+use crate::store::{Consistency, StoreError};
 
 /// The namespaces Kubernetes creates at start.
 pub const SYSTEM_NAMESPACES: &[&str] =
     &["default", "kube-system", "kube-public", "kube-node-lease"];
 
+/// Creates `object` (of resource `plural` in `group`) unless it exists; true if it did.
+async fn create_missing(
+    api: &Api,
+    group: &str,
+    plural: &str,
+    mut object: Value,
+) -> Result<bool, StoreError> {
+    let resource = api
+        .registry
+        .get(group, "v1", plural)
+        .unwrap_or_else(|| panic!("{plural} are a built-in kind"));
+    let namespace = object::meta_str(&object, "namespace").map(str::to_string);
+    let key = resource.key(namespace.as_deref(), object::name(&object));
+    let has_status = resource.subresources.iter().any(|s| s == "status");
+    let status = object.get("status").cloned();
+    prepare_new(&mut object, has_status, &resource.kind);
+    if let Some(status) = status {
+        object["status"] = status;
+    }
+    match api.store.create(&key, object::encode(&object)).await {
+        Ok(_) => Ok(true),
+        Err(StoreError::AlreadyExists { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates `object` or, when the stored one differs in `fields`, writes those.
+async fn ensure_fields(
+    api: &Api,
+    group: &str,
+    plural: &str,
+    object: Value,
+    fields: &[&str],
+) -> Result<(), StoreError> {
+    if create_missing(api, group, plural, object.clone()).await? {
+        return Ok(());
+    }
+    let resource = api.registry.get(group, "v1", plural).expect("checked");
+    let key = resource.key(
+        object::meta_str(&object, "namespace"),
+        object::name(&object),
+    );
+    let Some(kv) = api.store.get(&key, Consistency::Linearizable).await? else {
+        return Ok(());
+    };
+    let mut stored: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
+    if fields.iter().all(|f| stored.get(f) == object.get(f)) {
+        return Ok(());
+    }
+    for field in fields {
+        stored[*field] = object.get(*field).cloned().unwrap_or(Value::Null);
+    }
+    match api
+        .store
+        .update(&key, object::encode(&stored), Some(kv.mod_revision))
+        .await
+    {
+        Ok(_) | Err(StoreError::Conflict { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Creates the system namespaces that are missing. Safe to run on every server at every
 /// start: an existing namespace is left alone.
 pub async fn ensure_namespaces(api: &Api) -> Result<(), StoreError> {
-    let namespaces = api
-        .registry
-        .get("", "v1", "namespaces")
-        .expect("namespaces are a built-in kind");
     for name in SYSTEM_NAMESPACES {
-        let mut namespace = json!({
+        let namespace = json!({
             "apiVersion": "v1",
             "kind": "Namespace",
             "metadata": {"name": name},
         });
-        prepare_new(&mut namespace, true, "Namespace");
-        match api
-            .store
-            .create(&namespaces.key(None, name), object::encode(&namespace))
-            .await
-        {
-            Ok(_) => tracing::info!(namespace = name, "created system namespace"),
-            Err(StoreError::AlreadyExists { .. }) => {}
-            Err(e) => return Err(e),
+        if create_missing(api, "", "namespaces", namespace).await? {
+            tracing::info!(namespace = name, "created system namespace");
         }
     }
+    Ok(())
+}
+
+/// The `kubernetes` ServiceCIDR and Service, and the endpoints of this API server
+/// (`address`:`port`).
+pub async fn ensure_kubernetes_service(
+    api: &Api,
+    address: IpAddr,
+    port: u16,
+) -> Result<(), StoreError> {
+    let network = api.services.network().clone();
+    let service_cidr = json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "ServiceCIDR",
+        "metadata": {"name": "kubernetes"},
+        "spec": {"cidrs": [network.cidr.to_string()]},
+        "status": {"conditions": [{
+            "type": "Ready",
+            "status": "True",
+            "reason": "",
+            "message": "Kubernetes Service CIDR is ready",
+            "lastTransitionTime": object::now(),
+        }]},
+    });
+    create_missing(api, "networking.k8s.io", "servicecidrs", service_cidr).await?;
+
+    let ip = network.first_ip();
+    let owner = ServiceRef {
+        namespace: "default".to_string(),
+        name: "kubernetes".to_string(),
+    };
+    match api.services.allocate_ip(Some(ip), &owner).await {
+        // Taken: by this Service on an earlier start.
+        Ok(_) | Err(AllocationError::Taken { .. }) => {}
+        Err(AllocationError::Store(e)) => return Err(e),
+        Err(e) => return Err(StoreError::Internal(format!("allocating {ip}: {e}"))),
+    }
+    let service = json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": "kubernetes",
+            "namespace": "default",
+            "labels": {"component": "apiserver", "provider": "kubernetes"},
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": ip.to_string(),
+            "clusterIPs": [ip.to_string()],
+            "ipFamilies": ["IPv4"],
+            "ipFamilyPolicy": "SingleStack",
+            "internalTrafficPolicy": "Cluster",
+            "sessionAffinity": "None",
+            "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}],
+        },
+        "status": {"loadBalancer": {}},
+    });
+    ensure_fields(api, "", "services", service, &["spec"]).await?;
+
+    let endpoints = json!({
+        "apiVersion": "v1",
+        "kind": "Endpoints",
+        "metadata": {
+            "name": "kubernetes",
+            "namespace": "default",
+            "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"},
+        },
+        "subsets": [{
+            "addresses": [{"ip": address.to_string()}],
+            "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+        }],
+    });
+    ensure_fields(api, "", "endpoints", endpoints, &["subsets"]).await?;
+    let address_type = if address.is_ipv4() { "IPv4" } else { "IPv6" };
+    let slice = json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": "kubernetes",
+            "namespace": "default",
+            "labels": {"kubernetes.io/service-name": "kubernetes"},
+        },
+        "addressType": address_type,
+        "endpoints": [{"addresses": [address.to_string()], "conditions": {"ready": true}}],
+        "ports": [{"name": "https", "port": port, "protocol": "TCP"}],
+    });
+    ensure_fields(
+        api,
+        "discovery.k8s.io",
+        "endpointslices",
+        slice,
+        &["endpoints", "ports"],
+    )
+    .await?;
     Ok(())
 }

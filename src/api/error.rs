@@ -69,6 +69,35 @@ impl FieldError {
         }
     }
 
+    /// A value shown the way Go's `%#v` shows non-strings (numbers, maps).
+    pub fn invalid_raw(field: &str, shown: &str, detail: &str) -> FieldError {
+        FieldError {
+            reason: "FieldValueInvalid",
+            field: field.to_string(),
+            message: format!("Invalid value: {shown}: {detail}"),
+        }
+    }
+
+    pub fn unsupported(field: &str, value: &str, supported: &[&str]) -> FieldError {
+        let supported: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
+        FieldError {
+            reason: "FieldValueNotSupported",
+            field: field.to_string(),
+            message: format!(
+                "Unsupported value: {value:?}: supported values: {}",
+                supported.join(", ")
+            ),
+        }
+    }
+
+    pub fn duplicate(field: &str, value: &str) -> FieldError {
+        FieldError {
+            reason: "FieldValueDuplicate",
+            field: field.to_string(),
+            message: format!("Duplicate value: {value:?}"),
+        }
+    }
+
     pub fn forbidden(field: &str, detail: &str) -> FieldError {
         FieldError {
             reason: "FieldValueForbidden",

@@ -23,6 +23,7 @@ pub mod rest;
 pub mod router;
 pub mod selector;
 pub mod server;
+pub mod services;
 pub mod status;
 pub mod table;
 pub mod validation;

@@ -72,7 +72,9 @@ impl Router {
             }
         }
         if let Ok(api_path) = request::parse(&path) {
-            return self.api_request(request, api_path).await;
+            // After the peer check: impersonation never reaches the server-only service.
+            let user = impersonated(&request).unwrap_or(user);
+            return self.api_request(user, request, api_path).await;
         }
         if path == "/openapi/v3" || path.starts_with("/openapi/v3/") {
             return self.openapi(&path);
@@ -132,9 +134,14 @@ impl Router {
     }
 
     /// Discovery and resource requests.
-    async fn api_request(&self, request: Request<Incoming>, api_path: ApiPath) -> Response<Body> {
+    async fn api_request(
+        &self,
+        user: UserInfo,
+        request: Request<Incoming>,
+        api_path: ApiPath,
+    ) -> Response<Body> {
         let path = match api_path {
-            ApiPath::Resource(path) => return rest::handle(&self.api, request, path).await,
+            ApiPath::Resource(path) => return rest::handle(&self.api, user, request, path).await,
             discovery_path => discovery_path,
         };
         if request.method() != Method::GET && request.method() != Method::HEAD {
@@ -212,6 +219,22 @@ impl Router {
         let (parts, body) = service.handle(method, path, body).await.into_parts();
         Response::from_parts(parts, full(body))
     }
+}
+
+/// The user a request impersonates (`kubectl --as`, `--as-group`), if any. Every
+/// authenticated user may impersonate until RBAC arrives, like every other verb.
+fn impersonated(request: &Request<Incoming>) -> Option<UserInfo> {
+    let headers = request.headers();
+    let name = headers.get("impersonate-user")?.to_str().ok()?.to_string();
+    let mut groups: Vec<String> = headers
+        .get_all("impersonate-group")
+        .iter()
+        .filter_map(|g| g.to_str().ok().map(str::to_string))
+        .collect();
+    if !groups.iter().any(|g| g == crate::auth::AUTHENTICATED_GROUP) {
+        groups.push(crate::auth::AUTHENTICATED_GROUP.to_string());
+    }
+    Some(UserInfo { name, groups })
 }
 
 /// A health endpoint's answer in kube-apiserver's format: `ok`, or with `?verbose` one

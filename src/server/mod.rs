@@ -22,7 +22,6 @@ pub use options::ServerOptions;
 
 use crate::api::registry::Registry;
 use crate::api::{self, Api, PeerService, Router};
-use crate::auth::Authenticator;
 use crate::client::HttpsClient;
 use crate::pki;
 use crate::raft::{self, RaftConfig, RaftNode};
@@ -101,7 +100,8 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
                 options.write_kubeconfig_mode
             )
         })?;
-    let service_ip = options.service_ip().map_err(anyhow::Error::msg)?;
+    let service_network = options.service_network().map_err(anyhow::Error::msg)?;
+    let service_ip = std::net::IpAddr::V4(service_network.first_ip());
     let server_dir = options.data_dir.join("server");
     create_private_dir(&options.data_dir)?;
     create_private_dir(&server_dir)?;
@@ -149,11 +149,11 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
         .context("starting the store")?;
     let store = Store::new(node.engine().clone(), node.clone());
 
-    let (api, reaper_queue) = Api::new(store.clone(), Registry::builtin());
+    let (api, reaper_queue) = Api::new(store.clone(), Registry::builtin(), service_network);
     let api = Arc::new(api);
     let router = Arc::new(Router::new(
         api.clone(),
-        Authenticator::default(),
+        api.authenticator.clone(),
         Some(Arc::new(RaftPeers(node.clone()))),
     ));
     let tls = Arc::new(pki::server_config(&certs.ca, &certs.serving).context("server TLS")?);
@@ -181,6 +181,7 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
 
     let background = {
         let api = api.clone();
+        let advertise_ip = options.advertise_ip();
         tokio::spawn(async move {
             while !api.store.ready().await {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -190,6 +191,16 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
                 tracing::warn!(error = %e, "creating the system namespaces failed; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
+            while let Err(e) =
+                api::bootstrap::ensure_kubernetes_service(&api, advertise_ip, port).await
+            {
+                tracing::warn!(error = %e, "creating the kubernetes Service failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            tokio::spawn(api::services::reconcile::run(
+                api.store.clone(),
+                api.services.clone(),
+            ));
             tracing::info!(revision = api.store.revision(), "kedge is ready");
             api::namespaces::run(api, reaper_queue).await;
         })

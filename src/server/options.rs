@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use crate::api::services::ServiceNetwork;
 use crate::raft::types::NodeId;
 
 #[derive(Args, Clone, Debug)]
@@ -68,6 +69,14 @@ pub struct ServerOptions {
     #[arg(long, env = "KEDGE_SERVICE_CIDR", default_value = "10.43.0.0/16")]
     pub service_cidr: String,
 
+    /// Port range NodePort Services draw from
+    #[arg(
+        long,
+        env = "KEDGE_SERVICE_NODE_PORT_RANGE",
+        default_value = "30000-32767"
+    )]
+    pub service_node_port_range: String,
+
     /// Cluster DNS domain
     #[arg(long, env = "KEDGE_CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,
@@ -120,32 +129,15 @@ impl ServerOptions {
         }
     }
 
+    /// The Service ranges from `--service-cidr` and `--service-node-port-range`.
+    pub fn service_network(&self) -> Result<ServiceNetwork, String> {
+        ServiceNetwork::parse(&self.service_cidr, &self.service_node_port_range)
+            .map_err(|e| format!("--service-cidr/--service-node-port-range: {e}"))
+    }
+
     /// The first address of the service CIDR (the `kubernetes` Service's ClusterIP).
     pub fn service_ip(&self) -> Result<IpAddr, String> {
-        let (base, bits) = self
-            .service_cidr
-            .split_once('/')
-            .ok_or_else(|| format!("--service-cidr {:?} is not a CIDR", self.service_cidr))?;
-        let base: std::net::Ipv4Addr = base.parse().map_err(|_| {
-            format!(
-                "--service-cidr {:?}: {base:?} is not an IPv4 address",
-                self.service_cidr
-            )
-        })?;
-        let bits: u32 = bits
-            .parse()
-            .ok()
-            .filter(|b| (1..=30).contains(b))
-            .ok_or_else(|| {
-                format!(
-                    "--service-cidr {:?}: prefix length must be 1 to 30",
-                    self.service_cidr
-                )
-            })?;
-        let mask = u32::MAX << (32 - bits);
-        Ok(IpAddr::from(std::net::Ipv4Addr::from(
-            (u32::from(base) & mask) + 1,
-        )))
+        Ok(IpAddr::V4(self.service_network()?.first_ip()))
     }
 
     /// The initial Raft membership: the flag's, or this server alone.
@@ -221,6 +213,7 @@ mod tests {
         };
         assert!(bad("10.43.0.0"));
         assert!(bad("10.43.0.0/33"));
+        assert!(bad("10.43.0.0/31"));
         assert!(bad("fd00::/64"));
         let ok = Cli::try_parse_from(["kedge", "--service-cidr", "10.96.5.7/12"])
             .unwrap()

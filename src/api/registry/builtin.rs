@@ -273,6 +273,11 @@ pub fn types() -> Vec<ResourceType> {
         }),
         // networking.k8s.io/v1
         define::<networking::v1::IngressClass>(PLAIN),
+        define::<networking::v1::IPAddress>(PLAIN),
+        define::<networking::v1::ServiceCIDR>(Spec {
+            subresources: STATUS,
+            ..PLAIN
+        }),
         define::<networking::v1::Ingress>(Spec {
             short: &["ing"],
             subresources: STATUS,

@@ -136,7 +136,10 @@ async fn delete_one(
             }
         }
         match call.api.store.delete(&key, Some(kv.mod_revision)).await {
-            Ok(_) => return Ok(current),
+            Ok(_) => {
+                super::hooks::release(call, &current, &Value::Null).await;
+                return Ok(current);
+            }
             Err(StoreError::Conflict { .. }) => continue,
             Err(e) => return Err(ApiError::from_store(e, target())),
         }

@@ -5,7 +5,9 @@
 
 pub(crate) mod create;
 mod delete;
+mod hooks;
 mod read;
+mod review;
 mod update;
 mod watch;
 
@@ -34,14 +36,23 @@ pub struct Api {
     pub registry: Arc<Registry>,
     pub openapi: super::openapi::OpenApi,
     pub reaper: super::namespaces::NamespaceReaper,
+    pub services: super::services::Allocator,
+    /// Who callers are (also what TokenReviews ask).
+    pub authenticator: crate::auth::Authenticator,
 }
 
 impl Api {
     /// The API over `store`, and the queue of namespaces to remove (for
     /// `namespaces::run`).
-    pub fn new(store: Store, registry: Registry) -> (Api, super::namespaces::ReaperQueue) {
+    pub fn new(
+        store: Store,
+        registry: Registry,
+        network: super::services::ServiceNetwork,
+    ) -> (Api, super::namespaces::ReaperQueue) {
         let (reaper, queue) = super::namespaces::NamespaceReaper::new();
         let api = Api {
+            services: super::services::Allocator::new(store.clone(), network),
+            authenticator: crate::auth::Authenticator::default(),
             store,
             registry: Arc::new(registry),
             openapi: Default::default(),
@@ -60,6 +71,8 @@ pub(crate) struct Call<'a> {
     accept: Option<String>,
     content_type: Option<String>,
     body: Bytes,
+    /// Who is asking.
+    user: crate::auth::UserInfo,
     /// Warnings for the `Warning` response header.
     warnings: std::sync::Mutex<Vec<String>>,
 }
@@ -159,9 +172,14 @@ impl Call<'_> {
     }
 }
 
-/// Serves a request for a resource.
-pub async fn handle(api: &Api, request: Request<Incoming>, path: ResourcePath) -> Response<Body> {
-    match serve(api, request, path).await {
+/// Serves `user`'s request for a resource.
+pub async fn handle(
+    api: &Api,
+    user: crate::auth::UserInfo,
+    request: Request<Incoming>,
+    path: ResourcePath,
+) -> Response<Body> {
+    match serve(api, user, request, path).await {
         Ok(response) => response,
         Err(error) => error.response(),
     }
@@ -190,6 +208,7 @@ async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
 
 async fn serve(
     api: &Api,
+    user: crate::auth::UserInfo,
     request: Request<Incoming>,
     path: ResourcePath,
 ) -> Result<Response<Body>, ApiError> {
@@ -237,9 +256,11 @@ async fn serve(
         accept,
         content_type,
         body,
+        user,
         warnings: Default::default(),
     };
     match verb {
+        Verb::Create if !call.resource.stored => review::create(&call).await,
         Verb::Get => read::get(&call).await,
         Verb::List => read::list(&call).await,
         Verb::Watch => watch::watch(&call).await,
@@ -312,7 +333,12 @@ fn validate(call: &Call<'_>, object: &Value) -> Result<(), ApiError> {
         }
     }
     let meta = object::metadata(object).cloned().unwrap_or_default();
-    let causes = validation::object_meta(&resource.kind, &meta);
+    let mut causes = validation::object_meta(&resource.kind, &meta);
+    causes.extend(validation::kinds::validate(
+        &resource.group,
+        &resource.kind,
+        object,
+    ));
     if !causes.is_empty() {
         return Err(ApiError::Invalid {
             target: call.target(meta.get("name").and_then(Value::as_str).unwrap_or_default()),
@@ -320,6 +346,20 @@ fn validate(call: &Call<'_>, object: &Value) -> Result<(), ApiError> {
         });
     }
     Ok(())
+}
+
+/// Checks that changing `current` into `new` touches nothing the kind forbids changing.
+fn validate_update(call: &Call<'_>, current: &Value, new: &Value) -> Result<(), ApiError> {
+    let resource = &call.resource;
+    let causes =
+        validation::immutable::validate_update(&resource.group, &resource.kind, current, new);
+    if causes.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::Invalid {
+        target: call.target(object::name(new)),
+        causes,
+    })
 }
 
 /// Makes `object` carry the endpoint's kind, apiVersion and namespace, or says why it can't.

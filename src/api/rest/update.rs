@@ -5,7 +5,7 @@
 use http::{Response, StatusCode};
 use serde_json::Value;
 
-use super::{check_type_and_namespace, spec, validate, ApiError, Call};
+use super::{check_type_and_namespace, hooks, spec, validate, validate_update, ApiError, Call};
 use crate::api::http::Body;
 use crate::api::object;
 use crate::store::{Consistency, KeyValue, StoreError};
@@ -182,6 +182,7 @@ async fn apply(call: &Call<'_>, change: Change<'_>) -> Result<Response<Body>, Ap
         let mut new = reconcile(call, &current, proposed)?;
         crate::api::defaults::apply(&call.resource.kind, &mut new);
         validate(call, &new)?;
+        validate_update(call, &current, &new)?;
         if without_resource_version(&new) == without_resource_version(&current) {
             // Nothing changed: no write, same resourceVersion, as upstream.
             return Ok(call.ok(StatusCode::OK, &current));
@@ -198,10 +199,14 @@ async fn apply(call: &Call<'_>, change: Change<'_>) -> Result<Response<Body>, Ap
                 Err(e) => Err(ApiError::from_store(e, target())),
             };
         }
-        match call
+        hooks::admit_update(call, &current, &mut new).await?;
+        let result = call
             .store_update(&key, &mut new, current_kv.mod_revision)
-            .await
-        {
+            .await;
+        if result.is_err() {
+            hooks::release(call, &new, &current).await;
+        }
+        match result {
             Ok(()) => return Ok(call.ok(StatusCode::OK, &new)),
             Err(StoreError::Conflict { .. }) if expected.is_none() => continue,
             Err(e) => return Err(ApiError::from_store(e, target())),

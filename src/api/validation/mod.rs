@@ -1,5 +1,9 @@
 //! Object validation as kube-apiserver does it, with its messages: names, labels and
-//! annotations of every object. Kind-specific rules come later per kind.
+//! annotations of every object here; kind-specific rules on create ([`kinds`]) and the
+//! fields that may not change on update ([`immutable`]).
+
+pub mod immutable;
+pub mod kinds;
 
 use serde_json::{Map, Value};
 

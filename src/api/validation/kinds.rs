@@ -1,0 +1,484 @@
+//! Kind-specific validation of new and changed objects, with upstream's field paths and
+//! messages: pod specs (in pods and every workload template), Services, and the
+//! selector/template agreement of workloads.
+
+use std::collections::HashSet;
+
+use serde_json::{Map, Value};
+
+use super::dns1123_label;
+use crate::api::error::FieldError;
+
+const RESTART_POLICIES: &[&str] = &["Always", "OnFailure", "Never"];
+const DNS_POLICIES: &[&str] = &["ClusterFirstWithHostNet", "ClusterFirst", "Default", "None"];
+const PULL_POLICIES: &[&str] = &["Always", "IfNotPresent", "Never"];
+const PROTOCOLS: &[&str] = &["TCP", "UDP", "SCTP"];
+const SERVICE_TYPES: &[&str] = &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"];
+
+/// The problems of `object` of `group`/`kind`, beyond its metadata.
+pub fn validate(group: &str, kind: &str, object: &Value) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    match (group, kind) {
+        ("", "Pod") => {
+            if let Some(spec) = object.get("spec") {
+                pod_spec(spec, "spec", &mut errors);
+            } else {
+                errors.push(FieldError::required("spec.containers", ""));
+            }
+        }
+        ("", "Service") => service(object, &mut errors),
+        ("apps", "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet") => {
+            workload(object, true, &mut errors)
+        }
+        ("", "ReplicationController") => workload(object, false, &mut errors),
+        ("batch", "Job") => job_template(
+            object.pointer("/spec/template"),
+            "spec.template",
+            &mut errors,
+        ),
+        ("batch", "CronJob") => job_template(
+            object.pointer("/spec/jobTemplate/spec/template"),
+            "spec.jobTemplate.spec.template",
+            &mut errors,
+        ),
+        _ => {}
+    }
+    errors
+}
+
+fn port_range(value: Option<&Value>, field: &str, required: bool, errors: &mut Vec<FieldError>) {
+    match value.and_then(Value::as_i64) {
+        None | Some(0) if required => errors.push(FieldError::required(field, "")),
+        None => {}
+        Some(port) if !(1..=65535).contains(&port) => errors.push(FieldError::invalid_raw(
+            field,
+            &port.to_string(),
+            "must be between 1 and 65535, inclusive",
+        )),
+        Some(_) => {}
+    }
+}
+
+fn one_of(value: Option<&Value>, field: &str, allowed: &[&str], errors: &mut Vec<FieldError>) {
+    if let Some(value) = value.and_then(Value::as_str) {
+        if !allowed.contains(&value) {
+            errors.push(FieldError::unsupported(field, value, allowed));
+        }
+    }
+}
+
+/// A pod spec at `path` (`spec`, `spec.template.spec`, ...).
+fn pod_spec(spec: &Value, path: &str, errors: &mut Vec<FieldError>) {
+    let containers = spec.get("containers").and_then(Value::as_array);
+    if containers.is_none_or(Vec::is_empty) {
+        errors.push(FieldError::required(&format!("{path}.containers"), ""));
+    }
+    let mut names = HashSet::new();
+    for list in ["initContainers", "containers"] {
+        for (i, c) in spec
+            .get(list)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            container(c, &format!("{path}.{list}[{i}]"), &mut names, errors);
+        }
+    }
+    one_of(
+        spec.get("restartPolicy"),
+        &format!("{path}.restartPolicy"),
+        RESTART_POLICIES,
+        errors,
+    );
+    one_of(
+        spec.get("dnsPolicy"),
+        &format!("{path}.dnsPolicy"),
+        DNS_POLICIES,
+        errors,
+    );
+    if let Some(grace) = spec
+        .get("terminationGracePeriodSeconds")
+        .and_then(Value::as_i64)
+    {
+        if grace < 0 {
+            errors.push(FieldError::invalid_raw(
+                &format!("{path}.terminationGracePeriodSeconds"),
+                &grace.to_string(),
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
+    let mut volume_names = HashSet::new();
+    for (i, volume) in spec
+        .get("volumes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let field = format!("{path}.volumes[{i}].name");
+        match volume
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+        {
+            "" => errors.push(FieldError::required(&field, "")),
+            name if !volume_names.insert(name.to_string()) => {
+                errors.push(FieldError::duplicate(&field, name))
+            }
+            name => errors.extend(
+                dns1123_label(name)
+                    .into_iter()
+                    .map(|p| FieldError::invalid(&field, name, &p)),
+            ),
+        }
+    }
+}
+
+fn container(c: &Value, path: &str, names: &mut HashSet<String>, errors: &mut Vec<FieldError>) {
+    let name_field = format!("{path}.name");
+    match c.get("name").and_then(Value::as_str).unwrap_or_default() {
+        "" => errors.push(FieldError::required(&name_field, "")),
+        name => {
+            let problems = dns1123_label(name);
+            if !problems.is_empty() {
+                errors.extend(
+                    problems
+                        .iter()
+                        .map(|p| FieldError::invalid(&name_field, name, p)),
+                );
+            } else if !names.insert(name.to_string()) {
+                errors.push(FieldError::duplicate(&name_field, name));
+            }
+        }
+    }
+    if c.get("image")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .trim()
+        .is_empty()
+    {
+        errors.push(FieldError::required(&format!("{path}.image"), ""));
+    }
+    one_of(
+        c.get("imagePullPolicy"),
+        &format!("{path}.imagePullPolicy"),
+        PULL_POLICIES,
+        errors,
+    );
+    let mut port_names = HashSet::new();
+    for (i, port) in c
+        .get("ports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let at = format!("{path}.ports[{i}]");
+        port_range(
+            port.get("containerPort"),
+            &format!("{at}.containerPort"),
+            true,
+            errors,
+        );
+        port_range(
+            port.get("hostPort"),
+            &format!("{at}.hostPort"),
+            false,
+            errors,
+        );
+        one_of(
+            port.get("protocol"),
+            &format!("{at}.protocol"),
+            PROTOCOLS,
+            errors,
+        );
+        if let Some(name) = port
+            .get("name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+        {
+            if !port_names.insert(name.to_string()) {
+                errors.push(FieldError::duplicate(&format!("{at}.name"), name));
+            }
+        }
+    }
+    for (i, env) in c
+        .get("env")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        if env
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .is_empty()
+        {
+            errors.push(FieldError::required(&format!("{path}.env[{i}].name"), ""));
+        }
+    }
+}
+
+fn service(object: &Value, errors: &mut Vec<FieldError>) {
+    let Some(spec) = object.get("spec") else {
+        errors.push(FieldError::required("spec.ports", ""));
+        return;
+    };
+    one_of(spec.get("type"), "spec.type", SERVICE_TYPES, errors);
+    let kind = spec
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP");
+    let headless = spec.get("clusterIP").and_then(Value::as_str) == Some("None");
+    let ports = spec.get("ports").and_then(Value::as_array);
+    if kind == "ExternalName" {
+        let name = spec
+            .get("externalName")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if name.is_empty() {
+            errors.push(FieldError::required("spec.externalName", ""));
+        }
+    } else if ports.is_none_or(Vec::is_empty) && !headless {
+        errors.push(FieldError::required("spec.ports", ""));
+    }
+    let ports = ports.map(Vec::as_slice).unwrap_or_default();
+    let mut names = HashSet::new();
+    for (i, port) in ports.iter().enumerate() {
+        let at = format!("spec.ports[{i}]");
+        let name = port.get("name").and_then(Value::as_str).unwrap_or_default();
+        if ports.len() > 1 && name.is_empty() {
+            errors.push(FieldError::required(&format!("{at}.name"), ""));
+        } else if !name.is_empty() {
+            let problems = dns1123_label(name);
+            errors.extend(
+                problems
+                    .iter()
+                    .map(|p| FieldError::invalid(&format!("{at}.name"), name, p)),
+            );
+            if problems.is_empty() && !names.insert(name.to_string()) {
+                errors.push(FieldError::duplicate(&format!("{at}.name"), name));
+            }
+        }
+        port_range(port.get("port"), &format!("{at}.port"), true, errors);
+        one_of(
+            port.get("protocol"),
+            &format!("{at}.protocol"),
+            PROTOCOLS,
+            errors,
+        );
+        if let Some(target) = port.get("targetPort").and_then(Value::as_i64) {
+            port_range(
+                Some(&Value::from(target)),
+                &format!("{at}.targetPort"),
+                false,
+                errors,
+            );
+        }
+    }
+}
+
+/// `map[string]string{"a":"b", "c":"d"}`, as upstream prints label maps in errors.
+pub(super) fn go_string_map(map: &Map<String, Value>) -> String {
+    let mut pairs: Vec<String> = map
+        .iter()
+        .map(|(k, v)| format!("{k:?}:{:?}", v.as_str().unwrap_or_default()))
+        .collect();
+    pairs.sort();
+    format!("map[string]string{{{}}}", pairs.join(", "))
+}
+
+/// Whether a LabelSelector (`matchLabels`, `matchExpressions`) selects `labels`.
+pub fn selector_matches(selector: &Value, labels: &Map<String, Value>) -> bool {
+    let label = |key: &str| labels.get(key).and_then(Value::as_str);
+    let match_labels = selector
+        .get("matchLabels")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .all(|(k, v)| label(k) == v.as_str());
+    let expressions = selector
+        .get("matchExpressions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .all(|e| {
+            let key = e.get("key").and_then(Value::as_str).unwrap_or_default();
+            let values: Vec<&str> = e
+                .get("values")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            match e
+                .get("operator")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+            {
+                "In" => label(key).is_some_and(|v| values.contains(&v)),
+                "NotIn" => label(key).is_none_or(|v| !values.contains(&v)),
+                "Exists" => label(key).is_some(),
+                "DoesNotExist" => label(key).is_none(),
+                _ => false,
+            }
+        });
+    match_labels && expressions
+}
+
+/// A workload: a selector (`label_selector`: a LabelSelector, else a plain map as in
+/// ReplicationControllers) that selects its template's labels, a valid template.
+fn workload(object: &Value, label_selector: bool, errors: &mut Vec<FieldError>) {
+    let Some(spec) = object.get("spec") else {
+        return;
+    };
+    if let Some(replicas) = spec.get("replicas").and_then(Value::as_i64) {
+        if replicas < 0 {
+            errors.push(FieldError::invalid_raw(
+                "spec.replicas",
+                &replicas.to_string(),
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
+    let selector = spec.get("selector").filter(|s| !s.is_null());
+    let selector = match (selector, label_selector) {
+        (Some(s), true) => Some(s.clone()),
+        (Some(s), false) => Some(serde_json::json!({"matchLabels": s})),
+        (None, _) => None,
+    };
+    let empty_selector = selector.as_ref().is_none_or(|s| {
+        s.get("matchLabels")
+            .and_then(Value::as_object)
+            .is_none_or(Map::is_empty)
+            && s.get("matchExpressions")
+                .and_then(Value::as_array)
+                .is_none_or(Vec::is_empty)
+    });
+    if empty_selector && label_selector {
+        errors.push(FieldError::required("spec.selector", ""));
+    }
+    let Some(template) = spec.get("template") else {
+        errors.push(FieldError::required("spec.template", ""));
+        return;
+    };
+    let labels = template
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    if let Some(selector) = selector.filter(|_| !empty_selector) {
+        if !selector_matches(&selector, &labels) {
+            errors.push(FieldError::invalid_raw(
+                "spec.template.metadata.labels",
+                &go_string_map(&labels),
+                "`selector` does not match template `labels`",
+            ));
+        }
+    }
+    match template.get("spec") {
+        Some(pod) => pod_spec(pod, "spec.template.spec", errors),
+        None => errors.push(FieldError::required("spec.template.spec.containers", "")),
+    }
+}
+
+/// A Job's pod template: a valid pod spec that restarts OnFailure or Never.
+fn job_template(template: Option<&Value>, path: &str, errors: &mut Vec<FieldError>) {
+    let Some(spec) = template.and_then(|t| t.get("spec")) else {
+        errors.push(FieldError::required(&format!("{path}.spec.containers"), ""));
+        return;
+    };
+    pod_spec(spec, &format!("{path}.spec"), errors);
+    let field = format!("{path}.spec.restartPolicy");
+    match spec.get("restartPolicy").and_then(Value::as_str) {
+        Some("OnFailure" | "Never") => {}
+        Some(other) => errors.push(FieldError::unsupported(
+            &field,
+            other,
+            &["OnFailure", "Never"],
+        )),
+        None => errors.push(FieldError::required(&field, "")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn messages(errors: &[FieldError]) -> Vec<String> {
+        errors
+            .iter()
+            .map(|e| format!("{}: {}", e.field, e.message))
+            .collect()
+    }
+
+    #[test]
+    fn pods_need_named_containers_with_images() {
+        let pod = json!({"spec": {"restartPolicy": "Sometimes", "containers": [
+            {"name": "Web", "image": "x"}, {"name": "a"}, {"name": "a", "image": "y",
+             "ports": [{"containerPort": 70000}]},
+        ]}});
+        let errors = messages(&validate("", "Pod", &pod));
+        assert!(
+            errors.iter().any(|e| e.starts_with(
+                "spec.containers[0].name: Invalid value: \"Web\": a lowercase RFC 1123 label"
+            )),
+            "{errors:?}"
+        );
+        assert!(errors.contains(&"spec.containers[1].image: Required value".to_string()));
+        assert!(errors.contains(&"spec.containers[2].name: Duplicate value: \"a\"".to_string()));
+        assert!(errors.contains(&"spec.containers[2].ports[0].containerPort: Invalid value: 70000: must be between 1 and 65535, inclusive".to_string()));
+        assert!(errors.contains(&"spec.restartPolicy: Unsupported value: \"Sometimes\": supported values: \"Always\", \"OnFailure\", \"Never\"".to_string()));
+        assert_eq!(
+            messages(&validate("", "Pod", &json!({"spec": {}}))),
+            vec!["spec.containers: Required value"]
+        );
+    }
+
+    #[test]
+    fn workload_selectors_must_select_the_template() {
+        let deployment = json!({"spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "api", "tier": "x"}},
+                         "spec": {"containers": [{"name": "c", "image": "i"}]}},
+        }});
+        assert_eq!(
+            messages(&validate("apps", "Deployment", &deployment)),
+            vec!["spec.template.metadata.labels: Invalid value: map[string]string{\"app\":\"api\", \"tier\":\"x\"}: `selector` does not match template `labels`"]
+        );
+        let ok = json!({"spec": {
+            "selector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["api"]}]},
+            "template": {"metadata": {"labels": {"app": "api"}},
+                         "spec": {"containers": [{"name": "c", "image": "i"}]}},
+        }});
+        assert!(validate("apps", "Deployment", &ok).is_empty());
+        let job = json!({"spec": {"template": {"spec": {"restartPolicy": "Always", "containers": [{"name": "c", "image": "i"}]}}}});
+        assert_eq!(
+            messages(&validate("batch", "Job", &job)),
+            vec!["spec.template.spec.restartPolicy: Unsupported value: \"Always\": supported values: \"OnFailure\", \"Never\""]
+        );
+    }
+
+    #[test]
+    fn services_need_ports_with_names() {
+        let service = json!({"spec": {"type": "ClusterIP", "ports": [{"port": 80}, {"port": 0, "name": "b"}]}});
+        assert_eq!(
+            messages(&validate("", "Service", &service)),
+            vec![
+                "spec.ports[0].name: Required value",
+                "spec.ports[1].port: Required value"
+            ]
+        );
+        let external = json!({"spec": {"type": "ExternalName"}});
+        assert_eq!(
+            messages(&validate("", "Service", &external)),
+            vec!["spec.externalName: Required value"]
+        );
+        assert!(validate("", "Service", &json!({"spec": {"clusterIP": "None"}})).is_empty());
+    }
+}
