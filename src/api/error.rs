@@ -34,6 +34,17 @@ impl Target {
     }
 }
 
+impl Target {
+    /// `Deployment.apps`, or `Pod` in the core group, as upstream names kinds in errors.
+    pub fn qualified_kind(&self) -> String {
+        if self.group.is_empty() {
+            self.kind.clone()
+        } else {
+            format!("{}.{}", self.kind, self.group)
+        }
+    }
+}
+
 /// One invalid field.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldError {
@@ -115,7 +126,7 @@ pub enum ApiError {
     AlreadyExists(Target),
     #[error("Operation cannot be fulfilled on {} {:?}: {message}", .target.qualified_resource, .target.name)]
     Conflict { target: Target, message: String },
-    #[error("{} {:?} is invalid: {}", .target.kind, .target.name, join_causes(.causes))]
+    #[error("{} {:?} is invalid: {}", .target.qualified_kind(), .target.name, join_causes(.causes))]
     Invalid {
         target: Target,
         causes: Vec<FieldError>,
@@ -144,6 +155,13 @@ pub enum ApiError {
     Unprocessable(String),
     #[error("{0}")]
     Unavailable(String),
+    /// 429: the request would break a limit that may lift later (a disruption budget).
+    #[error("{message}")]
+    TooManyRequests {
+        message: String,
+        /// (reason, message) of each cause.
+        causes: Vec<(String, String)>,
+    },
     #[error("{0}")]
     Timeout(String),
     #[error("Internal error occurred: {0}")]
@@ -182,6 +200,7 @@ impl ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
             ApiError::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
+            ApiError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"),
             ApiError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "Timeout"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
         }
@@ -216,6 +235,19 @@ impl ApiError {
                             field: Some(c.field.clone()),
                             message: Some(c.message.clone()),
                             reason: Some(c.reason.to_string()),
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            ApiError::TooManyRequests { causes, .. } => Some(StatusDetails {
+                causes: Some(
+                    causes
+                        .iter()
+                        .map(|(reason, message)| StatusCause {
+                            reason: Some(reason.clone()),
+                            message: Some(message.clone()),
+                            field: None,
                         })
                         .collect(),
                 ),

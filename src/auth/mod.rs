@@ -8,6 +8,8 @@
 //!
 //! Must not touch: what a user may do (authorization arrives with RBAC) or TLS itself.
 
+pub mod service_account;
+
 use std::sync::Arc;
 
 use futures::future::BoxFuture;

@@ -22,6 +22,8 @@ pub use options::ServerOptions;
 
 use crate::api::registry::Registry;
 use crate::api::{self, Api, PeerService, Router};
+use crate::auth::service_account::ServiceAccountTokens;
+use crate::auth::Authenticator;
 use crate::client::HttpsClient;
 use crate::pki;
 use crate::raft::{self, RaftConfig, RaftNode};
@@ -149,7 +151,19 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
         .context("starting the store")?;
     let store = Store::new(node.engine().clone(), node.clone());
 
-    let (api, reaper_queue) = Api::new(store.clone(), Registry::builtin(), service_network);
+    let (mut api, reaper_queue) = Api::new(store.clone(), Registry::builtin(), service_network);
+    let service_account_key = pki::ensure_service_account_key(&tls_dir)
+        .context("setting up the service account signing key")?;
+    let tokens = Arc::new(
+        ServiceAccountTokens::new(
+            &service_account_key,
+            &options.cluster_domain,
+            Arc::new(api::rest::token::StoreLookup(store.clone())),
+        )
+        .context("loading the service account signing key")?,
+    );
+    api.authenticator = Authenticator::new(vec![tokens.clone()]);
+    api.tokens = Some(tokens);
     let api = Arc::new(api);
     let router = Arc::new(Router::new(
         api.clone(),

@@ -15,7 +15,7 @@ use crate::store::{Consistency, StoreError};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Preconditions {
+pub(super) struct Preconditions {
     uid: Option<String>,
     resource_version: Option<String>,
 }
@@ -23,7 +23,7 @@ struct Preconditions {
 /// The parts of DeleteOptions kedge acts on.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct DeleteOptions {
+pub(super) struct DeleteOptions {
     preconditions: Option<Preconditions>,
     grace_period_seconds: Option<i64>,
 }
@@ -99,7 +99,7 @@ fn pod_grace(object: &Value, options: &DeleteOptions) -> Option<i64> {
 }
 
 /// Deletes (or marks for deletion) one object; returns it as it ends up.
-async fn delete_one(
+pub(super) async fn delete_one(
     call: &Call<'_>,
     name: &str,
     options: &DeleteOptions,

@@ -3,11 +3,15 @@
 //! resource path and method to them and owns what they share: the request's query, body
 //! limits and the preparation of objects before they are written.
 
+mod binding;
 pub(crate) mod create;
 mod delete;
+mod eviction;
 mod hooks;
 mod read;
 mod review;
+mod scale;
+pub mod token;
 mod update;
 mod watch;
 
@@ -39,6 +43,8 @@ pub struct Api {
     pub services: super::services::Allocator,
     /// Who callers are (also what TokenReviews ask).
     pub authenticator: crate::auth::Authenticator,
+    /// Issues service account tokens (`serviceaccounts/<name>/token`).
+    pub tokens: Option<Arc<crate::auth::service_account::ServiceAccountTokens>>,
 }
 
 impl Api {
@@ -53,6 +59,7 @@ impl Api {
         let api = Api {
             services: super::services::Allocator::new(store.clone(), network),
             authenticator: crate::auth::Authenticator::default(),
+            tokens: None,
             store,
             registry: Arc::new(registry),
             openapi: Default::default(),
@@ -226,13 +233,23 @@ async fn serve(
         if !resource.subresources.contains(sub) {
             return Err(ApiError::UnknownResource);
         }
-        if sub != "status" {
-            return Err(ApiError::Unavailable(format!(
-                "the {}/{sub} subresource is not served by this kedge server yet",
-                resource.plural
-            )));
-        }
-        if !matches!(verb, Verb::Get | Verb::Update | Verb::Patch) {
+        let verbs: &[Verb] = match sub.as_str() {
+            "status" | "scale" => &[Verb::Get, Verb::Update, Verb::Patch],
+            "binding" | "eviction" | "token" => &[Verb::Create],
+            "log" | "exec" | "attach" | "portforward" | "proxy" => {
+                return Err(ApiError::Unavailable(format!(
+                    "the {}/{sub} subresource is served by the node's agent, which this kedge server does not run yet",
+                    resource.plural
+                )))
+            }
+            _ => {
+                return Err(ApiError::Unavailable(format!(
+                    "the {}/{sub} subresource is not served by this kedge server yet",
+                    resource.plural
+                )))
+            }
+        };
+        if !verbs.contains(&verb) {
             return Err(ApiError::MethodNotAllowed);
         }
     } else if !resource.supports(verb.as_str()) {
@@ -259,6 +276,15 @@ async fn serve(
         user,
         warnings: Default::default(),
     };
+    match (call.path.subresource.as_deref(), verb) {
+        (Some("scale"), Verb::Get) => return scale::get(&call).await,
+        (Some("scale"), Verb::Update) => return scale::update(&call, false).await,
+        (Some("scale"), Verb::Patch) => return scale::update(&call, true).await,
+        (Some("binding"), _) => return binding::create(&call).await,
+        (Some("eviction"), _) => return eviction::create(&call).await,
+        (Some("token"), _) => return token::create(&call).await,
+        _ => {}
+    }
     match verb {
         Verb::Create if !call.resource.stored => review::create(&call).await,
         Verb::Get => read::get(&call).await,

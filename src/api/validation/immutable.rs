@@ -15,15 +15,11 @@ pub fn validate_update(group: &str, kind: &str, current: &Value, new: &Value) ->
     let mut errors = Vec::new();
     let unchanged = |pointer: &str| current.pointer(pointer) == new.pointer(pointer);
     match (group, kind) {
-        ("", "Pod") => {
-            if !pod_spec_update_allowed(current.get("spec"), new.get("spec")) {
-                errors.push(FieldError::forbidden("spec", POD_UPDATE));
-            }
+        ("", "Pod") if !pod_spec_update_allowed(current.get("spec"), new.get("spec")) => {
+            errors.push(FieldError::forbidden("spec", POD_UPDATE));
         }
-        ("apps", "Deployment" | "ReplicaSet" | "DaemonSet") => {
-            if !unchanged("/spec/selector") {
-                errors.push(immutable_selector(new.pointer("/spec/selector")));
-            }
+        ("apps", "Deployment" | "ReplicaSet" | "DaemonSet") if !unchanged("/spec/selector") => {
+            errors.push(immutable_selector(new.pointer("/spec/selector")));
         }
         ("apps", "StatefulSet") => {
             let frozen = |object: &Value| {
@@ -100,14 +96,14 @@ pub fn validate_update(group: &str, kind: &str, current: &Value, new: &Value) ->
                 errors.push(FieldError::invalid("type", shown, "field is immutable"));
             }
         }
-        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => {
-            if !unchanged("/roleRef") {
-                errors.push(FieldError::invalid_raw(
-                    "roleRef",
-                    &new.get("roleRef").map(Value::to_string).unwrap_or_default(),
-                    "cannot change roleRef",
-                ));
-            }
+        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding")
+            if !unchanged("/roleRef") =>
+        {
+            errors.push(FieldError::invalid_raw(
+                "roleRef",
+                &new.get("roleRef").map(Value::to_string).unwrap_or_default(),
+                "cannot change roleRef",
+            ));
         }
         ("", "PersistentVolumeClaim") => {
             let frozen = |object: &Value| {
