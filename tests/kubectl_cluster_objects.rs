@@ -417,3 +417,78 @@ async fn auth_commands_and_service_account_tokens() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_encrypted_at_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = started_server(dir.path()).await;
+    let k = kubectl(&server);
+    let plain = "correct-horse-battery-staple";
+    k.ok_with(
+        &["apply", "-f", "-"],
+        Some(&format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: db}}\nstringData: {{password: {plain}}}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: open}}\ndata: {{note: {plain}}}\n")),
+    );
+    // What the store holds (as the Raft peers see it): ciphertext for the Secret only.
+    let raw = common::store_client(&server)
+        .range_all("/registry/core/", false)
+        .await
+        .unwrap();
+    let value_of = |key: &str| {
+        raw.items
+            .iter()
+            .find(|kv| kv.key == key)
+            .map(|kv| kv.value.clone())
+            .unwrap_or_else(|| panic!("{key} is stored"))
+    };
+    let secret = value_of("/registry/core/secrets/default/db");
+    assert!(secret.starts_with(b"k8s:enc:aesgcm:v1:key1:"), "{secret:?}");
+    let encoded = base64_of(plain);
+    let contains = |haystack: &[u8], needle: &str| {
+        haystack
+            .windows(needle.len())
+            .any(|w| w == needle.as_bytes())
+    };
+    assert!(!contains(&secret, &encoded) && !contains(&secret, plain));
+    assert!(contains(
+        &value_of("/registry/core/configmaps/default/open"),
+        plain
+    ));
+    // Nor is it anywhere in the database files once checkpointed (after a restart).
+    server.terminate();
+    let mut files = vec![dir.path().join("server/db")];
+    let mut config_map_seen = false;
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else if path.extension().is_some_and(|e| e == "redb") {
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(
+                !contains(&bytes, &encoded),
+                "{} holds the secret in the clear",
+                path.display()
+            );
+            config_map_seen |= contains(&bytes, plain);
+        }
+    }
+    assert!(
+        config_map_seen,
+        "the scan reads the database: the ConfigMap is in it"
+    );
+    server.start();
+    server.wait_ready(Duration::from_secs(30)).await;
+    let k = kubectl(&server);
+    assert_eq!(
+        jsonpath(&k, &["get", "secret", "db"], "{.data.password}"),
+        encoded
+    );
+    let key = std::fs::metadata(dir.path().join("server/encryption.key")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&key.permissions()) & 0o777,
+        0o600
+    );
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}

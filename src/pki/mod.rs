@@ -24,7 +24,9 @@ pub use kubeconfig::{parse_file_mode, write_kubeconfig};
 pub use leaf::CertKeyPair;
 pub use options::{host_addresses, PkiOptions};
 pub use server::{ensure_server_pki, ServerPki, LEAF_VALIDITY, RENEW_BEFORE};
-pub use service_account::{ensure_service_account_key, SERVICE_ACCOUNT_KEY};
+pub use service_account::{
+    ensure_encryption_key, ensure_service_account_key, ENCRYPTION_KEY, SERVICE_ACCOUNT_KEY,
+};
 pub use tls::{client_config, server_config};
 pub use token::{ensure_token, JoinToken};
 

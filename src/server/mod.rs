@@ -27,7 +27,11 @@ use crate::auth::Authenticator;
 use crate::client::HttpsClient;
 use crate::pki;
 use crate::raft::{self, RaftConfig, RaftNode};
+use crate::store::encryption::Encryption;
 use crate::store::Store;
+
+/// Where Secrets are stored: encrypted at rest.
+const SECRETS_PREFIX: &str = "/registry/core/secrets/";
 
 /// The Raft transport mounted on the API port, for servers only.
 struct RaftPeers(Arc<RaftNode>);
@@ -149,7 +153,11 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
     let node = RaftNode::start(raft_config, client)
         .await
         .context("starting the store")?;
-    let store = Store::new(node.engine().clone(), node.clone());
+    let encryption_key = pki::ensure_encryption_key(&server_dir)
+        .context("setting up the key Secrets are encrypted with")?;
+    let encryption = Encryption::new("key1", &encryption_key, vec![SECRETS_PREFIX.to_string()])
+        .context("loading the encryption key")?;
+    let store = Store::new(node.engine().clone(), node.clone()).with_encryption(encryption);
 
     let (mut api, reaper_queue) = Api::new(store.clone(), Registry::builtin(), service_network);
     let service_account_key = pki::ensure_service_account_key(&tls_dir)

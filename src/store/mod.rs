@@ -9,6 +9,7 @@
 //! which orders them and calls [`Engine::apply_batch`] on every replica; reads are served from
 //! the local engine, after [`Replicator::read_barrier`] when they must be linearizable.
 
+pub mod encryption;
 pub mod engine;
 mod types;
 mod watch;
@@ -53,11 +54,62 @@ pub enum Consistency {
 pub struct Store {
     engine: Arc<Engine>,
     replicator: Arc<dyn Replicator>,
+    encryption: Option<Arc<encryption::Encryption>>,
 }
 
 impl Store {
     pub fn new(engine: Arc<Engine>, replicator: Arc<dyn Replicator>) -> Store {
-        Store { engine, replicator }
+        Store {
+            engine,
+            replicator,
+            encryption: None,
+        }
+    }
+
+    /// This store, encrypting at rest what `encryption` covers.
+    pub fn with_encryption(mut self, encryption: encryption::Encryption) -> Store {
+        self.encryption = Some(Arc::new(encryption));
+        self
+    }
+
+    fn seal(&self, key: &str, value: Bytes) -> Result<Bytes, StoreError> {
+        match &self.encryption {
+            Some(e) => e.seal(key, value),
+            None => Ok(value),
+        }
+    }
+
+    fn open(&self, mut kv: KeyValue) -> Result<KeyValue, StoreError> {
+        if let Some(e) = &self.encryption {
+            kv.value = e.open(&kv.key, kv.value)?;
+        }
+        Ok(kv)
+    }
+
+    /// The plain form of an error's current value.
+    fn open_error(&self, error: StoreError) -> StoreError {
+        match error {
+            StoreError::AlreadyExists { key, current } => match self.open(*current) {
+                Ok(current) => StoreError::AlreadyExists {
+                    key,
+                    current: Box::new(current),
+                },
+                Err(e) => e,
+            },
+            StoreError::Conflict {
+                key,
+                expected,
+                current,
+            } => match self.open(*current) {
+                Ok(current) => StoreError::Conflict {
+                    key,
+                    expected,
+                    current: Box::new(current),
+                },
+                Err(e) => e,
+            },
+            other => other,
+        }
     }
 
     /// The revision this replica has applied up to.
@@ -81,11 +133,11 @@ impl Store {
     pub async fn create(&self, key: &str, value: Bytes) -> Result<KeyValue, StoreError> {
         let command = Command::Create {
             key: key.to_string(),
-            value,
+            value: self.seal(key, value.clone())?,
         };
         match self.propose(command).await? {
-            CommandOutcome::Created(kv) => Ok(kv),
-            other => Err(outcome_error(key, None, other)),
+            CommandOutcome::Created(kv) => Ok(KeyValue { value, ..kv }),
+            other => Err(self.open_error(outcome_error(key, None, other))),
         }
     }
 
@@ -99,12 +151,12 @@ impl Store {
     ) -> Result<KeyValue, StoreError> {
         let command = Command::Update {
             key: key.to_string(),
-            value,
+            value: self.seal(key, value.clone())?,
             expected_mod_revision,
         };
         match self.propose(command).await? {
-            CommandOutcome::Updated { kv, .. } => Ok(kv),
-            other => Err(outcome_error(key, expected_mod_revision, other)),
+            CommandOutcome::Updated { kv, .. } => Ok(KeyValue { value, ..kv }),
+            other => Err(self.open_error(outcome_error(key, expected_mod_revision, other))),
         }
     }
 
@@ -120,8 +172,8 @@ impl Store {
             expected_mod_revision,
         };
         match self.propose(command).await? {
-            CommandOutcome::Deleted { prev, revision } => Ok((prev, revision)),
-            other => Err(outcome_error(key, expected_mod_revision, other)),
+            CommandOutcome::Deleted { prev, revision } => Ok((self.open(prev)?, revision)),
+            other => Err(self.open_error(outcome_error(key, expected_mod_revision, other))),
         }
     }
 
@@ -165,7 +217,8 @@ impl Store {
     ) -> Result<Option<KeyValue>, StoreError> {
         self.barrier(consistency).await?;
         let key = key.to_string();
-        self.blocking(move |engine| Ok(engine.get(&key)?)).await
+        let kv = self.blocking(move |engine| Ok(engine.get(&key)?)).await?;
+        kv.map(|kv| self.open(kv)).transpose()
     }
 
     /// The value `key` had at `revision` (within the history window).
@@ -178,8 +231,10 @@ impl Store {
             self.barrier(Consistency::Linearizable).await?;
         }
         let key = key.to_string();
-        self.blocking(move |engine| engine.get_at(&key, revision))
-            .await
+        let kv = self
+            .blocking(move |engine| engine.get_at(&key, revision))
+            .await?;
+        kv.map(|kv| self.open(kv)).transpose()
     }
 
     /// One page of the keys under `prefix`. A continue token pins later pages to the first
@@ -194,8 +249,17 @@ impl Store {
             self.barrier(consistency).await?;
         }
         let prefix = prefix.to_string();
-        self.blocking(move |engine| engine.list(&prefix, &options))
-            .await
+        let mut page = self
+            .blocking(move |engine| engine.list(&prefix, &options))
+            .await?;
+        if self.encryption.is_some() {
+            page.items = page
+                .items
+                .into_iter()
+                .map(|kv| self.open(kv))
+                .collect::<Result<_, _>>()?;
+        }
+        Ok(page)
     }
 
     /// Whether linearizable requests can be served now: a leader is known and this replica
@@ -210,7 +274,8 @@ impl Store {
 
     /// Events under `prefix` after revision `after`: history first, then live.
     pub fn watch(&self, prefix: &str, after: Revision) -> Result<Watcher, StoreError> {
-        Watcher::new(self.engine.clone(), prefix, after)
+        Ok(Watcher::new(self.engine.clone(), prefix, after)?
+            .with_encryption(self.encryption.clone()))
     }
 }
 

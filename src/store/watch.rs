@@ -66,6 +66,8 @@ pub struct Watcher {
     pending: VecDeque<Event>,
     needs_replay: bool,
     finished: bool,
+    /// Opens values encrypted at rest.
+    encryption: Option<Arc<super::encryption::Encryption>>,
 }
 
 impl Watcher {
@@ -93,7 +95,29 @@ impl Watcher {
             pending: VecDeque::new(),
             needs_replay: true,
             finished: false,
+            encryption: None,
         })
+    }
+
+    pub(crate) fn with_encryption(
+        mut self,
+        encryption: Option<Arc<super::encryption::Encryption>>,
+    ) -> Self {
+        self.encryption = encryption;
+        self
+    }
+
+    fn open(&self, mut event: Event) -> Result<Event, StoreError> {
+        let Some(encryption) = &self.encryption else {
+            return Ok(event);
+        };
+        if event.kind == super::EventKind::Put {
+            event.kv.value = encryption.open(&event.kv.key, event.kv.value)?;
+        }
+        if let Some(prev) = event.prev.as_mut() {
+            prev.value = encryption.open(&prev.key, std::mem::take(&mut prev.value))?;
+        }
+        Ok(event)
     }
 
     /// The revision up to which this watcher has seen history (for bookmarks).
@@ -106,7 +130,11 @@ impl Watcher {
     pub async fn next(&mut self) -> Option<Result<Event, StoreError>> {
         loop {
             if let Some(event) = self.pending.pop_front() {
-                return Some(Ok(event));
+                let opened = self.open(event);
+                if opened.is_err() {
+                    self.finished = true;
+                }
+                return Some(opened);
             }
             if self.finished {
                 return None;
