@@ -41,7 +41,8 @@ stop:
 	fi
 	@rm -f $(PIDFILE)
 
-test: deps
+test:
+	sh packaging/deps.sh --test
 	cargo test --locked
 
 lint:

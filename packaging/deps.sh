@@ -1,9 +1,13 @@
 #!/bin/sh
-# Installs what building, testing (and with --bench, benchmarking) kedge needs on a Debian
-# machine, skipping whatever is already there. Run as root.
+# Installs what building (and with --test, testing; with --bench, benchmarking) kedge needs
+# on a Debian machine, skipping whatever is already there. Run as root.
 set -eu
 
 packages="build-essential pkg-config libseccomp-dev nftables busybox-static iproute2 curl ca-certificates git"
+if [ "${1:-}" = "--test" ]; then
+    # The Python client test runs the official `kubernetes` package from a venv.
+    packages="$packages python3 python3-venv"
+fi
 if [ "${1:-}" = "--bench" ]; then
     # etcd is the benchmark's point of comparison; its client crate compiles protobufs.
     packages="$packages etcd-server procps protobuf-compiler libprotobuf-dev"
@@ -37,4 +41,14 @@ if ! command -v kubectl >/dev/null 2>&1; then
         exit 1
     fi
     chmod 0755 /usr/local/bin/kubectl
+fi
+
+# The official Python client, at the Kubernetes minor kedge serves, for tests/python_client.rs.
+if [ "${1:-}" = "--test" ]; then
+    venv=/opt/kedge-test/venv
+    if ! "$venv/bin/python" -c 'import kubernetes' >/dev/null 2>&1; then
+        echo "installing the Python kubernetes client into $venv"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check 'kubernetes==33.1.0'
+    fi
 fi

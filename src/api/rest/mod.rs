@@ -192,6 +192,12 @@ pub async fn handle(
     }
 }
 
+/// A boolean query parameter as upstream reads one: present and not `0` or `false` (any
+/// case) is true — clients send `true`, `True` and `1`.
+pub(super) fn query_bool(value: Option<&str>) -> bool {
+    value.is_some_and(|v| v != "0" && !v.eq_ignore_ascii_case("false"))
+}
+
 fn parse_query(query: Option<&str>) -> HashMap<String, String> {
     form_urlencoded::parse(query.unwrap_or_default().as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
@@ -227,7 +233,7 @@ async fn serve(
         return Err(ApiError::UnknownResource);
     }
     let query = parse_query(request.uri().query());
-    let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    let watch = query_bool(query.get("watch").map(String::as_str));
     let verb = Verb::of(request.method(), &path, watch).ok_or(ApiError::MethodNotAllowed)?;
     if let Some(sub) = &path.subresource {
         if !resource.subresources.contains(sub) {

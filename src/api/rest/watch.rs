@@ -119,7 +119,7 @@ pub(super) async fn watch(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
         ),
         None => DEFAULT_TIMEOUT,
     };
-    let bookmarks = matches!(call.query("allowWatchBookmarks"), Some("true" | "1"));
+    let bookmarks = super::query_bool(call.query("allowWatchBookmarks"));
     let requested = match call.query("resourceVersion") {
         None | Some("") | Some("0") => None,
         Some(rv) => Some(
