@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{cluster, free_port, server_identity_client, Server};
+use common::{cluster, free_port, rss_kib, server_identity_client, Server};
 use kedge::pki::Ca;
 use kedge::raft::remote::RemoteServer;
 use kedge::store::Command as StoreCommand;
@@ -161,15 +161,6 @@ fn write_bytes(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("write_bytes: "))
         .and_then(|v| v.trim().parse().ok())
         .expect("write_bytes in /proc/<pid>/io")
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// Bytes written to disk per acknowledged update under sustained load at `concurrency` for

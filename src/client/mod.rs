@@ -127,6 +127,38 @@ impl HttpsClient {
             })?
     }
 
+    /// GETs `url` and returns as soon as the headers are in, with the body still streaming
+    /// (watches). Only connecting and the headers are bounded by `timeout`.
+    pub async fn open(
+        &self,
+        url: &str,
+        timeout: Duration,
+    ) -> Result<http::Response<hyper::body::Incoming>, ClientError> {
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(url)
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ClientError::InvalidRequest {
+                url: url.to_string(),
+                reason: e.to_string(),
+            })?;
+        match tokio::time::timeout(timeout, self.inner.request(request)).await {
+            Err(_) => Err(ClientError::Timeout {
+                url: url.to_string(),
+                timeout,
+            }),
+            Ok(Err(e)) if e.is_connect() => Err(ClientError::Connect {
+                url: url.to_string(),
+                reason: error_chain(&e),
+            }),
+            Ok(Err(e)) => Err(ClientError::Transport {
+                url: url.to_string(),
+                reason: error_chain(&e),
+            }),
+            Ok(Ok(response)) => Ok(response),
+        }
+    }
+
     /// POSTs `body` and reads the answer.
     pub async fn post(
         &self,

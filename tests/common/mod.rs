@@ -275,3 +275,13 @@ pub async fn started_server(dir: &Path) -> Server {
     server.wait_ready(Duration::from_secs(30)).await;
     server
 }
+
+/// Resident memory of process `pid`, in KiB (0 if it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
