@@ -16,6 +16,7 @@ pub mod error;
 pub mod http;
 pub mod namespaces;
 pub mod object;
+pub mod protobuf;
 pub mod openapi;
 pub mod registry;
 pub mod request;
