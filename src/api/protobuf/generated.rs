@@ -7,9 +7,17 @@ use super::schema::{Field, Message, Ty};
 /// (API group, version, protobuf package) of every group version in [`MESSAGES`].
 pub static GROUPS: &[(&str, &str, &str)] = &[
     ("", "v1", "k8s.io.api.core.v1"),
-    ("apiextensions.k8s.io", "v1", "k8s.io.apiextensions_apiserver.pkg.apis.apiextensions.v1"),
+    (
+        "apiextensions.k8s.io",
+        "v1",
+        "k8s.io.apiextensions_apiserver.pkg.apis.apiextensions.v1",
+    ),
     ("apps", "v1", "k8s.io.api.apps.v1"),
-    ("authentication.k8s.io", "v1", "k8s.io.api.authentication.v1"),
+    (
+        "authentication.k8s.io",
+        "v1",
+        "k8s.io.api.authentication.v1",
+    ),
     ("authorization.k8s.io", "v1", "k8s.io.api.authorization.v1"),
     ("autoscaling", "v1", "k8s.io.api.autoscaling.v1"),
     ("autoscaling", "v2", "k8s.io.api.autoscaling.v2"),

@@ -94,7 +94,11 @@ pub fn message(name: &str, buf: &[u8], at: At<'_>) -> Result<Value, DecodeError>
 
 /// What Go writes for `field` holding `slot` (None: not on the wire), or None to leave
 /// it out.
-fn json_value(field: &Field, slot: Option<Value>, at: At<'_>) -> Result<Option<Value>, DecodeError> {
+fn json_value(
+    field: &Field,
+    slot: Option<Value>,
+    at: At<'_>,
+) -> Result<Option<Value>, DecodeError> {
     let omitempty = field.has(OMITEMPTY);
     let Some(value) = slot else {
         if field.has(NILABLE) {
@@ -158,7 +162,12 @@ pub fn single(ty: &Ty, wire: Wire<'_>, at: At<'_>) -> Result<Value, DecodeError>
 }
 
 /// One occurrence of a repeated field: a single element, or packed numbers.
-fn repeated(ty: &Ty, wire: Wire<'_>, items: &mut Vec<Value>, at: At<'_>) -> Result<(), DecodeError> {
+fn repeated(
+    ty: &Ty,
+    wire: Wire<'_>,
+    items: &mut Vec<Value>,
+    at: At<'_>,
+) -> Result<(), DecodeError> {
     let packed = matches!(ty, Ty::Bool | Ty::I32 | Ty::I64 | Ty::F64);
     match wire {
         Wire::Bytes(b) if packed => {
@@ -177,7 +186,12 @@ fn repeated(ty: &Ty, wire: Wire<'_>, items: &mut Vec<Value>, at: At<'_>) -> Resu
 }
 
 /// One `map<key, value>` entry: key = 1, value = 2; a missing part is its zero value.
-fn map_entry(key: &Ty, value: &Ty, wire: Wire<'_>, at: At<'_>) -> Result<(String, Value), DecodeError> {
+fn map_entry(
+    key: &Ty,
+    value: &Ty,
+    wire: Wire<'_>,
+    at: At<'_>,
+) -> Result<(String, Value), DecodeError> {
     let Wire::Bytes(entry) = wire else {
         return Err(mismatch(&Ty::Map(&Ty::Str, &Ty::Str), &wire, at));
     };

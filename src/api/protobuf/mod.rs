@@ -85,10 +85,11 @@ pub fn decode(body: &[u8]) -> Result<Value, DecodeError> {
     if kind.is_empty() || api_version.is_empty() {
         return Err(DecodeError::NoKind);
     }
-    let message = schema::for_kind(&api_version, &kind).ok_or_else(|| DecodeError::UnknownKind {
-        api_version: api_version.clone(),
-        kind: kind.clone(),
-    })?;
+    let message =
+        schema::for_kind(&api_version, &kind).ok_or_else(|| DecodeError::UnknownKind {
+            api_version: api_version.clone(),
+            kind: kind.clone(),
+        })?;
     let at = At {
         path: &kind,
         depth: 0,

@@ -96,7 +96,11 @@ mod tests {
     fn the_table_is_sorted_and_every_reference_resolves() {
         assert!(MESSAGES.windows(2).all(|w| w[0].name < w[1].name));
         for m in MESSAGES {
-            assert!(m.fields.windows(2).all(|w| w[0].tag < w[1].tag), "{}", m.name);
+            assert!(
+                m.fields.windows(2).all(|w| w[0].tag < w[1].tag),
+                "{}",
+                m.name
+            );
             for f in m.fields {
                 let mut types = vec![&f.ty];
                 if let Ty::Map(k, v) = &f.ty {

@@ -47,7 +47,11 @@ pub fn decode(name: &str, buf: &[u8], at: At<'_>) -> Result<Option<Value>, Decod
                     .map(|w| json::single(&Ty::Str, w, at))
                     .transpose()?
                     .unwrap_or_else(|| Value::from("")),
-                other => return Err(at.error(format!("IntOrString type {other} is neither 0 (int) nor 1 (string)"))),
+                other => {
+                    return Err(at.error(format!(
+                        "IntOrString type {other} is neither 0 (int) nor 1 (string)"
+                    )))
+                }
             }
         }
         (META, "Verbs") | (_, "ExtraValue") => Value::Array(fields()?.all(1, &Ty::Str, at)?),
@@ -91,7 +95,11 @@ impl<'a> Fields<'a> {
 
     /// The last occurrence of `tag`: protobuf's rule for a non-repeated field.
     fn last(&self, tag: u32) -> Option<Wire<'a>> {
-        self.0.iter().rev().find(|(t, _)| *t == tag).map(|(_, w)| *w)
+        self.0
+            .iter()
+            .rev()
+            .find(|(t, _)| *t == tag)
+            .map(|(_, w)| *w)
     }
 
     fn int(&self, tag: u32, at: At<'_>) -> Result<i64, DecodeError> {

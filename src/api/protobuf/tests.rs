@@ -66,7 +66,14 @@ impl Enc {
 fn envelope(api_version: &str, kind: &str, raw: Enc) -> Vec<u8> {
     let type_meta = Enc::new().str(1, api_version).str(2, kind);
     let mut body = MAGIC.to_vec();
-    body.extend(Enc::new().msg(1, type_meta).msg(2, raw).str(3, "").str(4, "").0);
+    body.extend(
+        Enc::new()
+            .msg(1, type_meta)
+            .msg(2, raw)
+            .str(3, "")
+            .str(4, "")
+            .0,
+    );
     body
 }
 
@@ -151,15 +158,24 @@ fn deployment_with_int_or_string_quantity_and_time() {
     let deployment = Enc::new().msg(1, metadata).msg(2, spec).msg(3, status);
     let value = decode(&envelope("apps/v1", "Deployment", deployment)).unwrap();
 
-    assert_eq!(value["metadata"]["creationTimestamp"], "2024-01-02T03:04:05Z");
+    assert_eq!(
+        value["metadata"]["creationTimestamp"],
+        "2024-01-02T03:04:05Z"
+    );
     assert_eq!(value["spec"]["replicas"], 2);
-    assert_eq!(value["spec"]["selector"], json!({"matchLabels": {"app": "web"}}));
+    assert_eq!(
+        value["spec"]["selector"],
+        json!({"matchLabels": {"app": "web"}})
+    );
     assert_eq!(
         value["spec"]["strategy"],
         json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": "25%"}})
     );
     let pod = &value["spec"]["template"];
-    assert_eq!(pod["metadata"], json!({"labels": {"app": "web"}, "creationTimestamp": null}));
+    assert_eq!(
+        pod["metadata"],
+        json!({"labels": {"app": "web"}, "creationTimestamp": null})
+    );
     assert_eq!(
         pod["spec"]["containers"],
         json!([{"name": "web", "image": "busybox", "resources": {"limits": {"cpu": "500m"}}}])
@@ -190,16 +206,32 @@ fn packed_and_unpacked_repeated_ints_and_negative_int32() {
     let spec = Enc::new().msg(2, container).msg(14, security);
     let pod = Enc::new().msg(1, meta("p")).msg(2, spec);
     let value = decode(&envelope("v1", "Pod", pod)).unwrap();
-    assert_eq!(value["spec"]["securityContext"]["supplementalGroups"], json!([1000, 2000, 3000]));
-    assert_eq!(value["spec"]["containers"][0]["ports"][0]["containerPort"], -1);
+    assert_eq!(
+        value["spec"]["securityContext"]["supplementalGroups"],
+        json!([1000, 2000, 3000])
+    );
+    assert_eq!(
+        value["spec"]["containers"][0]["ports"][0]["containerPort"],
+        -1
+    );
 }
 
 #[test]
 fn inline_volume_source_merges_into_the_volume() {
-    let volume = Enc::new().str(1, "scratch").msg(2, Enc::new().msg(2, Enc::new().str(1, "")));
+    let volume = Enc::new()
+        .str(1, "scratch")
+        .msg(2, Enc::new().msg(2, Enc::new().str(1, "")));
     let spec = Enc::new().msg(1, volume).msg(2, Enc::new().str(1, "c"));
-    let value = decode(&envelope("v1", "Pod", Enc::new().msg(1, meta("p")).msg(2, spec))).unwrap();
-    assert_eq!(value["spec"]["volumes"], json!([{"name": "scratch", "emptyDir": {}}]));
+    let value = decode(&envelope(
+        "v1",
+        "Pod",
+        Enc::new().msg(1, meta("p")).msg(2, spec),
+    ))
+    .unwrap();
+    assert_eq!(
+        value["spec"]["volumes"],
+        json!([{"name": "scratch", "emptyDir": {}}])
+    );
 }
 
 #[test]
@@ -237,16 +269,25 @@ fn crd_schema_either_or_types() {
         .str(5, "object")
         .msg(30, Enc::new().int(1, 1))
         .msg(28, Enc::new().str(5, "string"));
-    let version = Enc::new()
-        .str(1, "v1")
-        .msg(4, Enc::new().msg(1, schema));
+    let version = Enc::new().str(1, "v1").msg(4, Enc::new().msg(1, schema));
     let spec = Enc::new()
         .str(1, "example.com")
-        .msg(3, Enc::new().str(1, "widgets").str(2, "widget").str(4, "Widget"))
+        .msg(
+            3,
+            Enc::new()
+                .str(1, "widgets")
+                .str(2, "widget")
+                .str(4, "Widget"),
+        )
         .str(4, "Namespaced")
         .msg(7, version);
     let crd = Enc::new().msg(1, meta("widgets.example.com")).msg(2, spec);
-    let value = decode(&envelope("apiextensions.k8s.io/v1", "CustomResourceDefinition", crd)).unwrap();
+    let value = decode(&envelope(
+        "apiextensions.k8s.io/v1",
+        "CustomResourceDefinition",
+        crd,
+    ))
+    .unwrap();
     assert_eq!(
         value["spec"]["versions"][0]["schema"]["openAPIV3Schema"],
         json!({"type": "object", "additionalProperties": true, "not": {"type": "string"}})
@@ -263,7 +304,10 @@ fn envelope_errors_are_reported() {
     assert!(matches!(decode(MAGIC), Err(DecodeError::NoKind)));
     let mut gzip = envelope("v1", "ConfigMap", Enc::new());
     gzip.extend(Enc::new().str(3, "gzip").0);
-    assert!(matches!(decode(&gzip), Err(DecodeError::ContentEncoding(_))));
+    assert!(matches!(
+        decode(&gzip),
+        Err(DecodeError::ContentEncoding(_))
+    ));
     // A varint where ConfigMap.data wants an entry message.
     let bad = envelope("v1", "ConfigMap", Enc::new().int(2, 7));
     let err = decode(&bad).unwrap_err().to_string();
@@ -278,7 +322,12 @@ fn hostile_nesting_is_refused() {
     }
     let version = Enc::new().str(1, "v1").msg(4, Enc::new().msg(1, schema));
     let crd = Enc::new().msg(2, Enc::new().msg(7, version));
-    let err = decode(&envelope("apiextensions.k8s.io/v1", "CustomResourceDefinition", crd)).unwrap_err();
+    let err = decode(&envelope(
+        "apiextensions.k8s.io/v1",
+        "CustomResourceDefinition",
+        crd,
+    ))
+    .unwrap_err();
     assert!(err.to_string().contains("nested more than"), "{err}");
 }
 

@@ -100,10 +100,11 @@ impl Call<'_> {
             "application/json" | "*/*" => serde_json::from_slice(&self.body).map_err(|e| {
                 ApiError::BadRequest(format!("the request body is not valid JSON: {e}"))
             })?,
-            crate::api::protobuf::MEDIA_TYPE => crate::api::protobuf::decode(&self.body)
-                .map_err(|e| {
+            crate::api::protobuf::MEDIA_TYPE => {
+                crate::api::protobuf::decode(&self.body).map_err(|e| {
                     ApiError::BadRequest(format!("the request body is not valid protobuf: {e}"))
-                })?,
+                })?
+            }
             _ => {
                 return Err(ApiError::UnsupportedMediaType(format!(
                     "application/json, {}",
