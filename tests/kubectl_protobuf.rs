@@ -168,6 +168,53 @@ async fn typed_create_commands_store_what_the_user_asked_for() {
     let quota = get(&kubectl, &["resourcequota", "limits", "-n", "proto"]);
     assert_eq!(quota["spec"]["hard"], json!({"pods": "10", "cpu": "2"}));
 
+    // IntOrString both ways.
+    kubectl.ok(&[
+        "create",
+        "poddisruptionbudget",
+        "half",
+        "-n",
+        "proto",
+        "--selector=app=web",
+        "--min-available=50%",
+    ]);
+    let pdb = get(&kubectl, &["pdb", "half", "-n", "proto"]);
+    assert_eq!(pdb["spec"]["minAvailable"], "50%");
+    assert_eq!(
+        pdb["spec"]["selector"],
+        json!({"matchLabels": {"app": "web"}})
+    );
+    kubectl.ok(&[
+        "create",
+        "pdb",
+        "one",
+        "-n",
+        "proto",
+        "--selector=app=web",
+        "--max-unavailable=1",
+    ]);
+    assert_eq!(
+        get(&kubectl, &["pdb", "one", "-n", "proto"])["spec"]["maxUnavailable"],
+        1
+    );
+
+    kubectl.ok(&[
+        "run",
+        "box",
+        "-n",
+        "proto",
+        "--image=busybox",
+        "--restart=Never",
+        "--labels=run=box",
+        "--",
+        "sleep",
+        "60",
+    ]);
+    let pod = get(&kubectl, &["pod", "box", "-n", "proto"]);
+    assert_eq!(pod["metadata"]["labels"], json!({"run": "box"}));
+    assert_eq!(pod["spec"]["restartPolicy"], "Never");
+    assert_eq!(pod["spec"]["containers"][0]["args"], json!(["sleep", "60"]));
+
     kubectl.ok_with(
         &["create", "-f", "-"],
         Some(
@@ -186,6 +233,8 @@ async fn typed_create_commands_store_what_the_user_asked_for() {
         ("role", "reader"),
         ("rolebinding", "reader-alice"),
         ("resourcequota", "limits"),
+        ("pdb", "half"),
+        ("pod", "box"),
     ] {
         kubectl.ok(&["delete", kind, name, ns[0], ns[1], "--wait=false"]);
         let err = kubectl.fails(&["get", kind, name, ns[0], ns[1]], None);

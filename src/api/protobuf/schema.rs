@@ -133,3 +133,50 @@ mod tests {
         assert!(for_kind("v1", "NoSuchKind").is_none());
     }
 }
+
+#[cfg(test)]
+mod openapi_names {
+    use schemars::generate::SchemaSettings;
+
+    use super::*;
+    use crate::api::registry::Registry;
+
+    /// The generator takes JSON names from Go struct tags; the OpenAPI schemas kedge serves
+    /// (k8s-openapi) must know every one of them, or decoded objects would carry fields
+    /// the rest of the server does not read.
+    #[test]
+    fn json_names_match_the_openapi_schemas() {
+        let registry = Registry::builtin();
+        let mut generator = SchemaSettings::openapi3().into_generator();
+        for group in registry.groups() {
+            for version in &group.versions {
+                for resource in registry.resources(&group.group, version) {
+                    (resource.schema)(&mut generator);
+                }
+            }
+        }
+        let (mut checked, mut unknown) = (0, Vec::new());
+        for (name, schema) in generator.take_definitions(true) {
+            let Some(rest) = name.strip_prefix("io.k8s.") else {
+                continue;
+            };
+            let Some(message) = message(&format!("k8s.io.{}", rest.replace('-', "_"))) else {
+                continue;
+            };
+            let Some(properties) = schema.get("properties").and_then(|p| p.as_object()) else {
+                continue;
+            };
+            checked += 1;
+            for field in message.fields {
+                if !field.has(INLINE) && !properties.contains_key(field.json) {
+                    unknown.push(format!("{name}.{}", field.json));
+                }
+            }
+        }
+        assert!(checked > 300, "only {checked} messages checked");
+        assert!(
+            unknown.is_empty(),
+            "not in the OpenAPI schemas: {unknown:?}"
+        );
+    }
+}
