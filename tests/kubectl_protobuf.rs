@@ -283,3 +283,62 @@ async fn malformed_protobuf_bodies_are_bad_requests() {
         assert!(message.contains(wanted), "{message}");
     }
 }
+
+/// A length-delimited protobuf field; the test's payloads stay under 128 bytes.
+fn field(tag: u8, bytes: &[u8]) -> Vec<u8> {
+    assert!(bytes.len() < 128);
+    let mut out = vec![(tag << 3) | 2, bytes.len() as u8];
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// DeleteOptions with a UID precondition, as client-go encodes it for protobuf.
+fn delete_options(uid: &str) -> Vec<u8> {
+    let type_meta = [field(1, b"v1"), field(2, b"DeleteOptions")].concat();
+    let options = field(2, &field(1, uid.as_bytes()));
+    [b"k8s\0".to_vec(), field(1, &type_meta), field(2, &options)].concat()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protobuf_delete_options_preconditions_are_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = started_server(dir.path()).await;
+    let kubectl = Kubectl {
+        kubeconfig: &server.kubeconfig,
+        binary: KUBECTL,
+    };
+    kubectl.ok(&["create", "configmap", "guarded", "--from-literal=a=b"]);
+    let uid = get(&kubectl, &["configmap", "guarded"])["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let client = server.admin_client();
+    let url = format!(
+        "{}/api/v1/namespaces/default/configmaps/guarded",
+        server.url()
+    );
+    let delete = |body: Vec<u8>| {
+        client.request(
+            http::Method::DELETE,
+            &url,
+            Some("application/vnd.kubernetes.protobuf"),
+            body.into(),
+            Duration::from_secs(10),
+        )
+    };
+
+    let response = delete(delete_options("not-the-uid")).await.unwrap();
+    assert_eq!(response.status, 409);
+    let status: Value = serde_json::from_slice(&response.body).unwrap();
+    let message = status["message"].as_str().unwrap();
+    assert!(
+        message.contains("Precondition failed: UID in precondition: not-the-uid"),
+        "{message}"
+    );
+    get(&kubectl, &["configmap", "guarded"]);
+
+    let response = delete(delete_options(&uid)).await.unwrap();
+    assert_eq!(response.status, 200);
+    let err = kubectl.fails(&["get", "configmap", "guarded"], None);
+    assert!(err.contains("not found"), "{err}");
+}
