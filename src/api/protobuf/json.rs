@@ -8,7 +8,7 @@ use serde_json::{Map, Number, Value};
 
 use super::schema::{self, Field, Ty, INLINE, NILABLE, OMITEMPTY, REPEATED};
 use super::special;
-use super::wire::{Reader, Wire, WireError};
+use super::wire::{Reader, Wire};
 use super::DecodeError;
 
 /// Nesting beyond this is refused rather than risking the stack on hostile input; real
@@ -30,8 +30,13 @@ impl At<'_> {
         }
     }
 
-    pub fn wire(&self, e: WireError) -> DecodeError {
-        self.error(e)
+    /// Where `field` of the message at `self` is; inline fields stay at their parent.
+    fn child(&self, field: &Field) -> String {
+        if field.has(INLINE) {
+            self.path.to_string()
+        } else {
+            format!("{}.{}", self.path, field.json)
+        }
     }
 }
 
@@ -46,12 +51,12 @@ pub fn message(name: &str, buf: &[u8], at: At<'_>) -> Result<Value, DecodeError>
     let msg = schema::message(name).ok_or_else(|| at.error(format!("unknown message {name}")))?;
     let mut slots: Vec<Option<Value>> = vec![None; msg.fields.len()];
     let mut reader = Reader::new(buf);
-    while let Some((tag, wire)) = reader.field().map_err(|e| at.wire(e))? {
+    while let Some((tag, wire)) = reader.field().map_err(|e| at.error(e))? {
         // Unknown fields are skipped, as upstream does for fields newer than its types.
         let Some((index, field)) = msg.field(tag) else {
             continue;
         };
-        let path = format!("{}.{}", at.path, field.json);
+        let path = at.child(field);
         let inner = At {
             path: &path,
             depth: at.depth + 1,
@@ -75,7 +80,7 @@ pub fn message(name: &str, buf: &[u8], at: At<'_>) -> Result<Value, DecodeError>
     }
     let mut out = Map::new();
     for (field, slot) in msg.fields.iter().zip(slots) {
-        let path = format!("{}.{}", at.path, field.json);
+        let path = at.child(field);
         let inner = At {
             path: &path,
             depth: at.depth + 1,
@@ -135,7 +140,17 @@ fn mismatch(ty: &Ty, wire: &Wire<'_>, at: At<'_>) -> DecodeError {
         Wire::Bytes(_) => "length-delimited",
         Wire::Fixed32(_) => "fixed32",
     };
-    at.error(format!("a {got} value cannot hold a {ty:?} field"))
+    let wanted = match ty {
+        Ty::Str => "string",
+        Ty::Bytes => "bytes",
+        Ty::Bool => "bool",
+        Ty::I32 => "int32",
+        Ty::I64 => "int64",
+        Ty::F64 => "double",
+        Ty::Msg(name) => name,
+        Ty::Map(..) => "map entry",
+    };
+    at.error(format!("a {got} value cannot hold a {wanted} field"))
 }
 
 /// One non-repeated value.
@@ -174,8 +189,8 @@ fn repeated(
             let mut reader = Reader::new(b);
             while !reader.is_empty() {
                 let element = match ty {
-                    Ty::F64 => Wire::Fixed64(reader.fixed64().map_err(|e| at.wire(e))?),
-                    _ => Wire::Varint(reader.varint().map_err(|e| at.wire(e))?),
+                    Ty::F64 => Wire::Fixed64(reader.fixed64().map_err(|e| at.error(e))?),
+                    _ => Wire::Varint(reader.varint().map_err(|e| at.error(e))?),
                 };
                 items.push(single(ty, element, at)?);
             }
@@ -197,7 +212,7 @@ fn map_entry(
     };
     let (mut k, mut v) = (None, None);
     let mut reader = Reader::new(entry);
-    while let Some((tag, wire)) = reader.field().map_err(|e| at.wire(e))? {
+    while let Some((tag, wire)) = reader.field().map_err(|e| at.error(e))? {
         match tag {
             1 => k = Some(single(key, wire, at)?),
             2 => v = Some(single(value, wire, at)?),

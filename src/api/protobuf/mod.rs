@@ -4,8 +4,9 @@
 //!
 //! kubectl 1.32+ and client-go typed clients send protobuf for typed commands (`kubectl
 //! create configmap/secret/deployment/job/role...`, `run`, `expose`, DeleteOptions) and do
-//! not fall back to JSON on a 415. (`tests/kubectl_api.rs` still runs those commands with
-//! kubectl 1.31, which sends JSON, only because of this gap before this module existed.)
+//! not fall back to JSON on a 415. `tests/kubectl_api.rs` runs its typed commands with
+//! kubectl 1.31 (JSON bodies) only because kedge lacked this decoding when it was written;
+//! `tests/kubectl_protobuf.rs` covers them with the kubectl on PATH.
 //!
 //! Owns: the envelope ([`decode`]: magic `k8s\0` + `runtime.Unknown` naming apiVersion and
 //! kind around the object's bytes), the wire format ([`wire`]), the message table generated
@@ -60,10 +61,10 @@ pub fn decode(body: &[u8]) -> Result<Value, DecodeError> {
         _ => Err(at.error("a string field is not length-delimited")),
     };
     let (mut api_version, mut kind, mut raw) = (String::new(), String::new(), &[][..]);
-    for (tag, wire) in Reader::fields(unknown).map_err(|e| at.wire(e))? {
+    for (tag, wire) in Reader::fields(unknown).map_err(|e| at.error(e))? {
         match (tag, wire) {
             (1, Wire::Bytes(type_meta)) => {
-                for (tag, wire) in Reader::fields(type_meta).map_err(|e| at.wire(e))? {
+                for (tag, wire) in Reader::fields(type_meta).map_err(|e| at.error(e))? {
                     match tag {
                         1 => api_version = text(wire)?,
                         2 => kind = text(wire)?,

@@ -90,7 +90,7 @@ struct Fields<'a>(Vec<(u32, Wire<'a>)>);
 
 impl<'a> Fields<'a> {
     fn read(buf: &'a [u8], at: At<'_>) -> Result<Self, DecodeError> {
-        Reader::fields(buf).map(Fields).map_err(|e| at.wire(e))
+        Reader::fields(buf).map(Fields).map_err(|e| at.error(e))
     }
 
     /// The last occurrence of `tag`: protobuf's rule for a non-repeated field.

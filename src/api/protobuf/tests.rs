@@ -3,6 +3,8 @@
 
 use serde_json::{json, Value};
 
+use super::generated::MESSAGES;
+use super::json::{self, At};
 use super::{decode, DecodeError, MAGIC};
 
 /// A hand-rolled protobuf encoder for the tests.
@@ -369,7 +371,7 @@ fn truncated_and_garbage_input_never_panics() {
 }
 
 #[test]
-fn every_builtin_kind_decodes_from_an_empty_message() {
+fn kinds_decode_from_an_empty_message() {
     for (api_version, kind) in [
         ("v1", "Namespace"),
         ("v1", "Service"),
@@ -381,5 +383,16 @@ fn every_builtin_kind_decodes_from_an_empty_message() {
         let value: Value = decode(&envelope(api_version, kind, Enc::new())).unwrap();
         assert_eq!(value["kind"], kind);
         assert_eq!(value["metadata"], json!({"creationTimestamp": null}));
+    }
+}
+
+#[test]
+fn every_message_has_a_zero_value() {
+    for message in MESSAGES {
+        let at = At {
+            path: message.name,
+            depth: 0,
+        };
+        json::message(message.name, &[], at).unwrap();
     }
 }
