@@ -32,7 +32,7 @@ fn options(call: &Call<'_>) -> Result<DeleteOptions, ApiError> {
     let mut options: DeleteOptions = if call.body.is_empty() {
         DeleteOptions::default()
     } else {
-        serde_json::from_slice(&call.body)
+        serde_json::from_value(call.body_json()?)
             .map_err(|e| ApiError::BadRequest(format!("invalid DeleteOptions: {e}")))?
     };
     if let Some(grace) = call.query("gracePeriodSeconds") {

@@ -111,20 +111,27 @@ impl Call<'_> {
             .as_deref()
             .map(|c| c.split(';').next().unwrap_or_default().trim())
             .unwrap_or("application/json");
-        if media_type != "application/json" && media_type != "*/*" {
-            // Clients that offer protobuf fall back to JSON on this answer.
-            return Err(ApiError::UnsupportedMediaType(
-                "application/json".to_string(),
-            ));
-        }
         if self.body.is_empty() {
             return Err(ApiError::BadRequest(
                 "the request body is empty".to_string(),
             ));
         }
-        let value: Value = serde_json::from_slice(&self.body).map_err(|e| {
-            ApiError::BadRequest(format!("the request body is not valid JSON: {e}"))
-        })?;
+        let value: Value = match media_type {
+            "application/json" | "*/*" => serde_json::from_slice(&self.body).map_err(|e| {
+                ApiError::BadRequest(format!("the request body is not valid JSON: {e}"))
+            })?,
+            crate::api::protobuf::MEDIA_TYPE => {
+                crate::api::protobuf::decode(&self.body).map_err(|e| {
+                    ApiError::BadRequest(format!("the request body is not valid protobuf: {e}"))
+                })?
+            }
+            _ => {
+                return Err(ApiError::UnsupportedMediaType(format!(
+                    "application/json, {}",
+                    crate::api::protobuf::MEDIA_TYPE
+                )))
+            }
+        };
         if !value.is_object() {
             return Err(ApiError::BadRequest(
                 "the request body must be a JSON object".to_string(),
