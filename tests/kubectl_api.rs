@@ -1,14 +1,11 @@
 //! The Kubernetes API as the real kubectl uses it, against a real `kedge server`.
-//!
-//! kubectl 1.31 stands in where kubectl 1.32+ sends protobuf bodies (typed commands such as
-//! `create configmap`), whose decoding is a later step.
 
 mod common;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::kubectl::{Kubectl, KUBECTL_JSON};
+use common::kubectl::Kubectl;
 use common::{free_port, started_server, Server};
 
 const MANIFEST: &str = r#"
@@ -303,9 +300,9 @@ async fn errors_read_exactly_like_upstream() {
         kubeconfig: &server.kubeconfig,
         binary: "kubectl",
     };
-    let json_kubectl = Kubectl {
+    let typed_kubectl = Kubectl {
         kubeconfig: &server.kubeconfig,
-        binary: KUBECTL_JSON,
+        binary: "kubectl",
     };
     let err = kubectl.fails(
         &["create", "-f", "-"],
@@ -332,8 +329,8 @@ async fn errors_read_exactly_like_upstream() {
         err.trim(),
         r#"Error from server (NotFound): deployments.apps "nope" not found"#
     );
-    json_kubectl.ok(&["create", "configmap", "dup", "--from-literal=a=1"]);
-    let err = json_kubectl.fails(&["create", "configmap", "dup", "--from-literal=a=1"], None);
+    typed_kubectl.ok(&["create", "configmap", "dup", "--from-literal=a=1"]);
+    let err = typed_kubectl.fails(&["create", "configmap", "dup", "--from-literal=a=1"], None);
     assert_eq!(
         err.trim(),
         r#"error: failed to create configmap: configmaps "dup" already exists"#
@@ -360,7 +357,7 @@ async fn errors_read_exactly_like_upstream() {
         err.contains("cannot be handled as a Deployment: spec.replicas: invalid type"),
         "{err}"
     );
-    let err = json_kubectl.fails(&["create", "namespace", "default"], None);
+    let err = typed_kubectl.fails(&["create", "namespace", "default"], None);
     assert!(
         err.contains(r#"namespaces "default" already exists"#),
         "{err}"
@@ -484,11 +481,11 @@ async fn get_watch_sees_changes_and_old_versions_are_gone() {
     );
     server.start();
     server.wait_ready(Duration::from_secs(30)).await;
-    let json_kubectl = Kubectl {
+    let typed_kubectl = Kubectl {
         kubeconfig: &server.kubeconfig,
-        binary: KUBECTL_JSON,
+        binary: "kubectl",
     };
-    json_kubectl.ok(&["create", "configmap", "watched", "--from-literal=a=1"]);
+    typed_kubectl.ok(&["create", "configmap", "watched", "--from-literal=a=1"]);
     let mut watch = Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(&server.kubeconfig)
@@ -505,7 +502,7 @@ async fn get_watch_sees_changes_and_old_versions_are_gone() {
         .spawn()
         .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    json_kubectl.ok(&[
+    typed_kubectl.ok(&[
         "patch",
         "configmap",
         "watched",
@@ -526,7 +523,7 @@ async fn get_watch_sees_changes_and_old_versions_are_gone() {
 
     // With only 10 revisions of history, watching from revision 1 is too old: 410 Expired.
     for i in 0..30 {
-        json_kubectl.ok(&["create", "configmap", &format!("churn{i}")]);
+        typed_kubectl.ok(&["create", "configmap", &format!("churn{i}")]);
     }
     let client = server.admin_client();
     common::eventually(Duration::from_secs(15), "compaction", || {

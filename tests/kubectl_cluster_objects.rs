@@ -7,22 +7,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::kubectl::{Kubectl, KUBECTL_JSON};
+use common::kubectl::Kubectl;
 use common::{started_server, Server};
 
 fn kubectl(server: &Server) -> Kubectl<'_> {
     Kubectl {
         kubeconfig: &server.kubeconfig,
         binary: "kubectl",
-    }
-}
-
-/// For typed commands (`create service`, `create token`), whose protobuf bodies kubectl
-/// 1.32+ sends.
-fn json_kubectl(server: &Server) -> Kubectl<'_> {
-    Kubectl {
-        kubeconfig: &server.kubeconfig,
-        binary: KUBECTL_JSON,
     }
 }
 
@@ -161,7 +152,7 @@ async fn services_get_addresses_and_ports_that_survive_restarts() {
         Duration::from_secs(10),
         "the pinned address and port are free again",
         || async {
-            json_kubectl(&server)
+            kubectl(&server)
                 .run(
                     &[
                         "create",
@@ -341,24 +332,23 @@ async fn auth_commands_and_service_account_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let server = started_server(dir.path()).await;
     let k = kubectl(&server);
-    let json = json_kubectl(&server);
-    let whoami = json.ok(&["auth", "whoami"]);
+    let whoami = k.ok(&["auth", "whoami"]);
     assert!(whoami.contains("Username    system:admin"), "{whoami}");
     assert!(
         whoami.contains("[system:masters system:authenticated]"),
         "{whoami}"
     );
-    let bob = json.ok(&["auth", "whoami", "--as=bob", "--as-group=devs"]);
+    let bob = k.ok(&["auth", "whoami", "--as=bob", "--as-group=devs"]);
     assert!(
         bob.contains("Username    bob") && bob.contains("[devs system:authenticated]"),
         "{bob}"
     );
     assert_eq!(
-        json.ok(&["auth", "can-i", "create", "deployments"]).trim(),
+        k.ok(&["auth", "can-i", "create", "deployments"]).trim(),
         "yes"
     );
     assert_eq!(
-        json.ok(&[
+        k.ok(&[
             "auth",
             "can-i",
             "get",
@@ -370,18 +360,18 @@ async fn auth_commands_and_service_account_tokens() {
         .trim(),
         "yes"
     );
-    let list = json.ok(&["auth", "can-i", "--list"]);
+    let list = k.ok(&["auth", "can-i", "--list"]);
     assert!(list.contains("*.*"), "{list}");
 
     k.ok_with(
         &["apply", "-f", "-"],
         Some("apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: robot}\n"),
     );
-    let token = json.ok(&["create", "token", "robot"]).trim().to_string();
+    let token = k.ok(&["create", "token", "robot"]).trim().to_string();
     assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
-    let err = json.fails(&["create", "token", "robot", "--duration=1m"], None);
+    let err = k.fails(&["create", "token", "robot", "--duration=1m"], None);
     assert!(err.contains(r#"TokenRequest.authentication.k8s.io "robot" is invalid: spec.expirationSeconds: Invalid value: 60: may not specify a duration less than 10 minutes"#), "{err}");
-    let err = json.fails(&["create", "token", "nobody"], None);
+    let err = k.fails(&["create", "token", "nobody"], None);
     assert!(
         err.contains(r#"serviceaccounts "nobody" not found"#),
         "{err}"
@@ -398,7 +388,7 @@ async fn auth_commands_and_service_account_tokens() {
     std::fs::write(&token_config, config).unwrap();
     let robot = Kubectl {
         kubeconfig: &token_config,
-        binary: KUBECTL_JSON,
+        binary: "kubectl",
     };
     let whoami = robot.ok(&["auth", "whoami"]);
     assert!(

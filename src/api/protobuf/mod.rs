@@ -4,9 +4,8 @@
 //!
 //! kubectl 1.32+ and client-go typed clients send protobuf for typed commands (`kubectl
 //! create configmap/secret/deployment/job/role...`, `run`, `expose`, DeleteOptions) and do
-//! not fall back to JSON on a 415. `tests/kubectl_api.rs` runs its typed commands with
-//! kubectl 1.31 (JSON bodies) only because kedge lacked this decoding when it was written;
-//! `tests/kubectl_protobuf.rs` covers them with the kubectl on PATH.
+//! not fall back to JSON on a 415. `tests/kubectl_protobuf.rs` covers them with the
+//! kubectl on PATH.
 //!
 //! Owns: the envelope ([`decode`]: magic `k8s\0` + `runtime.Unknown` naming apiVersion and
 //! kind around the object's bytes), the wire format ([`wire`]), the message table generated
