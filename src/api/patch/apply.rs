@@ -84,15 +84,15 @@ pub fn apply(
     let mut entries = entries(live);
     let mut merged = merge(live, config, writer.node);
     let applied = writer.fields_of(config);
-    let me = Entry {
+    let mut me = Entry {
         fields: applied.clone(),
-        time: Some(object::now()),
         ..writer.entry(APPLY)
     };
-    let before = match entries.iter().position(|e| e.manager == me.manager && e.operation == APPLY && e.subresource == me.subresource) {
-        Some(index) => entries.remove(index).fields,
-        None => FieldSet::default(),
-    };
+    let previous = entries
+        .iter()
+        .position(|e| e.manager == me.manager && e.operation == APPLY && e.subresource == me.subresource)
+        .map(|index| entries.remove(index));
+    let before = previous.as_ref().map(|e| e.fields.clone()).unwrap_or_default();
     // What this manager applied before and no longer does goes, unless someone else
     // (or this apply, deeper down) still owns it.
     let others = entries
@@ -120,6 +120,12 @@ pub fn apply(
         return Err(Conflicts(conflicts));
     }
     take_from_others(&mut entries, &me, &changed, &diff.removed);
+    // An apply that changes nothing keeps its timestamp, so that it writes nothing.
+    let unchanged = before == applied && merged == *live;
+    me.time = match previous {
+        Some(previous) if unchanged => previous.time,
+        _ => Some(object::now()),
+    };
     entries.push(me);
     Ok(Applied {
         object: merged,

@@ -59,6 +59,8 @@ pub(crate) struct Call<'a> {
     query: HashMap<String, String>,
     accept: Option<String>,
     content_type: Option<String>,
+    /// Names the field manager of writes that do not say (`kubectl/v1.33...` → `kubectl`).
+    user_agent: Option<String>,
     body: Bytes,
     /// Warnings for the `Warning` response header.
     warnings: std::sync::Mutex<Vec<String>>,
@@ -228,6 +230,7 @@ async fn serve(
     };
     let accept = header(http::header::ACCEPT);
     let content_type = header(http::header::CONTENT_TYPE);
+    let user_agent = header(http::header::USER_AGENT);
     let body = read_body(request.into_body()).await?;
     let call = Call {
         api,
@@ -236,6 +239,7 @@ async fn serve(
         query,
         accept,
         content_type,
+        user_agent,
         body,
         warnings: Default::default(),
     };
