@@ -7,6 +7,8 @@
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
+use serde_json::{Map, Value};
+
 use super::table::{DEFINITIONS, KINDS};
 
 /// What a field holds.
@@ -210,6 +212,39 @@ impl Node {
     }
 }
 
+/// Adds the merge extensions of the table to OpenAPI `schemas` (k8s-openapi's lack them),
+/// so that clients computing patches from the published schema (kubectl apply) merge
+/// lists by key as they do against upstream.
+pub fn annotate(schemas: &mut Map<String, Value>) {
+    for definition in DEFINITIONS {
+        let Some(Value::Object(schema)) = schemas.get_mut(definition.name) else {
+            continue;
+        };
+        if definition.atomic {
+            schema.insert("x-kubernetes-map-type".into(), Value::from("atomic"));
+        }
+        let Some(Value::Object(properties)) = schema.get_mut("properties") else {
+            continue;
+        };
+        for field in definition.fields {
+            let Some(Value::Object(property)) = properties.get_mut(field.name) else {
+                continue;
+            };
+            let mut set = |key: &str, value: Option<Value>| {
+                if let Some(value) = value {
+                    property.insert(key.into(), value);
+                }
+            };
+            set("x-kubernetes-patch-strategy", field.strategy.map(Value::from));
+            set("x-kubernetes-patch-merge-key", field.merge_key.map(Value::from));
+            set("x-kubernetes-list-type", field.list_type.map(Value::from));
+            let keys = (!field.list_map_keys.is_empty()).then(|| Value::from(field.list_map_keys.to_vec()));
+            set("x-kubernetes-list-map-keys", keys);
+            set("x-kubernetes-map-type", field.atomic.then(|| Value::from("atomic")));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,5 +268,18 @@ mod tests {
         let (tolerations, _) = pod.child("tolerations");
         assert!(matches!(tolerations, Node::List { kind: ListKind::Atomic, .. }));
         assert!(root("example.com", "v1", "Widget").is_none());
+    }
+
+    #[test]
+    fn published_schemas_carry_the_merge_extensions() {
+        let mut schemas = Map::new();
+        schemas.insert(
+            "io.k8s.api.core.v1.PodSpec".into(),
+            serde_json::json!({"properties": {"containers": {"type": "array"}}}),
+        );
+        annotate(&mut schemas);
+        let containers = &schemas["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"];
+        assert_eq!(containers["x-kubernetes-patch-strategy"], "merge");
+        assert_eq!(containers["x-kubernetes-patch-merge-key"], "name");
     }
 }
