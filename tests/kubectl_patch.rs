@@ -40,19 +40,30 @@ async fn strategic_patches_and_client_side_apply_merge_containers_by_name() {
     kubectl.ok_with(&["apply", "-f", "-"], Some(&deployment(both)));
 
     kubectl.ok(&[
-        "patch", "deploy", "web", "--type=strategic", "-p",
+        "patch",
+        "deploy",
+        "web",
+        "--type=strategic",
+        "-p",
         r#"{"spec":{"template":{"spec":{"containers":[{"name":"web","image":"nginx:2"}]}}}}"#,
     ]);
     assert_eq!(
-        kubectl.ok(&["get", "deploy", "web", "-o", CONTAINERS]).trim(),
+        kubectl
+            .ok(&["get", "deploy", "web", "-o", CONTAINERS])
+            .trim(),
         "web=nginx:2 side=busybox"
     );
     kubectl.ok(&[
-        "patch", "deploy", "web", "-p",
+        "patch",
+        "deploy",
+        "web",
+        "-p",
         r#"{"spec":{"template":{"spec":{"containers":[{"name":"extra","image":"redis"}]}}}}"#,
     ]);
     assert_eq!(
-        kubectl.ok(&["get", "deploy", "web", "-o", CONTAINERS]).trim(),
+        kubectl
+            .ok(&["get", "deploy", "web", "-o", CONTAINERS])
+            .trim(),
         "web=nginx:2 side=busybox extra=redis"
     );
 
@@ -61,12 +72,20 @@ async fn strategic_patches_and_client_side_apply_merge_containers_by_name() {
     let web_only = "      - {name: web, image: nginx:3}";
     kubectl.ok_with(&["apply", "-f", "-"], Some(&deployment(web_only)));
     assert_eq!(
-        kubectl.ok(&["get", "deploy", "web", "-o", CONTAINERS]).trim(),
+        kubectl
+            .ok(&["get", "deploy", "web", "-o", CONTAINERS])
+            .trim(),
         "web=nginx:3 extra=redis"
     );
 
     let err = kubectl.fails(
-        &["patch", "deploy", "web", "-p", r#"{"spec":{"template":{"spec":{"containers":[{"image":"x"}]}}}}"#],
+        &[
+            "patch",
+            "deploy",
+            "web",
+            "-p",
+            r#"{"spec":{"template":{"spec":{"containers":[{"image":"x"}]}}}}"#,
+        ],
         None,
     );
     assert!(
@@ -91,46 +110,106 @@ async fn server_side_apply_owns_fields_and_reports_conflicts() {
     };
     let apply = ["apply", "--server-side", "-f", "-"];
     let created = kubectl.ok_with(&apply, Some(&configmap("  key: one\n  other: x")));
-    assert!(created.contains("configmap/settings serverside-applied"), "{created}");
+    assert!(
+        created.contains("configmap/settings serverside-applied"),
+        "{created}"
+    );
     let data = "jsonpath={.data}";
-    assert_eq!(kubectl.ok(&["get", "cm", "settings", "-o", data]), r#"{"key":"one","other":"x"}"#);
+    assert_eq!(
+        kubectl.ok(&["get", "cm", "settings", "-o", data]),
+        r#"{"key":"one","other":"x"}"#
+    );
 
     // A second apply changes the value and drops the field it no longer applies.
     kubectl.ok_with(&apply, Some(&configmap("  key: two")));
-    assert_eq!(kubectl.ok(&["get", "cm", "settings", "-o", data]), r#"{"key":"two"}"#);
-    let yaml = kubectl.ok(&["get", "cm", "settings", "-o", "yaml", "--show-managed-fields"]);
-    for expected in ["manager: kubectl", "operation: Apply", "fieldsType: FieldsV1", "f:key: {}"] {
-        assert!(yaml.contains(expected), "{expected:?} missing from:\n{yaml}");
+    assert_eq!(
+        kubectl.ok(&["get", "cm", "settings", "-o", data]),
+        r#"{"key":"two"}"#
+    );
+    let yaml = kubectl.ok(&[
+        "get",
+        "cm",
+        "settings",
+        "-o",
+        "yaml",
+        "--show-managed-fields",
+    ]);
+    for expected in [
+        "manager: kubectl",
+        "operation: Apply",
+        "fieldsType: FieldsV1",
+        "f:key: {}",
+    ] {
+        assert!(
+            yaml.contains(expected),
+            "{expected:?} missing from:\n{yaml}"
+        );
     }
     assert!(!yaml.contains("f:other"), "{yaml}");
 
     // Another manager changes the field: applying a different value now conflicts.
-    kubectl.ok(&["patch", "cm", "settings", "--type=merge", "-p", r#"{"data":{"key":"patched"}}"#]);
+    kubectl.ok(&[
+        "patch",
+        "cm",
+        "settings",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"key":"patched"}}"#,
+    ]);
     let err = kubectl.fails(&apply, Some(&configmap("  key: three")));
     assert!(
-        err.contains(r#"Apply failed with 1 conflict: conflict with "kubectl-patch" using v1: .data.key"#),
+        err.contains(
+            r#"Apply failed with 1 conflict: conflict with "kubectl-patch" using v1: .data.key"#
+        ),
         "{err}"
     );
-    assert_eq!(kubectl.ok(&["get", "cm", "settings", "-o", data]), r#"{"key":"patched"}"#);
+    assert_eq!(
+        kubectl.ok(&["get", "cm", "settings", "-o", data]),
+        r#"{"key":"patched"}"#
+    );
 
     // Forcing takes the field over: the patcher no longer owns anything and is dropped.
     kubectl.ok_with(
         &["apply", "--server-side", "--force-conflicts", "-f", "-"],
         Some(&configmap("  key: three")),
     );
-    assert_eq!(kubectl.ok(&["get", "cm", "settings", "-o", data]), r#"{"key":"three"}"#);
-    let yaml = kubectl.ok(&["get", "cm", "settings", "-o", "yaml", "--show-managed-fields"]);
+    assert_eq!(
+        kubectl.ok(&["get", "cm", "settings", "-o", data]),
+        r#"{"key":"three"}"#
+    );
+    let yaml = kubectl.ok(&[
+        "get",
+        "cm",
+        "settings",
+        "-o",
+        "yaml",
+        "--show-managed-fields",
+    ]);
     assert!(!yaml.contains("kubectl-patch"), "{yaml}");
 
     // Fields others own survive when the applier stops applying them.
     kubectl.ok(&["label", "cm", "settings", "team=a"]);
-    kubectl.ok(&["patch", "cm", "settings", "--type=merge", "-p", r#"{"data":{"extra":"kept"}}"#]);
+    kubectl.ok(&[
+        "patch",
+        "cm",
+        "settings",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"extra":"kept"}}"#,
+    ]);
     kubectl.ok_with(&apply, Some(&configmap("  key: three")));
     assert_eq!(
         kubectl.ok(&["get", "cm", "settings", "-o", data]),
         r#"{"extra":"kept","key":"three"}"#
     );
-    let yaml = kubectl.ok(&["get", "cm", "settings", "-o", "yaml", "--show-managed-fields"]);
+    let yaml = kubectl.ok(&[
+        "get",
+        "cm",
+        "settings",
+        "-o",
+        "yaml",
+        "--show-managed-fields",
+    ]);
     assert!(yaml.contains("manager: kubectl-label"), "{yaml}");
 }
 
@@ -143,21 +222,34 @@ async fn server_side_apply_merges_containers_with_client_side_ones() {
         binary: "kubectl",
     };
     let web = "      - {name: web, image: nginx:1}";
-    kubectl.ok_with(&["apply", "--server-side", "-f", "-"], Some(&deployment(web)));
+    kubectl.ok_with(
+        &["apply", "--server-side", "-f", "-"],
+        Some(&deployment(web)),
+    );
     kubectl.ok(&[
-        "patch", "deploy", "web", "-p",
+        "patch",
+        "deploy",
+        "web",
+        "-p",
         r#"{"spec":{"template":{"spec":{"containers":[{"name":"side","image":"busybox"}]}}}}"#,
     ]);
     // Applying a new image for `web` keeps `side`, which the patcher owns.
     let web2 = "      - {name: web, image: nginx:2}";
-    kubectl.ok_with(&["apply", "--server-side", "-f", "-"], Some(&deployment(web2)));
+    kubectl.ok_with(
+        &["apply", "--server-side", "-f", "-"],
+        Some(&deployment(web2)),
+    );
     assert_eq!(
-        kubectl.ok(&["get", "deploy", "web", "-o", CONTAINERS]).trim(),
+        kubectl
+            .ok(&["get", "deploy", "web", "-o", CONTAINERS])
+            .trim(),
         "web=nginx:2 side=busybox"
     );
     let err = kubectl.fails(
         &["apply", "--server-side", "-f", "-"],
-        Some(&deployment("      - {name: web, image: nginx:2}\n      - {name: side, image: alpine}")),
+        Some(&deployment(
+            "      - {name: web, image: nginx:2}\n      - {name: side, image: alpine}",
+        )),
     );
     assert!(
         err.contains(r#"conflict with "kubectl-patch" using apps/v1: .spec.template.spec.containers[name="side"].image"#),

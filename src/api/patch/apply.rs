@@ -90,9 +90,14 @@ pub fn apply(
     };
     let previous = entries
         .iter()
-        .position(|e| e.manager == me.manager && e.operation == APPLY && e.subresource == me.subresource)
+        .position(|e| {
+            e.manager == me.manager && e.operation == APPLY && e.subresource == me.subresource
+        })
         .map(|index| entries.remove(index));
-    let before = previous.as_ref().map(|e| e.fields.clone()).unwrap_or_default();
+    let before = previous
+        .as_ref()
+        .map(|e| e.fields.clone())
+        .unwrap_or_default();
     // What this manager applied before and no longer does goes, unless someone else
     // (or this apply, deeper down) still owns it.
     let others = entries
@@ -152,9 +157,11 @@ pub fn merge(live: &Value, config: &Value, node: Node) -> Value {
             }
             Value::Object(out)
         }
-        (Value::Null, Value::Object(config)) if node.granular_object() => {
-            merge(&Value::Object(Map::new()), &Value::Object(config.clone()), node)
-        }
+        (Value::Null, Value::Object(config)) if node.granular_object() => merge(
+            &Value::Object(Map::new()),
+            &Value::Object(config.clone()),
+            node,
+        ),
         (Value::Array(live), Value::Array(config)) => match node {
             Node::List {
                 kind: ListKind::Map(keys),
@@ -209,7 +216,12 @@ mod tests {
         }
     }
 
-    fn applied(manager: &str, live: Option<&Value>, config: Value, force: bool) -> Result<Value, Conflicts> {
+    fn applied(
+        manager: &str,
+        live: Option<&Value>,
+        config: Value,
+        force: bool,
+    ) -> Result<Value, Conflicts> {
         let out = apply(&writer(manager), live, &config, force)?;
         let mut object = out.object;
         set_entries(&mut object, out.entries);
@@ -248,7 +260,8 @@ mod tests {
         let mut owner = writer("kubectl-client-side-apply").entry(UPDATE);
         owner.fields = FieldSet::of(&json!({"data": {"key": "old"}}), writer("x").node);
         set_entries(&mut live, vec![owner]);
-        let err = applied("kubectl", Some(&live), config(json!({"key": "new"})), false).unwrap_err();
+        let err =
+            applied("kubectl", Some(&live), config(json!({"key": "new"})), false).unwrap_err();
         assert_eq!(
             err.to_string(),
             r#"Apply failed with 1 conflict: conflict with "kubectl-client-side-apply" using v1: .data.key"#
@@ -287,7 +300,8 @@ mod tests {
     fn keyed_lists_merge_by_key() {
         let node = root("apps", "v1", "Deployment").unwrap();
         let live = json!({"spec": {"template": {"spec": {"containers": [{"name": "a", "image": "1"}, {"name": "b", "image": "2"}]}}}});
-        let config = json!({"spec": {"template": {"spec": {"containers": [{"name": "b", "image": "3"}]}}}});
+        let config =
+            json!({"spec": {"template": {"spec": {"containers": [{"name": "b", "image": "3"}]}}}});
         assert_eq!(
             merge(&live, &config, node)["spec"]["template"]["spec"]["containers"],
             json!([{"name": "a", "image": "1"}, {"name": "b", "image": "3"}])

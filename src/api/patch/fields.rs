@@ -108,7 +108,11 @@ impl FieldSet {
     }
 
     pub fn from_fields_v1(value: &Value) -> Result<FieldSet, FieldsError> {
-        fn walk(value: &Value, path: &mut Path, out: &mut BTreeSet<Path>) -> Result<(), FieldsError> {
+        fn walk(
+            value: &Value,
+            path: &mut Path,
+            out: &mut BTreeSet<Path>,
+        ) -> Result<(), FieldsError> {
             let map = value
                 .as_object()
                 .ok_or_else(|| FieldsError(format!("expected an object at {}", display(path))))?;
@@ -189,9 +193,13 @@ fn leaves(value: &Value, node: Node) -> BTreeMap<Path, Option<Value>> {
                     path.pop();
                 }
             }
-            (Node::List { kind: ListKind::Map(keys), .. }, Value::Array(items))
-                if items.iter().all(|i| key_element(i, keys).is_some()) =>
-            {
+            (
+                Node::List {
+                    kind: ListKind::Map(keys),
+                    ..
+                },
+                Value::Array(items),
+            ) if items.iter().all(|i| key_element(i, keys).is_some()) => {
                 for item in items {
                     path.push(key_element(item, keys).expect("checked"));
                     out.insert(path.clone(), None);
@@ -199,7 +207,13 @@ fn leaves(value: &Value, node: Node) -> BTreeMap<Path, Option<Value>> {
                     path.pop();
                 }
             }
-            (Node::List { kind: ListKind::Set, .. }, Value::Array(items)) => {
+            (
+                Node::List {
+                    kind: ListKind::Set,
+                    ..
+                },
+                Value::Array(items),
+            ) => {
                 for item in items {
                     path.push(format!("v:{item}"));
                     out.insert(path.clone(), None);
@@ -256,7 +270,10 @@ pub fn remove(object: &mut Value, path: &[String], node: Node) {
     }
     let Value::Array(items) = object else { return };
     let position = match node {
-        Node::List { kind: ListKind::Map(keys), .. } => items
+        Node::List {
+            kind: ListKind::Map(keys),
+            ..
+        } => items
             .iter()
             .position(|i| key_element(i, keys).as_deref() == Some(first.as_str())),
         _ => items.iter().position(|i| format!("v:{i}") == *first),
@@ -295,8 +312,14 @@ mod tests {
             })
         );
         assert_eq!(FieldSet::from_fields_v1(&set.to_fields_v1()).unwrap(), set);
-        let path = set.paths().find(|p| p.last().unwrap() == "f:image").unwrap();
-        assert_eq!(display(path), ".spec.template.spec.containers[name=\"web\"].image");
+        let path = set
+            .paths()
+            .find(|p| p.last().unwrap() == "f:image")
+            .unwrap();
+        assert_eq!(
+            display(path),
+            ".spec.template.spec.containers[name=\"web\"].image"
+        );
     }
 
     #[test]
@@ -310,7 +333,11 @@ mod tests {
         assert_eq!(names(&diff.modified), [".data.b"]);
         assert!(diff.removed.is_empty());
         let mut object = new.clone();
-        remove(&mut object, &["f:data".to_string(), "f:b".to_string()], node);
+        remove(
+            &mut object,
+            &["f:data".to_string(), "f:b".to_string()],
+            node,
+        );
         assert_eq!(object, json!({"data": {"a": "1", "c": "4"}}));
     }
 }

@@ -102,13 +102,20 @@ pub fn entries(object: &Value) -> Vec<Entry> {
 pub fn set_entries(object: &mut Value, mut entries: Vec<Entry>) {
     entries.retain(|e| !e.fields.is_empty());
     entries.sort_by(|a, b| {
-        (&a.operation, &a.time, &a.manager, &a.api_version, &a.subresource).cmp(&(
-            &b.operation,
-            &b.time,
-            &b.manager,
-            &b.api_version,
-            &b.subresource,
-        ))
+        (
+            &a.operation,
+            &a.time,
+            &a.manager,
+            &a.api_version,
+            &a.subresource,
+        )
+            .cmp(&(
+                &b.operation,
+                &b.time,
+                &b.manager,
+                &b.api_version,
+                &b.subresource,
+            ))
     });
     let Some(meta) = object::metadata_mut(object) else {
         return;
@@ -179,14 +186,21 @@ impl Writer<'_> {
                 set_entries(new, Vec::new());
                 return;
             }
-            Some(Value::Array(list)) if !list.is_empty() && Some(&Value::Array(list.clone())) != live => {
+            Some(Value::Array(list))
+                if !list.is_empty() && Some(&Value::Array(list.clone())) != live =>
+            {
                 list.iter().filter_map(Entry::decode).collect()
             }
             _ => entries(old),
         };
         let diff = self.compare(old, new);
         let me = self.entry(UPDATE);
-        take_from_others(&mut entries, &me, &diff.added.union(&diff.modified), &diff.removed);
+        take_from_others(
+            &mut entries,
+            &me,
+            &diff.added.union(&diff.modified),
+            &diff.removed,
+        );
         let index = match entries.iter().position(|e| e.same_owner(&me)) {
             Some(index) => index,
             None => {
@@ -249,7 +263,10 @@ mod tests {
         writer("kubectl-create").record_update(None, &mut created);
         assert_eq!(
             owners(&created),
-            [("kubectl-create".to_string(), json!({"f:data": {"f:x": {}, "f:y": {}}, "f:metadata": {"f:labels": {"f:a": {}}}}))]
+            [(
+                "kubectl-create".to_string(),
+                json!({"f:data": {"f:x": {}, "f:y": {}}, "f:metadata": {"f:labels": {"f:a": {}}}})
+            )]
         );
         let mut edited = created.clone();
         edited["data"]["x"] = json!("changed");
@@ -258,7 +275,10 @@ mod tests {
         assert_eq!(
             owners(&edited),
             [
-                ("kubectl-create".to_string(), json!({"f:metadata": {"f:labels": {"f:a": {}}}})),
+                (
+                    "kubectl-create".to_string(),
+                    json!({"f:metadata": {"f:labels": {"f:a": {}}}})
+                ),
                 ("kubectl-edit".to_string(), json!({"f:data": {"f:x": {}}})),
             ]
         );

@@ -205,9 +205,7 @@ impl Node {
     pub fn granular_object(&self) -> bool {
         matches!(
             self,
-            Node::Deduced
-                | Node::Struct { atomic: false, .. }
-                | Node::Map { atomic: false, .. }
+            Node::Deduced | Node::Struct { atomic: false, .. } | Node::Map { atomic: false, .. }
         )
     }
 }
@@ -235,12 +233,22 @@ pub fn annotate(schemas: &mut Map<String, Value>) {
                     property.insert(key.into(), value);
                 }
             };
-            set("x-kubernetes-patch-strategy", field.strategy.map(Value::from));
-            set("x-kubernetes-patch-merge-key", field.merge_key.map(Value::from));
+            set(
+                "x-kubernetes-patch-strategy",
+                field.strategy.map(Value::from),
+            );
+            set(
+                "x-kubernetes-patch-merge-key",
+                field.merge_key.map(Value::from),
+            );
             set("x-kubernetes-list-type", field.list_type.map(Value::from));
-            let keys = (!field.list_map_keys.is_empty()).then(|| Value::from(field.list_map_keys.to_vec()));
+            let keys = (!field.list_map_keys.is_empty())
+                .then(|| Value::from(field.list_map_keys.to_vec()));
             set("x-kubernetes-list-map-keys", keys);
-            set("x-kubernetes-map-type", field.atomic.then(|| Value::from("atomic")));
+            set(
+                "x-kubernetes-map-type",
+                field.atomic.then(|| Value::from("atomic")),
+            );
         }
     }
 }
@@ -257,16 +265,37 @@ mod tests {
         let (pod, _) = template.child("spec");
         let (containers, field) = pod.child("containers");
         assert_eq!(field.unwrap().merge_key, Some("name"));
-        assert!(matches!(containers, Node::List { kind: ListKind::Map(["name"]), .. }));
+        assert!(matches!(
+            containers,
+            Node::List {
+                kind: ListKind::Map(["name"]),
+                ..
+            }
+        ));
         let (ports, _) = containers.item().child("ports");
         assert!(matches!(
             ports,
-            Node::List { kind: ListKind::Map(["containerPort", "protocol"]), .. }
+            Node::List {
+                kind: ListKind::Map(["containerPort", "protocol"]),
+                ..
+            }
         ));
         let (finalizers, _) = deployment.child("metadata").0.child("finalizers");
-        assert!(matches!(finalizers, Node::List { kind: ListKind::Set, .. }));
+        assert!(matches!(
+            finalizers,
+            Node::List {
+                kind: ListKind::Set,
+                ..
+            }
+        ));
         let (tolerations, _) = pod.child("tolerations");
-        assert!(matches!(tolerations, Node::List { kind: ListKind::Atomic, .. }));
+        assert!(matches!(
+            tolerations,
+            Node::List {
+                kind: ListKind::Atomic,
+                ..
+            }
+        ));
         assert!(root("example.com", "v1", "Widget").is_none());
     }
 

@@ -49,7 +49,9 @@ pub fn patch(original: &Value, patch: &Value, node: Node) -> Result<Value, Strat
 
 fn unknown_patch_type(patch_type: &Value, map: &Map<String, Value>) -> StrategicError {
     StrategicError::UnknownPatchType {
-        patch_type: patch_type.as_str().map_or_else(|| patch_type.to_string(), str::to_string),
+        patch_type: patch_type
+            .as_str()
+            .map_or_else(|| patch_type.to_string(), str::to_string),
         map: Value::Object(map.clone()).to_string(),
     }
 }
@@ -73,8 +75,8 @@ fn merge_map(
         let keys = retain.as_array().ok_or(StrategicError::RetainKeysFormat)?;
         let retained = |key: &str| keys.iter().any(|k| k.as_str() == Some(key));
         for (key, value) in &patch {
-            let directive = key.starts_with(DELETE_FROM_PRIMITIVE_LIST)
-                || key.starts_with(SET_ELEMENT_ORDER);
+            let directive =
+                key.starts_with(DELETE_FROM_PRIMITIVE_LIST) || key.starts_with(SET_ELEMENT_ORDER);
             if !value.is_null() && !directive && !retained(key) {
                 return Err(StrategicError::RetainKeysMismatch);
             }
@@ -90,7 +92,9 @@ fn merge_map(
     for key in directives {
         let value = patch.remove(&key).unwrap_or_default();
         if let Some(field) = key.strip_prefix(DELETE_FROM_PRIMITIVE_LIST) {
-            let doomed = value.as_array().ok_or(StrategicError::PrimitiveListFormat)?;
+            let doomed = value
+                .as_array()
+                .ok_or(StrategicError::PrimitiveListFormat)?;
             if let Some(Value::Array(items)) = original.get_mut(field) {
                 items.retain(|item| !doomed.contains(item));
             }
@@ -293,7 +297,9 @@ mod tests {
         );
         let out = merged(
             original.clone(),
-            pod_template(json!({"containers": [{"name": "only", "image": "x"}, {"$patch": "replace"}]})),
+            pod_template(
+                json!({"containers": [{"name": "only", "image": "x"}, {"$patch": "replace"}]}),
+            ),
         );
         assert_eq!(
             out["spec"]["template"]["spec"]["containers"],
@@ -305,11 +311,19 @@ mod tests {
         );
         assert_eq!(out["metadata"]["labels"], json!({"c": "3"}));
         assert!(matches!(
-            patch(&original, &json!({"spec": {"$patch": "bogus"}}), deployment()),
+            patch(
+                &original,
+                &json!({"spec": {"$patch": "bogus"}}),
+                deployment()
+            ),
             Err(StrategicError::UnknownPatchType { .. })
         ));
         assert!(matches!(
-            patch(&original, &pod_template(json!({"containers": [{"image": "x"}]})), deployment()),
+            patch(
+                &original,
+                &pod_template(json!({"containers": [{"image": "x"}]})),
+                deployment()
+            ),
             Err(StrategicError::NoMergeKey { .. })
         ));
     }
@@ -353,7 +367,10 @@ mod tests {
     #[test]
     fn finalizers_union_and_delete_from_primitive_list() {
         let original = json!({"metadata": {"finalizers": ["a", "b"]}});
-        let out = merged(original.clone(), json!({"metadata": {"finalizers": ["b", "c"]}}));
+        let out = merged(
+            original.clone(),
+            json!({"metadata": {"finalizers": ["b", "c"]}}),
+        );
         assert_eq!(out["metadata"]["finalizers"], json!(["a", "b", "c"]));
         let out = merged(
             original,
@@ -364,10 +381,14 @@ mod tests {
 
     #[test]
     fn lists_without_a_strategy_are_replaced() {
-        let original = pod_template(json!({"tolerations": [{"key": "a"}], "containers": [{"name": "web", "args": ["x", "y"]}]}));
+        let original = pod_template(
+            json!({"tolerations": [{"key": "a"}], "containers": [{"name": "web", "args": ["x", "y"]}]}),
+        );
         let out = merged(
             original,
-            pod_template(json!({"tolerations": [{"key": "b"}], "containers": [{"name": "web", "args": ["z"]}]})),
+            pod_template(
+                json!({"tolerations": [{"key": "b"}], "containers": [{"name": "web", "args": ["z"]}]}),
+            ),
         );
         let spec = &out["spec"]["template"]["spec"];
         assert_eq!(spec["tolerations"], json!([{"key": "b"}]));
