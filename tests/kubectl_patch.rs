@@ -26,7 +26,14 @@ spec:
     )
 }
 
-const CONTAINERS: &str = "jsonpath={range .spec.template.spec.containers[*]}{.name}={.image} {end}";
+/// The deployment's containers as `name=image` words.
+fn containers(kubectl: &Kubectl) -> String {
+    let template = "jsonpath={range .spec.template.spec.containers[*]}{.name}={.image} {end}";
+    kubectl
+        .ok(&["get", "deploy", "web", "-o", template])
+        .trim()
+        .to_string()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strategic_patches_and_client_side_apply_merge_containers_by_name() {
@@ -47,12 +54,7 @@ async fn strategic_patches_and_client_side_apply_merge_containers_by_name() {
         "-p",
         r#"{"spec":{"template":{"spec":{"containers":[{"name":"web","image":"nginx:2"}]}}}}"#,
     ]);
-    assert_eq!(
-        kubectl
-            .ok(&["get", "deploy", "web", "-o", CONTAINERS])
-            .trim(),
-        "web=nginx:2 side=busybox"
-    );
+    assert_eq!(containers(&kubectl), "web=nginx:2 side=busybox");
     kubectl.ok(&[
         "patch",
         "deploy",
@@ -60,23 +62,13 @@ async fn strategic_patches_and_client_side_apply_merge_containers_by_name() {
         "-p",
         r#"{"spec":{"template":{"spec":{"containers":[{"name":"extra","image":"redis"}]}}}}"#,
     ]);
-    assert_eq!(
-        kubectl
-            .ok(&["get", "deploy", "web", "-o", CONTAINERS])
-            .trim(),
-        "web=nginx:2 side=busybox extra=redis"
-    );
+    assert_eq!(containers(&kubectl), "web=nginx:2 side=busybox extra=redis");
 
     // Re-applying without `side` deletes it (a `$patch: delete` computed by kubectl);
     // `extra`, never applied, stays.
     let web_only = "      - {name: web, image: nginx:3}";
     kubectl.ok_with(&["apply", "-f", "-"], Some(&deployment(web_only)));
-    assert_eq!(
-        kubectl
-            .ok(&["get", "deploy", "web", "-o", CONTAINERS])
-            .trim(),
-        "web=nginx:3 extra=redis"
-    );
+    assert_eq!(containers(&kubectl), "web=nginx:3 extra=redis");
 
     let err = kubectl.fails(
         &[
@@ -109,31 +101,28 @@ async fn server_side_apply_owns_fields_and_reports_conflicts() {
         binary: "kubectl",
     };
     let apply = ["apply", "--server-side", "-f", "-"];
+    let data = || kubectl.ok(&["get", "cm", "settings", "-o", "jsonpath={.data}"]);
+    let managed_fields = || {
+        kubectl.ok(&[
+            "get",
+            "cm",
+            "settings",
+            "-o",
+            "yaml",
+            "--show-managed-fields",
+        ])
+    };
     let created = kubectl.ok_with(&apply, Some(&configmap("  key: one\n  other: x")));
     assert!(
         created.contains("configmap/settings serverside-applied"),
         "{created}"
     );
-    let data = "jsonpath={.data}";
-    assert_eq!(
-        kubectl.ok(&["get", "cm", "settings", "-o", data]),
-        r#"{"key":"one","other":"x"}"#
-    );
+    assert_eq!(data(), r#"{"key":"one","other":"x"}"#);
 
     // A second apply changes the value and drops the field it no longer applies.
     kubectl.ok_with(&apply, Some(&configmap("  key: two")));
-    assert_eq!(
-        kubectl.ok(&["get", "cm", "settings", "-o", data]),
-        r#"{"key":"two"}"#
-    );
-    let yaml = kubectl.ok(&[
-        "get",
-        "cm",
-        "settings",
-        "-o",
-        "yaml",
-        "--show-managed-fields",
-    ]);
+    assert_eq!(data(), r#"{"key":"two"}"#);
+    let yaml = managed_fields();
     for expected in [
         "manager: kubectl",
         "operation: Apply",
@@ -163,28 +152,15 @@ async fn server_side_apply_owns_fields_and_reports_conflicts() {
         ),
         "{err}"
     );
-    assert_eq!(
-        kubectl.ok(&["get", "cm", "settings", "-o", data]),
-        r#"{"key":"patched"}"#
-    );
+    assert_eq!(data(), r#"{"key":"patched"}"#);
 
     // Forcing takes the field over: the patcher no longer owns anything and is dropped.
     kubectl.ok_with(
         &["apply", "--server-side", "--force-conflicts", "-f", "-"],
         Some(&configmap("  key: three")),
     );
-    assert_eq!(
-        kubectl.ok(&["get", "cm", "settings", "-o", data]),
-        r#"{"key":"three"}"#
-    );
-    let yaml = kubectl.ok(&[
-        "get",
-        "cm",
-        "settings",
-        "-o",
-        "yaml",
-        "--show-managed-fields",
-    ]);
+    assert_eq!(data(), r#"{"key":"three"}"#);
+    let yaml = managed_fields();
     assert!(!yaml.contains("kubectl-patch"), "{yaml}");
 
     // Fields others own survive when the applier stops applying them.
@@ -198,18 +174,8 @@ async fn server_side_apply_owns_fields_and_reports_conflicts() {
         r#"{"data":{"extra":"kept"}}"#,
     ]);
     kubectl.ok_with(&apply, Some(&configmap("  key: three")));
-    assert_eq!(
-        kubectl.ok(&["get", "cm", "settings", "-o", data]),
-        r#"{"extra":"kept","key":"three"}"#
-    );
-    let yaml = kubectl.ok(&[
-        "get",
-        "cm",
-        "settings",
-        "-o",
-        "yaml",
-        "--show-managed-fields",
-    ]);
+    assert_eq!(data(), r#"{"extra":"kept","key":"three"}"#);
+    let yaml = managed_fields();
     assert!(yaml.contains("manager: kubectl-label"), "{yaml}");
 }
 
@@ -239,12 +205,7 @@ async fn server_side_apply_merges_containers_with_client_side_ones() {
         &["apply", "--server-side", "-f", "-"],
         Some(&deployment(web2)),
     );
-    assert_eq!(
-        kubectl
-            .ok(&["get", "deploy", "web", "-o", CONTAINERS])
-            .trim(),
-        "web=nginx:2 side=busybox"
-    );
+    assert_eq!(containers(&kubectl), "web=nginx:2 side=busybox");
     let err = kubectl.fails(
         &["apply", "--server-side", "-f", "-"],
         Some(&deployment(

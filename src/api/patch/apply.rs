@@ -202,19 +202,10 @@ pub fn merge(live: &Value, config: &Value, node: Node) -> Value {
 mod tests {
     use serde_json::json;
 
+    use super::super::managed::tests::writer;
     use super::super::managed::{set_entries, UPDATE};
     use super::super::schema::root;
     use super::*;
-
-    fn writer(manager: &str) -> Writer<'_> {
-        Writer {
-            manager,
-            api_version: "v1".to_string(),
-            subresource: None,
-            status_subresource: false,
-            node: root("", "v1", "ConfigMap").unwrap(),
-        }
-    }
 
     fn applied(
         manager: &str,

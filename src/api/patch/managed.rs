@@ -234,13 +234,14 @@ pub fn take_from_others(entries: &mut [Entry], me: &Entry, taken: &FieldSet, rem
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use serde_json::json;
 
     use super::super::schema::root;
     use super::*;
 
-    pub(crate) fn writer(manager: &str) -> Writer<'_> {
+    /// A writer of ConfigMaps through the main endpoint.
+    pub(in crate::api::patch) fn writer(manager: &str) -> Writer<'_> {
         Writer {
             manager,
             api_version: "v1".to_string(),
