@@ -98,6 +98,8 @@ pub enum ListKind {
 pub enum Node {
     /// Nothing known: objects merge field by field, lists are atomic.
     Deduced,
+    /// A built-in object the table lacks: known metadata, the rest deduced.
+    BuiltIn,
     Scalar,
     /// A struct; `None` when its definition has only scalar fields.
     Struct {
@@ -115,13 +117,48 @@ pub enum Node {
     },
 }
 
-/// The type of the objects of a built-in kind, if the table knows it.
+/// The API groups of upstream Kubernetes. A kind of these groups the table lacks is
+/// still built in (its group's OpenAPI document was not among the generator's inputs);
+/// kinds of other groups are custom resources.
+const UPSTREAM_GROUPS: &[&str] = &[
+    "",
+    "admissionregistration.k8s.io",
+    "apiextensions.k8s.io",
+    "apiregistration.k8s.io",
+    "apps",
+    "authentication.k8s.io",
+    "authorization.k8s.io",
+    "autoscaling",
+    "batch",
+    "certificates.k8s.io",
+    "coordination.k8s.io",
+    "discovery.k8s.io",
+    "events.k8s.io",
+    "flowcontrol.apiserver.k8s.io",
+    "internal.apiserver.k8s.io",
+    "networking.k8s.io",
+    "node.k8s.io",
+    "policy",
+    "rbac.authorization.k8s.io",
+    "resource.k8s.io",
+    "scheduling.k8s.io",
+    "storage.k8s.io",
+    "storagemigration.k8s.io",
+];
+
+const OBJECT_META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta";
+
+/// The type of the objects of a built-in kind; `None` for custom resources.
 pub fn root(group: &str, version: &str, kind: &str) -> Option<Node> {
     let name = KINDS
         .iter()
         .find(|(g, v, k, _)| *g == group && *v == version && *k == kind)
-        .map(|(_, _, _, name)| *name)?;
-    Some(struct_node(Some(name), false))
+        .map(|(_, _, _, name)| *name);
+    match name {
+        Some(name) => Some(struct_node(Some(name), false)),
+        None if UPSTREAM_GROUPS.contains(&group) => Some(Node::BuiltIn),
+        None => None,
+    }
 }
 
 fn struct_node(name: Option<&str>, atomic: bool) -> Node {
@@ -179,6 +216,8 @@ impl Node {
     pub fn child(&self, key: &str) -> (Node, Option<&'static Field>) {
         match self {
             Node::Deduced => (Node::Deduced, None),
+            Node::BuiltIn if key == "metadata" => (struct_node(Some(OBJECT_META), false), None),
+            Node::BuiltIn => (Node::Deduced, None),
             Node::Struct {
                 definition: Some(definition),
                 ..
@@ -196,7 +235,7 @@ impl Node {
     pub fn item(&self) -> Node {
         match self {
             Node::List { items, .. } => struct_node(*items, false),
-            Node::Deduced => Node::Deduced,
+            Node::Deduced | Node::BuiltIn => Node::Deduced,
             _ => Node::Scalar,
         }
     }
@@ -297,6 +336,17 @@ mod tests {
             }
         ));
         assert!(root("example.com", "v1", "Widget").is_none());
+        // Built-in kinds the table lacks keep their metadata's merge keys.
+        let role = root("rbac.authorization.k8s.io", "v1", "Role").unwrap();
+        assert!(matches!(role.child("rules").0, Node::Deduced));
+        let (finalizers, _) = role.child("metadata").0.child("finalizers");
+        assert!(matches!(
+            finalizers,
+            Node::List {
+                kind: ListKind::Set,
+                ..
+            }
+        ));
     }
 
     #[test]

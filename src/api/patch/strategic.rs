@@ -380,6 +380,22 @@ mod tests {
     }
 
     #[test]
+    fn built_in_kinds_outside_the_table_merge_maps_and_replace_lists() {
+        let role = root("rbac.authorization.k8s.io", "v1", "Role").unwrap();
+        let original = json!({"metadata": {"finalizers": ["a"], "labels": {"x": "1"}}, "rules": [{"verbs": ["get"]}]});
+        let out = patch(
+            &original,
+            &json!({"metadata": {"finalizers": ["b"], "labels": {"y": "2"}}, "rules": [{"verbs": ["list"]}]}),
+            role,
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            json!({"metadata": {"finalizers": ["a", "b"], "labels": {"x": "1", "y": "2"}}, "rules": [{"verbs": ["list"]}]})
+        );
+    }
+
+    #[test]
     fn lists_without_a_strategy_are_replaced() {
         let original = pod_template(
             json!({"tolerations": [{"key": "a"}], "containers": [{"name": "web", "args": ["x", "y"]}]}),
