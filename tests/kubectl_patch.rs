@@ -217,3 +217,88 @@ async fn server_side_apply_merges_containers_with_client_side_ones() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_requests_take_yaml_and_need_a_field_manager() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = started_server(dir.path()).await;
+    let client = server.admin_client();
+    let timeout = std::time::Duration::from_secs(10);
+    let path = "/api/v1/namespaces/default/configmaps/yaml";
+    let apply = |query: &'static str, body: &'static str| {
+        let client = client.clone();
+        let url = format!("{}{path}{query}", server.url());
+        async move {
+            let response = client
+                .request(
+                    http::Method::PATCH,
+                    &url,
+                    Some("application/apply-patch+yaml"),
+                    body.into(),
+                    timeout,
+                )
+                .await
+                .unwrap();
+            let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+            (response.status, body)
+        }
+    };
+    let config = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: yaml\ndata:\n  a: '1'\n";
+
+    let (status, body) = apply("", config).await;
+    assert_eq!(status, 422);
+    assert_eq!(
+        body["message"],
+        r#"PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: is required for apply patch"#
+    );
+
+    let (status, body) = apply("?fieldManager=tool", config).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["data"]["a"], "1");
+    assert_eq!(body["metadata"]["managedFields"][0]["manager"], "tool");
+    assert_eq!(body["metadata"]["managedFields"][0]["operation"], "Apply");
+    let version = body["metadata"]["resourceVersion"].clone();
+
+    // The same configuration again changes nothing, not even the resourceVersion.
+    let (status, body) = apply("?fieldManager=tool", config).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["metadata"]["resourceVersion"], version);
+
+    let (status, body) = apply(
+        "?fieldManager=other",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: yaml\ndata:\n  a: '2'\n",
+    )
+    .await;
+    assert_eq!(status, 409);
+    assert_eq!(body["reason"], "Conflict");
+    assert_eq!(
+        body["message"],
+        r#"Apply failed with 1 conflict: conflict with "tool": .data.a"#
+    );
+    assert_eq!(
+        body["details"]["causes"][0]["reason"],
+        "FieldManagerConflict"
+    );
+    assert_eq!(body["details"]["causes"][0]["field"], ".data.a");
+    assert_eq!(
+        body["details"]["causes"][0]["message"],
+        r#"conflict with "tool""#
+    );
+
+    let response = client
+        .request(
+            http::Method::PATCH,
+            &format!("{}{path}?force=true", server.url()),
+            Some("application/merge-patch+json"),
+            r#"{"data":{"b":"2"}}"#.into(),
+            timeout,
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status, 422);
+    let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+    assert_eq!(
+        body["message"],
+        r#"PatchOptions.meta.k8s.io "" is invalid: force: Forbidden: may not be specified for non-apply patch"#
+    );
+}
