@@ -163,6 +163,30 @@ async fn server_side_apply_owns_fields_and_reports_conflicts() {
     let yaml = managed_fields();
     assert!(!yaml.contains("kubectl-patch"), "{yaml}");
 
+    // `kubectl edit` is a manager of its own too.
+    let edited = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&server.kubeconfig)
+        .args(["edit", "cm", "settings"])
+        .env("KUBE_EDITOR", "sed -i s/three/edited/")
+        .output()
+        .unwrap();
+    assert!(
+        edited.status.success(),
+        "{}",
+        String::from_utf8_lossy(&edited.stderr)
+    );
+    assert_eq!(data(), r#"{"key":"edited"}"#);
+    let err = kubectl.fails(&apply, Some(&configmap("  key: three")));
+    assert!(
+        err.contains(r#"conflict with "kubectl-edit" using v1: .data.key"#),
+        "{err}"
+    );
+    kubectl.ok_with(
+        &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+        Some(&configmap("  key: three")),
+    );
+
     // Fields others own survive when the applier stops applying them.
     kubectl.ok(&["label", "cm", "settings", "team=a"]);
     kubectl.ok(&[
