@@ -381,7 +381,7 @@ mod tests {
 
     #[test]
     fn built_in_kinds_outside_the_table_merge_maps_and_replace_lists() {
-        let role = root("rbac.authorization.k8s.io", "v1", "Role").unwrap();
+        let role = root("rbac.authorization.k8s.io", "v9", "Future").unwrap();
         let original = json!({"metadata": {"finalizers": ["a"], "labels": {"x": "1"}}, "rules": [{"verbs": ["get"]}]});
         let out = patch(
             &original,
