@@ -84,6 +84,17 @@ async fn strategic_patches_and_client_side_apply_merge_containers_by_name() {
         err.contains("does not contain declared merge key: name"),
         "{err}"
     );
+
+    // Moving to server-side apply: what client-side apply set is owned by
+    // kubectl-client-side-apply, so changing it conflicts.
+    let err = kubectl.fails(
+        &["apply", "--server-side", "-f", "-"],
+        Some(&deployment("      - {name: web, image: nginx:4}")),
+    );
+    assert!(
+        err.contains(r#"Apply failed with 1 conflict: conflict with "kubectl-client-side-apply" using apps/v1: .spec.template.spec.containers[name="web"].image"#),
+        "{err}"
+    );
 }
 
 fn configmap(data: &str) -> String {

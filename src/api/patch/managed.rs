@@ -209,12 +209,10 @@ impl Writer<'_> {
             }
         };
         let mine = &mut entries[index];
-        let owned = mine
-            .fields
-            .difference(&diff.removed)
-            .union(&diff.added)
-            .union(&diff.modified);
-        if owned != mine.fields || mine.time.is_none() {
+        let touched = diff.added.union(&diff.modified);
+        let owned = mine.fields.difference(&diff.removed).union(&touched);
+        // The time says when the manager last set something.
+        if !touched.is_empty() || owned != mine.fields || mine.time.is_none() {
             mine.fields = owned;
             mine.time = Some(object::now());
         }
