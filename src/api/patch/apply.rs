@@ -288,6 +288,52 @@ mod tests {
     }
 
     #[test]
+    fn dropped_list_items_go_unless_someone_else_owns_part_of_them() {
+        let deployments = Writer {
+            api_version: "apps/v1".to_string(),
+            node: root("apps", "v1", "Deployment").unwrap(),
+            ..writer("mgr")
+        };
+        let containers = |names: &[&str]| {
+            let list: Vec<Value> = names
+                .iter()
+                .map(|n| json!({"name": n, "image": "i"}))
+                .collect();
+            json!({"spec": {"template": {"spec": {"containers": list}}}})
+        };
+        let run = |writer: &Writer<'_>, live: Option<&Value>, config: Value| {
+            let out = apply(writer, live, &config, false).unwrap();
+            let mut object = out.object;
+            set_entries(&mut object, out.entries);
+            object
+        };
+        let names = |object: &Value| -> Vec<String> {
+            object["spec"]["template"]["spec"]["containers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["name"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let both = run(&deployments, None, containers(&["web", "side"]));
+        let web_only = run(&deployments, Some(&both), containers(&["web"]));
+        assert_eq!(names(&web_only), ["web"]);
+
+        // Another applier sharing `side` keeps it when the first one drops it.
+        let other = Writer {
+            manager: "other",
+            ..deployments
+        };
+        let shared = run(&other, Some(&both), containers(&["side"]));
+        let deployments = Writer {
+            manager: "mgr",
+            ..other
+        };
+        let kept = run(&deployments, Some(&shared), containers(&["web"]));
+        assert_eq!(names(&kept), ["web", "side"]);
+    }
+
+    #[test]
     fn keyed_lists_merge_by_key() {
         let node = root("apps", "v1", "Deployment").unwrap();
         let live = json!({"spec": {"template": {"spec": {"containers": [{"name": "a", "image": "1"}, {"name": "b", "image": "2"}]}}}});

@@ -117,7 +117,13 @@ pub fn set_entries(object: &mut Value, mut entries: Vec<Entry>) {
                 &b.subresource,
             ))
     });
-    let Some(meta) = object::metadata_mut(object) else {
+    let Some(map) = object.as_object_mut() else {
+        return;
+    };
+    let meta = map
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Map::new()));
+    let Some(meta) = meta.as_object_mut() else {
         return;
     };
     if entries.is_empty() {
