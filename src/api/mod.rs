@@ -17,6 +17,7 @@ pub mod http;
 pub mod namespaces;
 pub mod object;
 pub mod openapi;
+pub mod patch;
 pub mod protobuf;
 pub mod registry;
 pub mod request;

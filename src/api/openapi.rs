@@ -154,6 +154,7 @@ fn build(registry: &Registry, group: &str, version: &str) -> Option<Value> {
         kinds.push(((resource.schema)(&mut generator), resource.clone()));
     }
     let mut schemas = generator.take_definitions(true);
+    crate::api::patch::schema::annotate(&mut schemas);
     let mut all_paths = Map::new();
     for (name, resource) in &kinds {
         if let Some(Value::Object(schema)) = schemas.get_mut(name) {

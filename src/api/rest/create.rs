@@ -8,7 +8,35 @@ use super::{check_type_and_namespace, hooks, name_required, spec, validate, ApiE
 use crate::api::error::Target;
 use crate::api::http::Body;
 use crate::api::object;
+use crate::api::patch::managed::{self, Entry, Writer};
+use crate::api::patch::schema::{self, Node};
 use crate::store::Consistency;
+
+/// Who owns the fields of a new object.
+pub(super) enum Ownership {
+    /// A create (or update) records its writer as the manager of every field it set.
+    Update,
+    /// An apply that creates the object: the entries it computed.
+    Apply(Vec<Entry>),
+}
+
+/// The field manager of this request and what it writes: the `fieldManager` parameter,
+/// else the User-Agent up to its first `/`, as upstream.
+pub(super) fn writer<'a>(call: &'a Call<'_>) -> Writer<'a> {
+    let resource = &call.resource;
+    let manager = call.query("fieldManager").unwrap_or_else(|| {
+        let agent = call.user_agent.as_deref().unwrap_or_default();
+        agent.split('/').next().unwrap_or_default()
+    });
+    Writer {
+        manager,
+        api_version: resource.api_version(),
+        subresource: call.path.subresource.as_deref(),
+        status_subresource: resource.subresources.iter().any(|s| s == "status"),
+        node: schema::root(&resource.group, &resource.version, &resource.kind)
+            .unwrap_or(Node::Deduced),
+    }
+}
 
 /// Fields of metadata only the server sets.
 const SERVER_OWNED: &[&str] = &[
@@ -78,7 +106,17 @@ pub(crate) fn prepare_new(object: &mut Value, has_status_subresource: bool, kind
 }
 
 pub(super) async fn create(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
-    let mut object = call.body_json()?;
+    let object = call.body_json()?;
+    store_new(call, object, Ownership::Update).await
+}
+
+/// Creates `object` (a create's body, or what an apply to a missing object computed):
+/// checks, server-owned metadata, managedFields per `ownership`, then the store.
+pub(super) async fn store_new(
+    call: &Call<'_>,
+    mut object: Value,
+    ownership: Ownership,
+) -> Result<Response<Body>, ApiError> {
     check_type_and_namespace(call, &mut object)?;
     let meta = object::metadata(&object).cloned().unwrap_or_default();
     let generate = meta
@@ -100,6 +138,10 @@ pub(super) async fn create(call: &Call<'_>) -> Result<Response<Body>, ApiError> 
     let status_subresource = call.resource.subresources.iter().any(|s| s == "status");
     prepare_new(&mut object, status_subresource, &call.resource.kind);
     crate::api::defaults::apply(&call.resource.kind, &mut object);
+    match ownership {
+        Ownership::Update => writer(call).record_update(None, &mut object),
+        Ownership::Apply(entries) => managed::set_entries(&mut object, entries),
+    }
     // A generated name may collide; upstream retries a few times.
     for _ in 0..5 {
         let name = match (&given, &generate) {

@@ -77,6 +77,8 @@ pub(crate) struct Call<'a> {
     query: HashMap<String, String>,
     accept: Option<String>,
     content_type: Option<String>,
+    /// Names the field manager of writes that do not say (`kubectl/v1.33...` → `kubectl`).
+    user_agent: Option<String>,
     body: Bytes,
     /// Who is asking.
     user: crate::auth::UserInfo,
@@ -277,6 +279,7 @@ async fn serve(
     };
     let accept = header(http::header::ACCEPT);
     let content_type = header(http::header::CONTENT_TYPE);
+    let user_agent = header(http::header::USER_AGENT);
     let body = read_body(request.into_body()).await?;
     let call = Call {
         api,
@@ -285,6 +288,7 @@ async fn serve(
         query,
         accept,
         content_type,
+        user_agent,
         body,
         user,
         warnings: Default::default(),

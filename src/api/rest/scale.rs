@@ -183,7 +183,9 @@ pub(super) async fn update(call: &Call<'_>, is_patch: bool) -> Result<Response<B
         if object.pointer("/spec/replicas").and_then(Value::as_i64) == Some(replicas) {
             return Ok(call.ok(StatusCode::OK, &current));
         }
+        let before = object.clone();
         object["spec"]["replicas"] = json!(replicas);
+        super::create::writer(call).record_update(Some(&before), &mut object);
         let generation = object::metadata(&object)
             .and_then(|m| m.get("generation"))
             .and_then(Value::as_i64);

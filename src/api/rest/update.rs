@@ -1,13 +1,18 @@
-//! update (PUT) and patch: read the stored object, compute the new one, keep what only the
-//! server may change, and write it back with compare-and-swap, retrying when another write
-//! got in between (unless the client named the resourceVersion it expects).
+//! update (PUT) and patch: read the stored object, compute the new one (a merge, JSON or
+//! strategic merge patch, or a server-side apply, which also creates what is missing),
+//! keep what only the server may change, record field ownership, and write it back with
+//! compare-and-swap, retrying when another write got in between (unless the client named
+//! the resourceVersion it expects).
 
 use http::{Response, StatusCode};
 use serde_json::Value;
 
+use super::create::{self, Ownership};
 use super::{check_type_and_namespace, hooks, spec, validate, validate_update, ApiError, Call};
+use crate::api::error::{FieldError, Target};
 use crate::api::http::Body;
 use crate::api::object;
+use crate::api::patch::{self, managed, schema, schema::Node, strategic};
 use crate::store::{Consistency, KeyValue, StoreError};
 
 /// Metadata fields that keep their stored value whatever the client sends.
@@ -30,52 +35,65 @@ enum Change<'a> {
         content_type: &'a str,
         patch: &'a Value,
     },
+    /// A server-side apply of this configuration.
+    Apply { config: &'a Value, force: bool },
 }
+
+/// The patch types served for kinds strategic merge does not know (custom resources).
+const WITHOUT_STRATEGIC: &str =
+    "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml";
 
 fn is_status(call: &Call<'_>) -> bool {
     call.path.subresource.as_deref() == Some("status")
 }
 
-/// Applies `patch` to `current`.
-fn apply_patch(content_type: &str, current: &Value, patch: &Value) -> Result<Value, ApiError> {
+/// Applies `patch` to `current`, an object of type `node` (`None`: not in the strategic
+/// merge table).
+fn apply_patch(
+    content_type: &str,
+    current: &Value,
+    patch: &Value,
+    node: Option<Node>,
+) -> Result<Value, ApiError> {
     let mut patched = current.clone();
     match content_type {
         "application/merge-patch+json" => json_patch::merge(&mut patched, patch),
-        // Maps merge the same way in both; lists are replaced until per-field merge keys
-        // arrive with the OpenAPI-driven strategic merge.
-        "application/strategic-merge-patch+json" => json_patch::merge(&mut patched, &strip_directives(patch)),
+        "application/strategic-merge-patch+json" => {
+            let node = node
+                .ok_or_else(|| ApiError::UnsupportedMediaType(WITHOUT_STRATEGIC.to_string()))?;
+            patched = strategic::patch(current, patch, node).map_err(|e| {
+                if e.unprocessable() {
+                    ApiError::Unprocessable(e.to_string())
+                } else {
+                    ApiError::BadRequest(e.to_string())
+                }
+            })?;
+        }
         "application/json-patch+json" => {
             let ops: json_patch::Patch = serde_json::from_value(patch.clone())
                 .map_err(|e| ApiError::BadRequest(format!("the JSON patch is malformed: {e}")))?;
             json_patch::patch(&mut patched, &ops)
                 .map_err(|e| ApiError::Unprocessable(format!("the server rejected our request due to an error in our request: {e}")))?;
         }
-        "application/apply-patch+yaml" => {
+        _ => {
             return Err(ApiError::UnsupportedMediaType(
-                "application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (server-side apply is not served yet)".to_string(),
+                "application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml".to_string(),
             ))
-        }
-        other => {
-            return Err(ApiError::UnsupportedMediaType(format!(
-                "application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {other:?})"
-            )))
         }
     }
     Ok(patched)
 }
 
-/// Drops strategic-merge directives (`$patch`, `$setElementOrder/...`, `$retainKeys`,
-/// `$deleteFromPrimitiveList/...`), which a plain merge would store as fields.
-fn strip_directives(patch: &Value) -> Value {
-    match patch {
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .filter(|(k, _)| !k.starts_with('$'))
-                .map(|(k, v)| (k.clone(), strip_directives(v)))
-                .collect(),
-        ),
-        Value::Array(items) => Value::Array(items.iter().map(strip_directives).collect()),
-        other => other.clone(),
+/// The invalid-PatchOptions error upstream answers for bad apply parameters.
+fn invalid_patch_options(cause: FieldError) -> ApiError {
+    ApiError::Invalid {
+        target: Target {
+            qualified_resource: "patchoptions.meta.k8s.io".to_string(),
+            group: "meta.k8s.io".to_string(),
+            kind: "PatchOptions".to_string(),
+            name: String::new(),
+        },
+        causes: vec![cause],
     }
 }
 
@@ -155,12 +173,32 @@ async fn apply(call: &Call<'_>, change: Change<'_>) -> Result<Response<Body>, Ap
     let name = call.path.name.as_deref().unwrap_or_default().to_string();
     let key = call.key(&name);
     let target = || call.target(&name);
+    let writer = create::writer(call);
+    let node = schema::root(
+        &call.resource.group,
+        &call.resource.version,
+        &call.resource.kind,
+    );
     let expected = match &change {
         Change::Replace(body) => object::resource_version(body)?,
         Change::Patch { patch, .. } => object::resource_version(patch)?,
+        Change::Apply { config, .. } => object::resource_version(config)?,
     };
     for _ in 0..ATTEMPTS {
-        let current_kv: KeyValue = call.load(&name, Consistency::Linearizable).await?;
+        let loaded = call.load(&name, Consistency::Linearizable).await;
+        let current_kv: KeyValue = match (loaded, &change) {
+            (Err(ApiError::NotFound(_)), Change::Apply { config, force }) if !is_status(call) => {
+                // Apply creates what does not exist yet.
+                let applied = match patch::apply::apply(&writer, None, config, *force) {
+                    Ok(applied) => applied,
+                    Err(conflicts) => return Ok(conflict_response(&conflicts)),
+                };
+                let mut object = applied.object;
+                name_from_url(call, &mut object)?;
+                return create::store_new(call, object, Ownership::Apply(applied.entries)).await;
+            }
+            (loaded, _) => loaded?,
+        };
         if expected.is_some_and(|rv| rv != current_kv.mod_revision) {
             return Err(ApiError::from_store(
                 StoreError::Conflict {
@@ -172,17 +210,28 @@ async fn apply(call: &Call<'_>, change: Change<'_>) -> Result<Response<Body>, Ap
             ));
         }
         let current = object::decode(&current_kv)?;
-        let proposed = match &change {
-            Change::Replace(body) => (*body).clone(),
+        let (proposed, entries) = match &change {
+            Change::Replace(body) => ((*body).clone(), None),
             Change::Patch {
                 content_type,
                 patch,
-            } => apply_patch(content_type, &current, patch)?,
+            } => (apply_patch(content_type, &current, patch, node)?, None),
+            Change::Apply { config, force } => {
+                match patch::apply::apply(&writer, Some(&current), config, *force) {
+                    Ok(applied) => (applied.object, Some(applied.entries)),
+                    Err(conflicts) => return Ok(conflict_response(&conflicts)),
+                }
+            }
         };
         let mut new = reconcile(call, &current, proposed)?;
         crate::api::defaults::apply(&call.resource.kind, &mut new);
+        match entries {
+            Some(entries) => managed::set_entries(&mut new, entries),
+            None => writer.record_update(Some(&current), &mut new),
+        }
         validate(call, &new)?;
         validate_update(call, &current, &new)?;
+        hooks::admit_update(call, &current, &mut new).await?;
         if without_resource_version(&new) == without_resource_version(&current) {
             // Nothing changed: no write, same resourceVersion, as upstream.
             return Ok(call.ok(StatusCode::OK, &current));
@@ -199,7 +248,6 @@ async fn apply(call: &Call<'_>, change: Change<'_>) -> Result<Response<Body>, Ap
                 Err(e) => Err(ApiError::from_store(e, target())),
             };
         }
-        hooks::admit_update(call, &current, &mut new).await?;
         let result = call
             .store_update(&key, &mut new, current_kv.mod_revision)
             .await;
@@ -218,6 +266,55 @@ async fn apply(call: &Call<'_>, change: Change<'_>) -> Result<Response<Body>, Ap
     })
 }
 
+/// The 409 of an apply that would change fields other managers own.
+fn conflict_response(conflicts: &patch::apply::Conflicts) -> Response<Body> {
+    let (code, status) = conflicts.status();
+    crate::api::status::render(code, &status)
+}
+
+/// Gives an object created by apply the name on the URL, or says it differs.
+fn name_from_url(call: &Call<'_>, object: &mut Value) -> Result<(), ApiError> {
+    let name = call.path.name.as_deref().unwrap_or_default();
+    let meta = object::metadata_mut(object)
+        .ok_or_else(|| ApiError::BadRequest("metadata must be an object".to_string()))?;
+    match meta.get("name").and_then(Value::as_str) {
+        Some(body) if !body.is_empty() && body != name => Err(ApiError::BadRequest(format!(
+            "the name of the object ({body}) does not match the name on the URL ({name})"
+        ))),
+        _ => {
+            meta.insert("name".into(), Value::String(name.to_string()));
+            Ok(())
+        }
+    }
+}
+
+/// The configuration of an apply request: YAML (JSON is YAML too), an object, without
+/// managedFields.
+fn apply_config(call: &Call<'_>) -> Result<Value, ApiError> {
+    if call.query("fieldManager").unwrap_or_default().is_empty() {
+        return Err(invalid_patch_options(FieldError::required(
+            "fieldManager",
+            "is required for apply patch",
+        )));
+    }
+    let config: Value = serde_yaml_ng::from_slice(&call.body)
+        .map_err(|e| ApiError::BadRequest(format!("error decoding YAML: {e}")))?;
+    if !config.is_object() {
+        return Err(ApiError::BadRequest(
+            "the apply configuration must be an object".to_string(),
+        ));
+    }
+    if config
+        .pointer("/metadata/managedFields")
+        .is_some_and(|m| !m.is_null())
+    {
+        return Err(ApiError::BadRequest(
+            "metadata.managedFields must be nil".to_string(),
+        ));
+    }
+    Ok(config)
+}
+
 pub(super) async fn update(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
     let body = call.body_json()?;
     apply(call, Change::Replace(&body)).await
@@ -231,6 +328,25 @@ pub(super) async fn patch(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
         .unwrap_or_default();
     if call.body.is_empty() {
         return Err(ApiError::BadRequest("the patch is empty".to_string()));
+    }
+    let force = call.query("force");
+    if content_type == "application/apply-patch+yaml" {
+        let config = apply_config(call)?;
+        let force = super::query_bool(force);
+        return apply(
+            call,
+            Change::Apply {
+                config: &config,
+                force,
+            },
+        )
+        .await;
+    }
+    if force.is_some() {
+        return Err(invalid_patch_options(FieldError::forbidden(
+            "force",
+            "may not be specified for non-apply patch",
+        )));
     }
     let patch: Value = serde_json::from_slice(&call.body)
         .map_err(|e| ApiError::BadRequest(format!("the patch is not valid JSON: {e}")))?;
@@ -254,10 +370,12 @@ mod tests {
     fn patches_of_each_type_apply() {
         let current =
             json!({"metadata": {"name": "a", "labels": {"x": "1", "y": "2"}}, "data": {"k": "v"}});
+        let configmap = schema::root("", "v1", "ConfigMap");
         let merged = apply_patch(
             "application/merge-patch+json",
             &current,
             &json!({"metadata": {"labels": {"x": null, "z": "3"}}}),
+            configmap,
         )
         .unwrap();
         assert_eq!(merged["metadata"]["labels"], json!({"y": "2", "z": "3"}));
@@ -265,6 +383,7 @@ mod tests {
             "application/strategic-merge-patch+json",
             &current,
             &json!({"$setElementOrder/foo": [], "data": {"k2": "v2"}}),
+            configmap,
         )
         .unwrap();
         assert_eq!(strategic["data"], json!({"k": "v", "k2": "v2"}));
@@ -273,19 +392,33 @@ mod tests {
             "application/json-patch+json",
             &current,
             &json!([{"op": "replace", "path": "/data/k", "value": "w"}]),
+            configmap,
         )
         .unwrap();
         assert_eq!(patched["data"]["k"], "w");
         assert!(apply_patch(
             "application/json-patch+json",
             &current,
-            &json!([{"op": "remove", "path": "/nope"}])
+            &json!([{"op": "remove", "path": "/nope"}]),
+            configmap,
         )
         .is_err());
         assert!(matches!(
-            apply_patch("text/plain", &current, &json!({})),
+            apply_patch("text/plain", &current, &json!({}), configmap),
             Err(ApiError::UnsupportedMediaType(_))
         ));
+        // Strategic merge needs the kind's merge keys; custom resources have none.
+        let unknown = apply_patch(
+            "application/strategic-merge-patch+json",
+            &current,
+            &json!({}),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(
+            unknown.to_string(),
+            "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml"
+        );
     }
 
     #[test]
