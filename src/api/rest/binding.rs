@@ -124,6 +124,9 @@ pub(super) async fn create(call: &Call<'_>) -> Result<Response<Body>, ApiError> 
             }
         }
         set_condition(&mut pod, "PodScheduled");
+        if call.dry_run {
+            return Ok(call.ok(StatusCode::CREATED, &success(StatusCode::CREATED)));
+        }
         match call.store_update(&key, &mut pod, kv.mod_revision).await {
             Ok(()) => return Ok(call.ok(StatusCode::CREATED, &success(StatusCode::CREATED))),
             Err(StoreError::Conflict { .. }) => continue,

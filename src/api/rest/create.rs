@@ -49,6 +49,24 @@ const SERVER_OWNED: &[&str] = &[
     "selfLink",
 ];
 
+/// Kinds with a spec whose strategy upstream does not track generations for.
+const WITHOUT_GENERATION: &[&str] = &[
+    "Namespace",
+    "Node",
+    "Service",
+    "PersistentVolume",
+    "PersistentVolumeClaim",
+    "ResourceQuota",
+    "LimitRange",
+    "Lease",
+    "CSIDriver",
+    "CSINode",
+    "VolumeAttachment",
+    "CertificateSigningRequest",
+    "IPAddress",
+    "ServiceCIDR",
+];
+
 /// Namespaced objects need their namespace to exist and not be going away.
 async fn check_namespace(call: &Call<'_>, namespace: &str) -> Result<(), ApiError> {
     let namespaces = call
@@ -100,7 +118,7 @@ pub(crate) fn prepare_new(object: &mut Value, has_status_subresource: bool, kind
     }
     meta.insert("uid".into(), Value::String(object::new_uid()));
     meta.insert("creationTimestamp".into(), Value::String(object::now()));
-    if has_spec {
+    if has_spec && !WITHOUT_GENERATION.contains(&kind) {
         meta.insert("generation".into(), Value::from(1));
     }
 }
@@ -154,6 +172,10 @@ pub(super) async fn store_new(
             .insert("name".into(), Value::String(name.clone()));
         hooks::prepare_create(call, &mut object);
         validate(call, &object)?;
+        if call.dry_run {
+            // Nothing is allocated or stored.
+            return Ok(call.ok(StatusCode::CREATED, &object));
+        }
         hooks::admit_create(call, &mut object).await?;
         let result = call
             .api

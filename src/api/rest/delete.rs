@@ -124,6 +124,9 @@ pub(super) async fn delete_one(
             if is_namespace {
                 current["status"] = json!({"phase": "Terminating"});
             }
+            if call.dry_run {
+                return Ok(current);
+            }
             match call.store_update(&key, &mut current, kv.mod_revision).await {
                 Ok(()) => {
                     if is_namespace {
@@ -134,6 +137,9 @@ pub(super) async fn delete_one(
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(ApiError::from_store(e, target())),
             }
+        }
+        if call.dry_run {
+            return Ok(current);
         }
         match call.api.store.delete(&key, Some(kv.mod_revision)).await {
             Ok(_) => {

@@ -48,6 +48,10 @@ pub(super) async fn create(call: &Call<'_>) -> Result<Response<Body>, ApiError> 
         _ => DeleteOptions::default(),
     };
     let pod = object::decode(&call.load(&name, Consistency::Linearizable).await?)?;
+    if call.dry_run {
+        // What would be checked and deleted is not touched.
+        return Ok(call.ok(StatusCode::CREATED, &success(StatusCode::CREATED)));
+    }
     if budget_applies(&pod) {
         charge_budget(call, &pod).await?;
     }

@@ -82,6 +82,8 @@ pub(crate) struct Call<'a> {
     body: Bytes,
     /// Who is asking.
     user: crate::auth::UserInfo,
+    /// `dryRun=All`: everything but the write.
+    dry_run: bool,
     /// Warnings for the `Warning` response header.
     warnings: std::sync::Mutex<Vec<String>>,
 }
@@ -201,6 +203,31 @@ pub async fn handle(
     }
 }
 
+/// Whether a write is a dry run: `dryRun=All` (the only value upstream accepts).
+fn dry_run(query: &HashMap<String, String>, verb: Verb) -> Result<bool, ApiError> {
+    let Some(value) = query.get("dryRun") else {
+        return Ok(false);
+    };
+    if value == "All" {
+        return Ok(true);
+    }
+    let options = match verb {
+        Verb::Create => "CreateOptions",
+        Verb::Update => "UpdateOptions",
+        Verb::Patch => "PatchOptions",
+        _ => "DeleteOptions",
+    };
+    Err(ApiError::Invalid {
+        target: Target {
+            qualified_resource: String::new(),
+            group: "meta.k8s.io".to_string(),
+            kind: options.to_string(),
+            name: String::new(),
+        },
+        causes: vec![FieldError::unsupported("dryRun", value, &["All"])],
+    })
+}
+
 /// A boolean query parameter as upstream reads one: present and not `0` or `false` (any
 /// case) is true — clients send `true`, `True` and `1`.
 pub(super) fn query_bool(value: Option<&str>) -> bool {
@@ -277,6 +304,7 @@ async fn serve(
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
+    let dry_run = dry_run(&query, verb)?;
     let accept = header(http::header::ACCEPT);
     let content_type = header(http::header::CONTENT_TYPE);
     let user_agent = header(http::header::USER_AGENT);
@@ -291,6 +319,7 @@ async fn serve(
         user_agent,
         body,
         user,
+        dry_run,
         warnings: Default::default(),
     };
     match (call.path.subresource.as_deref(), verb) {

@@ -192,6 +192,9 @@ pub(super) async fn update(call: &Call<'_>, is_patch: bool) -> Result<Response<B
         if let (Some(generation), Some(meta)) = (generation, object::metadata_mut(&mut object)) {
             meta.insert("generation".into(), json!(generation + 1));
         }
+        if call.dry_run {
+            return Ok(call.ok(StatusCode::OK, &scale_of(call, &object)));
+        }
         match call.store_update(&key, &mut object, kv.mod_revision).await {
             Ok(()) => return Ok(call.ok(StatusCode::OK, &scale_of(call, &object))),
             Err(StoreError::Conflict { .. }) if expected.is_none() => continue,

@@ -231,6 +231,9 @@ async fn apply(call: &Call<'_>, change: Change<'_>) -> Result<Response<Body>, Ap
         }
         validate(call, &new)?;
         validate_update(call, &current, &new)?;
+        if call.dry_run {
+            return Ok(call.ok(StatusCode::OK, &new));
+        }
         hooks::admit_update(call, &current, &mut new).await?;
         if without_resource_version(&new) == without_resource_version(&current) {
             // Nothing changed: no write, same resourceVersion, as upstream.
