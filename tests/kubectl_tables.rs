@@ -149,7 +149,10 @@ fn assert_prints(output: &str, expected: &[&str]) {
     let lines: Vec<&str> = output.lines().collect();
     assert_eq!(lines.len(), expected.len(), "output:\n{output}");
     for (line, want) in lines.iter().zip(expected) {
-        assert!(matches(line, want), "line {line:?} is not {want:?}; output:\n{output}");
+        assert!(
+            matches(line, want),
+            "line {line:?} is not {want:?}; output:\n{output}"
+        );
     }
 }
 
@@ -163,8 +166,19 @@ async fn kubectl_get_prints_upstream_tables() {
     };
     create.ok_with(&["create", "-f", "-"], Some(&objects()));
     for (object, status) in statuses() {
-        let namespace = if object.starts_with("node/") { vec![] } else { vec!["-n", "default"] };
-        let mut args = vec!["patch", object, "--subresource=status", "--type=merge", "-p", &status];
+        let namespace = if object.starts_with("node/") {
+            vec![]
+        } else {
+            vec!["-n", "default"]
+        };
+        let mut args = vec![
+            "patch",
+            object,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status,
+        ];
         args.extend(namespace);
         create.ok(&args);
     }

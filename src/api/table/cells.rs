@@ -23,6 +23,21 @@ pub fn text_or<'a>(object: &'a Value, pointer: &str, fallback: &'a str) -> &'a s
     }
 }
 
+/// The primary address of a dual-stack object: the first of the list at `plural` (its
+/// `item` field), else the single field at `singular`, else `<none>`. Upstream prints
+/// the list, which conversion fills from the single field when it is missing.
+pub fn primary_address<'a>(object: &'a Value, plural: &str, item: &str, singular: &str) -> &'a str {
+    let first = list(object, plural)
+        .first()
+        .and_then(|first| first.pointer(item))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    match first {
+        "" => text_or(object, singular, "<none>"),
+        address => address,
+    }
+}
+
 /// The integer at `pointer`, or 0.
 pub fn int(object: &Value, pointer: &str) -> i64 {
     object.pointer(pointer).and_then(Value::as_i64).unwrap_or(0)
@@ -200,9 +215,13 @@ mod tests {
         );
         assert_eq!(format_selector(Some(&json!({}))), "<none>");
         assert_eq!(format_selector(None), "<none>");
-        let bad = json!({"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]});
+        let bad =
+            json!({"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]});
         assert_eq!(format_selector(Some(&bad)), "<error>");
-        assert_eq!(format_labels(json!({"b": "2", "a": "1"}).as_object()), "a=1,b=2");
+        assert_eq!(
+            format_labels(json!({"b": "2", "a": "1"}).as_object()),
+            "a=1,b=2"
+        );
         assert_eq!(format_labels(None), "<none>");
     }
 

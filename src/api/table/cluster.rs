@@ -10,34 +10,34 @@ use k8s_openapi::api::networking::v1::NetworkPolicySpec;
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
 use k8s_openapi::api::scheduling::v1::PriorityClass;
 use k8s_openapi::api::storage::v1::{
-    CSIDriverSpec, CSIStorageCapacity, StorageClass, VolumeAttachmentSource,
-    VolumeAttachmentSpec, VolumeAttachmentStatus,
+    CSIDriverSpec, CSIStorageCapacity, StorageClass, VolumeAttachmentSource, VolumeAttachmentSpec,
+    VolumeAttachmentStatus,
 };
 use serde_json::{json, Value};
 
 use super::cells::{
-    flag, format_selector, list, list_with_more, load_balancer_points, map, scalar, text,
-    text_or,
+    flag, format_selector, list, list_with_more, load_balancer_points, map, scalar, text, text_or,
 };
 use super::{col, doc, Column, Doc, AGE, NAME};
 use crate::api::object::human_duration;
 
-/// Up to three hosts of an ingress's rules, `*` when none names a host.
+/// Up to three hosts of an ingress's rules, `*` when none names a host (`formatHosts`:
+/// the "more" count is of rules, not hosts).
 fn ingress_hosts(ingress: &Value) -> Value {
     let rules = list(ingress, "/spec/rules");
-    let hosts: Vec<&str> = rules
-        .iter()
-        .take(3)
-        .map(|r| text(r, "/host"))
-        .filter(|h| !h.is_empty())
-        .collect();
-    if hosts.is_empty() {
-        return "*".into();
+    let mut hosts: Vec<&str> = Vec::new();
+    let mut more = false;
+    for rule in rules {
+        more = more || hosts.len() == 3;
+        let host = text(rule, "/host");
+        if !more && !host.is_empty() {
+            hosts.push(host);
+        }
     }
-    if rules.len() > 3 {
-        format!("{} + {} more...", hosts.join(","), rules.len() - 3).into()
-    } else {
-        hosts.join(",").into()
+    match (hosts.is_empty(), more) {
+        (true, _) => "*".into(),
+        (false, true) => format!("{} + {} more...", hosts.join(","), rules.len() - 3).into(),
+        (false, false) => hosts.join(",").into(),
     }
 }
 
@@ -55,10 +55,15 @@ fn ingress_class_parameters(class: &Value) -> Value {
 fn slice_ports(slice: &Value) -> Value {
     let ports: Vec<String> = list(slice, "/ports")
         .iter()
-        .map(|p| match (p.get("port").and_then(Value::as_i64), p.get("name").and_then(Value::as_str)) {
-            (Some(port), _) => port.to_string(),
-            (None, Some(name)) => name.to_string(),
-            (None, None) => "*".to_string(),
+        .map(|p| {
+            match (
+                p.get("port").and_then(Value::as_i64),
+                p.get("name").and_then(Value::as_str),
+            ) {
+                (Some(port), _) => port.to_string(),
+                (None, Some(name)) => name.to_string(),
+                (None, None) => "*".to_string(),
+            }
         })
         .collect();
     list_with_more(&ports, 3).into()
@@ -79,7 +84,9 @@ fn subjects(binding: &Value, kind: &str) -> Value {
         .iter()
         .filter(|s| text(s, "/kind") == kind)
         .map(|s| match kind {
-            "ServiceAccount" => format!("{}/{}", text(s, "/namespace"), text(s, "/name")),
+            "ServiceAccount" if !text(s, "/namespace").is_empty() => {
+                format!("{}/{}", text(s, "/namespace"), text(s, "/name"))
+            }
             _ => text(s, "/name").to_string(),
         })
         .collect();
@@ -110,7 +117,10 @@ fn binding(what: &'static str) -> Vec<Column> {
         AGE,
         col("Users", users, |o| subjects(o, "User")).wide(),
         col("Groups", groups, |o| subjects(o, "Group")).wide(),
-        col("ServiceAccounts", accounts, |o| subjects(o, "ServiceAccount")).wide(),
+        col("ServiceAccounts", accounts, |o| {
+            subjects(o, "ServiceAccount")
+        })
+        .wide(),
     ]
 }
 
@@ -139,9 +149,12 @@ fn csr_condition(csr: &Value) -> Value {
 
 fn is_default_class(class: &Value) -> bool {
     map(class, "/metadata/annotations").is_some_and(|a| {
-        ["storageclass.kubernetes.io/is-default-class", "storageclass.beta.kubernetes.io/is-default-class"]
-            .iter()
-            .any(|key| a.get(*key).and_then(Value::as_str) == Some("true"))
+        [
+            "storageclass.kubernetes.io/is-default-class",
+            "storageclass.beta.kubernetes.io/is-default-class",
+        ]
+        .iter()
+        .any(|key| a.get(*key).and_then(Value::as_str) == Some("true"))
     })
 }
 
@@ -158,16 +171,22 @@ fn storage_class() -> Vec<Column> {
             },
             ..NAME
         },
-        col("Provisioner", doc::<StorageClass>("provisioner"), |o| text(o, "/provisioner").into()),
+        col("Provisioner", doc::<StorageClass>("provisioner"), |o| {
+            text(o, "/provisioner").into()
+        }),
         col("ReclaimPolicy", doc::<StorageClass>("reclaimPolicy"), |o| {
             text_or(o, "/reclaimPolicy", "Delete").into()
         }),
-        col("VolumeBindingMode", doc::<StorageClass>("volumeBindingMode"), |o| {
-            text_or(o, "/volumeBindingMode", "Immediate").into()
-        }),
-        col("AllowVolumeExpansion", doc::<StorageClass>("allowVolumeExpansion"), |o| {
-            json!(flag(o, "/allowVolumeExpansion", false))
-        }),
+        col(
+            "VolumeBindingMode",
+            doc::<StorageClass>("volumeBindingMode"),
+            |o| text_or(o, "/volumeBindingMode", "Immediate").into(),
+        ),
+        col(
+            "AllowVolumeExpansion",
+            doc::<StorageClass>("allowVolumeExpansion"),
+            |o| json!(flag(o, "/allowVolumeExpansion", false)),
+        ),
         AGE,
     ]
 }
@@ -177,11 +196,19 @@ fn csi_driver() -> Vec<Column> {
         col(name, doc::<CSIDriverSpec>(field), pointer).typed("boolean")
     };
     vec![
-        boolean("AttachRequired", "attachRequired", |o| json!(flag(o, "/spec/attachRequired", true))),
-        boolean("PodInfoOnMount", "podInfoOnMount", |o| json!(flag(o, "/spec/podInfoOnMount", false))),
-        boolean("StorageCapacity", "storageCapacity", |o| json!(flag(o, "/spec/storageCapacity", false))),
-        col("TokenRequests", doc::<CSIDriverSpec>("tokenRequests"), |o| {
-            match o.pointer("/spec/tokenRequests").and_then(Value::as_array) {
+        boolean("AttachRequired", "attachRequired", |o| {
+            json!(flag(o, "/spec/attachRequired", true))
+        }),
+        boolean("PodInfoOnMount", "podInfoOnMount", |o| {
+            json!(flag(o, "/spec/podInfoOnMount", false))
+        }),
+        boolean("StorageCapacity", "storageCapacity", |o| {
+            json!(flag(o, "/spec/storageCapacity", false))
+        }),
+        col(
+            "TokenRequests",
+            doc::<CSIDriverSpec>("tokenRequests"),
+            |o| match o.pointer("/spec/tokenRequests").and_then(Value::as_array) {
                 None => "<unset>".into(),
                 Some(requests) => requests
                     .iter()
@@ -189,8 +216,8 @@ fn csi_driver() -> Vec<Column> {
                     .collect::<Vec<_>>()
                     .join(",")
                     .into(),
-            }
-        }),
+            },
+        ),
         boolean("RequiresRepublish", "requiresRepublish", |o| {
             json!(flag(o, "/spec/requiresRepublish", false))
         }),
@@ -199,7 +226,11 @@ fn csi_driver() -> Vec<Column> {
                 .iter()
                 .filter_map(Value::as_str)
                 .collect();
-            if modes.is_empty() { "<none>".into() } else { modes.join(",").into() }
+            if modes.is_empty() {
+                "<none>".into()
+            } else {
+                modes.join(",").into()
+            }
         }),
         AGE,
     ]
@@ -305,4 +336,138 @@ pub(super) fn columns(group: &str, kind: &str) -> Option<Vec<Column>> {
         _ => return None,
     };
     Some(columns)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::api::table::tests::{cells_of, strings};
+    use serde_json::json;
+
+    #[test]
+    fn networking_kinds() {
+        let ingress = json!({"metadata": {"name": "web"}, "spec": {"ingressClassName": "nginx", "tls": [{"hosts": ["a.example.com"]}],
+            "rules": [{"host": "a.example.com"}, {}, {"host": "b.example.com"}, {"host": "c.example.com"}, {"host": "d.example.com"}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.10"}]}}});
+        assert_eq!(
+            strings(&cells_of("networking.k8s.io", "v1", "ingresses", ingress)),
+            [
+                "web",
+                "nginx",
+                "a.example.com,b.example.com,c.example.com + 2 more...",
+                "192.0.2.10",
+                "80, 443",
+                "<unknown>"
+            ]
+        );
+        let slice = json!({"metadata": {"name": "web-abc"}, "addressType": "IPv4", "ports": [{"port": 80}, {"name": "metrics"}],
+            "endpoints": [{"addresses": ["10.0.0.1"]}, {"addresses": ["10.0.0.2"]}]});
+        assert_eq!(
+            strings(&cells_of("discovery.k8s.io", "v1", "endpointslices", slice)),
+            [
+                "web-abc",
+                "IPv4",
+                "80,metrics",
+                "10.0.0.1,10.0.0.2",
+                "<unknown>"
+            ]
+        );
+        let policy = json!({"metadata": {"name": "deny"}, "spec": {"podSelector": {}}});
+        assert_eq!(
+            strings(&cells_of(
+                "networking.k8s.io",
+                "v1",
+                "networkpolicies",
+                policy
+            ))[1],
+            "<none>"
+        );
+    }
+
+    #[test]
+    fn rbac_and_certificates() {
+        let binding = json!({"metadata": {"name": "view"}, "roleRef": {"kind": "ClusterRole", "name": "view", "apiGroup": "rbac.authorization.k8s.io"},
+            "subjects": [{"kind": "User", "name": "alice"}, {"kind": "User", "name": "bob"}, {"kind": "Group", "name": "devs"},
+                         {"kind": "ServiceAccount", "name": "ci", "namespace": "build"}]});
+        assert_eq!(
+            strings(&cells_of(
+                "rbac.authorization.k8s.io",
+                "v1",
+                "rolebindings",
+                binding
+            )),
+            [
+                "view",
+                "ClusterRole/view",
+                "<unknown>",
+                "alice, bob",
+                "devs",
+                "build/ci"
+            ]
+        );
+        let csr = json!({"metadata": {"name": "node-csr"}, "spec": {"signerName": "kubernetes.io/kubelet-serving", "username": "system:node:n1",
+            "expirationSeconds": 86400, "request": ""}, "status": {"conditions": [{"type": "Approved", "status": "True"}], "certificate": "Y2VydA=="}});
+        assert_eq!(
+            strings(&cells_of(
+                "certificates.k8s.io",
+                "v1",
+                "certificatesigningrequests",
+                csr
+            )),
+            [
+                "node-csr",
+                "<unknown>",
+                "kubernetes.io/kubelet-serving",
+                "system:node:n1",
+                "24h",
+                "Approved,Issued"
+            ]
+        );
+    }
+
+    #[test]
+    fn storage_and_scheduling_kinds() {
+        let class = json!({"metadata": {"name": "local", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+            "provisioner": "rancher.io/local-path", "volumeBindingMode": "WaitForFirstConsumer"});
+        assert_eq!(
+            cells_of("storage.k8s.io", "v1", "storageclasses", class),
+            [
+                json!("local (default)"),
+                json!("rancher.io/local-path"),
+                json!("Delete"),
+                json!("WaitForFirstConsumer"),
+                json!(false),
+                json!("<unknown>")
+            ]
+        );
+        let driver = json!({"metadata": {"name": "csi.example.com"}, "spec": {"podInfoOnMount": true, "volumeLifecycleModes": ["Persistent", "Ephemeral"]}});
+        assert_eq!(
+            cells_of("storage.k8s.io", "v1", "csidrivers", driver),
+            [
+                json!("csi.example.com"),
+                json!(true),
+                json!(true),
+                json!(false),
+                json!("<unset>"),
+                json!(false),
+                json!("Persistent,Ephemeral"),
+                json!("<unknown>")
+            ]
+        );
+        let priority = json!({"metadata": {"name": "high"}, "value": 1000000, "globalDefault": false, "preemptionPolicy": "Never"});
+        assert_eq!(
+            cells_of("scheduling.k8s.io", "v1", "priorityclasses", priority),
+            [
+                json!("high"),
+                json!(1000000),
+                json!(false),
+                json!("<unknown>"),
+                json!("Never")
+            ]
+        );
+        let lease = json!({"metadata": {"name": "n1"}, "spec": {"holderIdentity": "n1"}});
+        assert_eq!(
+            strings(&cells_of("coordination.k8s.io", "v1", "leases", lease)),
+            ["n1", "n1", "<unknown>"]
+        );
+    }
 }

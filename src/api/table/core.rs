@@ -2,17 +2,18 @@
 //! controllers and the small config kinds.
 
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Endpoints, Event, NodeStatus, NodeSystemInfo, PersistentVolumeClaimSpec,
-    PersistentVolumeClaimStatus, PersistentVolumeSpec, PersistentVolumeStatus,
-    ReplicationControllerSpec, ReplicationControllerStatus, Secret, ServiceAccount, ServiceSpec,
+    ConfigMap, Endpoints, Event, NodeStatus, NodeSystemInfo, ObjectReference,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimStatus, PersistentVolumeSpec,
+    PersistentVolumeStatus, ReplicationControllerSpec, ReplicationControllerStatus, Secret,
+    ServiceAccount, ServiceSpec,
 };
 use serde_json::{json, Value};
 
 use super::cells::{
-    containers, format_labels, host_port, int, list, load_balancer_points, map, since, text,
-    text_or,
+    containers, format_labels, host_port, int, list, load_balancer_points, map, primary_address,
+    since, text, text_or,
 };
-use super::{col, doc, template_columns, Column, Doc, AGE, NAME};
+use super::{col, doc, template_columns, Cell, Column, Doc, AGE, NAME};
 
 fn count(object: &Value, fields: &[&str]) -> Value {
     let count: usize = fields
@@ -60,17 +61,6 @@ fn service_ports(service: &Value) -> String {
         "<none>".into()
     } else {
         ports.join(",")
-    }
-}
-
-fn cluster_ip(service: &Value) -> &str {
-    let first = list(service, "/spec/clusterIPs")
-        .first()
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    match first {
-        "" => text_or(service, "/spec/clusterIP", "<none>"),
-        ip => ip,
     }
 }
 
@@ -123,12 +113,14 @@ fn node_roles(node: &Value) -> String {
     let mut roles: Vec<&str> = map(node, "/metadata/labels")
         .into_iter()
         .flatten()
-        .filter_map(|(key, value)| match key.strip_prefix("node-role.kubernetes.io/") {
-            Some(role) if !role.is_empty() => Some(role),
-            Some(_) => None,
-            None if key == "kubernetes.io/role" => value.as_str().filter(|v| !v.is_empty()),
-            None => None,
-        })
+        .filter_map(
+            |(key, value)| match key.strip_prefix("node-role.kubernetes.io/") {
+                Some(role) if !role.is_empty() => Some(role),
+                Some(_) => None,
+                None if key == "kubernetes.io/role" => value.as_str().filter(|v| !v.is_empty()),
+                None => None,
+            },
+        )
         .collect();
     roles.sort_unstable();
     roles.dedup();
@@ -198,7 +190,8 @@ fn quota(object: &Value, limits: bool) -> Value {
         .into_iter()
         .filter(|name| name.starts_with("limits.") == limits)
         .map(|name| {
-            let used = map(object, "/status/used").and_then(|u| super::cells::scalar(u.get(name.as_str())));
+            let used = map(object, "/status/used")
+                .and_then(|u| super::cells::scalar(u.get(name.as_str())));
             format!(
                 "{name}: {}/{}",
                 used.unwrap_or_else(|| "0".into()),
@@ -212,13 +205,22 @@ fn quota(object: &Value, limits: bool) -> Value {
 fn replication_controller() -> Vec<Column> {
     let [containers, images] = template_columns!("/spec/template/spec");
     vec![
-        col("Desired", doc::<ReplicationControllerSpec>("replicas"), |o| {
-            json!(o.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1))
-        })
+        col(
+            "Desired",
+            doc::<ReplicationControllerSpec>("replicas"),
+            |o| {
+                json!(o
+                    .pointer("/spec/replicas")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(1))
+            },
+        )
         .typed("integer"),
-        col("Current", doc::<ReplicationControllerStatus>("replicas"), |o| {
-            json!(int(o, "/status/replicas"))
-        })
+        col(
+            "Current",
+            doc::<ReplicationControllerStatus>("replicas"),
+            |o| json!(int(o, "/status/replicas")),
+        )
         .typed("integer"),
         col(
             "Ready",
@@ -229,65 +231,75 @@ fn replication_controller() -> Vec<Column> {
         AGE,
         containers,
         images,
-        col("Selector", doc::<ReplicationControllerSpec>("selector"), |o| {
-            format_labels(map(o, "/spec/selector")).into()
-        })
+        col(
+            "Selector",
+            doc::<ReplicationControllerSpec>("selector"),
+            |o| format_labels(map(o, "/spec/selector")).into(),
+        )
         .wide(),
     ]
+}
+
+/// The event cells that read fields whose names differ between the two event APIs.
+struct EventCells {
+    last_seen: Cell,
+    source: Cell,
+    message: Cell,
+    first_seen: Cell,
+    count: Cell,
+    object: Cell,
+    subobject: Cell,
 }
 
 /// The event columns; `events.k8s.io` events are read through their own field names,
 /// as upstream converts them to core events before printing.
 fn events(new_api: bool) -> Vec<Column> {
-    let name = NAME.wide();
-    let (last_seen, source, message, first_seen, count, object, subobject): (
-        fn(&Value) -> Value,
-        fn(&Value) -> Value,
-        fn(&Value) -> Value,
-        fn(&Value) -> Value,
-        fn(&Value) -> Value,
-        fn(&Value) -> Value,
-        fn(&Value) -> Value,
-    ) = if new_api {
-        (
-            |o| event::last_seen(o, "/deprecatedLastTimestamp", "/deprecatedFirstTimestamp").into(),
-            |o| event::source(o, "/deprecatedSource").into(),
-            |o| text(o, "/note").trim().into(),
-            |o| event::first_seen(o, "/deprecatedFirstTimestamp").into(),
-            |o| event::count(o, "/deprecatedCount"),
-            |o| event::target(o, "/regarding").into(),
-            |o| text(o, "/regarding/fieldPath").into(),
-        )
+    let cells = if new_api {
+        EventCells {
+            last_seen: |o| {
+                event::last_seen(o, "/deprecatedLastTimestamp", "/deprecatedFirstTimestamp").into()
+            },
+            source: |o| event::source(o, "/deprecatedSource").into(),
+            message: |o| text(o, "/note").trim().into(),
+            first_seen: |o| event::first_seen(o, "/deprecatedFirstTimestamp").into(),
+            count: |o| event::count(o, "/deprecatedCount"),
+            object: |o| event::target(o, "/regarding").into(),
+            subobject: |o| text(o, "/regarding/fieldPath").into(),
+        }
     } else {
-        (
-            |o| event::last_seen(o, "/lastTimestamp", "/firstTimestamp").into(),
-            |o| event::source(o, "/source").into(),
-            |o| text(o, "/message").trim().into(),
-            |o| event::first_seen(o, "/firstTimestamp").into(),
-            |o| event::count(o, "/count"),
-            |o| event::target(o, "/involvedObject").into(),
-            |o| text(o, "/involvedObject/fieldPath").into(),
-        )
+        EventCells {
+            last_seen: |o| event::last_seen(o, "/lastTimestamp", "/firstTimestamp").into(),
+            source: |o| event::source(o, "/source").into(),
+            message: |o| text(o, "/message").trim().into(),
+            first_seen: |o| event::first_seen(o, "/firstTimestamp").into(),
+            count: |o| event::count(o, "/count"),
+            object: |o| event::target(o, "/involvedObject").into(),
+            subobject: |o| text(o, "/involvedObject/fieldPath").into(),
+        }
     };
     vec![
-        col("Last Seen", doc::<Event>("lastTimestamp"), last_seen),
+        col("Last Seen", doc::<Event>("lastTimestamp"), cells.last_seen),
         col("Type", doc::<Event>("type"), |o| text(o, "/type").into()),
-        col("Reason", doc::<Event>("reason"), |o| text(o, "/reason").into()),
-        col("Object", doc::<Event>("involvedObject"), object),
+        col("Reason", doc::<Event>("reason"), |o| {
+            text(o, "/reason").into()
+        }),
+        col("Object", doc::<Event>("involvedObject"), cells.object),
         col(
             "Subobject",
-            Doc::Field(
-                <k8s_openapi::api::core::v1::ObjectReference as schemars::JsonSchema>::json_schema,
-                "fieldPath",
-            ),
-            subobject,
+            doc::<ObjectReference>("fieldPath"),
+            cells.subobject,
         )
         .wide(),
-        col("Source", doc::<Event>("source"), source).wide(),
-        col("Message", doc::<Event>("message"), message),
-        col("First Seen", doc::<Event>("firstTimestamp"), first_seen).wide(),
-        col("Count", doc::<Event>("count"), count).wide(),
-        name,
+        col("Source", doc::<Event>("source"), cells.source).wide(),
+        col("Message", doc::<Event>("message"), cells.message),
+        col(
+            "First Seen",
+            doc::<Event>("firstTimestamp"),
+            cells.first_seen,
+        )
+        .wide(),
+        col("Count", doc::<Event>("count"), cells.count).wide(),
+        NAME.wide(),
     ]
 }
 
@@ -368,7 +380,8 @@ pub(super) fn columns(group: &str, kind: &str) -> Option<Vec<Column>> {
             AGE,
         ],
         ("", "Secret") => vec![
-            col("Type", doc::<Secret>("type"), |o| text(o, "/type").into()),
+            // Upstream defaults an unset type to Opaque before printing.
+            col("Type", doc::<Secret>("type"), |o| text_or(o, "/type", "Opaque").into()),
             col("Data", doc::<Secret>("data"), |o| count(o, &["/data"])),
             AGE,
         ],
@@ -380,7 +393,9 @@ pub(super) fn columns(group: &str, kind: &str) -> Option<Vec<Column>> {
         ],
         ("", "Service") => vec![
             col("Type", doc::<ServiceSpec>("type"), |o| text(o, "/spec/type").into()),
-            col("Cluster-IP", doc::<ServiceSpec>("clusterIP"), |o| cluster_ip(o).into()),
+            col("Cluster-IP", doc::<ServiceSpec>("clusterIP"), |o| {
+                primary_address(o, "/spec/clusterIPs", "", "/spec/clusterIP").into()
+            }),
             col("External-IP", doc::<ServiceSpec>("externalIPs"), |o| {
                 service_external_ip(o).into()
             }),
@@ -510,4 +525,180 @@ pub(super) fn columns(group: &str, kind: &str) -> Option<Vec<Column>> {
         _ => return None,
     };
     Some(columns)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::api::table::tests::{cells_of, headers, strings};
+    use serde_json::json;
+
+    #[test]
+    fn services_show_addresses_and_ports() {
+        let lb = json!({"metadata": {"name": "lb"}, "spec": {"type": "LoadBalancer", "clusterIP": "10.43.0.5",
+            "externalIPs": ["1.2.3.4"], "selector": {"app": "web"},
+            "ports": [{"port": 443, "nodePort": 30443, "protocol": "TCP"}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "5.6.7.8"}, {"hostname": "lb.example.com"}]}}});
+        assert_eq!(
+            strings(&cells_of("", "v1", "services", lb)),
+            [
+                "lb",
+                "LoadBalancer",
+                "10.43.0.5",
+                "5.6.7.8,lb.example.com,1.2.3.4",
+                "443:30443/TCP",
+                "<unknown>",
+                "app=web"
+            ]
+        );
+        let pending = json!({"metadata": {"name": "p"}, "spec": {"type": "LoadBalancer", "clusterIPs": ["fd00::1"]}});
+        assert_eq!(
+            strings(&cells_of("", "v1", "services", pending))[1..5],
+            ["LoadBalancer", "fd00::1", "<pending>", "<none>"]
+        );
+        let external = json!({"metadata": {"name": "e"}, "spec": {"type": "ExternalName", "externalName": "db.example.com"}});
+        assert_eq!(
+            strings(&cells_of("", "v1", "services", external))[2..4],
+            ["<none>", "db.example.com"]
+        );
+    }
+
+    #[test]
+    fn nodes_show_status_roles_and_system_info() {
+        let node = json!({"metadata": {"name": "n2", "labels": {"node-role.kubernetes.io/worker": "", "kubernetes.io/role": "gpu"}},
+            "spec": {"unschedulable": true},
+            "status": {"conditions": [{"type": "Ready", "status": "Unknown"}], "nodeInfo": {"kubeletVersion": "v1.33.1"},
+                       "addresses": [{"type": "ExternalIP", "address": "203.0.113.9"}]}});
+        assert_eq!(
+            strings(&cells_of("", "v1", "nodes", node)),
+            [
+                "n2",
+                "NotReady,SchedulingDisabled",
+                "gpu,worker",
+                "<unknown>",
+                "v1.33.1",
+                "<none>",
+                "203.0.113.9",
+                "<unknown>",
+                "<unknown>",
+                "<unknown>"
+            ]
+        );
+        let names: Vec<String> = headers("", "v1", "nodes")
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "Name",
+                "Status",
+                "Roles",
+                "Age",
+                "Version",
+                "Internal-IP",
+                "External-IP",
+                "OS-Image",
+                "Kernel-Version",
+                "Container-Runtime"
+            ]
+        );
+    }
+
+    #[test]
+    fn events_of_both_apis_print_alike() {
+        let headers = headers("", "v1", "events");
+        assert_eq!(headers.first().unwrap(), &("Last Seen".to_string(), 0));
+        assert_eq!(headers.last().unwrap(), &("Name".to_string(), 1));
+        let core = json!({"metadata": {"name": "web.1"}, "type": "Warning", "reason": "BackOff", "message": " Back-off restarting \n",
+            "involvedObject": {"kind": "Pod", "name": "web", "fieldPath": "spec.containers{log}"},
+            "source": {"component": "kubelet", "host": "n1"}, "count": 4});
+        assert_eq!(
+            strings(&cells_of("", "v1", "events", core)),
+            [
+                "<unknown>",
+                "Warning",
+                "BackOff",
+                "pod/web",
+                "spec.containers{log}",
+                "kubelet, n1",
+                "Back-off restarting",
+                "<unknown>",
+                "4",
+                "web.1"
+            ]
+        );
+        let new = json!({"metadata": {"name": "web.2"}, "type": "Normal", "reason": "Scheduled", "note": "assigned",
+            "regarding": {"kind": "Pod", "name": "web"}, "reportingController": "default-scheduler"});
+        assert_eq!(
+            strings(&cells_of("events.k8s.io", "v1", "events", new)),
+            [
+                "<unknown>",
+                "Normal",
+                "Scheduled",
+                "pod/web",
+                "",
+                "default-scheduler",
+                "assigned",
+                "<unknown>",
+                "1",
+                "web.2"
+            ]
+        );
+    }
+
+    #[test]
+    fn endpoints_volumes_and_quotas() {
+        let ep = json!({"metadata": {"name": "web"}, "subsets": [
+            {"addresses": [{"ip": "10.0.0.1"}, {"ip": "10.0.0.2"}], "ports": [{"port": 80}, {"port": 443}]}]});
+        assert_eq!(
+            strings(&cells_of("", "v1", "endpoints", ep))[1],
+            "10.0.0.1:80,10.0.0.2:80,10.0.0.1:443 + 1 more..."
+        );
+        let pv = json!({"metadata": {"name": "pv1", "deletionTimestamp": "2024-01-01T00:00:00Z"},
+            "spec": {"capacity": {"storage": "10Gi"}, "accessModes": ["ReadWriteMany", "ReadWriteOnce"], "persistentVolumeReclaimPolicy": "Retain",
+                     "claimRef": {"namespace": "db", "name": "data"}, "storageClassName": "fast", "volumeMode": "Filesystem"},
+            "status": {"phase": "Bound"}});
+        assert_eq!(
+            strings(&cells_of("", "v1", "persistentvolumes", pv)),
+            [
+                "pv1",
+                "10Gi",
+                "RWO,RWX",
+                "Retain",
+                "Terminating",
+                "db/data",
+                "fast",
+                "<unset>",
+                "",
+                "<unknown>",
+                "Filesystem"
+            ]
+        );
+        let pending = json!({"metadata": {"name": "data"}, "spec": {"resources": {"requests": {"storage": "1Gi"}}}, "status": {"phase": "Pending"}});
+        assert_eq!(
+            strings(&cells_of("", "v1", "persistentvolumeclaims", pending)),
+            [
+                "data",
+                "Pending",
+                "",
+                "",
+                "",
+                "",
+                "<unset>",
+                "<unknown>",
+                "<unset>"
+            ]
+        );
+        let quota = json!({"metadata": {"name": "q"}, "status": {"hard": {"pods": "10", "requests.cpu": "2", "limits.memory": "4Gi"},
+            "used": {"pods": "3", "limits.memory": "1Gi"}}});
+        assert_eq!(
+            strings(&cells_of("", "v1", "resourcequotas", quota))[1..3],
+            ["pods: 3/10, requests.cpu: 0/2", "limits.memory: 1Gi/4Gi"]
+        );
+        let secret = json!({"metadata": {"name": "s"}, "data": {"a": "eA=="}});
+        assert_eq!(
+            strings(&cells_of("", "v1", "secrets", secret))[1..3],
+            ["Opaque", "1"]
+        );
+    }
 }

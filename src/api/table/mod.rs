@@ -84,8 +84,11 @@ struct Column {
     format: &'static str,
     description: Doc,
     priority: u8,
-    cell: fn(&Value) -> Value,
+    cell: Cell,
 }
+
+/// Computes one cell from an object.
+type Cell = fn(&Value) -> Value;
 
 impl Column {
     /// A column shown only by `kubectl get -o wide`.
@@ -103,7 +106,7 @@ impl Column {
 }
 
 /// A string column shown by default.
-const fn col(name: &'static str, description: Doc, cell: fn(&Value) -> Value) -> Column {
+const fn col(name: &'static str, description: Doc, cell: Cell) -> Column {
     Column {
         name,
         kind: "string",
@@ -142,7 +145,11 @@ macro_rules! template_columns {
             $crate::api::table::col(
                 "Containers",
                 $crate::api::table::Doc::Text("Names of each container in the template."),
-                |o| $crate::api::table::cells::containers(o.pointer($spec)).0.into(),
+                |o| {
+                    $crate::api::table::cells::containers(o.pointer($spec))
+                        .0
+                        .into()
+                },
             )
             .wide(),
             $crate::api::table::col(
@@ -150,7 +157,11 @@ macro_rules! template_columns {
                 $crate::api::table::Doc::Text(
                     "Images referenced by each container in the template.",
                 ),
-                |o| $crate::api::table::cells::containers(o.pointer($spec)).1.into(),
+                |o| {
+                    $crate::api::table::cells::containers(o.pointer($spec))
+                        .1
+                        .into()
+                },
             )
             .wide(),
         ]
@@ -182,15 +193,18 @@ fn columns(group: &str, kind: &str) -> Vec<Column> {
     }
 }
 
+/// The column definitions of one kind, as sent.
+type Definitions = Arc<Vec<Value>>;
+
 /// The column definitions of a kind, built once: descriptions come from schemas.
-fn definitions(group: &str, kind: &str, columns: &[Column]) -> Arc<Vec<Value>> {
-    static CACHE: OnceLock<Mutex<HashMap<(String, String), Arc<Vec<Value>>>>> = OnceLock::new();
+fn definitions(group: &str, kind: &str, columns: &[Column]) -> Definitions {
+    static CACHE: OnceLock<Mutex<HashMap<(String, String), Definitions>>> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     let key = (group.to_string(), kind.to_string());
     if let Some(found) = cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
         return found;
     }
-    let built: Arc<Vec<Value>> = Arc::new(
+    let built: Definitions = Arc::new(
         columns
             .iter()
             .map(|c| {
@@ -266,6 +280,14 @@ mod tests {
         t["rows"][0]["cells"].as_array().unwrap().clone()
     }
 
+    /// Cells as kubectl prints them: strings as they are, numbers and booleans in JSON.
+    pub(super) fn strings(cells: &[Value]) -> Vec<String> {
+        cells
+            .iter()
+            .map(|c| c.as_str().map_or_else(|| c.to_string(), String::from))
+            .collect()
+    }
+
     /// The column names of `plural`, with their priorities.
     pub(super) fn headers(group: &str, version: &str, plural: &str) -> Vec<(String, u64)> {
         let registry = Registry::builtin();
@@ -299,7 +321,10 @@ mod tests {
             IncludeObject::Metadata,
         );
         let columns = t["columnDefinitions"].as_array().unwrap();
-        let names: Vec<&str> = columns.iter().map(|c| c["name"].as_str().unwrap()).collect();
+        let names: Vec<&str> = columns
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
         assert_eq!(names, vec!["Name", "Data", "Age"]);
         assert_eq!(columns[0]["format"], "name");
         assert!(columns[0]["description"]

@@ -5,7 +5,7 @@
 use k8s_openapi::api::core::v1::{PodSpec, PodStatus};
 use serde_json::Value;
 
-use super::cells::{list, text, text_or};
+use super::cells::{list, primary_address, text, text_or};
 use super::{col, doc, Column, Doc, AGE};
 use crate::api::object::age_seconds;
 
@@ -75,9 +75,10 @@ fn terminated_reason(terminated: &Value, prefix: &str) -> String {
 pub fn summarize(pod: &Value) -> Summary {
     let phase = text(pod, "/status/phase");
     let mut reason = text_or(pod, "/status/reason", phase).to_string();
-    if list(pod, "/status/conditions").iter().any(|c| {
-        text(c, "/type") == "PodScheduled" && text(c, "/reason") == "SchedulingGated"
-    }) {
+    if list(pod, "/status/conditions")
+        .iter()
+        .any(|c| text(c, "/type") == "PodScheduled" && text(c, "/reason") == "SchedulingGated")
+    {
         reason = "SchedulingGated".into();
     }
 
@@ -97,7 +98,10 @@ pub fn summarize(pod: &Value) -> Summary {
     let mut sidecar_restarts = Restarts::default();
 
     let mut initializing = false;
-    for (index, status) in list(pod, "/status/initContainerStatuses").iter().enumerate() {
+    for (index, status) in list(pod, "/status/initContainerStatuses")
+        .iter()
+        .enumerate()
+    {
         restarts.add(status);
         let sidecar = is_sidecar(text(status, "/name"));
         if sidecar {
@@ -105,8 +109,7 @@ pub fn summarize(pod: &Value) -> Summary {
         }
         let terminated = status.pointer("/state/terminated");
         let waiting_reason = text(status, "/state/waiting/reason");
-        if terminated.is_some_and(|t| t.pointer("/exitCode").and_then(Value::as_i64) == Some(0))
-        {
+        if terminated.is_some_and(|t| t.pointer("/exitCode").and_then(Value::as_i64) == Some(0)) {
             continue;
         }
         if sidecar && status.pointer("/started").and_then(Value::as_bool) == Some(true) {
@@ -166,16 +169,6 @@ pub fn summarize(pod: &Value) -> Summary {
     }
 }
 
-fn pod_ip(pod: &Value) -> &str {
-    let first = list(pod, "/status/podIPs")
-        .first()
-        .map_or("", |ip| text(ip, "/ip"));
-    match first {
-        "" => text_or(pod, "/status/podIP", "<none>"),
-        ip => ip,
-    }
-}
-
 fn readiness_gates(pod: &Value) -> String {
     let gates = list(pod, "/spec/readinessGates");
     if gates.is_empty() {
@@ -215,7 +208,9 @@ pub(super) fn columns(group: &str, kind: &str) -> Option<Vec<Column>> {
             |o| summarize(o).restarts.into(),
         ),
         AGE,
-        col("IP", doc::<PodStatus>("podIP"), |o| pod_ip(o).into()).wide(),
+        col("IP", doc::<PodStatus>("podIP"), |o| {
+            primary_address(o, "/status/podIPs", "/ip", "/status/podIP").into()
+        }).wide(),
         col("Node", doc::<PodSpec>("nodeName"), |o| {
             text_or(o, "/spec/nodeName", "<none>").into()
         })
@@ -316,7 +311,10 @@ mod tests {
                 restarts: "0".into()
             }
         );
-        let mut deleting = pod(json!({"containers": [{"name": "c"}]}), json!({"phase": "Running"}));
+        let mut deleting = pod(
+            json!({"containers": [{"name": "c"}]}),
+            json!({"phase": "Running"}),
+        );
         deleting["metadata"]["deletionTimestamp"] = json!(ago(1));
         assert_eq!(summarize(&deleting).status, "Terminating");
     }
@@ -332,7 +330,10 @@ mod tests {
                    "containerStatuses": [{"name": "app", "ready": true, "state": {"running": {}}}]}),
         );
         let s = summarize(&p);
-        assert_eq!((s.ready.as_str(), s.status.as_str(), s.restarts.as_str()), ("2/2", "Running", "1"));
+        assert_eq!(
+            (s.ready.as_str(), s.status.as_str(), s.restarts.as_str()),
+            ("2/2", "Running", "1")
+        );
         assert_eq!(readiness_gates(&p), "1/1");
     }
 }
