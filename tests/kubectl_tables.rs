@@ -9,7 +9,8 @@ mod common;
 use common::kubectl::{Kubectl, KUBECTL_JSON};
 use common::started_server;
 
-/// An RFC 3339 timestamp `seconds` ago.
+/// An RFC 3339 timestamp `seconds` ago. Tests pick ages printed in whole minutes (10m to
+/// 3h), which stay the same for a minute whatever the test takes.
 fn ago(seconds: i64) -> String {
     let then = time::OffsetDateTime::now_utc() - time::Duration::seconds(seconds);
     then.replace_nanosecond(0)
@@ -99,7 +100,7 @@ fn statuses() -> Vec<(&'static str, String)> {
                 "state": {{"waiting": {{"reason": "CrashLoopBackOff"}}}},
                 "lastState": {{"terminated": {{"exitCode": 1, "reason": "Error", "finishedAt": "{finished}"}}}}}}]}}}}"#,
         started = ago(900),
-        finished = ago(300),
+        finished = ago(1200),
     );
     let done = r#"{"status": {"phase": "Succeeded", "containerStatuses": [
         {"name": "main", "image": "busybox", "imageID": "", "ready": false, "restartCount": 0,
@@ -192,7 +193,7 @@ async fn kubectl_get_prints_upstream_tables() {
         &[
             "NAME READY STATUS RESTARTS AGE",
             "done 0/1 Completed 0 AGE",
-            "web-0 1/2 CrashLoopBackOff 3 (5m ago) AGE",
+            "web-0 1/2 CrashLoopBackOff 3 (20m ago) AGE",
         ],
     );
     assert_prints(
@@ -200,7 +201,7 @@ async fn kubectl_get_prints_upstream_tables() {
         &[
             "NAME READY STATUS RESTARTS AGE IP NODE NOMINATED NODE READINESS GATES",
             "done 0/1 Completed 0 AGE <none> <none> <none> <none>",
-            "web-0 1/2 CrashLoopBackOff 3 (5m ago) AGE 10.42.0.7 n1 <none> <none>",
+            "web-0 1/2 CrashLoopBackOff 3 (20m ago) AGE 10.42.0.7 n1 <none> <none>",
         ],
     );
     assert_prints(

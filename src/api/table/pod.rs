@@ -256,7 +256,7 @@ mod tests {
                 {"name": "web", "ready": true, "restartCount": 0, "state": {"running": {"startedAt": ago(600)}}},
                 {"name": "log", "ready": false, "restartCount": 3,
                  "state": {"waiting": {"reason": "CrashLoopBackOff"}},
-                 "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "finishedAt": ago(300)}}}]}),
+                 "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "finishedAt": ago(1200)}}}]}),
         );
         assert_eq!(
             cells_of("", "v1", "pods", p),
@@ -264,7 +264,7 @@ mod tests {
                 json!("p"),
                 json!("1/2"),
                 json!("CrashLoopBackOff"),
-                json!("3 (5m ago)"),
+                json!("3 (20m ago)"),
                 json!("3d"),
                 json!("10.42.0.7"),
                 json!("n1"),
