@@ -12,7 +12,7 @@ mod core;
 mod pod;
 mod workloads;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -20,7 +20,7 @@ use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde_json::{json, Value};
 
 use super::object::{meta_str, metadata};
-use super::registry::ResourceType;
+use super::registry::{Registry, ResourceType};
 
 /// Whether the Accept header asks for a Table.
 pub fn wants_table(accept: Option<&str>) -> bool {
@@ -169,7 +169,7 @@ macro_rules! template_columns {
 }
 use template_columns;
 
-/// The table every kind without a printer gets (`rest.NewDefaultTableConvertor`).
+/// The table of a built-in kind without a printer (`rest.NewDefaultTableConvertor`).
 fn default_columns() -> Vec<Column> {
     vec![col(
         "Created At",
@@ -179,7 +179,23 @@ fn default_columns() -> Vec<Column> {
     .typed("date")]
 }
 
-/// The columns of a kind, NAME first unless the kind places it itself.
+/// Whether `group` is one of the built-in API groups. Custom resources cannot live in
+/// them: a CustomResourceDefinition's group needs a dot and must not clash.
+fn builtin_group(group: &str) -> bool {
+    static GROUPS: OnceLock<HashSet<String>> = OnceLock::new();
+    GROUPS
+        .get_or_init(|| {
+            Registry::builtin()
+                .all()
+                .iter()
+                .map(|t| t.group.clone())
+                .collect()
+        })
+        .contains(group)
+}
+
+/// The columns of a kind, NAME first unless the kind places it itself. Custom resources
+/// get apiextensions-apiserver's default: an Age column of type date.
 fn columns(group: &str, kind: &str) -> Vec<Column> {
     let specific = core::columns(group, kind)
         .or_else(|| pod::columns(group, kind))
@@ -189,7 +205,8 @@ fn columns(group: &str, kind: &str) -> Vec<Column> {
         // Events put NAME last, storage classes mark the default one in it.
         Some(columns) if columns.iter().any(|c| c.name == "Name") => columns,
         Some(columns) => [vec![NAME], columns].concat(),
-        None => [vec![NAME], default_columns()].concat(),
+        None if builtin_group(group) => [vec![NAME], default_columns()].concat(),
+        None => vec![NAME, AGE.typed("date")],
     }
 }
 
@@ -352,6 +369,20 @@ mod tests {
             headers("", "v1", "limitranges"),
             vec![("Name".into(), 0), ("Created At".into(), 0)]
         );
+    }
+
+    #[test]
+    fn custom_resources_show_age() {
+        let registry = Registry::builtin();
+        let mut custom = (*registry.get("", "v1", "configmaps").unwrap()).clone();
+        custom.group = "example.com".into();
+        custom.kind = "Widget".into();
+        let widget = json!({"metadata": {"name": "w"}});
+        let t = table(&custom, &[widget], json!({}), IncludeObject::None);
+        let columns = t["columnDefinitions"].as_array().unwrap();
+        assert_eq!(columns[1]["name"], "Age");
+        assert_eq!(columns[1]["type"], "date");
+        assert_eq!(t["rows"][0]["cells"], json!(["w", "<unknown>"]));
     }
 
     #[test]
