@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::api::object::{age_seconds, human_duration};
+use crate::api::object::human_duration;
 
 /// The string at `pointer`, or "" (Go's zero value, which upstream prints as is).
 pub fn text<'a>(object: &'a Value, pointer: &str) -> &'a str {
@@ -78,9 +78,14 @@ pub fn parse_time(timestamp: &str) -> Option<OffsetDateTime> {
 }
 
 /// Time since an RFC 3339 timestamp as kubectl prints ages; `<unknown>` when unset
-/// (upstream's `translateTimestampSince`).
+/// (upstream's `translateTimestampSince`), `<invalid>` when well in the future.
 pub fn since(timestamp: &str) -> String {
-    age_seconds(timestamp).map_or_else(|| "<unknown>".to_string(), human_duration)
+    parse_time(timestamp).map_or_else(|| "<unknown>".to_string(), since_time)
+}
+
+/// Time since `then`, humanized.
+pub fn since_time(then: OffsetDateTime) -> String {
+    human_duration((OffsetDateTime::now_utc() - then).whole_seconds())
 }
 
 /// Time since the timestamp at `pointer`.
@@ -232,5 +237,7 @@ mod tests {
         assert_eq!(list_with_more(&items[..2], 3), "a,b");
         assert_eq!(list_with_more(&[], 3), "<unset>");
         assert_eq!(host_port("fd00::1", 80), "[fd00::1]:80");
+        assert_eq!(since("2999-01-01T00:00:00Z"), "<invalid>");
+        assert_eq!(since(""), "<unknown>");
     }
 }

@@ -287,7 +287,6 @@ pub fn table(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::registry::Registry;
 
     /// The cells of `object` printed as `plural` in `group`/`version`.
     pub(super) fn cells_of(group: &str, version: &str, plural: &str, object: Value) -> Vec<Value> {

@@ -5,9 +5,9 @@
 use k8s_openapi::api::core::v1::{PodSpec, PodStatus};
 use serde_json::Value;
 
-use super::cells::{list, primary_address, text, text_or};
+use super::cells::{list, parse_time, primary_address, since_time, text, text_or};
 use super::{col, doc, Column, Doc, AGE};
-use crate::api::object::age_seconds;
+use time::OffsetDateTime;
 
 /// READY, STATUS and RESTARTS of one pod.
 #[derive(Debug, PartialEq, Eq)]
@@ -17,11 +17,11 @@ pub struct Summary {
     pub restarts: String,
 }
 
-/// Restart count and the most recent restart (as seconds ago) of a set of containers.
+/// Restart count and the most recent restart of a set of containers.
 #[derive(Default, Clone, Copy)]
 struct Restarts {
     count: i64,
-    latest_ago: Option<i64>,
+    latest: Option<OffsetDateTime>,
 }
 
 impl Restarts {
@@ -30,19 +30,17 @@ impl Restarts {
             .pointer("/restartCount")
             .and_then(Value::as_i64)
             .unwrap_or(0);
-        let finished = text(status, "/lastState/terminated/finishedAt");
-        if let Some(ago) = age_seconds(finished) {
-            self.latest_ago = Some(self.latest_ago.map_or(ago, |l| l.min(ago)));
+        if let Some(finished) = parse_time(text(status, "/lastState/terminated/finishedAt")) {
+            self.latest = Some(self.latest.map_or(finished, |l| l.max(finished)));
         }
     }
 
+    /// `3`, or `3 (5m ago)` once a restart time is known.
     fn render(self) -> String {
-        match self.latest_ago {
-            Some(ago) if self.count != 0 => format!(
-                "{} ({} ago)",
-                self.count,
-                crate::api::object::human_duration(ago)
-            ),
+        match self.latest {
+            Some(latest) if self.count != 0 => {
+                format!("{} ({} ago)", self.count, since_time(latest))
+            }
             _ => self.count.to_string(),
         }
     }
