@@ -20,6 +20,24 @@ fn ago(seconds: i64) -> String {
 }
 
 fn objects() -> String {
+    let event = format!(
+        r#"
+---
+apiVersion: v1
+kind: Event
+metadata: {{name: web-0.1, namespace: default}}
+type: Warning
+reason: BackOff
+message: Back-off restarting failed container
+involvedObject: {{kind: Pod, name: web-0, namespace: default, fieldPath: "spec.containers{{log}}"}}
+source: {{component: kubelet, host: n1}}
+firstTimestamp: "{first}"
+lastTimestamp: "{last}"
+count: 4
+"#,
+        first = ago(1800),
+        last = ago(1200),
+    );
     r#"
 apiVersion: v1
 kind: Pod
@@ -84,8 +102,23 @@ spec:
       restartPolicy: Never
       containers:
       - {name: migrate, image: busybox}
+---
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: local
+  annotations: {storageclass.kubernetes.io/is-default-class: "true"}
+provisioner: rancher.io/local-path
+volumeBindingMode: WaitForFirstConsumer
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: reader, namespace: default}
+rules:
+- {apiGroups: [""], resources: [pods], verbs: [get]}
 "#
     .to_string()
+        + &event
 }
 
 /// Status patches: (kind/name, merge patch of the status).
@@ -132,13 +165,19 @@ fn statuses() -> Vec<(&'static str, String)> {
 }
 
 /// Whether a printed line matches the expected one, word by word; `AGE` stands for an
-/// age in seconds (the objects were created moments ago).
+/// age in seconds (the objects were created moments ago), `TIME` for a timestamp.
 fn matches(line: &str, expected: &str) -> bool {
     let words: Vec<&str> = line.split_whitespace().collect();
     let wanted: Vec<&str> = expected.split_whitespace().collect();
     words.len() == wanted.len()
         && words.iter().zip(&wanted).all(|(word, want)| {
             word == want
+                || (*want == "TIME"
+                    && time::OffsetDateTime::parse(
+                        word,
+                        &time::format_description::well_known::Rfc3339,
+                    )
+                    .is_ok())
                 || (*want == "AGE"
                     && word
                         .strip_suffix('s')
@@ -242,5 +281,30 @@ async fn kubectl_get_prints_upstream_tables() {
             "NAME STATUS COMPLETIONS DURATION AGE CONTAINERS IMAGES SELECTOR",
             "migrate Complete 3/3 60s AGE migrate busybox job=migrate",
         ],
+    );
+    assert_prints(
+        &kubectl.ok(&["get", "events", "-n", "default"]),
+        &[
+            "LAST SEEN TYPE REASON OBJECT MESSAGE",
+            "20m Warning BackOff pod/web-0 Back-off restarting failed container",
+        ],
+    );
+    assert_prints(
+        &kubectl.ok(&["get", "events", "-n", "default", "-o", "wide"]),
+        &[
+            "LAST SEEN TYPE REASON OBJECT SUBOBJECT SOURCE MESSAGE FIRST SEEN COUNT NAME",
+            "20m Warning BackOff pod/web-0 spec.containers{log} kubelet, n1 Back-off restarting failed container 30m 4 web-0.1",
+        ],
+    );
+    assert_prints(
+        &kubectl.ok(&["get", "storageclasses"]),
+        &[
+            "NAME PROVISIONER RECLAIMPOLICY VOLUMEBINDINGMODE ALLOWVOLUMEEXPANSION AGE",
+            "local (default) rancher.io/local-path Delete WaitForFirstConsumer false AGE",
+        ],
+    );
+    assert_prints(
+        &kubectl.ok(&["get", "roles", "-n", "default"]),
+        &["NAME CREATED AT", "reader TIME"],
     );
 }
