@@ -10,8 +10,8 @@ use k8s_openapi::api::core::v1::{
 use serde_json::{json, Value};
 
 use super::cells::{
-    containers, format_labels, host_port, int, list, load_balancer_points, map, primary_address,
-    since, text, text_or,
+    format_labels, host_port, int, list, load_balancer_points, map, primary_address, since, text,
+    text_or,
 };
 use super::{col, doc, template_columns, Cell, Column, Doc, AGE, NAME};
 
@@ -511,17 +511,25 @@ pub(super) fn columns(group: &str, kind: &str) -> Option<Vec<Column>> {
             col("Limit", Doc::Text("Limits control the maximum amount of cpu/memory that a container may use independent of contention on the node."), |o| quota(o, true)),
             AGE,
         ],
-        ("", "PodTemplate") => vec![
-            col("Containers", Doc::Text("Names of each container in the template."), |o| {
-                containers(o.pointer("/template/spec")).0.into()
-            }),
-            col("Images", Doc::Text("Images referenced by each container in the template."), |o| {
-                containers(o.pointer("/template/spec")).1.into()
-            }),
-            col("Pod Labels", Doc::Text("The labels for the pod template."), |o| {
-                format_labels(map(o, "/template/metadata/labels")).into()
-            }),
-        ],
+        ("", "PodTemplate") => {
+            // The same columns controllers show with -o wide, shown by default here.
+            let [containers, images] = template_columns!("/template/spec");
+            vec![
+                Column {
+                    priority: 0,
+                    ..containers
+                },
+                Column {
+                    priority: 0,
+                    ..images
+                },
+                col(
+                    "Pod Labels",
+                    Doc::Text("The labels for the pod template."),
+                    |o| format_labels(map(o, "/template/metadata/labels")).into(),
+                ),
+            ]
+        }
         _ => return None,
     };
     Some(columns)
@@ -695,6 +703,15 @@ mod tests {
             strings(&cells_of("", "v1", "resourcequotas", quota))[1..3],
             ["pods: 3/10, requests.cpu: 0/2", "limits.memory: 1Gi/4Gi"]
         );
+        let template = json!({"metadata": {"name": "t"}, "template": {"metadata": {"labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "y"}]}}});
+        assert_eq!(
+            strings(&cells_of("", "v1", "podtemplates", template)),
+            ["t", "a,b", "x,y", "app=web"]
+        );
+        assert!(headers("", "v1", "podtemplates")
+            .iter()
+            .all(|(_, priority)| *priority == 0));
         let secret = json!({"metadata": {"name": "s"}, "data": {"a": "eA=="}});
         assert_eq!(
             strings(&cells_of("", "v1", "secrets", secret))[1..3],

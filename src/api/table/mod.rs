@@ -137,8 +137,8 @@ const AGE: Column = col(
     |o| cells::since_at(o, "/metadata/creationTimestamp"),
 );
 
-/// The priority-1 CONTAINERS and IMAGES columns of kinds with a pod template at
-/// `template` (a JSON pointer to the pod spec).
+/// The priority-1 CONTAINERS and IMAGES columns of kinds with a pod template whose pod
+/// spec is at the JSON pointer `$spec`.
 macro_rules! template_columns {
     ($spec:literal) => {
         [
