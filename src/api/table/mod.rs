@@ -9,6 +9,7 @@
 mod cells;
 mod cluster;
 mod core;
+mod events;
 mod pod;
 mod workloads;
 
@@ -198,6 +199,7 @@ fn builtin_group(group: &str) -> bool {
 /// get apiextensions-apiserver's default: an Age column of type date.
 fn columns(group: &str, kind: &str) -> Vec<Column> {
     let specific = core::columns(group, kind)
+        .or_else(|| events::columns(group, kind))
         .or_else(|| pod::columns(group, kind))
         .or_else(|| workloads::columns(group, kind))
         .or_else(|| cluster::columns(group, kind));
