@@ -251,10 +251,20 @@ fn partial_metadata(object: &Value) -> Value {
     })
 }
 
-/// One table row.
-fn row(columns: &[Column], object: &Value, include: IncludeObject) -> Value {
+/// One table row; rows of finished pods carry upstream's `Completed` row condition.
+fn row(
+    resource: &ResourceType,
+    columns: &[Column],
+    object: &Value,
+    include: IncludeObject,
+) -> Value {
     let cells: Vec<Value> = columns.iter().map(|c| (c.cell)(object)).collect();
     let mut row = json!({"cells": cells});
+    if (resource.group.as_str(), resource.kind.as_str()) == ("", "Pod") {
+        if let Some(conditions) = pod::row_conditions(object) {
+            row["conditions"] = conditions;
+        }
+    }
     match include {
         IncludeObject::None => {}
         IncludeObject::Metadata => {
@@ -276,7 +286,10 @@ pub fn table(
 ) -> Value {
     let columns = columns(&resource.group, &resource.kind);
     let definitions = definitions(&resource.group, &resource.kind, &columns);
-    let rows: Vec<Value> = objects.iter().map(|o| row(&columns, o, include)).collect();
+    let rows: Vec<Value> = objects
+        .iter()
+        .map(|o| row(resource, &columns, o, include))
+        .collect();
     json!({
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",

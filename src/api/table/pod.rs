@@ -3,7 +3,7 @@
 //! `Terminating`), plus the wide IP / NODE / NOMINATED NODE / READINESS GATES columns.
 
 use k8s_openapi::api::core::v1::{PodSpec, PodStatus};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::cells::{list, parse_time, primary_address, since_time, text, text_or};
 use super::{col, doc, Column, Doc, AGE};
@@ -185,6 +185,16 @@ fn readiness_gates(pod: &Value) -> String {
     format!("{passed}/{}", gates.len())
 }
 
+/// The row conditions upstream attaches to pods that ran to completion.
+pub(super) fn row_conditions(pod: &Value) -> Option<Value> {
+    let (reason, message) = match text(pod, "/status/phase") {
+        "Succeeded" => ("Succeeded", "The pod has completed successfully."),
+        "Failed" => ("Failed", "The pod failed."),
+        _ => return None,
+    };
+    Some(json!([{"type": "Completed", "status": "True", "reason": reason, "message": message}]))
+}
+
 pub(super) fn columns(group: &str, kind: &str) -> Option<Vec<Column>> {
     if (group, kind) != ("", "Pod") {
         return None;
@@ -301,6 +311,8 @@ mod tests {
             json!({"phase": "Succeeded", "containerStatuses": [
                 {"name": "c", "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}]}),
         );
+        assert_eq!(row_conditions(&done).unwrap()[0]["reason"], "Succeeded");
+        assert_eq!(row_conditions(&waiting), None);
         assert_eq!(
             summarize(&done),
             Summary {
