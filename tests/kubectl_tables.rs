@@ -95,6 +95,7 @@ metadata: {name: migrate, namespace: default}
 spec:
   completions: 3
   parallelism: 1
+  manualSelector: true
   selector: {matchLabels: {job: migrate}}
   template:
     metadata: {labels: {job: migrate}}

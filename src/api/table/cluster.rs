@@ -6,7 +6,7 @@ use k8s_openapi::api::certificates::v1::{
 };
 use k8s_openapi::api::coordination::v1::LeaseSpec;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::networking::v1::NetworkPolicySpec;
+use k8s_openapi::api::networking::v1::{IPAddressSpec, NetworkPolicySpec, ServiceCIDRSpec};
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
 use k8s_openapi::api::scheduling::v1::PriorityClass;
 use k8s_openapi::api::storage::v1::{
@@ -76,6 +76,21 @@ fn slice_endpoints(slice: &Value) -> Value {
         .filter_map(|a| a.as_str().map(String::from))
         .collect();
     list_with_more(&addresses, 3).into()
+}
+
+/// `resource.group/namespace/name` of the object an IP address is allocated to.
+fn ip_address_parent(address: &Value) -> Value {
+    let Some(parent) = address.pointer("/spec/parentRef").filter(|p| !p.is_null()) else {
+        return "<none>".into();
+    };
+    let mut name = match text(parent, "/group") {
+        "" => text(parent, "/resource").to_lowercase(),
+        group => format!("{}.{group}", text(parent, "/resource")).to_lowercase(),
+    };
+    if !text(parent, "/namespace").is_empty() {
+        name = format!("{name}/{}", text(parent, "/namespace"));
+    }
+    format!("{name}/{}", text(parent, "/name")).into()
 }
 
 /// Users, groups and service accounts of a binding's subjects, each `, `-joined.
@@ -264,6 +279,21 @@ pub(super) fn columns(group: &str, kind: &str) -> Option<Vec<Column>> {
             }),
             AGE,
         ],
+        ("networking.k8s.io", "IPAddress") => vec![col(
+            "ParentRef",
+            doc::<IPAddressSpec>("parentRef"),
+            ip_address_parent,
+        )],
+        ("networking.k8s.io", "ServiceCIDR") => vec![
+            col("CIDRs", doc::<ServiceCIDRSpec>("cidrs"), |o| {
+                let cidrs: Vec<&str> = list(o, "/spec/cidrs")
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect();
+                cidrs.join(",").into()
+            }),
+            AGE,
+        ],
         ("discovery.k8s.io", "EndpointSlice") => vec![
             col("AddressType", doc::<EndpointSlice>("addressType"), |o| text(o, "/addressType").into()),
             col("Ports", doc::<EndpointSlice>("ports"), slice_ports),
@@ -381,6 +411,37 @@ mod tests {
             ))[1],
             "<none>"
         );
+    }
+
+    #[test]
+    fn service_addresses() {
+        // Served once the API allocates Service addresses; the printers do not need it.
+        let cells = |kind: &str, object: &serde_json::Value| -> Vec<serde_json::Value> {
+            crate::api::table::columns("networking.k8s.io", kind)
+                .iter()
+                .map(|c| (c.cell)(object))
+                .collect()
+        };
+        let address = json!({"metadata": {"name": "10.43.0.1"}, "spec": {"parentRef":
+            {"group": "", "resource": "services", "namespace": "default", "name": "kubernetes"}}});
+        assert_eq!(
+            cells("IPAddress", &address),
+            [json!("10.43.0.1"), json!("services/default/kubernetes")]
+        );
+        let cidr = json!({"metadata": {"name": "kubernetes"}, "spec": {"cidrs": ["10.43.0.0/16", "fd00:43::/112"]}});
+        assert_eq!(
+            cells("ServiceCIDR", &cidr)[..2],
+            [json!("kubernetes"), json!("10.43.0.0/16,fd00:43::/112")]
+        );
+        for kind in ["IPAddress", "ServiceCIDR"] {
+            for column in crate::api::table::columns("networking.k8s.io", kind) {
+                assert!(
+                    !column.description.render().is_empty(),
+                    "{kind} {}",
+                    column.name
+                );
+            }
+        }
     }
 
     #[test]
