@@ -129,6 +129,10 @@ pub fn age_seconds(timestamp: &str) -> Option<i64> {
 
 /// A duration the way kubectl prints ages (`45s`, `3m12s`, `5h`, `4d`, `2y`).
 pub fn human_duration(seconds: i64) -> String {
+    // Like upstream, tolerate a second of clock skew; anything further back is invalid.
+    if seconds < -1 {
+        return "<invalid>".into();
+    }
     let s = seconds.max(0);
     match s {
         s if s < 120 => format!("{s}s"),
@@ -207,5 +211,9 @@ mod tests {
         assert_eq!(human_duration(3 * 3600 + 60), "3h1m");
         assert_eq!(human_duration(5 * 86400), "5d");
         assert_eq!(human_duration(400 * 86400), "400d");
+        assert_eq!(human_duration(3 * 365 * 86400 + 5 * 86400), "3y5d");
+        assert_eq!(human_duration(9 * 365 * 86400), "9y");
+        assert_eq!(human_duration(-1), "0s");
+        assert_eq!(human_duration(-5), "<invalid>");
     }
 }
