@@ -401,6 +401,26 @@ async fn raw_requests_get_the_right_status_codes() {
     assert_eq!(response.status, 415);
     assert_eq!(status_of(&response.body)["reason"], "UnsupportedMediaType");
 
+    let yaml = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: from-yaml}\ndata: {a: '1'}\n";
+    let response = post("application/yaml", yaml.to_string()).await;
+    assert_eq!(
+        response.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
+    let created = client
+        .request(
+            http::Method::DELETE,
+            &url("/api/v1/namespaces/default/configmaps/from-yaml"),
+            None,
+            bytes::Bytes::new(),
+            timeout,
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.status, 200);
+
     let response = post("application/json", "{not json".to_string()).await;
     assert_eq!(response.status, 400);
     assert_eq!(status_of(&response.body)["reason"], "BadRequest");

@@ -233,6 +233,24 @@ spec:
     assert!(err.contains("spec: Forbidden: pod updates may not change fields other than `spec.containers[*].image`"), "{err}");
     k.ok(&["set", "image", "pod/solo", "main=busybox:1.36"]);
 
+    // Server-side dry runs validate and default but write nothing.
+    let out = k.ok_with(&["apply", "--dry-run=server", "-o", "jsonpath={.spec.replicas}", "-f", "-"], Some("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: ghost}\nspec:\n  selector: {matchLabels: {app: g}}\n  template:\n    metadata: {labels: {app: g}}\n    spec: {containers: [{name: g, image: busybox}]}\n"));
+    assert_eq!(out, "1");
+    let err = k.fails(&["get", "deploy", "ghost"], None);
+    assert!(
+        err.contains(r#"deployments.apps "ghost" not found"#),
+        "{err}"
+    );
+    let err = k.fails(&["create", "--dry-run=server", "-f", "-"], Some(r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"bad"},"spec":{"containers":[]}}"#));
+    assert!(err.contains("spec.containers: Required value"), "{err}");
+    k.ok(&["delete", "pod", "solo", "--dry-run=server"]);
+    k.ok(&["scale", "deploy", "web", "--replicas=9", "--dry-run=server"]);
+    assert_eq!(
+        jsonpath(&k, &["get", "deploy", "web"], "{.spec.replicas}"),
+        "1"
+    );
+    assert!(jsonpath(&k, &["get", "pod", "solo"], "{.metadata.deletionTimestamp}").is_empty());
+
     // scale, through the scale subresource.
     let out = k.ok(&["scale", "deploy", "web", "--replicas=4"]);
     assert!(out.contains("deployment.apps/web scaled"), "{out}");

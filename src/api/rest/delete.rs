@@ -26,6 +26,15 @@ pub(super) struct Preconditions {
 pub(super) struct DeleteOptions {
     preconditions: Option<Preconditions>,
     grace_period_seconds: Option<i64>,
+    /// `["All"]` (kubectl sends it in the body, not the query).
+    #[serde(default)]
+    dry_run: Vec<String>,
+}
+
+impl DeleteOptions {
+    pub(super) fn is_dry_run(&self) -> bool {
+        !self.dry_run.is_empty()
+    }
 }
 
 fn options(call: &Call<'_>) -> Result<DeleteOptions, ApiError> {
@@ -35,6 +44,24 @@ fn options(call: &Call<'_>) -> Result<DeleteOptions, ApiError> {
         serde_json::from_value(call.body_json()?)
             .map_err(|e| ApiError::BadRequest(format!("invalid DeleteOptions: {e}")))?
     };
+    if let Some(value) = options.dry_run.iter().find(|v| *v != "All") {
+        return Err(ApiError::Invalid {
+            target: crate::api::error::Target {
+                qualified_resource: String::new(),
+                group: "meta.k8s.io".to_string(),
+                kind: "DeleteOptions".to_string(),
+                name: String::new(),
+            },
+            causes: vec![crate::api::error::FieldError::unsupported(
+                "dryRun",
+                value,
+                &["All"],
+            )],
+        });
+    }
+    if call.dry_run {
+        options.dry_run = vec!["All".to_string()];
+    }
     if let Some(grace) = call.query("gracePeriodSeconds") {
         options.grace_period_seconds =
             Some(grace.parse().map_err(|_| {
@@ -124,7 +151,7 @@ pub(super) async fn delete_one(
             if is_namespace {
                 current["status"] = json!({"phase": "Terminating"});
             }
-            if call.dry_run {
+            if options.is_dry_run() {
                 return Ok(current);
             }
             match call.store_update(&key, &mut current, kv.mod_revision).await {
@@ -138,7 +165,7 @@ pub(super) async fn delete_one(
                 Err(e) => return Err(ApiError::from_store(e, target())),
             }
         }
-        if call.dry_run {
+        if options.is_dry_run() {
             return Ok(current);
         }
         match call.api.store.delete(&key, Some(kv.mod_revision)).await {

@@ -48,7 +48,7 @@ pub(super) async fn create(call: &Call<'_>) -> Result<Response<Body>, ApiError> 
         _ => DeleteOptions::default(),
     };
     let pod = object::decode(&call.load(&name, Consistency::Linearizable).await?)?;
-    if call.dry_run {
+    if call.dry_run || options.is_dry_run() {
         // What would be checked and deleted is not touched.
         return Ok(call.ok(StatusCode::CREATED, &success(StatusCode::CREATED)));
     }

@@ -129,9 +129,12 @@ impl Call<'_> {
                     ApiError::BadRequest(format!("the request body is not valid protobuf: {e}"))
                 })?
             }
+            "application/yaml" => serde_yaml_ng::from_slice(&self.body).map_err(|e| {
+                ApiError::BadRequest(format!("the request body is not valid YAML: {e}"))
+            })?,
             _ => {
                 return Err(ApiError::UnsupportedMediaType(format!(
-                    "application/json, {}",
+                    "application/json, application/yaml, {}",
                     crate::api::protobuf::MEDIA_TYPE
                 )))
             }
