@@ -32,6 +32,7 @@ async fn create_missing(
     let has_status = resource.subresources.iter().any(|s| s == "status");
     let status = object.get("status").cloned();
     prepare_new(&mut object, has_status, &resource.kind);
+    super::defaults::apply(&resource.kind, &mut object);
     if let Some(status) = status {
         object["status"] = status;
     }

@@ -288,3 +288,12 @@ pub(super) fn persistent_volume_claim(object: &mut Value) {
         json!("Filesystem"),
     );
 }
+
+/// Every namespace carries its name as a label, so selectors can pick namespaces by name.
+pub(super) fn namespace(object: &mut Value) {
+    let name = object.pointer("/metadata/name").cloned();
+    if let Some(name) = name.filter(|n| n.as_str().is_some_and(|n| !n.is_empty())) {
+        let labels = object_at(object, "/metadata/labels");
+        labels["kubernetes.io/metadata.name"] = name;
+    }
+}

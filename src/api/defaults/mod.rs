@@ -18,6 +18,7 @@ pub use self::core::{pod_qos_class, pod_spec};
 pub fn apply(kind: &str, object: &mut Value) {
     match kind {
         "Secret" => core::secret(object),
+        "Namespace" => core::namespace(object),
         "Pod" => core::pod(object),
         "PodTemplate" => core::template_at(object, "/template"),
         "ReplicationController" => core::replication_controller(object),
