@@ -202,6 +202,15 @@ impl OpenApi {
         Some(document)
     }
 
+    /// Drops the kept document of `group`/`version` (its resources changed: a
+    /// CustomResourceDefinition came, changed or went).
+    pub fn forget(&self, group: &str, version: &str) {
+        self.documents
+            .lock()
+            .expect("openapi cache")
+            .remove(&gv_path(group, version));
+    }
+
     /// `/openapi/v3`: where each group version's document is.
     pub fn root(&self, registry: &Registry) -> Value {
         let mut paths = Map::new();

@@ -191,6 +191,7 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             tracing::info!(revision = api.store.revision(), "kedge is ready");
+            tokio::spawn(api::crd::run(api.clone()));
             api::namespaces::run(api, reaper_queue).await;
         })
     };

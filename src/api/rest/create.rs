@@ -116,7 +116,7 @@ pub(super) async fn create(call: &Call<'_>) -> Result<Response<Body>, ApiError> 
         object::metadata_mut(&mut object)
             .expect("metadata")
             .insert("name".into(), Value::String(name.clone()));
-        validate(call, &object)?;
+        validate(call, &mut object)?;
         match call
             .api
             .store

@@ -181,7 +181,7 @@ async fn apply(call: &Call<'_>, change: Change<'_>) -> Result<Response<Body>, Ap
         };
         let mut new = reconcile(call, &current, proposed)?;
         crate::api::defaults::apply(&call.resource.kind, &mut new);
-        validate(call, &new)?;
+        validate(call, &mut new)?;
         if without_resource_version(&new) == without_resource_version(&current) {
             // Nothing changed: no write, same resourceVersion, as upstream.
             return Ok(call.ok(StatusCode::OK, &current));
