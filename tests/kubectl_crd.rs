@@ -243,3 +243,183 @@ async fn custom_resources_are_served_like_builtins() {
     let again = kubectl.ok(&[&cache_dir, "get", "widgets", "-A", "-o", "name"]);
     assert!(again.is_empty(), "{again}");
 }
+
+const GADGETS: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: gadgets.example.com
+spec:
+  group: example.com
+  scope: Cluster
+  names: {plural: gadgets, kind: Gadget}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        x-kubernetes-preserve-unknown-fields: true
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn definitions_are_checked_and_names_must_be_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = started_server(dir.path()).await;
+    let kubectl = Kubectl {
+        kubeconfig: &server.kubeconfig,
+        binary: "kubectl",
+    };
+
+    let unnamed = kubectl.fails(
+        &["apply", "-f", "-"],
+        Some(&GADGETS.replace("name: gadgets.example.com", "name: gadget.example.com")),
+    );
+    assert!(
+        unnamed.contains(r#"The CustomResourceDefinition "gadget.example.com" is invalid: metadata.name: Invalid value: "gadget.example.com": must be spec.names.plural+"."+spec.group"#),
+        "{unnamed}"
+    );
+    let no_schema = kubectl.fails(
+        &["apply", "-f", "-"],
+        Some(&GADGETS.replace(
+            "    schema:\n      openAPIV3Schema:\n        type: object\n        x-kubernetes-preserve-unknown-fields: true\n",
+            "",
+        )),
+    );
+    assert!(
+        no_schema.contains(
+            "spec.versions[0].schema.openAPIV3Schema: Required value: schemas are required"
+        ),
+        "{no_schema}"
+    );
+    let no_storage = kubectl.fails(
+        &["apply", "-f", "-"],
+        Some(&GADGETS.replace("storage: true", "storage: false")),
+    );
+    assert!(
+        no_storage.contains("must have exactly one version marked as storage version"),
+        "{no_storage}"
+    );
+
+    // A cluster-scoped resource, and a second definition whose kind is taken.
+    kubectl.ok_with(&["apply", "-f", "-"], Some(GADGETS));
+    kubectl.ok(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "--timeout=10s",
+        "crd/gadgets.example.com",
+    ]);
+    kubectl.ok_with(
+        &["apply", "-f", "-"],
+        Some("apiVersion: example.com/v1\nkind: Gadget\nmetadata: {name: g1}\nspec: {anything: [1, 2]}\n"),
+    );
+    let anything = kubectl.ok(&["get", "gadget", "g1", "-o", "jsonpath={.spec.anything}"]);
+    assert_eq!(anything, "[1,2]");
+    let raw = kubectl.ok(&["get", "--raw", "/apis/example.com/v1"]);
+    let list: serde_json::Value = serde_json::from_slice(raw.as_bytes()).unwrap();
+    assert_eq!(list["resources"][0]["name"], "gadgets");
+    assert_eq!(list["resources"][0]["namespaced"], false);
+
+    let twin = GADGETS
+        .replace("gadgets.example.com", "gizmos.example.com")
+        .replace("plural: gadgets", "plural: gizmos, listKind: GizmoList");
+    kubectl.ok_with(&["apply", "-f", "-"], Some(&twin));
+    let names = common_condition(&kubectl, "gizmos.example.com", "NamesAccepted").await;
+    assert_eq!(names, r#"False KindConflict "Gadget" is already in use"#);
+    let established = kubectl.ok(&[
+        "get",
+        "crd",
+        "gizmos.example.com",
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
+    ]);
+    assert_eq!(established, "False");
+    let cache = tempfile::tempdir().unwrap();
+    let cache_dir = format!("--cache-dir={}", cache.path().display());
+    let gone = kubectl.fails(&[&cache_dir, "get", "gizmos"], None);
+    assert!(
+        gone.contains(r#"error: the server doesn't have a resource type "gizmos""#),
+        "{gone}"
+    );
+}
+
+/// `status reason message` of a definition's condition, once the controller wrote it.
+async fn common_condition(kubectl: &Kubectl<'_>, crd: &str, kind: &str) -> String {
+    let path = format!(
+        "jsonpath={{.status.conditions[?(@.type==\"{kind}\")].status}} {{.status.conditions[?(@.type==\"{kind}\")].reason}} {{.status.conditions[?(@.type==\"{kind}\")].message}}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = kubectl.ok(&["get", "crd", crd, "-o", &path]);
+        if !out.trim().is_empty() || Instant::now() > deadline {
+            return out;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn definitions_survive_restarts_and_are_served_by_every_server() {
+    let root = tempfile::tempdir().unwrap();
+    let ca = kedge::pki::Ca::generate().unwrap();
+    let mut servers = common::cluster(root.path(), &ca, 2, &[]);
+    let _logs = common::LogDump(servers.iter().map(|s| s.log.clone()).collect());
+    for server in &mut servers {
+        server.start();
+    }
+    for server in &mut servers {
+        server.wait_ready(Duration::from_secs(60)).await;
+    }
+    let first = Kubectl {
+        kubeconfig: &servers[0].kubeconfig,
+        binary: "kubectl",
+    };
+    first.ok_with(&["apply", "-f", "-"], Some(WIDGETS));
+    first.ok(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "--timeout=10s",
+        "crd/widgets.example.com",
+    ]);
+    first.ok_with(&["apply", "-f", "-"], Some(W1));
+    let second_config = servers[1].kubeconfig.clone();
+    let second = Kubectl {
+        kubeconfig: &second_config,
+        binary: "kubectl",
+    };
+    let seen = eventually_ok(&second, &["get", "widgets", "--no-headers"]).await;
+    assert!(seen.starts_with("w1 "), "{seen}");
+
+    servers[1].terminate();
+    servers[1].start();
+    servers[1].wait_ready(Duration::from_secs(60)).await;
+    let seen = eventually_ok(
+        &second,
+        &["get", "widget", "w1", "-o", "jsonpath={.spec.color}"],
+    )
+    .await;
+    assert_eq!(seen, "red");
+    let stored = eventually_ok(&second, &["get", "wd", "w1", "-o", "jsonpath={.spec.size}"]).await;
+    assert_eq!(stored, "3");
+}
+
+/// Runs `args` until kubectl succeeds (a restarted server rebuilds its registry just after
+/// it is ready); returns stdout.
+async fn eventually_ok(kubectl: &Kubectl<'_>, args: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = kubectl.run(args, None);
+        if out.status.success() {
+            return String::from_utf8(out.stdout).unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
