@@ -220,8 +220,92 @@ async fn custom_resources_are_served_like_builtins() {
     assert!(explain.contains("What the widget should be."), "{explain}");
     assert!(explain.contains("How big the widget is."), "{explain}");
 
-    // Deleting the definition deletes its objects and its resource.
-    kubectl.ok(&["delete", "crd", "widgets.example.com", "--timeout=20s"]);
+    // Watch and deletecollection go through the same code as built-ins.
+    for extra in ["w2", "w3"] {
+        kubectl.ok_with(
+            &["apply", "-f", "-"],
+            Some(&W1.replace(
+                "name: w1",
+                &format!("name: {extra}\n  labels: {{extra: \"yes\"}}"),
+            )),
+        );
+    }
+    let events = kubectl.ok(&[
+        "get",
+        "--raw",
+        "/apis/example.com/v1/namespaces/default/widgets?watch=1&timeoutSeconds=1&labelSelector=extra",
+    ]);
+    assert_eq!(
+        events
+            .lines()
+            .filter(|l| l.contains(r#""type":"ADDED""#))
+            .count(),
+        2,
+        "{events}"
+    );
+    kubectl.ok(&[
+        "delete",
+        "--raw",
+        "/apis/example.com/v1/namespaces/default/widgets?labelSelector=extra",
+    ]);
+    let left = kubectl.ok(&["get", "widgets", "-o", "name"]);
+    assert_eq!(left.trim(), "widget.example.com/w1");
+
+    // Deleting the definition deletes its objects (waiting for their finalizers) and then
+    // its resource.
+    kubectl.ok(&[
+        "patch",
+        "widget",
+        "w1",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":["example.com/hold"]}}"#,
+    ]);
+    kubectl.ok(&["delete", "crd", "widgets.example.com", "--wait=false"]);
+    let terminating = common_condition(&kubectl, "widgets.example.com", "Terminating").await;
+    assert_eq!(
+        terminating,
+        "True InstanceDeletionInProgress CustomResource deletion is in progress"
+    );
+    let refused = kubectl.fails(
+        &["create", "-f", "-"],
+        Some(&W1.replace("name: w1", "name: w4")),
+    );
+    assert!(
+        refused.contains("MethodNotAllowed") || refused.contains("does not allow"),
+        "{refused}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while kubectl
+        .ok(&[
+            "get",
+            "widget",
+            "w1",
+            "-o",
+            "jsonpath={.metadata.deletionTimestamp}",
+        ])
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "w1 was never marked for deletion"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    kubectl.ok(&[
+        "patch",
+        "widget",
+        "w1",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
+    kubectl.ok(&[
+        "wait",
+        "--for=delete",
+        "crd/widgets.example.com",
+        "--timeout=20s",
+    ]);
     let cache = tempfile::tempdir().unwrap();
     let cache_dir = format!("--cache-dir={}", cache.path().display());
     let gone = kubectl.fails(&[&cache_dir, "get", "widgets"], None);

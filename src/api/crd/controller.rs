@@ -89,7 +89,13 @@ fn forget(api: &Api, crd: &str) {
 async fn sync(api: &Arc<Api>, cleaning: &Arc<Mutex<HashSet<String>>>, crd: &Value) {
     let name = object::name(crd).to_string();
     if object::is_marked_for_deletion(crd) {
-        forget(api, &name);
+        // Still served, so that objects' own finalizers can be finished, but no new ones
+        // (upstream answers create with 405 while the definition terminates).
+        let mut types = resource_types(crd);
+        for t in &mut types {
+            t.verbs.retain(|v| v != "create");
+        }
+        api.registry.set_custom(&name, types);
         if cleaning.lock().expect("cleaning set").insert(name.clone()) {
             let (api, cleaning) = (api.clone(), cleaning.clone());
             tokio::spawn(async move {
@@ -183,6 +189,44 @@ async fn load(api: &Api, name: &str) -> Result<Option<(KeyValue, Value)>, StoreE
     }
 }
 
+/// Deletes the objects under `prefix` that can go now and marks those with finalizers;
+/// returns how many are still there.
+async fn remove_objects(api: &Api, prefix: &str) -> Result<usize, StoreError> {
+    let page = api
+        .store
+        .list(prefix, ListOptions::default(), Consistency::Linearizable)
+        .await?;
+    let mut left = 0;
+    for item in page.items {
+        let Ok(mut object) = object::decode(&item) else {
+            continue;
+        };
+        let result = if object::has_finalizers(&object) {
+            left += 1;
+            if object::is_marked_for_deletion(&object) {
+                continue;
+            }
+            object::mark_for_deletion(&mut object, 0);
+            api.store
+                .update(&item.key, object::encode(&object), Some(item.mod_revision))
+                .await
+                .map(|_| ())
+        } else {
+            api.store
+                .delete(&item.key, Some(item.mod_revision))
+                .await
+                .map(|_| ())
+        };
+        match result {
+            Ok(()) | Err(StoreError::NotFound { .. }) => {}
+            // Changed meanwhile: counted, and looked at again on the next pass.
+            Err(StoreError::Conflict { .. }) => left += 1,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(left)
+}
+
 /// Marks the definition Terminating, deletes every object of it, then lets it go.
 async fn clean_up(api: &Api, name: &str) -> Result<(), StoreError> {
     let Some((kv, mut crd)) = load(api, name).await? else {
@@ -215,17 +259,13 @@ async fn clean_up(api: &Api, name: &str) -> Result<(), StoreError> {
         .unwrap_or_default();
     if !group.is_empty() && !plural.is_empty() {
         let objects = format!("/registry/{group}/{plural}/");
-        let page = api
-            .store
-            .list(&objects, ListOptions::default(), Consistency::Linearizable)
-            .await?;
-        for item in page.items {
-            match api.store.delete(&item.key, None).await {
-                Ok(_) | Err(StoreError::NotFound { .. }) => {}
-                Err(e) => return Err(e),
-            }
+        while remove_objects(api, &objects).await? > 0 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
+    // Gone from this server's discovery before the definition is, so that a client that
+    // saw the deletion does not find the resource here.
+    forget(api, name);
     if let Some(meta) = object::metadata_mut(&mut crd) {
         if let Some(list) = meta.get_mut("finalizers").and_then(Value::as_array_mut) {
             list.retain(|f| f != CLEANUP_FINALIZER);
