@@ -93,23 +93,14 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn custom_resources_are_served_like_builtins() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = started_server(dir.path()).await;
+    let (_dir, server) = single_server().await;
     let kubectl = Kubectl {
         kubeconfig: &server.kubeconfig,
         binary: "kubectl",
     };
 
-    kubectl.ok_with(&["apply", "-f", "-"], Some(WIDGETS));
     let applied = Instant::now();
-    let waited = kubectl.ok(&[
-        "wait",
-        "--for",
-        "condition=established",
-        "--timeout=10s",
-        "crd/widgets.example.com",
-    ]);
-    assert!(waited.contains("condition met"), "{waited}");
+    establish(&kubectl, WIDGETS, "widgets.example.com");
     let listed = kubectl.ok(&["get", "widgets"]);
     assert!(
         applied.elapsed() < Duration::from_secs(5),
@@ -316,14 +307,7 @@ async fn custom_resources_are_served_like_builtins() {
     let crds = kubectl.ok(&["get", "crd", "-o", "name"]);
     assert!(crds.is_empty(), "{crds}");
     // A definition of the same resource starts empty.
-    kubectl.ok_with(&["apply", "-f", "-"], Some(WIDGETS));
-    kubectl.ok(&[
-        "wait",
-        "--for",
-        "condition=established",
-        "--timeout=10s",
-        "crd/widgets.example.com",
-    ]);
+    establish(&kubectl, WIDGETS, "widgets.example.com");
     let again = kubectl.ok(&[&cache_dir, "get", "widgets", "-A", "-o", "name"]);
     assert!(again.is_empty(), "{again}");
 }
@@ -349,8 +333,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn definitions_are_checked_and_names_must_be_free() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = started_server(dir.path()).await;
+    let (_dir, server) = single_server().await;
     let kubectl = Kubectl {
         kubeconfig: &server.kubeconfig,
         binary: "kubectl",
@@ -387,14 +370,7 @@ async fn definitions_are_checked_and_names_must_be_free() {
     );
 
     // A cluster-scoped resource, and a second definition whose kind is taken.
-    kubectl.ok_with(&["apply", "-f", "-"], Some(GADGETS));
-    kubectl.ok(&[
-        "wait",
-        "--for",
-        "condition=established",
-        "--timeout=10s",
-        "crd/gadgets.example.com",
-    ]);
+    establish(&kubectl, GADGETS, "gadgets.example.com");
     kubectl.ok_with(
         &["apply", "-f", "-"],
         Some("apiVersion: example.com/v1\nkind: Gadget\nmetadata: {name: g1}\nspec: {anything: [1, 2]}\n"),
@@ -429,6 +405,26 @@ async fn definitions_are_checked_and_names_must_be_free() {
     );
 }
 
+/// A started server in a directory of its own (kept while the test runs).
+async fn single_server() -> (tempfile::TempDir, common::Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = started_server(dir.path()).await;
+    (dir, server)
+}
+
+/// Applies a definition and waits until it is Established.
+fn establish(kubectl: &Kubectl<'_>, manifest: &str, crd: &str) {
+    kubectl.ok_with(&["apply", "-f", "-"], Some(manifest));
+    let waited = kubectl.ok(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "--timeout=10s",
+        &format!("crd/{crd}"),
+    ]);
+    assert!(waited.contains("condition met"), "{waited}");
+}
+
 /// `status reason message` of a definition's condition, once the controller wrote it.
 async fn common_condition(kubectl: &Kubectl<'_>, crd: &str, kind: &str) -> String {
     let path = format!(
@@ -460,14 +456,7 @@ async fn definitions_survive_restarts_and_are_served_by_every_server() {
         kubeconfig: &servers[0].kubeconfig,
         binary: "kubectl",
     };
-    first.ok_with(&["apply", "-f", "-"], Some(WIDGETS));
-    first.ok(&[
-        "wait",
-        "--for",
-        "condition=established",
-        "--timeout=10s",
-        "crd/widgets.example.com",
-    ]);
+    establish(&first, WIDGETS, "widgets.example.com");
     first.ok_with(&["apply", "-f", "-"], Some(W1));
     let second_config = servers[1].kubeconfig.clone();
     let second = Kubectl {

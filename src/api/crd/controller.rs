@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::status::{accept, desired, set_condition};
+use super::status::{accept, conditions_of, desired, set_condition};
 use super::types::{resource_types, Names};
+use crate::api::namespaces::drain;
 use crate::api::object;
 use crate::api::rest::Api;
 use crate::store::{Consistency, EventKind, KeyValue, ListOptions, StoreError};
@@ -189,54 +190,12 @@ async fn load(api: &Api, name: &str) -> Result<Option<(KeyValue, Value)>, StoreE
     }
 }
 
-/// Deletes the objects under `prefix` that can go now and marks those with finalizers;
-/// returns how many are still there.
-async fn remove_objects(api: &Api, prefix: &str) -> Result<usize, StoreError> {
-    let page = api
-        .store
-        .list(prefix, ListOptions::default(), Consistency::Linearizable)
-        .await?;
-    let mut left = 0;
-    for item in page.items {
-        let Ok(mut object) = object::decode(&item) else {
-            continue;
-        };
-        let result = if object::has_finalizers(&object) {
-            left += 1;
-            if object::is_marked_for_deletion(&object) {
-                continue;
-            }
-            object::mark_for_deletion(&mut object, 0);
-            api.store
-                .update(&item.key, object::encode(&object), Some(item.mod_revision))
-                .await
-                .map(|_| ())
-        } else {
-            api.store
-                .delete(&item.key, Some(item.mod_revision))
-                .await
-                .map(|_| ())
-        };
-        match result {
-            Ok(()) | Err(StoreError::NotFound { .. }) => {}
-            // Changed meanwhile: counted, and looked at again on the next pass.
-            Err(StoreError::Conflict { .. }) => left += 1,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(left)
-}
-
 /// Marks the definition Terminating, deletes every object of it, then lets it go.
 async fn clean_up(api: &Api, name: &str) -> Result<(), StoreError> {
     let Some((kv, mut crd)) = load(api, name).await? else {
         return Ok(());
     };
-    let mut conditions: Vec<Value> = crd
-        .pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let mut conditions = conditions_of(&crd);
     set_condition(
         &mut conditions,
         json!({"type": "Terminating", "status": "True", "reason": "InstanceDeletionInProgress", "message": "CustomResource deletion is in progress"}),
@@ -259,8 +218,23 @@ async fn clean_up(api: &Api, name: &str) -> Result<(), StoreError> {
         .unwrap_or_default();
     if !group.is_empty() && !plural.is_empty() {
         let objects = format!("/registry/{group}/{plural}/");
-        while remove_objects(api, &objects).await? > 0 {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+        // Until none is left: one changed meanwhile is not counted, so look once more.
+        while drain(api, &objects).await? > 0
+            || !api
+                .store
+                .list(
+                    &objects,
+                    ListOptions {
+                        limit: 1,
+                        ..Default::default()
+                    },
+                    Consistency::Linearizable,
+                )
+                .await?
+                .items
+                .is_empty()
+        {
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
     // Gone from this server's discovery before the definition is, so that a client that
@@ -271,16 +245,14 @@ async fn clean_up(api: &Api, name: &str) -> Result<(), StoreError> {
             list.retain(|f| f != CLEANUP_FINALIZER);
         }
     }
-    let result = if object::has_finalizers(&crd) {
-        api.store
+    // Another finalizer still holds it: only ours goes.
+    let store = &api.store;
+    let result = match object::has_finalizers(&crd) {
+        true => store
             .update(&kv.key, object::encode(&crd), Some(kv.mod_revision))
             .await
-            .map(|_| ())
-    } else {
-        api.store
-            .delete(&kv.key, Some(kv.mod_revision))
-            .await
-            .map(|_| ())
+            .map(drop),
+        false => store.delete(&kv.key, Some(kv.mod_revision)).await.map(drop),
     };
     match result {
         Ok(()) | Err(StoreError::NotFound { .. }) => Ok(()),

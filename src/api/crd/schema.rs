@@ -291,6 +291,15 @@ fn has_format(format: &str, s: &str) -> bool {
     }
 }
 
+/// A numeric bound: its keyword, its exclusive flag, whether a value is past it, and how
+/// the message words it (inclusive, exclusive).
+type Limit = (
+    &'static str,
+    &'static str,
+    fn(f64, f64) -> bool,
+    [&'static str; 2],
+);
+
 fn validate_number(
     schema: &Value,
     n: &serde_json::Number,
@@ -299,45 +308,30 @@ fn validate_number(
 ) {
     let value = Value::Number(n.clone());
     let x = n.as_f64().unwrap_or_default();
-    let bound = |name: &str| {
-        schema
-            .get(name)
-            .and_then(|b| b.as_f64().map(|f| (f, b.as_number().map(fields::number))))
-    };
-    if let Some((max, shown)) = bound("maximum") {
-        let exclusive = flag(schema, "exclusiveMaximum");
-        if x > max || (exclusive && x == max) {
-            let than = if exclusive {
-                "less than"
-            } else {
-                "less than or equal to"
-            };
-            errors.push(fields::invalid(
-                path,
-                &value,
-                &format!(
-                    "{path} in body should be {than} {}",
-                    shown.unwrap_or_default()
-                ),
-            ));
-        }
-    }
-    if let Some((min, shown)) = bound("minimum") {
-        let exclusive = flag(schema, "exclusiveMinimum");
-        if x < min || (exclusive && x == min) {
-            let than = if exclusive {
-                "greater than"
-            } else {
-                "greater than or equal to"
-            };
-            errors.push(fields::invalid(
-                path,
-                &value,
-                &format!(
-                    "{path} in body should be {than} {}",
-                    shown.unwrap_or_default()
-                ),
-            ));
+    let limits: [Limit; 2] = [
+        (
+            "maximum",
+            "exclusiveMaximum",
+            |x, b| x > b,
+            ["less than or equal to", "less than"],
+        ),
+        (
+            "minimum",
+            "exclusiveMinimum",
+            |x, b| x < b,
+            ["greater than or equal to", "greater than"],
+        ),
+    ];
+    for (name, exclusive, past, words) in limits {
+        let Some(bound) = schema.get(name).and_then(Value::as_number) else {
+            continue;
+        };
+        let b = bound.as_f64().unwrap_or_default();
+        let exclusive = flag(schema, exclusive);
+        if past(x, b) || (exclusive && x == b) {
+            let than = words[usize::from(exclusive)];
+            let detail = format!("{path} in body should be {than} {}", fields::number(bound));
+            errors.push(fields::invalid(path, &value, &detail));
         }
     }
     if let Some(factor) = schema.get("multipleOf").and_then(Value::as_f64) {

@@ -76,6 +76,14 @@ fn condition(kind: &str, status: bool, reason: &str, message: &str) -> Value {
     })
 }
 
+/// The definition's `status.conditions`.
+pub fn conditions_of(crd: &Value) -> Vec<Value> {
+    crd.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+}
+
 /// Puts `new` in `conditions`, keeping the old transition time when the status is the same.
 pub fn set_condition(conditions: &mut Vec<Value>, mut new: Value) {
     let kind = new["type"].clone();
@@ -102,11 +110,7 @@ pub fn desired(crd: &Value, names: &Names, acceptance: &Acceptance) -> Value {
     if !status.is_object() {
         status = json!({});
     }
-    let mut conditions: Vec<Value> = status
-        .get("conditions")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let mut conditions = conditions_of(crd);
     set_condition(
         &mut conditions,
         condition(
