@@ -209,3 +209,74 @@ pub fn storage_version(crd: &Value) -> Option<String> {
         .and_then(|v| v.get("name").and_then(Value::as_str))
         .map(str::to_string)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::openapi::OpenApi;
+    use crate::api::registry::Registry;
+
+    fn crd() -> Value {
+        json!({
+            "metadata": {"name": "widgets.example.com"},
+            "spec": {
+                "group": "example.com",
+                "scope": "Namespaced",
+                "names": {"plural": "widgets", "kind": "Widget", "shortNames": ["wd"]},
+                "versions": [
+                    {"name": "v1", "served": true, "storage": true,
+                     "subresources": {"status": {}, "scale": {"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas"}},
+                     "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": {"type": "object", "description": "The spec.", "properties": {"size": {"type": "integer"}}}}}}},
+                    {"name": "v1alpha1", "served": false, "storage": false,
+                     "schema": {"openAPIV3Schema": {"type": "object"}}}
+                ]
+            }
+        })
+    }
+
+    #[test]
+    fn served_versions_become_resources_with_documents() {
+        let types = resource_types(&crd());
+        assert_eq!(types.len(), 1);
+        let widgets = &types[0];
+        assert_eq!(
+            (widgets.singular.as_str(), widgets.list_kind.as_str()),
+            ("widget", "WidgetList")
+        );
+        assert_eq!(widgets.subresources, vec!["scale", "status"]);
+        assert_eq!(widgets.crd.as_deref(), Some("widgets.example.com"));
+        assert_eq!(storage_version(&crd()).as_deref(), Some("v1"));
+        let pruned = (widgets.check)(&json!({"spec": {"size": 1, "x": 2}})).unwrap();
+        assert_eq!(pruned["spec"], json!({"size": 1}));
+        let invalid = (widgets.check)(&json!({"spec": {"size": "1"}})).unwrap_err();
+        assert_eq!(invalid.causes[0].reason, "FieldValueTypeInvalid");
+
+        let registry = Registry::builtin();
+        let openapi = OpenApi::default();
+        assert!(openapi.document(&registry, "example.com", "v1").is_none());
+        registry.set_custom("widgets.example.com", types);
+        let document = openapi.document(&registry, "example.com", "v1").unwrap();
+        let doc: Value = serde_json::from_slice(&document.body).unwrap();
+        let schema = &doc["components"]["schemas"]["com.example.v1.Widget"];
+        assert_eq!(
+            schema["x-kubernetes-group-version-kind"][0]["kind"],
+            "Widget"
+        );
+        assert_eq!(schema["properties"]["spec"]["description"], "The spec.");
+        assert!(schema["properties"]["metadata"]["$ref"]
+            .as_str()
+            .unwrap()
+            .ends_with("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"));
+        assert!(
+            doc["paths"]["/apis/example.com/v1/namespaces/{namespace}/widgets/{name}"]["patch"]
+                .is_object()
+        );
+        assert_eq!(
+            registry.remove_custom("widgets.example.com"),
+            vec![("example.com".to_string(), "v1".to_string())]
+        );
+        openapi.forget("example.com", "v1");
+        assert!(openapi.document(&registry, "example.com", "v1").is_none());
+        assert!(registry.get("example.com", "v1", "widgets").is_none());
+    }
+}
