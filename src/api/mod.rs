@@ -10,6 +10,7 @@
 //! given.
 
 pub mod bootstrap;
+pub mod crd;
 pub mod defaults;
 pub mod discovery;
 pub mod error;

@@ -81,36 +81,44 @@ async fn empty(api: &Api, namespace: &str) -> Result<usize, StoreError> {
         if !resource.namespaced || !resource.stored {
             continue;
         }
-        let prefix = resource.namespace_prefix(Some(namespace));
-        let page = api
-            .store
-            .list(&prefix, ListOptions::default(), Consistency::Linearizable)
-            .await?;
-        for kv in page.items {
-            let Ok(mut item) = object::decode(&kv) else {
+        waiting += drain(api, &resource.namespace_prefix(Some(namespace))).await?;
+    }
+    Ok(waiting)
+}
+
+/// Deletes the objects under `prefix` that have no finalizers and marks the others for
+/// deletion; returns how many still wait on their finalizers. Shared with the removal of a
+/// CustomResourceDefinition's objects.
+pub(crate) async fn drain(api: &Api, prefix: &str) -> Result<usize, StoreError> {
+    let mut waiting = 0;
+    let page = api
+        .store
+        .list(prefix, ListOptions::default(), Consistency::Linearizable)
+        .await?;
+    for kv in page.items {
+        let Ok(mut item) = object::decode(&kv) else {
+            continue;
+        };
+        let result = if object::has_finalizers(&item) {
+            waiting += 1;
+            if object::is_marked_for_deletion(&item) {
                 continue;
-            };
-            let result = if object::has_finalizers(&item) {
-                waiting += 1;
-                if object::is_marked_for_deletion(&item) {
-                    continue;
-                }
-                object::mark_for_deletion(&mut item, 0);
-                api.store
-                    .update(&kv.key, object::encode(&item), Some(kv.mod_revision))
-                    .await
-                    .map(|_| ())
-            } else {
-                api.store
-                    .delete(&kv.key, Some(kv.mod_revision))
-                    .await
-                    .map(|_| ())
-            };
-            match result {
-                // Changed or gone meanwhile: the next pass looks again.
-                Ok(()) | Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => {}
-                Err(e) => return Err(e),
             }
+            object::mark_for_deletion(&mut item, 0);
+            api.store
+                .update(&kv.key, object::encode(&item), Some(kv.mod_revision))
+                .await
+                .map(|_| ())
+        } else {
+            api.store
+                .delete(&kv.key, Some(kv.mod_revision))
+                .await
+                .map(|_| ())
+        };
+        match result {
+            // Changed or gone meanwhile: the next pass looks again.
+            Ok(()) | Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(waiting)

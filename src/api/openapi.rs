@@ -89,14 +89,17 @@ fn paths(resource: &ResourceType, schema_ref: &str, out: &mut Map<String, Value>
     let kind = &resource.kind;
     let object_body =
         json!({"content": {"*/*": {"schema": {"$ref": schema_ref}}}, "required": true});
-    let patch_body = json!({
-        "content": {
-            "application/json-patch+json": {"schema": {"type": "object"}},
-            "application/merge-patch+json": {"schema": {"type": "object"}},
-            "application/strategic-merge-patch+json": {"schema": {"type": "object"}},
-        },
-        "required": true,
+    let mut patch_types = json!({
+        "application/apply-patch+yaml": {"schema": {"type": "object"}},
+        "application/json-patch+json": {"schema": {"type": "object"}},
+        "application/merge-patch+json": {"schema": {"type": "object"}},
     });
+    // Custom resources take no strategic merge patch; kubectl reads this to pick its patch.
+    if resource.crd.is_none() {
+        patch_types["application/strategic-merge-patch+json"] =
+            json!({"schema": {"type": "object"}});
+    }
+    let patch_body = json!({"content": patch_types, "required": true});
     let namespace_parameter =
         json!({"name": "namespace", "in": "path", "required": true, "schema": {"type": "string"}});
     let name_parameter =
@@ -201,6 +204,15 @@ impl OpenApi {
             .expect("openapi cache")
             .insert(key, document.clone());
         Some(document)
+    }
+
+    /// Drops the kept document of `group`/`version` (its resources changed: a
+    /// CustomResourceDefinition came, changed or went).
+    pub fn forget(&self, group: &str, version: &str) {
+        self.documents
+            .lock()
+            .expect("openapi cache")
+            .remove(&gv_path(group, version));
     }
 
     /// `/openapi/v3`: where each group version's document is.

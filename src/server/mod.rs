@@ -224,6 +224,7 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
                 api.services.clone(),
             ));
             tracing::info!(revision = api.store.revision(), "kedge is ready");
+            tokio::spawn(api::crd::run(api.clone()));
             api::namespaces::run(api, reaper_queue).await;
         })
     };

@@ -10,6 +10,8 @@ use k8s_openapi::{ClusterResourceScope, ListableResource, NamespaceResourceScope
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::sync::Arc;
+
 use serde_json::Value;
 
 use super::{ResourceType, SchemaError, ALL_VERBS, CREATE_ONLY};
@@ -33,10 +35,12 @@ fn check<T: DeserializeOwned + Serialize>(value: &Value) -> Result<Value, Schema
     let typed: T = serde_path_to_error::deserialize(value).map_err(|e| SchemaError {
         field: e.path().to_string(),
         message: e.inner().to_string(),
+        causes: Vec::new(),
     })?;
     serde_json::to_value(typed).map_err(|e| SchemaError {
         field: String::new(),
         message: e.to_string(),
+        causes: Vec::new(),
     })
 }
 
@@ -67,7 +71,7 @@ const PLAIN: Spec<'static> = Spec {
 
 fn define<T>(spec: Spec<'_>) -> ResourceType
 where
-    T: Resource + ListableResource + DeserializeOwned + Serialize + JsonSchema,
+    T: Resource + ListableResource + DeserializeOwned + Serialize + JsonSchema + 'static,
     T::Scope: Scope,
 {
     ResourceType {
@@ -83,14 +87,17 @@ where
         verbs: strings(spec.verbs),
         subresources: strings(spec.subresources),
         stored: spec.stored,
-        check: check::<T>,
-        schema: schema::<T>,
+        check: Arc::new(check::<T>),
+        schema: Arc::new(schema::<T>),
+        scale: None,
+        crd: None,
+        columns: Vec::new(),
     }
 }
 
 /// A review kind: create-only, answered and not stored. k8s-openapi does not mark these
 /// listable, so they are described by hand.
-fn review<T: Resource + DeserializeOwned + Serialize + JsonSchema>(
+fn review<T: Resource + DeserializeOwned + Serialize + JsonSchema + 'static>(
     namespaced: bool,
 ) -> ResourceType {
     ResourceType {
@@ -106,8 +113,11 @@ fn review<T: Resource + DeserializeOwned + Serialize + JsonSchema>(
         verbs: strings(CREATE_ONLY),
         subresources: Vec::new(),
         stored: false,
-        check: check::<T>,
-        schema: schema::<T>,
+        check: Arc::new(check::<T>),
+        schema: Arc::new(schema::<T>),
+        scale: None,
+        crd: None,
+        columns: Vec::new(),
     }
 }
 
@@ -316,11 +326,25 @@ pub fn types() -> Vec<ResourceType> {
             ..PLAIN
         }),
         // apiextensions.k8s.io/v1
-        define::<apiextensions::v1::CustomResourceDefinition>(Spec {
+        custom_resource_definition(),
+    ]
+}
+
+/// CustomResourceDefinitions: decoded like every kind, then held to upstream's rules for a
+/// definition (names, versions, schemas), which a decode cannot see.
+fn custom_resource_definition() -> ResourceType {
+    type Crd = apiextensions::v1::CustomResourceDefinition;
+    ResourceType {
+        check: Arc::new(|value| {
+            let typed = check::<Crd>(value)?;
+            crate::api::crd::validation::check(value)?;
+            Ok(typed)
+        }),
+        ..define::<Crd>(Spec {
             short: &["crd", "crds"],
             categories: &["api-extensions"],
             subresources: STATUS,
             ..PLAIN
-        }),
-    ]
+        })
+    }
 }

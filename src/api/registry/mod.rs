@@ -2,8 +2,9 @@
 //! (plural, singular, short names, categories, verbs, scope, subresources) and how to check
 //! an object of it against its schema.
 //!
-//! Owns: the table of built-in kinds ([`builtin`], from k8s-openapi's types) and, later,
-//! kinds added by CustomResourceDefinitions. Must not touch: storage or HTTP.
+//! Owns: the table of built-in kinds ([`builtin`], from k8s-openapi's types) and the kinds
+//! added by CustomResourceDefinitions (put and taken away by `crate::api::crd`). Must not
+//! touch: storage or HTTP.
 
 mod builtin;
 
@@ -27,21 +28,46 @@ pub const ALL_VERBS: &[&str] = &[
 pub const CREATE_ONLY: &[&str] = &["create"];
 
 /// Checks a JSON object against a kind's schema: the object as the schema reads it back
-/// (fields it does not know dropped), or the field path and what is wrong.
-pub type SchemaCheck = fn(&Value) -> Result<Value, SchemaError>;
+/// (fields it does not know dropped, defaults filled in), or the field path and what is
+/// wrong. Shared (not a `fn`) because a CustomResourceDefinition's check carries its schema.
+pub type SchemaCheck = Arc<dyn Fn(&Value) -> Result<Value, SchemaError> + Send + Sync>;
 
 /// Adds a kind's OpenAPI schema (and those it refers to) to a generator; returns its name.
-pub type SchemaOf = fn(&mut schemars::SchemaGenerator) -> String;
+pub type SchemaOf = Arc<dyn Fn(&mut schemars::SchemaGenerator) -> String + Send + Sync>;
 
-/// A schema violation: where, and what.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A schema violation: where, and what; with `causes` when the object is well-formed but
+/// invalid (a 422 Invalid, as custom resources and CustomResourceDefinitions report it)
+/// rather than undecodable (a 400).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct SchemaError {
     pub field: String,
     pub message: String,
+    pub causes: Vec<crate::api::error::FieldError>,
+}
+
+/// Where a resource's `/scale` subresource finds its numbers (`.spec.replicas`-style JSON
+/// paths, as a CustomResourceDefinition's `subresources.scale` gives them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScalePaths {
+    pub spec_replicas: String,
+    pub status_replicas: String,
+    pub label_selector: Option<String>,
+}
+
+/// One `additionalPrinterColumns` entry of a CustomResourceDefinition version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrinterColumn {
+    pub name: String,
+    /// `integer`, `number`, `string`, `boolean` or `date`.
+    pub kind: String,
+    pub format: String,
+    pub description: String,
+    pub priority: i64,
+    pub json_path: String,
 }
 
 /// One resource of one group version.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ResourceType {
     pub group: String,
     pub version: String,
@@ -59,6 +85,25 @@ pub struct ResourceType {
     pub stored: bool,
     pub check: SchemaCheck,
     pub schema: SchemaOf,
+    /// Where `/scale` reads and writes replicas; `None` for kinds without it.
+    pub scale: Option<ScalePaths>,
+    /// The CustomResourceDefinition that defines this resource; `None` for built-ins.
+    pub crd: Option<String>,
+    /// A custom resource's printer columns (empty: upstream's default, Name and Age).
+    pub columns: Vec<PrinterColumn>,
+}
+
+impl std::fmt::Debug for ResourceType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResourceType")
+            .field("group", &self.group)
+            .field("version", &self.version)
+            .field("kind", &self.kind)
+            .field("plural", &self.plural)
+            .field("namespaced", &self.namespaced)
+            .field("crd", &self.crd)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ResourceType {
@@ -121,6 +166,27 @@ impl Registry {
         Registry {
             types: RwLock::new(builtin::types().into_iter().map(Arc::new).collect()),
         }
+    }
+
+    /// Serves `types` as the resources of CustomResourceDefinition `crd`, in place of
+    /// what it defined before.
+    pub fn set_custom(&self, crd: &str, types: Vec<ResourceType>) {
+        let mut all = self.types.write().expect("registry lock");
+        all.retain(|t| t.crd.as_deref() != Some(crd));
+        all.extend(types.into_iter().map(Arc::new));
+    }
+
+    /// Stops serving what CustomResourceDefinition `crd` defined; returns the group
+    /// versions it had.
+    pub fn remove_custom(&self, crd: &str) -> Vec<(String, String)> {
+        let mut all = self.types.write().expect("registry lock");
+        let gone = all
+            .iter()
+            .filter(|t| t.crd.as_deref() == Some(crd))
+            .map(|t| (t.group.clone(), t.version.clone()))
+            .collect();
+        all.retain(|t| t.crd.as_deref() != Some(crd));
+        gone
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<ResourceType>>> {

@@ -171,7 +171,7 @@ pub(super) async fn store_new(
             .expect("metadata")
             .insert("name".into(), Value::String(name.clone()));
         hooks::prepare_create(call, &mut object);
-        validate(call, &object)?;
+        validate(call, &mut object)?;
         if call.dry_run {
             // Nothing is allocated or stored.
             return Ok(call.ok(StatusCode::CREATED, &object));

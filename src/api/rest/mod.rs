@@ -377,8 +377,9 @@ fn unknown_fields(input: &Value, typed: &Value, path: &str, out: &mut Vec<String
 
 /// Checks `object` against its kind's schema, fields it does not know per the request's
 /// `fieldValidation` (Strict: an error; Warn, the default: a warning; Ignore), then its
-/// metadata.
-fn validate(call: &Call<'_>, object: &Value) -> Result<(), ApiError> {
+/// metadata. A custom resource becomes what its schema reads back (unknown fields pruned,
+/// defaults applied), as upstream stores it.
+fn validate(call: &Call<'_>, object: &mut Value) -> Result<(), ApiError> {
     let resource = &call.resource;
     let cannot_handle = |detail: String| {
         ApiError::BadRequest(format!(
@@ -387,8 +388,18 @@ fn validate(call: &Call<'_>, object: &Value) -> Result<(), ApiError> {
             version = resource.version,
         ))
     };
-    let typed = (resource.check)(object)
-        .map_err(|e| cannot_handle(format!("{}: {}", e.field, e.message)))?;
+    let name = || {
+        object::meta_str(object, "name")
+            .unwrap_or_default()
+            .to_string()
+    };
+    let typed = (resource.check)(object).map_err(|e| match e.causes.is_empty() {
+        true => cannot_handle(format!("{}: {}", e.field, e.message)),
+        false => ApiError::Invalid {
+            target: call.target(&name()),
+            causes: e.causes,
+        },
+    })?;
     let mut unknown = Vec::new();
     unknown_fields(object, &typed, "", &mut unknown);
     if !unknown.is_empty() {
@@ -406,6 +417,9 @@ fn validate(call: &Call<'_>, object: &Value) -> Result<(), ApiError> {
             Some("Ignore") => {}
             _ => call.warnings.lock().expect("warnings").extend(listed),
         }
+    }
+    if resource.crd.is_some() {
+        *object = typed;
     }
     let meta = object::metadata(object).cloned().unwrap_or_default();
     let mut causes = validation::object_meta(&resource.kind, &meta);

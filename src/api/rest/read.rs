@@ -32,7 +32,7 @@ pub(super) async fn get(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
         let meta = json!({"resourceVersion": kv.mod_revision.to_string()});
         return Ok(call.ok(
             StatusCode::OK,
-            &table::table(&call.resource, &[object], meta, include_object(call)),
+            &crate::api::crd::table(&call.resource, &[object], meta, include_object(call)),
         ));
     }
     Ok(call.ok(StatusCode::OK, &object))
@@ -147,7 +147,7 @@ pub(super) async fn list(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
     if table::wants_table(call.accept.as_deref()) {
         return Ok(call.ok(
             StatusCode::OK,
-            &table::table(&call.resource, &listing.items, meta, include_object(call)),
+            &crate::api::crd::table(&call.resource, &listing.items, meta, include_object(call)),
         ));
     }
     let list = json!({

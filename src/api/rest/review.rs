@@ -25,7 +25,7 @@ pub(super) async fn create(call: &Call<'_>) -> Result<Response<Body>, ApiError> 
         // Reviews are nameless; validation wants a name, upstream ignores it.
         meta.entry("name").or_insert_with(|| json!("review"));
     }
-    validate(call, &review)?;
+    validate(call, &mut review)?;
     let status = match call.resource.kind.as_str() {
         "SelfSubjectReview" => json!({"userInfo": user_info(&call.user)}),
         "SelfSubjectAccessReview" | "SubjectAccessReview" | "LocalSubjectAccessReview" => {

@@ -1,6 +1,7 @@
 //! The `scale` subresource: an `autoscaling/v1` Scale view of a workload's replica count
-//! (deployments, replicasets, statefulsets, replicationcontrollers), read and written
-//! through the object itself — what `kubectl scale` and autoscalers use.
+//! (deployments, replicasets, statefulsets, replicationcontrollers, and custom resources
+//! whose definition has `subresources.scale`), read and written through the object itself
+//! — what `kubectl scale` and autoscalers use.
 
 use http::{Response, StatusCode};
 use serde_json::{json, Value};
@@ -72,6 +73,9 @@ fn selector_string(selector: Option<&Value>, plain_map: bool) -> String {
 
 /// The Scale of `object`.
 fn scale_of(call: &Call<'_>, object: &Value) -> Value {
+    if let Some(paths) = &call.resource.scale {
+        return crate::api::crd::scale::scale_of(object, paths);
+    }
     let meta = object::metadata(object).cloned().unwrap_or_default();
     let keep = [
         "name",
@@ -180,11 +184,14 @@ pub(super) async fn update(call: &Call<'_>, is_patch: bool) -> Result<Response<B
                 )],
             });
         }
-        if object.pointer("/spec/replicas").and_then(Value::as_i64) == Some(replicas) {
+        if current.pointer("/spec/replicas").and_then(Value::as_i64) == Some(replicas) {
             return Ok(call.ok(StatusCode::OK, &current));
         }
         let before = object.clone();
-        object["spec"]["replicas"] = json!(replicas);
+        match &call.resource.scale {
+            Some(paths) => crate::api::crd::scale::apply_scale(&mut object, replicas, paths),
+            None => object["spec"]["replicas"] = json!(replicas),
+        }
         super::create::writer(call).record_update(Some(&before), &mut object);
         let generation = object::metadata(&object)
             .and_then(|m| m.get("generation"))

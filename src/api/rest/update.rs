@@ -229,7 +229,7 @@ async fn apply(call: &Call<'_>, change: Change<'_>) -> Result<Response<Body>, Ap
             Some(entries) => managed::set_entries(&mut new, entries),
             None => writer.record_update(Some(&current), &mut new),
         }
-        validate(call, &new)?;
+        validate(call, &mut new)?;
         validate_update(call, &current, &new)?;
         if call.dry_run {
             return Ok(call.ok(StatusCode::OK, &new));

@@ -38,7 +38,7 @@ struct Renderer {
 impl Renderer {
     fn event(&self, kind: &str, object: Value) -> Bytes {
         let object = if self.table && kind != "ERROR" && kind != "BOOKMARK" {
-            table::table(&self.resource, &[object], json!({}), self.include)
+            crate::api::crd::table(&self.resource, &[object], json!({}), self.include)
         } else {
             object
         };
