@@ -562,3 +562,140 @@ async fn get_watch_sees_changes_and_old_versions_are_gone() {
     })
     .await;
 }
+
+const APPLICATION: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: store}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings, namespace: store}
+data: {mode: fast}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: creds, namespace: store}
+stringData: {token: abc}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: shop, namespace: store, labels: {app: shop}}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: shop}}
+  template:
+    metadata: {labels: {app: shop}}
+    spec:
+      containers:
+      - name: shop
+        image: busybox:1.36
+        ports: [{containerPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: shop, namespace: store}
+spec:
+  selector: {app: shop}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: carts.shop.example.com}
+spec:
+  group: shop.example.com
+  scope: Namespaced
+  names: {plural: carts, singular: cart, kind: Cart}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            properties:
+              items: {type: integer}
+---
+apiVersion: shop.example.com/v1
+kind: Cart
+metadata: {name: first, namespace: store}
+spec: {items: 2}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_application_applies_describes_and_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = started_server(dir.path()).await;
+    let kubectl = Kubectl {
+        kubeconfig: &server.kubeconfig,
+        binary: "kubectl",
+    };
+    // As upstream, the custom object cannot be mapped before its definition exists: kubectl
+    // applies the rest, says so, and a second apply (once the CRD is established) finishes.
+    let first = kubectl.run(&["apply", "-f", "-"], Some(APPLICATION));
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    for line in [
+        "namespace/store created",
+        "configmap/settings created",
+        "secret/creds created",
+        "deployment.apps/shop created",
+        "service/shop created",
+        "customresourcedefinition.apiextensions.k8s.io/carts.shop.example.com created",
+    ] {
+        assert!(stdout.contains(line), "{stdout}");
+    }
+    kubectl.ok(&[
+        "wait",
+        "--for=condition=established",
+        "crd/carts.shop.example.com",
+        "--timeout=30s",
+    ]);
+    let second = kubectl.ok_with(&["apply", "-f", "-"], Some(APPLICATION));
+    assert!(
+        second.contains("cart.shop.example.com/first created"),
+        "{second}"
+    );
+    assert!(
+        second.contains("deployment.apps/shop unchanged"),
+        "{second}"
+    );
+    assert!(second.contains("service/shop unchanged"), "{second}");
+
+    let described = kubectl.ok(&["describe", "deployment", "shop", "-n", "store"]);
+    for line in [
+        "Name:                   shop",
+        "Replicas:               2 desired",
+        "StrategyType:           RollingUpdate",
+        "Image:         busybox:1.36",
+    ] {
+        assert!(described.contains(line), "{described}");
+    }
+    let described = kubectl.ok(&["describe", "service", "shop", "-n", "store"]);
+    assert!(
+        described.contains("TargetPort:        8080/TCP") || described.contains("8080/TCP"),
+        "{described}"
+    );
+    assert!(described.contains("IP Families:              IPv4"), "{described}");
+    let described = kubectl.ok(&["describe", "cart", "first", "-n", "store"]);
+    assert!(
+        described.contains("Kind:         Cart") && described.contains("Items:  2"),
+        "{described}"
+    );
+    let all = kubectl.ok(&["get", "all", "-n", "store", "-o", "name"]);
+    assert!(
+        all.contains("deployment.apps/shop") && all.contains("service/shop"),
+        "{all}"
+    );
+
+    // `wait --for=delete` returns once the namespace and its contents are gone.
+    kubectl.ok(&["delete", "namespace", "store", "--wait=false"]);
+    kubectl.ok(&["wait", "--for=delete", "namespace/store", "--timeout=60s"]);
+    // kubectl itself looks the namespace up after the 404, as against any server.
+    let err = kubectl.fails(&["get", "cart", "first", "-n", "store"], None);
+    assert!(err.contains(r#"namespaces "store" not found"#), "{err}");
+    let carts = kubectl.ok(&["get", "carts", "-A", "-o", "name"]);
+    assert_eq!(carts.trim(), "", "the namespace's custom objects went with it");
+}
