@@ -678,7 +678,10 @@ async fn a_whole_application_applies_describes_and_goes() {
         described.contains("TargetPort:        8080/TCP") || described.contains("8080/TCP"),
         "{described}"
     );
-    assert!(described.contains("IP Families:              IPv4"), "{described}");
+    assert!(
+        described.contains("IP Families:              IPv4"),
+        "{described}"
+    );
     let described = kubectl.ok(&["describe", "cart", "first", "-n", "store"]);
     assert!(
         described.contains("Kind:         Cart") && described.contains("Items:  2"),
@@ -697,5 +700,9 @@ async fn a_whole_application_applies_describes_and_goes() {
     let err = kubectl.fails(&["get", "cart", "first", "-n", "store"], None);
     assert!(err.contains(r#"namespaces "store" not found"#), "{err}");
     let carts = kubectl.ok(&["get", "carts", "-A", "-o", "name"]);
-    assert_eq!(carts.trim(), "", "the namespace's custom objects went with it");
+    assert_eq!(
+        carts.trim(),
+        "",
+        "the namespace's custom objects went with it"
+    );
 }

@@ -184,7 +184,53 @@ pub fn object_meta(kind: &str, meta: &Map<String, Value>) -> Vec<FieldError> {
             });
         }
     }
+    owner_references(meta, &mut errors);
     errors
+}
+
+/// Each owner reference names its owner fully; at most one is the controller.
+fn owner_references(meta: &Map<String, Value>, errors: &mut Vec<FieldError>) {
+    let Some(references) = meta.get("ownerReferences").and_then(Value::as_array) else {
+        return;
+    };
+    let mut controllers = Vec::new();
+    for reference in references {
+        for (field, what) in [
+            ("apiVersion", "version"),
+            ("kind", "kind"),
+            ("name", "name"),
+            ("uid", "uid"),
+        ] {
+            let value = reference
+                .get(field)
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if value.is_empty() {
+                errors.push(FieldError::invalid(
+                    &format!("metadata.ownerReferences.{field}"),
+                    "",
+                    &format!("{what} must not be empty"),
+                ));
+            }
+        }
+        if reference.get("controller").and_then(Value::as_bool) == Some(true) {
+            let name = reference
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            controllers.push(name.to_string());
+        }
+    }
+    if controllers.len() > 1 {
+        errors.push(FieldError::invalid_raw(
+            "metadata.ownerReferences",
+            &serde_json::to_string(references).unwrap_or_default(),
+            &format!(
+                "Only one reference can have Controller set to true. Found \"true\" in references for {}",
+                controllers.join(" and ")
+            ),
+        ));
+    }
 }
 
 #[cfg(test)]
@@ -215,6 +261,25 @@ mod tests {
             object_meta("ConfigMap", &meta(json!({})))[0].reason,
             "FieldValueRequired"
         );
+    }
+
+    #[test]
+    fn owner_references_name_their_owner() {
+        let errors = object_meta(
+            "Pod",
+            &meta(json!({"name": "a", "ownerReferences": [
+                {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "", "controller": true},
+                {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs2", "uid": "u2", "controller": true},
+            ]})),
+        );
+        assert_eq!(errors[0].field, "metadata.ownerReferences.uid");
+        assert_eq!(
+            errors[0].message,
+            "Invalid value: \"\": uid must not be empty"
+        );
+        assert!(errors[1]
+            .message
+            .ends_with("Found \"true\" in references for rs and rs2"));
     }
 
     #[test]
