@@ -105,6 +105,69 @@ impl LabelSelector {
         Ok(LabelSelector { requirements })
     }
 
+    /// The selector a `metav1.LabelSelector` object (`matchLabels`, `matchExpressions`)
+    /// stands for, or why it is malformed (an unknown operator, a set operator without
+    /// values, an existence operator with values).
+    pub fn from_object(selector: &Value) -> Result<LabelSelector, String> {
+        let mut requirements = Vec::new();
+        for (key, value) in selector
+            .get("matchLabels")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            let value = value
+                .as_str()
+                .ok_or_else(|| format!("the value of label {key:?} is not a string"))?;
+            requirements.push(Requirement::Equals(key.clone(), value.to_string()));
+        }
+        for expression in selector
+            .get("matchExpressions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let key = expression
+                .get("key")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let mut values: Vec<String> = expression
+                .get("values")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect();
+            values.sort();
+            values.dedup();
+            let operator = expression.get("operator").and_then(Value::as_str);
+            requirements.push(match (operator, values.is_empty()) {
+                (Some("In"), false) => Requirement::In(key, values),
+                (Some("NotIn"), false) => Requirement::NotIn(key, values),
+                (Some("Exists"), true) => Requirement::Exists(key),
+                (Some("DoesNotExist"), true) => Requirement::DoesNotExist(key),
+                (Some(op @ ("In" | "NotIn")), true) => {
+                    return Err(format!(
+                        "for '{op}', 'NotIn' operators, values set can't be empty"
+                    ))
+                }
+                (Some(op @ ("Exists" | "DoesNotExist")), false) => {
+                    return Err(format!(
+                        "values set must be empty for {op} and DoesNotExist"
+                    ))
+                }
+                (op, _) => {
+                    return Err(format!(
+                        "{:?} is not a valid label selector operator",
+                        op.unwrap_or_default()
+                    ))
+                }
+            });
+        }
+        Ok(LabelSelector { requirements })
+    }
+
     pub fn is_empty(&self) -> bool {
         self.requirements.is_empty()
     }
@@ -120,6 +183,27 @@ impl LabelSelector {
             Requirement::Exists(k) => get(k).is_some(),
             Requirement::DoesNotExist(k) => get(k).is_none(),
         })
+    }
+}
+
+/// The selector as text, requirements sorted by key (upstream's `Selector.String()`).
+impl std::fmt::Display for LabelSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut terms: Vec<(&str, String)> = self
+            .requirements
+            .iter()
+            .map(|r| match r {
+                Requirement::Equals(k, v) => (k.as_str(), format!("{k}={v}")),
+                Requirement::NotEquals(k, v) => (k.as_str(), format!("{k}!={v}")),
+                Requirement::In(k, vs) => (k.as_str(), format!("{k} in ({})", vs.join(","))),
+                Requirement::NotIn(k, vs) => (k.as_str(), format!("{k} notin ({})", vs.join(","))),
+                Requirement::Exists(k) => (k.as_str(), k.clone()),
+                Requirement::DoesNotExist(k) => (k.as_str(), format!("!{k}")),
+            })
+            .collect();
+        terms.sort();
+        let terms: Vec<String> = terms.into_iter().map(|(_, t)| t).collect();
+        f.write_str(&terms.join(","))
     }
 }
 

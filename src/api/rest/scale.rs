@@ -10,65 +10,21 @@ use super::{ApiError, Call};
 use crate::api::error::{FieldError, Target};
 use crate::api::http::Body;
 use crate::api::object;
+use crate::api::selector::LabelSelector;
 use crate::store::{Consistency, StoreError};
 
 /// Attempts at a scale that keeps losing the compare-and-swap race.
 const ATTEMPTS: usize = 10;
 
-/// A label selector as a selector string (`app=web,tier in (a,b)`), keys sorted, as
-/// upstream's `LabelSelector.String()`.
+/// A workload's selector as text (`app=web,tier in (a,b)`); a ReplicationController's is a
+/// plain map.
 fn selector_string(selector: Option<&Value>, plain_map: bool) -> String {
-    let Some(selector) = selector else {
-        return String::new();
+    let selector = match selector {
+        None => return String::new(),
+        Some(map) if plain_map => LabelSelector::from_object(&json!({"matchLabels": map})),
+        Some(selector) => LabelSelector::from_object(selector),
     };
-    let labels = if plain_map {
-        selector.as_object()
-    } else {
-        selector.get("matchLabels").and_then(Value::as_object)
-    };
-    let mut terms: Vec<(String, String)> = labels
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| (k.clone(), format!("{k}={}", v.as_str().unwrap_or_default())))
-        .collect();
-    for expression in selector
-        .get("matchExpressions")
-        .and_then(Value::as_array)
-        .filter(|_| !plain_map)
-        .into_iter()
-        .flatten()
-    {
-        let key = expression
-            .get("key")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let mut values: Vec<&str> = expression
-            .get("values")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
-        values.sort_unstable();
-        let term = match expression
-            .get("operator")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-        {
-            "In" => format!("{key} in ({})", values.join(",")),
-            "NotIn" => format!("{key} notin ({})", values.join(",")),
-            "Exists" => key.to_string(),
-            "DoesNotExist" => format!("!{key}"),
-            _ => continue,
-        };
-        terms.push((key.to_string(), term));
-    }
-    terms.sort();
-    terms
-        .into_iter()
-        .map(|(_, t)| t)
-        .collect::<Vec<_>>()
-        .join(",")
+    selector.map(|s| s.to_string()).unwrap_or_default()
 }
 
 /// The Scale of `object`.

@@ -117,30 +117,9 @@ pub fn format_labels(labels: Option<&Map<String, Value>>) -> String {
 /// A label selector in selector syntax, requirements sorted by key; `None` when it is
 /// malformed (unknown operator, values on Exists...).
 pub fn selector_string(selector: &Value) -> Option<String> {
-    let mut requirements: Vec<(String, String)> = Vec::new();
-    for (key, value) in map(selector, "/matchLabels").into_iter().flatten() {
-        requirements.push((key.clone(), format!("{key}={}", value.as_str()?)));
-    }
-    for expression in list(selector, "/matchExpressions") {
-        let key = text(expression, "/key");
-        let mut values: Vec<&str> = list(expression, "/values")
-            .iter()
-            .filter_map(Value::as_str)
-            .collect();
-        values.sort_unstable();
-        values.dedup();
-        let rendered = match (text(expression, "/operator"), values.is_empty()) {
-            ("In", false) => format!("{key} in ({})", values.join(",")),
-            ("NotIn", false) => format!("{key} notin ({})", values.join(",")),
-            ("Exists", true) => key.to_string(),
-            ("DoesNotExist", true) => format!("!{key}"),
-            _ => return None,
-        };
-        requirements.push((key.to_string(), rendered));
-    }
-    requirements.sort_by(|a, b| a.0.cmp(&b.0));
-    let parts: Vec<String> = requirements.into_iter().map(|(_, r)| r).collect();
-    Some(parts.join(","))
+    crate::api::selector::LabelSelector::from_object(selector)
+        .ok()
+        .map(|s| s.to_string())
 }
 
 /// `metav1.FormatLabelSelector`: `<none>` for a missing or empty selector, `<error>` for

@@ -293,40 +293,8 @@ pub(super) fn go_string_map(map: &Map<String, Value>) -> String {
 
 /// Whether a LabelSelector (`matchLabels`, `matchExpressions`) selects `labels`.
 pub fn selector_matches(selector: &Value, labels: &Map<String, Value>) -> bool {
-    let label = |key: &str| labels.get(key).and_then(Value::as_str);
-    let match_labels = selector
-        .get("matchLabels")
-        .and_then(Value::as_object)
-        .into_iter()
-        .flatten()
-        .all(|(k, v)| label(k) == v.as_str());
-    let expressions = selector
-        .get("matchExpressions")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .all(|e| {
-            let key = e.get("key").and_then(Value::as_str).unwrap_or_default();
-            let values: Vec<&str> = e
-                .get("values")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect();
-            match e
-                .get("operator")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-            {
-                "In" => label(key).is_some_and(|v| values.contains(&v)),
-                "NotIn" => label(key).is_none_or(|v| !values.contains(&v)),
-                "Exists" => label(key).is_some(),
-                "DoesNotExist" => label(key).is_none(),
-                _ => false,
-            }
-        });
-    match_labels && expressions
+    crate::api::selector::LabelSelector::from_object(selector)
+        .is_ok_and(|selector| selector.matches(Some(labels)))
 }
 
 /// A workload: a selector (`label_selector`: a LabelSelector, else a plain map as in
