@@ -52,6 +52,7 @@ lint:
 bench:
 	sh packaging/deps.sh --bench
 	cargo bench --locked --features bench --bench store
+	cargo bench --locked --bench api
 
 clean:
 	cargo clean

@@ -496,3 +496,63 @@ async fn eventually_ok(kubectl: &Kubectl<'_>, args: &[&str]) -> String {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+const NOTES: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: notes.example.com}
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: notes, singular: note, kind: Note}
+  versions:
+  - name: v1beta1
+    served: true
+    storage: false
+    schema: {openAPIV3Schema: {type: object, properties: {spec: {type: object, properties: {text: {type: string}}}}}}
+  - name: v1
+    served: true
+    storage: true
+    schema: {openAPIV3Schema: {type: object, properties: {spec: {type: object, properties: {text: {type: string}}}}}}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_served_version_serves_the_same_objects() {
+    let (_dir, server) = single_server().await;
+    let kubectl = Kubectl {
+        kubeconfig: &server.kubeconfig,
+        binary: "kubectl",
+    };
+    establish(&kubectl, NOTES, "notes.example.com");
+    kubectl.ok_with(
+        &["apply", "-f", "-"],
+        Some("apiVersion: example.com/v1beta1\nkind: Note\nmetadata: {name: n1, namespace: default}\nspec: {text: hello}\n"),
+    );
+    // Written through v1beta1, read through either: the object is the same, its
+    // apiVersion the one asked for (upstream's `None` conversion).
+    let v1 = kubectl.ok(&[
+        "get",
+        "--raw",
+        "/apis/example.com/v1/namespaces/default/notes/n1",
+    ]);
+    let v1: serde_json::Value = serde_json::from_str(&v1).unwrap();
+    assert_eq!(v1["apiVersion"], "example.com/v1");
+    assert_eq!(v1["spec"]["text"], "hello");
+    let beta = kubectl.ok(&[
+        "get",
+        "--raw",
+        "/apis/example.com/v1beta1/namespaces/default/notes",
+    ]);
+    let beta: serde_json::Value = serde_json::from_str(&beta).unwrap();
+    assert_eq!(beta["items"][0]["apiVersion"], "example.com/v1beta1");
+    assert_eq!(
+        kubectl.ok(&[
+            "get",
+            "notes.v1beta1.example.com",
+            "n1",
+            "-o",
+            "jsonpath={.apiVersion}"
+        ]),
+        "example.com/v1beta1"
+    );
+}

@@ -135,7 +135,7 @@ pub(super) async fn delete_one(
     let target = || call.target(name);
     loop {
         let kv = call.load(name, Consistency::Linearizable).await?;
-        let mut current = object::decode(&kv)?;
+        let mut current = call.decode(&kv)?;
         check_preconditions(call, name, &current, options)?;
         let is_namespace = call.resource.kind == "Namespace";
         let grace = if call.resource.kind == "Pod" {

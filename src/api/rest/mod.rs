@@ -147,6 +147,13 @@ impl Call<'_> {
         Ok(value)
     }
 
+    /// A stored object as this endpoint serves it. Custom resources are stored in the
+    /// version they were written in and served in the version asked for, converted as
+    /// upstream's `None` strategy does: by their apiVersion alone.
+    fn decode(&self, kv: &crate::store::KeyValue) -> Result<Value, ApiError> {
+        served(&self.resource, kv)
+    }
+
     /// The stored object `name`, read with `consistency`; NotFound if there is none.
     async fn load(
         &self,
@@ -191,6 +198,15 @@ impl Call<'_> {
         }
         response
     }
+}
+
+/// A stored object of `resource` as its endpoint serves it (see [`Call::decode`]).
+fn served(resource: &ResourceType, kv: &crate::store::KeyValue) -> Result<Value, ApiError> {
+    let mut object = object::decode(kv)?;
+    if resource.crd.is_some() {
+        object["apiVersion"] = Value::String(resource.api_version());
+    }
+    Ok(object)
 }
 
 /// Serves `user`'s request for a resource.

@@ -27,7 +27,7 @@ fn include_object(call: &Call<'_>) -> IncludeObject {
 pub(super) async fn get(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
     let name = call.path.name.as_deref().unwrap_or_default();
     let kv = call.load(name, consistency(call)).await?;
-    let object = object::decode(&kv)?;
+    let object = call.decode(&kv)?;
     if table::wants_table(call.accept.as_deref()) {
         let meta = json!({"resourceVersion": kv.mod_revision.to_string()});
         return Ok(call.ok(
@@ -114,7 +114,7 @@ pub(super) async fn collect(
                 other => ApiError::from_store(other, call.target("")),
             })?;
         for kv in &page.items {
-            let object = object::decode(kv)?;
+            let object = call.decode(kv)?;
             if selectors.matches(&object) {
                 items.push(object);
             }

@@ -102,7 +102,7 @@ fn wanted(call: &Call<'_>, current: &Value, is_patch: bool) -> Result<Value, Api
 
 pub(super) async fn get(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
     let name = call.path.name.as_deref().unwrap_or_default();
-    let object = object::decode(&call.load(name, Consistency::Linearizable).await?)?;
+    let object = call.decode(&call.load(name, Consistency::Linearizable).await?)?;
     Ok(call.ok(StatusCode::OK, &scale_of(call, &object)))
 }
 
@@ -112,7 +112,7 @@ pub(super) async fn update(call: &Call<'_>, is_patch: bool) -> Result<Response<B
     let key = call.key(&name);
     for _ in 0..ATTEMPTS {
         let kv = call.load(&name, Consistency::Linearizable).await?;
-        let mut object = object::decode(&kv)?;
+        let mut object = call.decode(&kv)?;
         let current = scale_of(call, &object);
         let scale = wanted(call, &current, is_patch)?;
         let expected = object::resource_version(&scale)?;

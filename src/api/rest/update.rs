@@ -209,7 +209,7 @@ async fn apply(call: &Call<'_>, change: Change<'_>) -> Result<Response<Body>, Ap
                 target(),
             ));
         }
-        let current = object::decode(&current_kv)?;
+        let current = call.decode(&current_kv)?;
         let (proposed, entries) = match &change {
             Change::Replace(body) => ((*body).clone(), None),
             Change::Patch {

@@ -51,13 +51,13 @@ impl Renderer {
     /// The event a watcher sees for a store event, if any.
     fn translate(&self, event: &Event) -> Result<Option<Bytes>, ApiError> {
         let prev = match &event.prev {
-            Some(kv) => Some(object::decode(kv)?),
+            Some(kv) => Some(super::served(&self.resource, kv)?),
             None => None,
         };
         let prev_matches = prev.as_ref().is_some_and(|p| self.selectors.matches(p));
         Ok(match event.kind {
             EventKind::Put => {
-                let current = object::decode(&event.kv)?;
+                let current = super::served(&self.resource, &event.kv)?;
                 match (self.selectors.matches(&current), prev_matches) {
                     (true, true) => Some(self.event("MODIFIED", current)),
                     (true, false) => Some(self.event("ADDED", current)),
