@@ -706,3 +706,53 @@ async fn a_whole_application_applies_describes_and_goes() {
         "the namespace's custom objects went with it"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_lists_are_whole_and_pages_are_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = started_server(dir.path()).await;
+    let client = server.admin_client();
+    let base = format!("{}/api/v1/namespaces/default/configmaps", server.url());
+    let timeout = Duration::from_secs(30);
+    let count = 1_234;
+    let creates = (0..count).map(|i| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            let body = format!(r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"cm-{i:04}"}},"data":{{"i":"{i}"}}}}"#);
+            let response = client.post(&base, "application/json", body.into(), timeout).await.unwrap();
+            assert_eq!(response.status, 201);
+        }
+    });
+    futures::future::join_all(creates).await;
+    let list = |query: String| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            let response = client
+                .get(&format!("{base}{query}"), timeout)
+                .await
+                .unwrap();
+            assert_eq!(response.status, 200);
+            serde_json::from_slice::<serde_json::Value>(&response.body).unwrap()
+        }
+    };
+    let all = list(String::new()).await;
+    let names: Vec<&str> = all["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), count, "every object, in one answer");
+    assert!(names.windows(2).all(|w| w[0] < w[1]), "in key order");
+    assert!(all["metadata"].get("continue").is_none());
+    assert_eq!(all["kind"], "ConfigMapList");
+    let first = list("?limit=700".to_string()).await;
+    assert_eq!(first["items"].as_array().unwrap().len(), 700);
+    let token = first["metadata"]["continue"].as_str().unwrap().to_string();
+    let rest = list(format!("?limit=700&continue={token}")).await;
+    assert_eq!(rest["items"].as_array().unwrap().len(), count - 700);
+    assert!(rest["metadata"].get("continue").is_none());
+    assert_eq!(rest["items"][0]["metadata"]["name"], "cm-0700");
+    let selected = list("?fieldSelector=metadata.name%3Dcm-1233".to_string()).await;
+    assert_eq!(selected["items"].as_array().unwrap().len(), 1);
+}

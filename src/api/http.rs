@@ -26,11 +26,19 @@ pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 
 /// A JSON response.
 pub fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
+    json_bytes(
+        status,
+        serde_json::to_vec(value)
+            .expect("response serializes")
+            .into(),
+    )
+}
+
+/// A JSON response already encoded.
+pub fn json_bytes(status: StatusCode, body: Bytes) -> Response<Body> {
     Response::builder()
         .status(status)
         .header(http::header::CONTENT_TYPE, "application/json")
-        .body(full(
-            serde_json::to_vec(value).expect("response serializes"),
-        ))
+        .body(full(body))
         .expect("static response parts are valid")
 }

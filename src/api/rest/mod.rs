@@ -25,7 +25,7 @@ use hyper::body::Incoming;
 use serde_json::{Map, Value};
 
 use super::error::{ApiError, FieldError, Target};
-use super::http::{json, Body};
+use super::http::{json_bytes, Body};
 use super::registry::{Registry, ResourceType};
 use super::request::{ResourcePath, Verb};
 use super::{object, validation};
@@ -186,7 +186,13 @@ impl Call<'_> {
     }
 
     fn ok(&self, status: StatusCode, object: &Value) -> Response<Body> {
-        let mut response = json(status, object);
+        let body = serde_json::to_vec(object).expect("JSON values serialize");
+        self.ok_bytes(status, body.into())
+    }
+
+    /// A JSON answer already encoded, with this request's warnings.
+    fn ok_bytes(&self, status: StatusCode, body: Bytes) -> Response<Body> {
+        let mut response = json_bytes(status, body);
         for warning in self.warnings.lock().expect("warnings").iter() {
             let value = format!(
                 "299 - {}",

@@ -68,12 +68,37 @@ pub(super) struct Listing {
     pub continue_token: Option<String>,
 }
 
+/// Objects read from the store per round trip: a list of everything is read in chunks
+/// (pinned to one revision) so the raw page and the decoded objects never all sit in memory.
+const CHUNK: usize = 500;
+
 /// Lists what `call` selects, `limit` objects at most (0: all), from `continue_token`.
 pub(super) async fn collect(
     call: &Call<'_>,
     selectors: &Selectors,
     limit: usize,
 ) -> Result<Listing, ApiError> {
+    let mut items = Vec::new();
+    let (revision, continue_token) = visit(call, selectors, limit, |object| {
+        items.push(object);
+        Ok(())
+    })
+    .await?;
+    Ok(Listing {
+        items,
+        revision,
+        continue_token,
+    })
+}
+
+/// Hands each object `call` selects to `each`, `limit` at most (0: all), from the request's
+/// continue token; returns the listing's revision and the token for the rest.
+async fn visit(
+    call: &Call<'_>,
+    selectors: &Selectors,
+    limit: usize,
+    mut each: impl FnMut(Value) -> Result<(), ApiError>,
+) -> Result<(u64, Option<String>), ApiError> {
     let prefix = call.resource.namespace_prefix(call.namespace());
     let mut continue_token = call
         .query("continue")
@@ -90,15 +115,20 @@ pub(super) async fn collect(
         _ => None,
     };
     let had_token = continue_token.is_some();
-    let mut items = Vec::new();
+    let mut found = 0;
     loop {
         // Asking for just what is still missing keeps the page's continue token exact.
-        let wanted = if limit == 0 { 0 } else { limit - items.len() };
+        let wanted = if limit == 0 {
+            CHUNK
+        } else {
+            (limit - found).min(CHUNK)
+        };
         let options = ListOptions {
             limit: wanted,
             continue_token: continue_token.clone(),
             revision: exact_revision,
         };
+        // Later chunks carry the first one's revision in their token.
         let page = call
             .api
             .store
@@ -116,16 +146,13 @@ pub(super) async fn collect(
         for kv in &page.items {
             let object = call.decode(kv)?;
             if selectors.matches(&object) {
-                items.push(object);
+                found += 1;
+                each(object)?;
             }
         }
         continue_token = page.continue_token;
-        if continue_token.is_none() || (limit > 0 && items.len() >= limit) {
-            return Ok(Listing {
-                items,
-                revision: page.revision,
-                continue_token,
-            });
+        if continue_token.is_none() || (limit > 0 && found >= limit) {
+            return Ok((page.revision, continue_token));
         }
     }
 }
@@ -139,22 +166,41 @@ pub(super) async fn list(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
             .map_err(|_| ApiError::BadRequest(format!("invalid limit {l:?}")))?
             .max(0) as usize,
     };
-    let listing = collect(call, &selectors, limit).await?;
-    let mut meta = json!({"resourceVersion": listing.revision.to_string()});
-    if let Some(token) = &listing.continue_token {
-        meta["continue"] = json!(token);
-    }
+    let list_meta = |revision: u64, token: &Option<String>| {
+        let mut meta = json!({"resourceVersion": revision.to_string()});
+        if let Some(token) = token {
+            meta["continue"] = json!(token);
+        }
+        meta
+    };
     if table::wants_table(call.accept.as_deref()) {
+        let listing = collect(call, &selectors, limit).await?;
+        let meta = list_meta(listing.revision, &listing.continue_token);
         return Ok(call.ok(
             StatusCode::OK,
             &crate::api::crd::table(&call.resource, &listing.items, meta, include_object(call)),
         ));
     }
-    let list = json!({
-        "kind": call.resource.list_kind,
-        "apiVersion": call.resource.api_version(),
-        "metadata": meta,
-        "items": listing.items,
-    });
-    Ok(call.ok(StatusCode::OK, &list))
+    // Each object is encoded as soon as it is read, so a large list holds its bytes, not
+    // every object decoded at once. Metadata goes last: only then is the token known.
+    let mut body = format!(
+        r#"{{"kind":{},"apiVersion":{},"items":["#,
+        json!(call.resource.list_kind),
+        json!(call.resource.api_version())
+    )
+    .into_bytes();
+    let mut first = true;
+    let (revision, token) = visit(call, &selectors, limit, |object| {
+        if !std::mem::take(&mut first) {
+            body.push(b',');
+        }
+        serde_json::to_writer(&mut body, &object)
+            .map_err(|e| ApiError::Internal(format!("encoding a list: {e}")))
+    })
+    .await?;
+    body.extend_from_slice(br#"],"metadata":"#);
+    serde_json::to_writer(&mut body, &list_meta(revision, &token))
+        .map_err(|e| ApiError::Internal(format!("encoding a list: {e}")))?;
+    body.push(b'}');
+    Ok(call.ok_bytes(StatusCode::OK, body.into()))
 }
