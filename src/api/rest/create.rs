@@ -155,6 +155,12 @@ pub(super) async fn store_new(
     }
     let status_subresource = call.resource.subresources.iter().any(|s| s == "status");
     prepare_new(&mut object, status_subresource, &call.resource.kind);
+    if call.resource.crd.is_some() {
+        // Custom resources always track generations, spec or not.
+        object::metadata_mut(&mut object)
+            .expect("metadata checked")
+            .insert("generation".into(), Value::from(1));
+    }
     crate::api::defaults::apply(&call.resource.kind, &mut object);
     match ownership {
         Ownership::Update => writer(call).record_update(None, &mut object),

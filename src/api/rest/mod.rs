@@ -535,6 +535,20 @@ fn spec(object: &Value) -> Option<&Value> {
     object.get("spec")
 }
 
+/// What a change to bumps `metadata.generation`: the spec of built-in kinds; everything
+/// but metadata and status of custom resources, as upstream.
+fn generation_fields(resource: &ResourceType, object: &Value) -> Value {
+    if resource.crd.is_none() {
+        return spec(object).cloned().unwrap_or(Value::Null);
+    }
+    let mut fields = object.clone();
+    if let Some(map) = fields.as_object_mut() {
+        map.remove("metadata");
+        map.remove("status");
+    }
+    fields
+}
+
 /// A `metadata.name` for the invalid-name case, as upstream reports it.
 fn name_required(call: &Call<'_>) -> ApiError {
     ApiError::Invalid {

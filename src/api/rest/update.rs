@@ -8,7 +8,9 @@ use http::{Response, StatusCode};
 use serde_json::Value;
 
 use super::create::{self, Ownership};
-use super::{check_type_and_namespace, hooks, spec, validate, validate_update, ApiError, Call};
+use super::{
+    check_type_and_namespace, generation_fields, hooks, validate, validate_update, ApiError, Call,
+};
 use crate::api::error::{FieldError, Target};
 use crate::api::http::Body;
 use crate::api::object;
@@ -146,7 +148,7 @@ fn reconcile(call: &Call<'_>, current: &Value, mut new: Value) -> Result<Value, 
             None => map.remove("status"),
         };
     }
-    if spec(&new) != spec(current) {
+    if generation_fields(&call.resource, &new) != generation_fields(&call.resource, current) {
         if let Some(generation) = current_meta.get("generation").and_then(Value::as_i64) {
             object::metadata_mut(&mut new)
                 .expect("metadata")
