@@ -1,10 +1,17 @@
 //! The Kubernetes API over HTTPS.
 //!
-//! Owns: the listener and TLS ([`server`]), authentication of every request and routing
-//! ([`router`]), `Status` errors ([`status`]), `/version`, and the health endpoints. Requests
-//! under a mounted [`PeerService`] prefix (the Raft transport) are handed over, for servers
-//! only. Kubernetes resources arrive with the API issue; they will read and write only
-//! through `crate::store::Store`.
+//! Owns: the listener and TLS ([`server`]), authentication of every request, impersonation
+//! and routing ([`router`]), `Status` errors ([`error`], [`status`]), `/version`, the health
+//! endpoints, and the resources themselves. Requests under a mounted [`PeerService`] prefix
+//! (the Raft transport) are handed over, for servers only.
+//!
+//! Where to start: [`request`] parses a path, [`registry`] says what kind it names (built-in
+//! or from a CRD, see [`crd`]), [`rest`] runs the verb (one file per operation) over
+//! `crate::store::Store`. Around it: request bodies ([`protobuf`]), [`defaults`],
+//! [`validation`], [`patch`] (strategic merge, server-side apply, managedFields),
+//! per-kind admission such as Service IP allocation ([`services`]), output ([`table`],
+//! [`discovery`], [`openapi`]), and objects every cluster starts with ([`bootstrap`],
+//! [`namespaces`]).
 //!
 //! Must not touch: Raft or the engine directly, or certificates beyond the TLS config it is
 //! given.
