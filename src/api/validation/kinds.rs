@@ -31,6 +31,62 @@ pub fn validate(group: &str, kind: &str, object: &Value) -> Vec<FieldError> {
             workload(object, true, &mut errors)
         }
         ("", "ReplicationController") => workload(object, false, &mut errors),
+        ("", "ConfigMap") => {
+            config_keys(object, "data", &mut errors);
+            config_keys(object, "binaryData", &mut errors);
+        }
+        ("", "Secret") => config_keys(object, "data", &mut errors),
+        ("", "PersistentVolumeClaim") => claim_spec(object.get("spec"), "spec", &mut errors),
+        ("rbac.authorization.k8s.io", "Role" | "ClusterRole") => {
+            for (i, rule) in object
+                .get("rules")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                if rule
+                    .get("verbs")
+                    .and_then(Value::as_array)
+                    .is_none_or(Vec::is_empty)
+                {
+                    errors.push(FieldError::required(
+                        &format!("rules[{i}].verbs"),
+                        "verbs must contain at least one value",
+                    ));
+                }
+            }
+        }
+        ("networking.k8s.io", "Ingress") => {
+            for (i, rule) in object
+                .pointer("/spec/rules")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                for (j, path) in rule
+                    .pointer("/http/paths")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                {
+                    let field = format!("spec.rules[{i}].http.paths[{j}].pathType");
+                    match path.get("pathType") {
+                        None | Some(Value::Null) => {
+                            errors.push(FieldError::required(&field, "pathType must be specified"))
+                        }
+                        kind => one_of(
+                            kind,
+                            &field,
+                            &["Exact", "Prefix", "ImplementationSpecific"],
+                            &mut errors,
+                        ),
+                    }
+                }
+            }
+        }
         ("batch", "Job") => job_template(
             object.pointer("/spec/template"),
             "spec.template",
@@ -64,6 +120,53 @@ fn one_of(value: Option<&Value>, field: &str, allowed: &[&str], errors: &mut Vec
         if !allowed.contains(&value) {
             errors.push(FieldError::unsupported(field, value, allowed));
         }
+    }
+}
+
+/// The keys of a ConfigMap's or Secret's `field` map: `[-._a-zA-Z0-9]+`, not `.` or `..`.
+fn config_keys(object: &Value, field: &str, errors: &mut Vec<FieldError>) {
+    for key in object
+        .get(field)
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(k, _)| k)
+    {
+        let well_formed = !key.is_empty()
+            && key.len() <= 253
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+            && key != "."
+            && key != "..";
+        if !well_formed {
+            errors.push(FieldError::invalid(
+                &format!("{field}[{key}]"),
+                key,
+                "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')",
+            ));
+        }
+    }
+}
+
+/// A claim asks for at least one access mode and some storage.
+fn claim_spec(spec: Option<&Value>, path: &str, errors: &mut Vec<FieldError>) {
+    let spec = spec.cloned().unwrap_or_default();
+    if spec
+        .get("accessModes")
+        .and_then(Value::as_array)
+        .is_none_or(Vec::is_empty)
+    {
+        errors.push(FieldError::required(
+            &format!("{path}.accessModes"),
+            "at least 1 access mode is required",
+        ));
+    }
+    if spec.pointer("/resources/requests/storage").is_none() {
+        errors.push(FieldError::required(
+            &format!("{path}.resources[storage]"),
+            "",
+        ));
     }
 }
 
@@ -429,6 +532,34 @@ mod tests {
         assert_eq!(
             messages(&validate("batch", "Job", &job)),
             vec!["spec.template.spec.restartPolicy: Unsupported value: \"Always\": supported values: \"OnFailure\", \"Never\""]
+        );
+    }
+
+    #[test]
+    fn config_keys_claims_rules_and_ingress_paths() {
+        let cm = json!({"data": {"ok.key": "1", "a b": "2"}});
+        let errors = messages(&validate("", "ConfigMap", &cm));
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].starts_with("data[a b]: Invalid value: \"a b\": a valid config key"));
+        let claim = json!({"spec": {}});
+        assert_eq!(
+            messages(&validate("", "PersistentVolumeClaim", &claim)),
+            vec![
+                "spec.accessModes: Required value: at least 1 access mode is required",
+                "spec.resources[storage]: Required value"
+            ]
+        );
+        let role = json!({"rules": [{"apiGroups": [""], "resources": ["pods"]}]});
+        assert_eq!(
+            messages(&validate("rbac.authorization.k8s.io", "Role", &role)),
+            vec!["rules[0].verbs: Required value: verbs must contain at least one value"]
+        );
+        let ingress = json!({"spec": {"rules": [{"http": {"paths": [{"path": "/"}]}}]}});
+        assert_eq!(
+            messages(&validate("networking.k8s.io", "Ingress", &ingress)),
+            vec![
+                "spec.rules[0].http.paths[0].pathType: Required value: pathType must be specified"
+            ]
         );
     }
 
