@@ -2,11 +2,17 @@
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
-use http_body_util::combinators::BoxBody;
+use http_body_util::combinators::{BoxBody, UnsyncBoxBody};
 use http_body_util::{BodyExt, Full};
 
-/// Response bodies: whole (most) or streamed (watch, later).
-pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+/// Errors of bodies in either direction.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Response bodies: whole (most) or streamed (watch).
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// Request bodies: from the network, or from an in-process client (`crate::client::local`).
+pub type RequestBody = UnsyncBoxBody<Bytes, BoxError>;
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
@@ -41,4 +47,28 @@ pub fn json_bytes(status: StatusCode, body: Bytes) -> Response<Body> {
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(full(body))
         .expect("static response parts are valid")
+}
+
+/// Why a request body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("the request body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("reading the request body: {0}")]
+    Failed(String),
+}
+
+/// The whole request body, refusing more than `max` bytes.
+pub async fn read_limited(mut body: RequestBody, max: usize) -> Result<Bytes, ReadError> {
+    let mut collected = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ReadError::Failed(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            if collected.len() + data.len() > max {
+                return Err(ReadError::TooLarge(max));
+            }
+            collected.extend_from_slice(&data);
+        }
+    }
+    Ok(collected.freeze())
 }

@@ -6,10 +6,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
+use http_body_util::BodyExt;
 
-use super::http::{full, json, text, Body};
+use super::http::{full, json, read_limited, text, Body, BoxError, RequestBody};
 use super::openapi::OpenApi;
 use super::request::{self, ApiPath};
 use super::rest::{self, Api};
@@ -49,22 +48,53 @@ impl Router {
     }
 
     /// Handles one request whose TLS peer presented `client_cert` (already verified).
-    pub async fn handle(
+    pub fn handle<'a, B>(
+        &'a self,
+        request: Request<B>,
+        client_cert: Option<&'a [u8]>,
+    ) -> impl std::future::Future<Output = Response<Body>> + Send + 'a
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.authenticate_and_handle(boxed(request), client_cert)
+    }
+
+    /// Handles one request of `user`, already authenticated: an in-process component's
+    /// (`crate::client::local`).
+    pub fn handle_as<B>(
         &self,
-        request: Request<Incoming>,
+        user: UserInfo,
+        request: Request<B>,
+    ) -> impl std::future::Future<Output = Response<Body>> + Send + '_
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.serve(user, boxed(request))
+    }
+
+    async fn authenticate_and_handle(
+        &self,
+        request: Request<RequestBody>,
         client_cert: Option<&[u8]>,
     ) -> Response<Body> {
         let authorization = request
             .headers()
             .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let Some(user) = self
             .authenticator
-            .authenticate(client_cert, authorization)
+            .authenticate(client_cert, authorization.as_deref())
             .await
         else {
             return status::unauthorized();
         };
+        self.serve(user, request).await
+    }
+
+    async fn serve(&self, user: UserInfo, request: Request<RequestBody>) -> Response<Body> {
         let path = request.uri().path().to_string();
         if let Some(service) = &self.peer_service {
             if path.starts_with(service.prefix()) {
@@ -137,7 +167,7 @@ impl Router {
     async fn api_request(
         &self,
         user: UserInfo,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
         api_path: ApiPath,
     ) -> Response<Body> {
         let path = match api_path {
@@ -196,34 +226,37 @@ impl Router {
         &self,
         service: &dyn PeerService,
         user: &UserInfo,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
         path: String,
     ) -> Response<Body> {
         if !user.in_group(service.group()) {
             return status::forbidden(&user.name, &path);
         }
         let method = request.method().clone();
-        let body = match Limited::new(request.into_body(), MAX_PEER_BODY)
-            .collect()
-            .await
-        {
-            Ok(body) => body.to_bytes(),
-            Err(e) => {
-                return status::failure(
-                    StatusCode::BAD_REQUEST,
-                    "BadRequest",
-                    format!("reading the request body: {e}"),
-                );
-            }
+        let body = match read_limited(request.into_body(), MAX_PEER_BODY).await {
+            Ok(body) => body,
+            Err(e) => return status::failure(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()),
         };
         let (parts, body) = service.handle(method, path, body).await.into_parts();
         Response::from_parts(parts, full(body))
     }
 }
 
+/// A request with its body boxed, whatever transport it came over.
+fn boxed<B>(request: Request<B>) -> Request<RequestBody>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    request.map(|body| {
+        body.map_err(|error| -> BoxError { error.into() })
+            .boxed_unsync()
+    })
+}
+
 /// The user a request impersonates (`kubectl --as`, `--as-group`), if any. Every
 /// authenticated user may impersonate until RBAC arrives, like every other verb.
-fn impersonated(request: &Request<Incoming>) -> Option<UserInfo> {
+fn impersonated(request: &Request<RequestBody>) -> Option<UserInfo> {
     let headers = request.headers();
     let name = headers.get("impersonate-user")?.to_str().ok()?.to_string();
     let mut groups: Vec<String> = headers

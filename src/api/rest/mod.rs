@@ -20,12 +20,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use serde_json::{Map, Value};
 
 use super::error::{ApiError, FieldError, Target};
-use super::http::{json_bytes, Body};
+use super::http::{json_bytes, read_limited, Body, ReadError, RequestBody};
 use super::registry::{Registry, ResourceType};
 use super::request::{ResourcePath, Verb};
 use super::{object, validation};
@@ -219,7 +217,7 @@ fn served(resource: &ResourceType, kv: &crate::store::KeyValue) -> Result<Value,
 pub async fn handle(
     api: &Api,
     user: crate::auth::UserInfo,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
     path: ResourcePath,
 ) -> Response<Body> {
     match serve(api, user, request, path).await {
@@ -265,25 +263,17 @@ fn parse_query(query: Option<&str>) -> HashMap<String, String> {
         .collect()
 }
 
-async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
-    match Limited::new(body, MAX_BODY).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(ApiError::TooLarge)
-        }
-        Err(e) => Err(ApiError::BadRequest(format!(
-            "reading the request body: {e}"
-        ))),
-    }
+async fn read_body(body: RequestBody) -> Result<Bytes, ApiError> {
+    read_limited(body, MAX_BODY).await.map_err(|e| match e {
+        ReadError::TooLarge(_) => ApiError::TooLarge,
+        ReadError::Failed(why) => ApiError::BadRequest(why),
+    })
 }
 
 async fn serve(
     api: &Api,
     user: crate::auth::UserInfo,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
     path: ResourcePath,
 ) -> Result<Response<Body>, ApiError> {
     let resource = api
@@ -322,9 +312,10 @@ async fn serve(
     } else if !resource.supports(verb.as_str()) {
         return Err(ApiError::MethodNotAllowed);
     }
+    let (parts, body) = request.into_parts();
     let header = |name: http::header::HeaderName| {
-        request
-            .headers()
+        parts
+            .headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
@@ -333,7 +324,7 @@ async fn serve(
     let accept = header(http::header::ACCEPT);
     let content_type = header(http::header::CONTENT_TYPE);
     let user_agent = header(http::header::USER_AGENT);
-    let body = read_body(request.into_body()).await?;
+    let body = read_body(body).await?;
     let call = Call {
         api,
         resource,
