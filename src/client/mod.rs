@@ -1,9 +1,11 @@
-//! The HTTPS client components use to reach a kedge server: Raft peers today, agents and
-//! remote tools later. It trusts only the cluster CA and presents a client certificate; it
-//! speaks HTTP/2 when the server offers it (one multiplexed connection per peer) and
-//! HTTP/1.1 otherwise.
+//! How components reach the API. [`HttpsClient`]: the HTTPS client of Raft peers and remote
+//! tools; it trusts only the cluster CA and presents a client certificate, speaking HTTP/2
+//! when the server offers it (one multiplexed connection per peer) and HTTP/1.1 otherwise.
+//! [`local`]: a kube-rs client for components inside the server process.
 //!
 //! Must not touch: what the requests mean. Callers build paths and bodies.
+
+pub mod local;
 
 use std::time::Duration;
 

@@ -11,6 +11,8 @@
 
 pub mod encryption;
 pub mod engine;
+#[cfg(test)]
+pub(crate) mod testing;
 mod types;
 mod watch;
 
