@@ -452,8 +452,9 @@ async fn definitions_survive_restarts_and_are_served_by_every_server() {
     for server in &mut servers {
         server.wait_ready(Duration::from_secs(60)).await;
     }
+    let first_config = servers[0].kubeconfig.clone();
     let first = Kubectl {
-        kubeconfig: &servers[0].kubeconfig,
+        kubeconfig: &first_config,
         binary: "kubectl",
     };
     establish(&first, WIDGETS, "widgets.example.com");
@@ -477,6 +478,43 @@ async fn definitions_survive_restarts_and_are_served_by_every_server() {
     assert_eq!(seen, "red");
     let stored = eventually_ok(&second, &["get", "wd", "w1", "-o", "jsonpath={.spec.size}"]).await;
     assert_eq!(stored, "3");
+
+    // Secrets (encrypted at rest) and service account tokens work on every server too.
+    first.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "shared",
+        "--from-literal=k=v",
+    ]);
+    let value = eventually_ok(
+        &second,
+        &["get", "secret", "shared", "-o", "jsonpath={.data.k}"],
+    )
+    .await;
+    assert_eq!(value, "dg==");
+    first.ok(&["create", "serviceaccount", "robot"]);
+    let token = first.ok(&["create", "token", "robot"]);
+    let token_config = root.path().join("robot.yaml");
+    std::fs::write(
+        &token_config,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"{}\", certificate-authority: \"{}\"}}\nusers:\n- name: robot\n  user: {{token: \"{}\"}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: robot}}\ncurrent-context: c\n",
+            servers[1].url(),
+            servers[1].tls_dir().join("ca.crt").display(),
+            token.trim()
+        ),
+    )
+    .unwrap();
+    let robot = Kubectl {
+        kubeconfig: &token_config,
+        binary: "kubectl",
+    };
+    let whoami = robot.ok(&["auth", "whoami"]);
+    assert!(
+        whoami.contains("system:serviceaccount:default:robot"),
+        "{whoami}"
+    );
 }
 
 /// Runs `args` until kubectl succeeds (a restarted server rebuilds its registry just after

@@ -182,10 +182,15 @@ impl Drop for Server {
     }
 }
 
-/// `count` servers of one cluster under `root`, sharing `ca` (servers of a cluster share
-/// its CA; joining will hand it over in a later release), with static Raft membership when
-/// there are several. Not started.
+/// `count` servers of one cluster under `root`, sharing `ca`, the service account signing
+/// key and the Secrets encryption key (servers of a cluster share them; joining will hand
+/// them over in a later release), with static Raft membership when there are several. Not
+/// started.
 pub fn cluster(root: &Path, ca: &Ca, count: usize, extra_args: &[&str]) -> Vec<Server> {
+    let shared = root.join("shared-keys");
+    std::fs::create_dir_all(&shared).unwrap();
+    kedge::pki::ensure_encryption_key(&shared).unwrap();
+    kedge::pki::ensure_service_account_key(&shared).unwrap();
     let ports: Vec<u16> = (0..count).map(|_| free_port()).collect();
     let peers = ports
         .iter()
@@ -199,6 +204,16 @@ pub fn cluster(root: &Path, ca: &Ca, count: usize, extra_args: &[&str]) -> Vec<S
         .map(|(i, port)| {
             let dir = root.join(format!("server-{}", i + 1));
             ca.save(&dir.join("server/tls")).unwrap();
+            std::fs::copy(
+                shared.join(kedge::pki::ENCRYPTION_KEY),
+                dir.join("server").join(kedge::pki::ENCRYPTION_KEY),
+            )
+            .unwrap();
+            std::fs::copy(
+                shared.join(kedge::pki::SERVICE_ACCOUNT_KEY),
+                dir.join("server/tls").join(kedge::pki::SERVICE_ACCOUNT_KEY),
+            )
+            .unwrap();
             let mut args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
             if count > 1 {
                 args.extend([
