@@ -4,7 +4,11 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
+
 use base64::Engine;
+use regex::{Regex, RegexBuilder};
 use serde_json::{Map, Value};
 
 use super::fields;
@@ -12,6 +16,31 @@ use crate::api::error::FieldError;
 
 /// Fields every object and embedded resource keeps whatever its schema says.
 const OBJECT_FIELDS: &[&str] = &["apiVersion", "kind", "metadata"];
+
+/// Largest compiled form of a schema `pattern`, so no definition can make matching costly.
+const PATTERN_SIZE_LIMIT: usize = 1 << 20;
+/// Patterns kept compiled; definitions are few, so this only bounds a pathological churn.
+const PATTERN_CACHE: usize = 1024;
+
+/// A schema `pattern`, compiled once per process (every object of every request matches
+/// against it).
+pub(super) fn pattern(source: &str) -> Result<Arc<Regex>, regex::Error> {
+    static CACHE: LazyLock<Mutex<HashMap<String, Arc<Regex>>>> = LazyLock::new(Default::default);
+    if let Some(compiled) = CACHE.lock().expect("pattern cache").get(source) {
+        return Ok(compiled.clone());
+    }
+    let compiled = Arc::new(
+        RegexBuilder::new(source)
+            .size_limit(PATTERN_SIZE_LIMIT)
+            .build()?,
+    );
+    let mut cache = CACHE.lock().expect("pattern cache");
+    if cache.len() >= PATTERN_CACHE {
+        cache.clear();
+    }
+    cache.insert(source.to_string(), compiled.clone());
+    Ok(compiled)
+}
 
 fn flag(schema: &Value, name: &str) -> bool {
     schema.get(name).and_then(Value::as_bool) == Some(true)
@@ -257,7 +286,7 @@ fn validate_string(schema: &Value, s: &str, path: &str, errors: &mut Vec<FieldEr
     }
     if let Some(pattern) = schema.get("pattern").and_then(Value::as_str) {
         // An unparsable pattern is refused when the definition is created.
-        if regex::Regex::new(pattern).is_ok_and(|re| !re.is_match(s)) {
+        if super::schema::pattern(pattern).is_ok_and(|re| !re.is_match(s)) {
             errors.push(fields::invalid(
                 path,
                 &value,

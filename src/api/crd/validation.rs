@@ -95,13 +95,19 @@ fn check_structural(schema: &Value, path: &str, root: bool, errors: &mut Vec<Fie
         ));
     }
     if let Some(pattern) = schema.get("pattern").and_then(Value::as_str) {
-        if let Err(e) = regex::Regex::new(pattern) {
+        if let Err(e) = super::schema::pattern(pattern) {
             errors.push(fields::invalid(
                 &format!("{path}.pattern"),
                 &Value::String(pattern.to_string()),
                 &format!("must be a valid regular expression, but isn't: {e}"),
             ));
         }
+    }
+    if schema.get("uniqueItems").and_then(Value::as_bool) == Some(true) {
+        errors.push(crate::api::error::FieldError::forbidden(
+            &format!("{path}.uniqueItems"),
+            "uniqueItems cannot be set to true since the runtime complexity becomes quadratic",
+        ));
     }
     if let Some(properties) = schema.get("properties").and_then(Value::as_object) {
         for (name, sub) in properties {
@@ -289,6 +295,13 @@ mod tests {
         assert!(
             causes(&bad)[0].ends_with("must have exactly one version marked as storage version")
         );
+        let mut bad = crd();
+        bad["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"] =
+            json!({"tags": {"type": "array", "uniqueItems": true, "items": {"type": "string"}}});
+        assert!(causes(&bad)[0].ends_with(
+            "uniqueItems cannot be set to true since the runtime complexity becomes quadratic"
+        ));
         let mut bad = crd();
         bad["spec"]["scope"] = json!("Global");
         assert_eq!(

@@ -95,7 +95,10 @@ pub fn decode(body: &[u8]) -> Result<Value, DecodeError> {
         depth: 0,
     };
     let mut object = json::message(message.name, raw, at)?;
-    let fields = object.as_object_mut().expect("kinds are plain messages");
+    let Some(fields) = object.as_object_mut() else {
+        // A kind whose JSON form is not an object (Time, Verbs...) is no resource.
+        return Err(DecodeError::UnknownKind { api_version, kind });
+    };
     fields.insert("apiVersion".to_string(), Value::String(api_version));
     fields.insert("kind".to_string(), Value::String(kind));
     Ok(object)

@@ -304,6 +304,13 @@ fn envelope_errors_are_reported() {
         Err(DecodeError::UnknownKind { .. })
     ));
     assert!(matches!(decode(MAGIC), Err(DecodeError::NoKind)));
+    // Kinds whose JSON is not an object are no resources (and never a panic).
+    for kind in ["Time", "Verbs", "Duration", "FieldsV1"] {
+        assert!(matches!(
+            decode(&envelope("v1", kind, Enc::new())),
+            Err(DecodeError::UnknownKind { .. })
+        ));
+    }
     let mut gzip = envelope("v1", "ConfigMap", Enc::new());
     gzip.extend(Enc::new().str(3, "gzip").0);
     assert!(matches!(

@@ -29,6 +29,33 @@ use super::request::{ResourcePath, Verb};
 use super::{object, validation};
 use crate::store::Store;
 
+/// Deepest object accepted: what is stored must decode again (serde_json stops at 128).
+const MAX_NESTING: usize = 100;
+
+/// How deeply `value` nests arrays and objects, counting from 1 for a scalar; stops
+/// counting past [`MAX_NESTING`].
+fn nesting(value: &Value) -> usize {
+    fn depth(value: &Value, level: usize) -> usize {
+        if level > MAX_NESTING {
+            return level;
+        }
+        match value {
+            Value::Array(items) => items
+                .iter()
+                .map(|v| depth(v, level + 1))
+                .max()
+                .unwrap_or(level),
+            Value::Object(map) => map
+                .values()
+                .map(|v| depth(v, level + 1))
+                .max()
+                .unwrap_or(level),
+            _ => level,
+        }
+    }
+    depth(value, 1)
+}
+
 /// The largest request body accepted, as kube-apiserver (3 MiB).
 pub const MAX_BODY: usize = 3 << 20;
 
@@ -393,6 +420,11 @@ fn unknown_fields(input: &Value, typed: &Value, path: &str, out: &mut Vec<String
 /// metadata. A custom resource becomes what its schema reads back (unknown fields pruned,
 /// defaults applied), as upstream stores it.
 fn validate(call: &Call<'_>, object: &mut Value) -> Result<(), ApiError> {
+    if nesting(object) > MAX_NESTING {
+        return Err(ApiError::BadRequest(format!(
+            "the object is nested more than {MAX_NESTING} levels deep"
+        )));
+    }
     let resource = &call.resource;
     let cannot_handle = |detail: String| {
         ApiError::BadRequest(format!(
@@ -548,5 +580,23 @@ fn name_required(call: &Call<'_>) -> ApiError {
             "metadata.name",
             "name or generateName is required",
         )],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn nesting_is_measured_and_capped() {
+        assert_eq!(nesting(&json!("x")), 1);
+        assert_eq!(nesting(&json!({"a": [{"b": 1}]})), 4);
+        let mut deep = json!(1);
+        for _ in 0..150 {
+            deep = json!([deep]);
+        }
+        assert!(nesting(&deep) > MAX_NESTING);
     }
 }

@@ -124,11 +124,14 @@ pub(super) async fn update(call: &Call<'_>, is_patch: bool) -> Result<Response<B
         }
         let replicas = match scale.pointer("/spec/replicas") {
             None | Some(Value::Null) => 0,
-            Some(value) => value.as_i64().ok_or_else(|| {
-                ApiError::BadRequest(format!(
-                    "Scale in version \"v1\" cannot be handled as a Scale: spec.replicas: expected an integer, got {value}"
-                ))
-            })?,
+            Some(value) => value
+                .as_i64()
+                .filter(|r| i32::try_from(*r).is_ok())
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "Scale in version \"v1\" cannot be handled as a Scale: spec.replicas: expected a 32-bit integer, got {value}"
+                    ))
+                })?,
         };
         if replicas < 0 {
             return Err(ApiError::Invalid {
@@ -149,6 +152,8 @@ pub(super) async fn update(call: &Call<'_>, is_patch: bool) -> Result<Response<B
             None => object["spec"]["replicas"] = json!(replicas),
         }
         super::create::writer(call).record_update(Some(&before), &mut object);
+        // The object with its new count must still be valid (a CRD's maximum, say).
+        super::validate(call, &mut object)?;
         let generation = object::metadata(&object)
             .and_then(|m| m.get("generation"))
             .and_then(Value::as_i64);

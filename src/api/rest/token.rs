@@ -83,6 +83,16 @@ pub(super) async fn create(call: &Call<'_>) -> Result<Response<Body>, ApiError> 
             ),
         ));
     }
+    if seconds > 1 << 32 {
+        return Err(invalid(
+            &name,
+            FieldError::invalid_raw(
+                "spec.expirationSeconds",
+                &seconds.to_string(),
+                "may not specify a duration larger than 2^32 seconds",
+            ),
+        ));
+    }
     let mut audiences: Vec<String> = request
         .pointer("/spec/audiences")
         .and_then(Value::as_array)
@@ -168,6 +178,15 @@ async fn bound_object(
         .map_err(|e| ApiError::from_store(e, Target::new(&resource, name)))?
         .ok_or_else(|| ApiError::NotFound(Target::new(&resource, name)))?;
     let object: Value = serde_json::from_slice(&kv.value).unwrap_or_default();
+    let runs_as = object
+        .pointer("/spec/serviceAccountName")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    if kind == "Pod" && runs_as != account {
+        return Err(ApiError::BadRequest(format!(
+            "cannot bind token for serviceaccount {account:?} to pod running with different serviceaccount name."
+        )));
+    }
     let uid = object::meta_str(&object, "uid")
         .unwrap_or_default()
         .to_string();

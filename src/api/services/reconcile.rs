@@ -13,7 +13,7 @@ use super::node_port::{self, NODE_PORT_PREFIX};
 use super::strategy::{cluster_ips, node_ports};
 use super::{Allocator, ServiceRef};
 use crate::api::object;
-use crate::store::{Consistency, EventKind, ListOptions, Store, StoreError};
+use crate::store::{Consistency, ListOptions, Store, StoreError};
 
 const SERVICES_PREFIX: &str = "/registry/core/services/";
 /// How often everything is checked.
@@ -44,9 +44,12 @@ pub async fn run(store: Store, allocator: Allocator) {
                         let Some(prev) = event.prev.as_ref().and_then(|kv| serde_json::from_slice::<Value>(&kv.value).ok()) else {
                             continue;
                         };
-                        let now = match event.kind {
-                            EventKind::Delete => Value::Null,
-                            EventKind::Put => serde_json::from_slice(&event.kv.value).unwrap_or_default(),
+                        // What the Service holds now, not as of this event: a Service deleted
+                        // and created again under the same name keeps what it holds anew.
+                        let now = match store.get(&event.kv.key, Consistency::Linearizable).await {
+                            Ok(Some(kv)) => serde_json::from_slice(&kv.value).unwrap_or_default(),
+                            Ok(None) => Value::Null,
+                            Err(_) => continue,
                         };
                         if let Err(e) = allocator.release_dropped(&prev, &now).await {
                             tracing::warn!(error = %e, "releasing service allocations failed");

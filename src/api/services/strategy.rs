@@ -364,10 +364,10 @@ pub async fn prepare_update(
     }
     if wants_node_ports(service) {
         keep_node_ports(current, service);
-        if service.pointer("/spec/healthCheckNodePort").is_none() {
-            if let Some(port) = current.pointer("/spec/healthCheckNodePort") {
-                service["spec"]["healthCheckNodePort"] = port.clone();
-            }
+    }
+    if wants_health_check_port(service) && service.pointer("/spec/healthCheckNodePort").is_none() {
+        if let Some(port) = current.pointer("/spec/healthCheckNodePort") {
+            service["spec"]["healthCheckNodePort"] = port.clone();
         }
     }
     if let (Some(old), Some(new)) = (&old_ip, cluster_ip(service)) {

@@ -350,8 +350,36 @@ fn service(object: &Value, errors: &mut Vec<FieldError>) {
     }
     let ports = ports.map(Vec::as_slice).unwrap_or_default();
     let mut names = HashSet::new();
+    let mut node_ports = HashSet::new();
+    let mut numbers = HashSet::new();
     for (i, port) in ports.iter().enumerate() {
         let at = format!("spec.ports[{i}]");
+        let protocol = port
+            .get("protocol")
+            .and_then(Value::as_str)
+            .unwrap_or("TCP");
+        if let Some(number) = port.get("port").and_then(Value::as_i64) {
+            if !numbers.insert((number, protocol.to_string())) {
+                errors.push(FieldError {
+                    reason: "FieldValueDuplicate",
+                    field: at.clone(),
+                    message: format!("Duplicate value: {number}/{protocol}"),
+                });
+            }
+        }
+        if let Some(node_port) = port
+            .get("nodePort")
+            .and_then(Value::as_i64)
+            .filter(|p| *p > 0)
+        {
+            if !node_ports.insert((node_port, protocol.to_string())) {
+                errors.push(FieldError {
+                    reason: "FieldValueDuplicate",
+                    field: format!("{at}.nodePort"),
+                    message: format!("Duplicate value: {node_port}"),
+                });
+            }
+        }
         let name = port.get("name").and_then(Value::as_str).unwrap_or_default();
         if ports.len() > 1 && name.is_empty() {
             errors.push(FieldError::required(&format!("{at}.name"), ""));
@@ -571,6 +599,16 @@ mod tests {
             vec![
                 "spec.ports[0].name: Required value",
                 "spec.ports[1].port: Required value"
+            ]
+        );
+        let twice = json!({"spec": {"type": "NodePort", "ports": [
+            {"name": "a", "port": 80, "nodePort": 30090}, {"name": "b", "port": 81, "nodePort": 30090},
+            {"name": "c", "port": 80}]}});
+        assert_eq!(
+            messages(&validate("", "Service", &twice)),
+            vec![
+                "spec.ports[1].nodePort: Duplicate value: 30090",
+                "spec.ports[2]: Duplicate value: 80/TCP"
             ]
         );
         let external = json!({"spec": {"type": "ExternalName"}});
