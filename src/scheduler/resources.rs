@@ -288,7 +288,9 @@ pub(crate) mod tests {
         let r = pod_requests(&p, Missing::Default);
         assert_eq!(r.milli_cpu, 1100);
         assert_eq!(r.memory, 2 * DEFAULT_MEMORY);
-        assert!(pod_requests(&p, Missing::Zero).is_zero() == false);
+        assert_eq!(pod_requests(&p, Missing::Zero).milli_cpu, 1000);
+        let empty = pod(vec![container("a", &[])], vec![]);
+        assert!(pod_requests(&empty, Missing::Zero).is_zero());
     }
 
     #[test]
