@@ -229,18 +229,10 @@ pub fn node_resources_fit(req: &Resources, node: &NodeInfo) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scheduler::snapshot::tests::{node, pod, with_host_port};
+    use crate::scheduler::snapshot::tests::{info, node, pod, with_host_port};
     use k8s_openapi::api::core::v1::{
         Affinity, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, NodeSpec,
     };
-
-    fn info(n: k8s_openapi::api::core::v1::Node, pods: Vec<Pod>) -> NodeInfo {
-        let mut i = NodeInfo::new(n);
-        for p in pods {
-            i.add_pod(p);
-        }
-        i
-    }
 
     fn taint(key: &str, value: &str, effect: &str) -> Taint {
         Taint {

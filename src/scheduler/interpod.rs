@@ -282,26 +282,8 @@ pub fn score(pod: &Pod, snap: &Snapshot, nodes: &[&NodeInfo]) -> Vec<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scheduler::snapshot::tests::{node, pod};
+    use crate::scheduler::snapshot::tests::{labelled, zoned_snapshot as snap};
     use k8s_openapi::api::core::v1::{Affinity, PodAffinity, PodAntiAffinity};
-
-    fn zoned(name: &str, zone: Option<&str>) -> k8s_openapi::api::core::v1::Node {
-        let mut n = node(name, &[("pods", "10")]);
-        if let Some(z) = zone {
-            n.metadata
-                .labels
-                .as_mut()
-                .unwrap()
-                .insert("zone".into(), z.into());
-        }
-        n
-    }
-
-    fn labelled(name: &str, node: Option<&str>, app: &str) -> Pod {
-        let mut p = pod(name, node, &[]);
-        p.metadata.labels = Some([("app".to_string(), app.to_string())].into());
-        p
-    }
 
     fn term(app: &str, key: &str) -> PodAffinityTerm {
         PodAffinityTerm {
@@ -331,18 +313,6 @@ mod tests {
             ..Default::default()
         });
         p
-    }
-
-    fn snap(pods: Vec<Pod>) -> Snapshot {
-        Snapshot::new(
-            vec![
-                zoned("a1", Some("a")),
-                zoned("a2", Some("a")),
-                zoned("b1", Some("b")),
-                zoned("x", None),
-            ],
-            pods,
-        )
     }
 
     fn verdicts(p: &Pod, s: &Snapshot) -> Vec<Status> {

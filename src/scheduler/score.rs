@@ -19,12 +19,18 @@ pub const MAX_NODE_SCORE: i64 = 100;
 pub fn score_nodes(pod: &Pod, snap: &Snapshot, nodes: &[&NodeInfo]) -> Vec<i64> {
     let non_zero = pod_requests(pod, Missing::Default);
     let requests = pod_requests(pod, Missing::Zero);
+    // Upstream skips BalancedAllocation for pods requesting no cpu or memory: every node
+    // would look equally balanced to them, piling them onto one node (kubernetes#129138).
+    let best_effort = requests.milli_cpu == 0 && requests.memory == 0;
     let mut total: Vec<i64> = nodes
         .iter()
         .map(|n| {
-            least_allocated(&non_zero, n)
-                + balanced_allocation(&requests, n)
-                + image_locality(pod, snap, n)
+            let balanced = if best_effort {
+                0
+            } else {
+                balanced_allocation(&requests, n)
+            };
+            least_allocated(&non_zero, n) + balanced + image_locality(pod, snap, n)
         })
         .collect();
     let weighted = [
@@ -219,19 +225,11 @@ pub fn image_locality(pod: &Pod, snap: &Snapshot, node: &NodeInfo) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scheduler::snapshot::tests::{node, pod};
+    use crate::scheduler::snapshot::tests::{info, node, pod};
     use k8s_openapi::api::core::v1::{
         Affinity, ContainerImage, NodeAffinity, NodeSelectorRequirement, NodeSelectorTerm,
         NodeSpec, PreferredSchedulingTerm, Taint, Toleration,
     };
-
-    fn info(n: k8s_openapi::api::core::v1::Node, pods: Vec<Pod>) -> NodeInfo {
-        let mut i = NodeInfo::new(n);
-        for p in pods {
-            i.add_pod(p);
-        }
-        i
-    }
 
     #[test]
     fn least_allocated_prefers_the_emptier_node() {
@@ -368,5 +366,9 @@ mod tests {
         assert!(s[0] > s[1], "{s:?}");
         // Taint (3×100) on both; least allocated and balanced differ.
         assert_eq!(s[1], 50 + 100 + 300);
+        let best_effort = pod("p", None, &[]);
+        let s = score_nodes(&best_effort, &snap, &refs);
+        // No balanced-allocation share: least allocated (100m/200Mi assumed) and taints only.
+        assert_eq!(s[1], (90 + 80) / 2 + 300);
     }
 }

@@ -22,9 +22,10 @@ pub struct HostPort {
 }
 
 impl HostPort {
-    /// Two host ports clash when protocol and port agree and either binds every address.
+    /// Two host ports clash when protocol and port agree and either binds every address
+    /// (upstream only treats `0.0.0.0`, the default, as binding every address).
     pub fn conflicts(&self, other: &HostPort) -> bool {
-        let wildcard = |ip: &str| ip == "0.0.0.0" || ip == "::";
+        let wildcard = |ip: &str| ip == "0.0.0.0";
         self.protocol == other.protocol
             && self.port == other.port
             && (self.ip == other.ip || wildcard(&self.ip) || wildcard(&other.ip))
@@ -232,6 +233,46 @@ pub(crate) mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    /// A node's view with its pods placed.
+    pub(crate) fn info(n: Node, pods: Vec<Pod>) -> NodeInfo {
+        let mut i = NodeInfo::new(n);
+        for p in pods {
+            i.add_pod(p);
+        }
+        i
+    }
+
+    /// A pod labelled `app=<app>`.
+    pub(crate) fn labelled(name: &str, node: Option<&str>, app: &str) -> Pod {
+        let mut p = pod(name, node, &[]);
+        p.metadata.labels = Some([("app".to_string(), app.to_string())].into());
+        p
+    }
+
+    /// Nodes a1 and a2 in zone a, b1 in zone b, and x without a zone label.
+    pub(crate) fn zoned_snapshot(pods: Vec<Pod>) -> Snapshot {
+        let zoned = |name: &str, zone: Option<&str>| {
+            let mut n = node(name, &[("pods", "10")]);
+            if let Some(z) = zone {
+                n.metadata
+                    .labels
+                    .as_mut()
+                    .unwrap()
+                    .insert("zone".into(), z.into());
+            }
+            n
+        };
+        Snapshot::new(
+            vec![
+                zoned("a1", Some("a")),
+                zoned("a2", Some("a")),
+                zoned("b1", Some("b")),
+                zoned("x", None),
+            ],
+            pods,
+        )
     }
 
     pub(crate) fn with_host_port(mut p: Pod, port: i32, ip: Option<&str>) -> Pod {

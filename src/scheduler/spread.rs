@@ -242,24 +242,10 @@ pub fn score(pod: &Pod, snap: &Snapshot, nodes: &[&NodeInfo]) -> Vec<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scheduler::snapshot::tests::{node, pod};
-
-    fn zoned(name: &str, zone: Option<&str>) -> k8s_openapi::api::core::v1::Node {
-        let mut n = node(name, &[("pods", "10")]);
-        if let Some(z) = zone {
-            n.metadata
-                .labels
-                .as_mut()
-                .unwrap()
-                .insert("zone".into(), z.into());
-        }
-        n
-    }
+    use crate::scheduler::snapshot::tests::{labelled, zoned_snapshot as snap};
 
     fn web(name: &str, node: Option<&str>) -> Pod {
-        let mut p = pod(name, node, &[]);
-        p.metadata.labels = Some([("app".to_string(), "web".to_string())].into());
-        p
+        labelled(name, node, "web")
     }
 
     fn spread(mut p: Pod, key: &str, max_skew: i32, when: &str, min_domains: Option<i32>) -> Pod {
@@ -276,18 +262,6 @@ mod tests {
                 ..Default::default()
             }]);
         p
-    }
-
-    fn snap(pods: Vec<Pod>) -> Snapshot {
-        Snapshot::new(
-            vec![
-                zoned("a1", Some("a")),
-                zoned("a2", Some("a")),
-                zoned("b1", Some("b")),
-                zoned("x", None),
-            ],
-            pods,
-        )
     }
 
     #[test]
