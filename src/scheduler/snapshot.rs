@@ -8,10 +8,11 @@
 use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::quantity;
 use super::resources::{pod_requests, Missing, Resources, PODS};
-use super::selector::Labels;
+use super::selector::{selector_matches, Labels};
 
 /// A host port a pod takes on its node: (host IP, protocol, port).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -146,12 +147,21 @@ fn terminal(pod: &Pod) -> bool {
     )
 }
 
-/// All nodes, with their pods, and the namespace labels that pod affinity's
-/// `namespaceSelector` needs.
+/// The selector of a Service, ReplicationController, ReplicaSet or StatefulSet: pods it
+/// selects are spread apart by default (upstream's `DefaultSelector`).
+#[derive(Debug, Clone)]
+pub struct WorkloadSelector {
+    pub namespace: String,
+    pub selector: LabelSelector,
+}
+
+/// All nodes, with their pods, and what a few plugins need beyond them: namespace labels
+/// for pod affinity's `namespaceSelector`, workload selectors for default spreading.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub nodes: Vec<NodeInfo>,
     pub namespace_labels: HashMap<String, Labels>,
+    pub workload_selectors: Vec<WorkloadSelector>,
 }
 
 impl Snapshot {
@@ -160,6 +170,7 @@ impl Snapshot {
         let mut snap = Snapshot {
             nodes: nodes.into_iter().map(NodeInfo::new).collect(),
             namespace_labels: HashMap::new(),
+            workload_selectors: Vec::new(),
         };
         let index: HashMap<String, usize> = snap
             .nodes
@@ -182,6 +193,44 @@ impl Snapshot {
     pub fn with_namespace_labels(mut self, labels: HashMap<String, Labels>) -> Self {
         self.namespace_labels = labels;
         self
+    }
+
+    /// Records the selectors of Services and workloads, for default topology spreading.
+    pub fn with_workload_selectors(mut self, selectors: Vec<WorkloadSelector>) -> Self {
+        self.workload_selectors = selectors;
+        self
+    }
+
+    /// All selectors in the pod's namespace that select it, ANDed into one; `None` when
+    /// no Service or workload selects the pod. Empty selectors select nothing here.
+    pub fn default_spread_selector(&self, pod: &Pod) -> Option<LabelSelector> {
+        let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let empty = Labels::new();
+        let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
+        let mut merged: Option<LabelSelector> = None;
+        for w in &self.workload_selectors {
+            let sel = &w.selector;
+            let has_terms = sel.match_labels.as_ref().is_some_and(|m| !m.is_empty())
+                || sel
+                    .match_expressions
+                    .as_ref()
+                    .is_some_and(|e| !e.is_empty());
+            if w.namespace != ns || !has_terms || !selector_matches(sel, labels) {
+                continue;
+            }
+            let m = merged.get_or_insert_with(LabelSelector::default);
+            if let Some(l) = &sel.match_labels {
+                m.match_labels
+                    .get_or_insert_with(Default::default)
+                    .extend(l.clone());
+            }
+            if let Some(e) = &sel.match_expressions {
+                m.match_expressions
+                    .get_or_insert_with(Vec::new)
+                    .extend(e.clone());
+            }
+        }
+        merged
     }
 
     pub fn node(&self, name: &str) -> Option<&NodeInfo> {

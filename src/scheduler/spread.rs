@@ -4,8 +4,8 @@
 //! Matching pods are counted per topology domain over the nodes that are eligible for the
 //! pod (upstream's `nodeAffinityPolicy: Honor` and `nodeTaintsPolicy: Ignore` defaults) and
 //! carry every constraint's key. Terminating pods and other namespaces do not count.
-//! Upstream's system-default constraints (spreading a Service's or ReplicaSet's pods
-//! without any declared constraint) need those owners' selectors and are not applied here.
+//! A pod declaring no constraint is scored with upstream's system defaults, against the
+//! selectors of the Services and workloads it belongs to ([`Snapshot::workload_selectors`]).
 
 use std::collections::HashMap;
 
@@ -21,6 +21,7 @@ pub const ERR_MISSING_LABEL: &str =
     "node(s) didn't match pod topology spread constraints (missing required label)";
 
 const HOSTNAME: &str = "kubernetes.io/hostname";
+const ZONE: &str = "topology.kubernetes.io/zone";
 
 /// One constraint, its selector merged with `matchLabelKeys`.
 struct Constraint {
@@ -161,41 +162,78 @@ impl FilterState {
     }
 }
 
+/// Upstream's system-default constraints, used for scoring when a pod declares none:
+/// spread the pods of the same Services and workloads over hostnames (maxSkew 3) and
+/// zones (maxSkew 5). Without such an owner there is nothing to spread against.
+fn system_defaults(pod: &Pod, snap: &Snapshot) -> Vec<Constraint> {
+    let Some(selector) = snap.default_spread_selector(pod) else {
+        return Vec::new();
+    };
+    [(HOSTNAME, 3), (ZONE, 5)]
+        .into_iter()
+        .map(|(key, max_skew)| Constraint {
+            key: key.to_string(),
+            max_skew,
+            min_domains: None,
+            selector: Some(selector.clone()),
+            honor_affinity: true,
+            honor_taints: false,
+        })
+        .collect()
+}
+
 /// The ScheduleAnyway score for the feasible `nodes`: fewer matching pods in a node's
-/// domains scores higher; nodes lacking a constraint's key score 0.
+/// domains scores higher. With declared constraints, nodes lacking one of their keys
+/// score 0; with the system defaults, a missing key just does not count.
 pub fn score(pod: &Pod, snap: &Snapshot, nodes: &[&NodeInfo]) -> Vec<i64> {
-    let cs = constraints(pod, "ScheduleAnyway");
+    let declared = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.topology_spread_constraints.as_ref())
+        .is_some_and(|c| !c.is_empty());
+    let cs = if declared {
+        constraints(pod, "ScheduleAnyway")
+    } else {
+        system_defaults(pod, snap)
+    };
     if cs.is_empty() {
         return vec![0; nodes.len()];
     }
     let ns = namespace(pod);
-    let scored: Vec<bool> = nodes.iter().map(|n| has_keys(n, &cs)).collect();
-    // Domain counts (hostname domains are counted per node directly).
+    let scored: Vec<bool> = nodes
+        .iter()
+        .map(|n| !declared || has_keys(n, &cs))
+        .collect();
+    // A missing label is the domain "" here, as upstream counts it.
+    let value = |n: &NodeInfo, key: &str| n.labels().get(key).cloned().unwrap_or_default();
+    // The domains of the scored nodes (hostname domains are counted per node directly).
     let mut counts: Vec<HashMap<String, i64>> = vec![HashMap::new(); cs.len()];
-    for node in snap.nodes.iter().filter(|n| has_keys(n, &cs)) {
+    for (n, _) in nodes.iter().zip(&scored).filter(|(_, s)| **s) {
         for (i, c) in cs.iter().enumerate() {
-            if c.key != HOSTNAME && c.counts_node(pod, node) {
-                let value = node.labels()[&c.key].clone();
-                *counts[i].entry(value).or_default() += c.count_on(node, ns);
+            if c.key != HOSTNAME {
+                counts[i].entry(value(n, &c.key)).or_insert(0);
+            }
+        }
+    }
+    for node in snap.nodes.iter().filter(|n| !declared || has_keys(n, &cs)) {
+        for (i, c) in cs.iter().enumerate() {
+            if c.key == HOSTNAME || !c.counts_node(pod, node) {
+                continue;
+            }
+            if let Some(count) = counts[i].get_mut(&value(node, &c.key)) {
+                *count += c.count_on(node, ns);
             }
         }
     }
     // A constraint over more domains weighs more: upstream's log(domains + 2).
     let weights: Vec<f64> = cs
         .iter()
-        .map(|c| {
+        .enumerate()
+        .map(|(i, c)| {
             let domains = if c.key == HOSTNAME {
                 scored.iter().filter(|s| **s).count()
             } else {
-                let mut values: Vec<&String> = nodes
-                    .iter()
-                    .zip(&scored)
-                    .filter(|(_, s)| **s)
-                    .map(|(n, _)| &n.labels()[&c.key])
-                    .collect();
-                values.sort();
-                values.dedup();
-                values.len()
+                counts[i].len()
             };
             ((domains + 2) as f64).ln()
         })
@@ -210,13 +248,14 @@ pub fn score(pod: &Pod, snap: &Snapshot, nodes: &[&NodeInfo]) -> Vec<i64> {
             let total: f64 = cs
                 .iter()
                 .enumerate()
-                .map(|(i, c)| {
+                .filter_map(|(i, c)| {
+                    let v = n.labels().get(&c.key)?;
                     let cnt = if c.key == HOSTNAME {
                         c.count_on(n, ns)
                     } else {
-                        counts[i].get(&n.labels()[&c.key]).copied().unwrap_or(0)
+                        counts[i].get(v).copied().unwrap_or(0)
                     };
-                    cnt as f64 * weights[i] + (c.max_skew - 1) as f64
+                    Some(cnt as f64 * weights[i] + (c.max_skew - 1) as f64)
                 })
                 .sum();
             total.round() as i64
@@ -243,6 +282,7 @@ pub fn score(pod: &Pod, snap: &Snapshot, nodes: &[&NodeInfo]) -> Vec<i64> {
 mod tests {
     use super::*;
     use crate::scheduler::snapshot::tests::{labelled, zoned_snapshot as snap};
+    use crate::scheduler::snapshot::WorkloadSelector;
 
     fn web(name: &str, node: Option<&str>) -> Pod {
         labelled(name, node, "web")
@@ -320,5 +360,32 @@ mod tests {
         assert_eq!(scores[3], 0, "no zone label");
         // Filters never see ScheduleAnyway constraints.
         assert_eq!(FilterState::new(&p, &s).filter(&s.nodes[0]), Ok(()));
+    }
+
+    #[test]
+    fn system_defaults_spread_a_workloads_pods_over_hostnames() {
+        let s = snap(vec![
+            web("w1", Some("a1")),
+            web("w2", Some("a1")),
+            web("w3", Some("a2")),
+        ]);
+        let nodes: Vec<&NodeInfo> = s.nodes.iter().collect();
+        let p = web("w4", None);
+        assert_eq!(
+            score(&p, &s, &nodes),
+            vec![0; 4],
+            "no owner: nothing to spread against"
+        );
+        let owned = s.clone().with_workload_selectors(vec![WorkloadSelector {
+            namespace: "default".into(),
+            selector: LabelSelector {
+                match_labels: Some([("app".to_string(), "web".to_string())].into()),
+                ..Default::default()
+            },
+        }]);
+        let scores = score(&p, &owned, &nodes);
+        // Hostname only (no node has a zone): raw = count × ln(4 + 2) + 2.
+        // a1: 2 → 6, a2: 1 → 4, b1 and x: 0 → 2; normalized 100 × (6 + 2 − raw) / 6.
+        assert_eq!(scores, vec![33, 66, 100, 100]);
     }
 }
