@@ -483,4 +483,38 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn filters_stop_at_the_first_failure_in_profile_order() {
+        let mut n = node("n1", &[("cpu", "1"), ("pods", "10")]);
+        n.spec = Some(NodeSpec {
+            taints: Some(vec![taint("dedicated", "gpu", "NoSchedule")]),
+            ..Default::default()
+        });
+        let snap = Snapshot::new(vec![n], vec![]);
+        let p = pod("p", None, &[("cpu", "2")]);
+        let prep = Prepared::new(&p, &snap);
+        // TaintToleration runs before NodeResourcesFit: only the taint is reported.
+        assert_eq!(
+            run(&prep, &snap.nodes[0]),
+            Err(Failure::unresolvable(
+                "node(s) had untolerated taint {dedicated: gpu}"
+            ))
+        );
+    }
+
+    #[test]
+    fn a_not_ready_node_without_taints_still_fits_as_upstream() {
+        use k8s_openapi::api::core::v1::NodeCondition;
+        let mut n = node("n1", &[("cpu", "1"), ("pods", "10")]);
+        n.status.as_mut().unwrap().conditions = Some(vec![NodeCondition {
+            type_: "Ready".into(),
+            status: "False".into(),
+            ..Default::default()
+        }]);
+        let snap = Snapshot::new(vec![n], vec![]);
+        let p = pod("p", None, &[]);
+        // The node lifecycle controller's not-ready taint is what keeps pods away.
+        assert_eq!(run(&Prepared::new(&p, &snap), &snap.nodes[0]), Ok(()));
+    }
 }

@@ -386,4 +386,45 @@ pub(crate) mod tests {
         assert!(!hp("0.0.0.0", "TCP", 80).conflicts(&hp("0.0.0.0", "UDP", 80)));
         assert!(!hp("0.0.0.0", "TCP", 80).conflicts(&hp("0.0.0.0", "TCP", 81)));
     }
+
+    #[test]
+    fn default_spread_selector_ands_the_selectors_that_select_the_pod() {
+        let sel = |ns: &str, pairs: &[(&str, &str)]| WorkloadSelector {
+            namespace: ns.into(),
+            selector: LabelSelector {
+                match_labels: Some(
+                    pairs
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+                ..Default::default()
+            },
+        };
+        let snap = Snapshot::default().with_workload_selectors(vec![
+            sel("default", &[("app", "web")]),
+            sel("default", &[("app", "web"), ("tier", "fe")]),
+            sel("default", &[("app", "db")]),
+            sel("prod", &[("app", "web")]),
+            sel("default", &[]),
+        ]);
+        let mut p = labelled("p", None, "web");
+        assert_eq!(
+            snap.default_spread_selector(&p),
+            Some(sel("default", &[("app", "web")]).selector)
+        );
+        p.metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("tier".into(), "fe".into());
+        assert_eq!(
+            snap.default_spread_selector(&p),
+            Some(sel("default", &[("app", "web"), ("tier", "fe")]).selector)
+        );
+        assert_eq!(
+            snap.default_spread_selector(&labelled("q", None, "cache")),
+            None
+        );
+    }
 }
