@@ -92,7 +92,7 @@ pub fn schedule(
     let mut feasible: Vec<&NodeInfo> = Vec::new();
     let mut filtered = Vec::new();
     for node in &snap.nodes {
-        match filter::run(&prep, node) {
+        match filter_with_nominated(&prep, snap, node) {
             Ok(()) => feasible.push(node),
             Err(why) => filtered.push((node.name().to_string(), why)),
         }
@@ -117,6 +117,20 @@ pub fn schedule(
         filtered,
         preemption,
     })
+}
+
+/// Filters a node as if the pods nominated to it were already there, and also as it is
+/// (so that affinity to a nominated pod alone does not count), like upstream.
+fn filter_with_nominated(prep: &Prepared, snap: &Snapshot, node: &NodeInfo) -> filter::Status {
+    let mut nominated = snap.nominated_for(node.name(), prep.pod).peekable();
+    if nominated.peek().is_some() {
+        let mut with = node.clone();
+        for p in nominated {
+            with.add_pod(p.clone());
+        }
+        filter::run(prep, &with)?;
+    }
+    filter::run(prep, node)
 }
 
 /// Upstream's PostFilter (DefaultPreemption) over the filter failures.
@@ -294,5 +308,31 @@ mod tests {
         let err =
             schedule(&pod("p", None, &[]), &Snapshot::default(), &[], &mut rng()).unwrap_err();
         assert_eq!(err.to_string(), "no nodes available to schedule pods");
+    }
+
+    #[test]
+    fn room_is_kept_for_pods_nominated_by_preemption() {
+        let mut nominated = pod("winner", None, &[("cpu", "2")]);
+        nominated.spec.as_mut().unwrap().priority = Some(100);
+        nominated.status = Some(k8s_openapi::api::core::v1::PodStatus {
+            nominated_node_name: Some("w1".into()),
+            ..Default::default()
+        });
+        let snap = Snapshot::new(vec![worker("w1", "2")], vec![nominated]);
+        let mut p = pod("p", None, &[("cpu", "1")]);
+        p.spec.as_mut().unwrap().priority = Some(100);
+        assert_eq!(
+            schedule(&p, &snap, &[], &mut rng())
+                .unwrap_err()
+                .to_string(),
+            "0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes are available: \
+             1 No preemption victims found for incoming pod."
+        );
+        p.spec.as_mut().unwrap().priority = Some(1000);
+        assert_eq!(
+            schedule(&p, &snap, &[], &mut rng()).unwrap(),
+            "w1",
+            "a more important pod goes first"
+        );
     }
 }

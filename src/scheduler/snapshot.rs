@@ -162,15 +162,19 @@ pub struct Snapshot {
     pub nodes: Vec<NodeInfo>,
     pub namespace_labels: HashMap<String, Labels>,
     pub workload_selectors: Vec<WorkloadSelector>,
+    /// Pending pods nominated to a node by preemption, not yet bound.
+    pub nominated: Vec<Pod>,
 }
 
 impl Snapshot {
-    /// Builds the view; pods not bound to a known node, or finished, are left out.
+    /// Builds the view; finished pods, and pods neither bound nor nominated to a known
+    /// node, are left out.
     pub fn new(nodes: Vec<Node>, pods: Vec<Pod>) -> Self {
         let mut snap = Snapshot {
             nodes: nodes.into_iter().map(NodeInfo::new).collect(),
             namespace_labels: HashMap::new(),
             workload_selectors: Vec::new(),
+            nominated: Vec::new(),
         };
         let index: HashMap<String, usize> = snap
             .nodes
@@ -179,14 +183,44 @@ impl Snapshot {
             .map(|(i, n)| (n.name().to_string(), i))
             .collect();
         for pod in pods {
+            if terminal(&pod) {
+                continue;
+            }
             let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
-            if let Some(&i) = node.and_then(|n| index.get(n)) {
-                if !terminal(&pod) {
-                    snap.nodes[i].add_pod(pod);
+            let nominated = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.nominated_node_name.as_deref());
+            match (node, nominated) {
+                (Some(n), _) => {
+                    if let Some(&i) = index.get(n) {
+                        snap.nodes[i].add_pod(pod);
+                    }
                 }
+                (None, Some(n)) if index.contains_key(n) => snap.nominated.push(pod),
+                _ => {}
             }
         }
         snap
+    }
+
+    /// Pods nominated to `node` by an earlier preemption that `pod` must leave room for:
+    /// those of at least its priority, other than itself (upstream's
+    /// `RunFilterPluginsWithNominatedPods`).
+    pub fn nominated_for<'s>(
+        &'s self,
+        node: &'s str,
+        pod: &'s Pod,
+    ) -> impl Iterator<Item = &'s Pod> {
+        let prio = |p: &Pod| p.spec.as_ref().and_then(|s| s.priority).unwrap_or(0);
+        self.nominated.iter().filter(move |p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.nominated_node_name.as_deref())
+                == Some(node)
+                && prio(p) >= prio(pod)
+                && pod_key(p) != pod_key(pod)
+        })
     }
 
     /// Records namespace labels for `namespaceSelector` in pod (anti-)affinity terms.
