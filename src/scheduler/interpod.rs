@@ -177,6 +177,11 @@ impl FilterState {
         state
     }
 
+    /// Whether no required term is in play, so the filter passes every node.
+    pub fn is_empty(&self) -> bool {
+        self.affinity.is_empty() && self.anti.is_empty() && self.existing_anti_counts.is_empty()
+    }
+
     /// The InterPodAffinity filter for one node.
     pub fn filter(&self, node: &NodeInfo) -> Status {
         if !self.satisfies_affinity(node) {

@@ -107,7 +107,21 @@ pub fn select_victims(
     node: &str,
     pdbs: &[PodDisruptionBudget],
 ) -> Result<Victims, Failure> {
-    let mut sim = snap.clone();
+    // Pod (anti-)affinity and spreading depend on every node's pods; when neither is in
+    // play, simulating evictions needs a copy of this one node only.
+    let base = Prepared::new(pod, snap);
+    let local = base.affinity.is_empty() && base.spread.is_empty();
+    let mut sim = if local {
+        let info = snap
+            .node(node)
+            .ok_or_else(|| Failure::unresolvable(NOT_HELPFUL))?;
+        Snapshot {
+            nodes: vec![info.clone()],
+            ..Default::default()
+        }
+    } else {
+        snap.clone()
+    };
     let info = sim
         .node_mut(node)
         .ok_or_else(|| Failure::unresolvable(NOT_HELPFUL))?;
@@ -128,8 +142,12 @@ pub fn select_victims(
         .filter_map(|(ns, name)| info.remove_pod(ns, name))
         .collect();
     let fits = |sim: &Snapshot| {
-        let prep = Prepared::new(pod, sim);
-        filter::run(&prep, sim.node(node).expect("node is in the snapshot"))
+        let info = sim.node(node).expect("node is in the snapshot");
+        if local {
+            filter::run(&base, info)
+        } else {
+            filter::run(&Prepared::new(pod, sim), info)
+        }
     };
     fits(&sim)?;
     removed.sort_by(by_importance);
@@ -381,6 +399,33 @@ mod tests {
         assert_eq!(
             eligible(&p, &s),
             Err("not eligible due to preemptionPolicy=Never.")
+        );
+    }
+
+    #[test]
+    fn evicting_a_pod_whose_anti_affinity_blocks_the_incoming_one() {
+        use k8s_openapi::api::core::v1::{Affinity, PodAffinityTerm, PodAntiAffinity};
+        let mut guard = prio("guard", Some("n1"), "100m", 1);
+        guard.spec.as_mut().unwrap().affinity = Some(Affinity {
+            pod_anti_affinity: Some(PodAntiAffinity {
+                required_during_scheduling_ignored_during_execution: Some(vec![PodAffinityTerm {
+                    label_selector: Some(LabelSelector {
+                        match_labels: Some([("app".to_string(), "p".to_string())].into()),
+                        ..Default::default()
+                    }),
+                    topology_key: "kubernetes.io/hostname".into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let s = snap(vec![guard, prio("bystander", Some("n1"), "100m", 1)]);
+        let v = select_victims(&prio("p", None, "100m", 50), &s, "n1", &[]).unwrap();
+        assert_eq!(
+            names(&v),
+            vec!["guard"],
+            "only the pod whose rule blocks it goes"
         );
     }
 }

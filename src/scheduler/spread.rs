@@ -138,6 +138,11 @@ impl FilterState {
         }
     }
 
+    /// Whether the pod has no DoNotSchedule constraint, so the filter passes every node.
+    pub fn is_empty(&self) -> bool {
+        self.constraints.is_empty()
+    }
+
     /// The PodTopologySpread filter for one node.
     pub fn filter(&self, node: &NodeInfo) -> Status {
         if self.constraints.is_empty() {
