@@ -22,6 +22,7 @@ pub fn score_nodes(pod: &Pod, snap: &Snapshot, nodes: &[&NodeInfo]) -> Vec<i64> 
     // Upstream skips BalancedAllocation for pods requesting no cpu or memory: every node
     // would look equally balanced to them, piling them onto one node (kubernetes#129138).
     let best_effort = requests.milli_cpu == 0 && requests.memory == 0;
+    let images = ImageLocality::new(pod, snap);
     let mut total: Vec<i64> = nodes
         .iter()
         .map(|n| {
@@ -30,7 +31,7 @@ pub fn score_nodes(pod: &Pod, snap: &Snapshot, nodes: &[&NodeInfo]) -> Vec<i64> 
             } else {
                 balanced_allocation(&requests, n)
             };
-            least_allocated(&non_zero, n) + balanced + image_locality(pod, snap, n)
+            least_allocated(&non_zero, n) + balanced + images.score(n)
         })
         .collect();
     let weighted = [
@@ -160,12 +161,23 @@ const IMAGE_MIN: i64 = 23 * MB;
 /// Per container, above this the score saturates (upstream's maxContainerThreshold).
 const IMAGE_MAX_PER_CONTAINER: i64 = 1000 * MB;
 
-/// An image name with the implied `:latest` tag, as upstream compares them.
-fn normalized_image(name: &str) -> String {
-    if name.rfind(':').unwrap_or(0) <= name.rfind('/').unwrap_or(0) && !name.contains('@') {
-        format!("{name}:latest")
+/// Whether a node's image name is `want` (already normalized) once the implied
+/// `:latest` tag is added, as upstream compares them; without allocating per name.
+fn same_image(name: &str, want: &str) -> bool {
+    let tagged = name.rfind(':').unwrap_or(0) > name.rfind('/').unwrap_or(0) || name.contains('@');
+    if tagged {
+        name == want
     } else {
+        want.strip_suffix(":latest") == Some(name)
+    }
+}
+
+/// An image name with the implied `:latest` tag.
+fn normalized_image(name: &str) -> String {
+    if same_image(name, name) {
         name.to_string()
+    } else {
+        format!("{name}:latest")
     }
 }
 
@@ -178,48 +190,64 @@ fn image_size(node: &NodeInfo, image: &str) -> Option<i64> {
         .and_then(|s| s.images.as_deref())?;
     images
         .iter()
-        .find(|i| {
-            i.names
-                .iter()
-                .flatten()
-                .any(|n| normalized_image(n) == image)
-        })
+        .find(|i| i.names.iter().flatten().any(|n| same_image(n, image)))
         .map(|i| i.size_bytes.unwrap_or(0))
 }
 
 /// ImageLocality: nodes that already hold the pod's (big) images score higher, scaled by
 /// how widespread each image is so that pods do not all pile onto one node.
-pub fn image_locality(pod: &Pod, snap: &Snapshot, node: &NodeInfo) -> i64 {
-    let Some(spec) = pod.spec.as_ref() else {
-        return 0;
-    };
-    let containers: Vec<_> = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .chain(&spec.containers)
-        .collect();
-    let total_nodes = snap.nodes.len().max(1) as f64;
-    let sum: i64 = containers
-        .iter()
-        .filter_map(|c| c.image.as_deref())
-        .filter_map(|img| {
-            let img = normalized_image(img);
-            let size = image_size(node, &img)?;
-            let holders = snap
-                .nodes
+pub struct ImageLocality {
+    /// Each container image (normalized) with the share of nodes holding it.
+    images: Vec<(String, f64)>,
+    containers: i64,
+}
+
+impl ImageLocality {
+    /// Counts, once per pod, how many nodes hold each of its images.
+    pub fn new(pod: &Pod, snap: &Snapshot) -> Self {
+        let Some(spec) = pod.spec.as_ref() else {
+            return ImageLocality {
+                images: Vec::new(),
+                containers: 0,
+            };
+        };
+        let all = || {
+            spec.init_containers
                 .iter()
-                .filter(|n| image_size(n, &img).is_some())
-                .count();
-            Some((size as f64 * holders as f64 / total_nodes) as i64)
-        })
-        .sum();
-    let max = IMAGE_MAX_PER_CONTAINER * containers.len() as i64;
-    let clamped = sum.clamp(IMAGE_MIN, max.max(IMAGE_MIN));
-    if max <= IMAGE_MIN {
-        return 0;
+                .flatten()
+                .chain(&spec.containers)
+        };
+        let total_nodes = snap.nodes.len().max(1) as f64;
+        let images = all()
+            .filter_map(|c| c.image.as_deref())
+            .map(|img| {
+                let img = normalized_image(img);
+                let holders = snap
+                    .nodes
+                    .iter()
+                    .filter(|n| image_size(n, &img).is_some())
+                    .count();
+                (img, holders as f64 / total_nodes)
+            })
+            .collect();
+        ImageLocality {
+            images,
+            containers: all().count() as i64,
+        }
     }
-    MAX_NODE_SCORE * (clamped - IMAGE_MIN) / (max - IMAGE_MIN)
+
+    pub fn score(&self, node: &NodeInfo) -> i64 {
+        let sum: i64 = self
+            .images
+            .iter()
+            .filter_map(|(img, spread)| Some((image_size(node, img)? as f64 * spread) as i64))
+            .sum();
+        let max = IMAGE_MAX_PER_CONTAINER * self.containers;
+        if max <= IMAGE_MIN {
+            return 0;
+        }
+        MAX_NODE_SCORE * (sum.clamp(IMAGE_MIN, max) - IMAGE_MIN) / (max - IMAGE_MIN)
+    }
 }
 
 #[cfg(test)]
@@ -339,16 +367,19 @@ mod tests {
         p.spec.as_mut().unwrap().containers[0].image = Some("registry.local/big".into());
         // 523MB spread over half the nodes: 261.5MB, scaled between 23MB and 1000MB.
         assert_eq!(
-            image_locality(&p, &snap, &snap.nodes[0]),
+            ImageLocality::new(&p, &snap).score(&snap.nodes[0]),
             100 * (261 * MB + MB / 2 - 23 * MB) / (977 * MB)
         );
-        assert_eq!(image_locality(&p, &snap, &snap.nodes[1]), 0);
+        assert_eq!(ImageLocality::new(&p, &snap).score(&snap.nodes[1]), 0);
         assert_eq!(normalized_image("nginx"), "nginx:latest");
         assert_eq!(
             normalized_image("host:5000/nginx"),
             "host:5000/nginx:latest"
         );
         assert_eq!(normalized_image("nginx:1.25"), "nginx:1.25");
+        assert!(same_image("nginx", "nginx:latest"));
+        assert!(!same_image("nginx", "nginx:1.25"));
+        assert!(same_image("nginx@sha256:ab", "nginx@sha256:ab"));
     }
 
     #[test]
