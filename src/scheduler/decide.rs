@@ -335,4 +335,25 @@ mod tests {
             "a more important pod goes first"
         );
     }
+
+    #[test]
+    fn identical_pods_spread_evenly_as_they_are_bound() {
+        let mut snap = Snapshot::new(
+            vec![worker("a", "4"), worker("b", "4"), worker("c", "4")],
+            vec![],
+        );
+        let mut r = rng();
+        for i in 0..9 {
+            let mut p = pod(
+                &format!("p{i}"),
+                None,
+                &[("cpu", "250m"), ("memory", "256Mi")],
+            );
+            let name = schedule(&p, &snap, &[], &mut r).unwrap();
+            p.spec.as_mut().unwrap().node_name = Some(name.clone());
+            snap.node_mut(&name).unwrap().add_pod(p);
+        }
+        let counts: Vec<usize> = snap.nodes.iter().map(|n| n.pods.len()).collect();
+        assert_eq!(counts, vec![3, 3, 3]);
+    }
 }
