@@ -13,5 +13,6 @@ pub mod auth;
 pub mod client;
 pub mod pki;
 pub mod raft;
+pub mod scheduler;
 pub mod server;
 pub mod store;
