@@ -1,0 +1,116 @@
+//! Controllers: the reconcile loops of kube-controller-manager, run inside `kedge server` as
+//! in-process API clients (DESIGN.md rule 1) on kube-runtime (watcher → reflector →
+//! `Controller` calling `reconcile(object) -> Result<Action>`), one file per controller.
+//!
+//! Only the server holding the `kedge-controller-manager` Lease runs them ([`leader`]), so
+//! that in a cluster of several servers each object has one controller acting on it.
+//!
+//! Must not touch: the store or the API's insides. Everything goes through the API.
+
+pub mod leader;
+mod root_ca;
+mod service_account;
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{watcher, Controller};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+
+use crate::api::Router;
+
+/// Who the controllers are to the API, as upstream's kube-controller-manager.
+pub const USER: &str = "system:kube-controller-manager";
+
+/// How long a failed reconcile waits before it is tried again.
+const RETRY: Duration = Duration::from_secs(5);
+
+/// A failed API call of a controller.
+#[derive(Debug, thiserror::Error)]
+#[error("{action}: {source}")]
+pub struct ControllerError {
+    /// What was being done, naming the object.
+    action: String,
+    #[source]
+    source: kube::Error,
+}
+
+impl ControllerError {
+    fn new(action: impl Into<String>) -> impl FnOnce(kube::Error) -> ControllerError {
+        let action = action.into();
+        move |source| ControllerError { action, source }
+    }
+}
+
+/// The error policy every controller shares: say what failed, try again a little later.
+fn retry_later<K>(_object: Arc<K>, error: &ControllerError, _context: Arc<impl Sized>) -> Action {
+    tracing::warn!(%error, "reconcile failed; retrying");
+    Action::requeue(RETRY)
+}
+
+/// A controller of namespaces that also wakes up a namespace when its object of kind `K`
+/// named `name` changes or goes (the controllers that keep one such object in every
+/// namespace).
+fn per_namespace<K>(client: &Client, name: &str) -> Controller<Namespace>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    Controller::new(
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .watches(
+        Api::<K>::all(client.clone()),
+        watcher::Config::default().fields(&format!("metadata.name={name}")),
+        |object: K| {
+            object
+                .meta()
+                .namespace
+                .clone()
+                .map(|namespace| ObjectRef::new(&namespace))
+        },
+    )
+}
+
+/// Whether a namespace is going away: nothing new is created in it.
+fn terminating(namespace: &Namespace) -> bool {
+    namespace.metadata.deletion_timestamp.is_some()
+}
+
+/// Drives a controller's result stream until it ends, logging failures outside reconcile
+/// (watches that broke and are being re-established).
+async fn drive<T: Debug, E: std::fmt::Display>(
+    name: &str,
+    results: impl Stream<Item = Result<T, E>>,
+) {
+    results
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(controller = name, %error, "controller event");
+            }
+        })
+        .await;
+}
+
+/// Runs the controllers whenever this server (`identity`) holds the controller-manager
+/// lease; `ca_pem` is the cluster CA published in every namespace. Never returns.
+pub async fn run(router: Arc<Router>, identity: String, ca_pem: String) {
+    let client = crate::client::local::in_process(router, USER, &[]);
+    let elector = leader::LeaderElector::new(client.clone(), identity);
+    elector
+        .run(move || run_all(client.clone(), ca_pem.clone()))
+        .await
+}
+
+async fn run_all(client: Client, ca_pem: String) {
+    tokio::join!(
+        service_account::run(client.clone()),
+        root_ca::run(client, ca_pem),
+    );
+}

@@ -1,0 +1,263 @@
+//! The controllers inside `kedge server`, seen through the real kubectl: what every namespace
+//! gets, and which server runs them (the controller-manager Lease).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::kubectl::Kubectl;
+use common::{started_server, LogDump};
+
+/// The servers' leader election Lease.
+const LEASE: &[&str] = &[
+    "get",
+    "lease",
+    "-n",
+    "kube-system",
+    "kedge-controller-manager",
+];
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// Runs `args` until kubectl succeeds with output `accept` takes, within `timeout`; returns
+/// stdout.
+async fn eventually_out(
+    kubectl: &Kubectl<'_>,
+    args: &[&str],
+    timeout: Duration,
+    accept: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let out = kubectl.run(args, None);
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        if out.status.success() && accept(&stdout) {
+            return stdout;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kubectl {args:?} did not give what was expected within {timeout:?}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn holder(kubectl: &Kubectl<'_>) -> String {
+    let mut args = LEASE.to_vec();
+    args.extend(["-o", "jsonpath={.spec.holderIdentity}"]);
+    kubectl.ok(&args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_namespace_gets_a_default_service_account_and_the_cluster_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = started_server(dir.path()).await;
+    let _logs = LogDump(vec![server.log.clone()]);
+    let kubectl = Kubectl {
+        kubeconfig: &server.kubeconfig,
+        binary: "kubectl",
+    };
+    let ca = std::fs::read_to_string(server.tls_dir().join("ca.crt")).unwrap();
+    let seconds = Duration::from_secs(10);
+
+    // The namespaces made at start get them too.
+    eventually_out(
+        &kubectl,
+        &["get", "sa", "default", "-n", "kube-system"],
+        seconds,
+        |_| true,
+    )
+    .await;
+
+    kubectl.ok(&["create", "namespace", "team"]);
+    let accounts = eventually_out(
+        &kubectl,
+        &["get", "serviceaccounts", "-n", "team", "--no-headers"],
+        seconds,
+        |out| out.starts_with("default "),
+    )
+    .await;
+    assert_eq!(accounts.lines().count(), 1, "{accounts}");
+    let ca_data = [
+        "get",
+        "configmap",
+        "kube-root-ca.crt",
+        "-n",
+        "team",
+        "-o",
+        "jsonpath={.data.ca\\.crt}",
+    ];
+    let published = eventually_out(&kubectl, &ca_data, seconds, |_| true).await;
+    assert_eq!(published, ca);
+    let description = kubectl.ok(&[
+        "get",
+        "configmap",
+        "kube-root-ca.crt",
+        "-n",
+        "team",
+        "-o",
+        "jsonpath={.metadata.annotations.kubernetes\\.io/description}",
+    ]);
+    assert!(
+        description.starts_with("Contains a CA bundle"),
+        "{description}"
+    );
+
+    // Deleted: back again. Edited: put back.
+    let uid = |kind: &str, name: &str| {
+        kubectl.ok(&[
+            "get",
+            kind,
+            name,
+            "-n",
+            "team",
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ])
+    };
+    let account_uid = uid("sa", "default");
+    let map_uid = uid("configmap", "kube-root-ca.crt");
+    kubectl.ok(&["delete", "sa", "default", "-n", "team"]);
+    kubectl.ok(&["delete", "configmap", "kube-root-ca.crt", "-n", "team"]);
+    eventually_out(
+        &kubectl,
+        &[
+            "get",
+            "sa",
+            "default",
+            "-n",
+            "team",
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ],
+        seconds,
+        |out| !out.is_empty() && out != account_uid,
+    )
+    .await;
+    eventually_out(
+        &kubectl,
+        &[
+            "get",
+            "configmap",
+            "kube-root-ca.crt",
+            "-n",
+            "team",
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ],
+        seconds,
+        |out| !out.is_empty() && out != map_uid,
+    )
+    .await;
+    kubectl.ok(&[
+        "patch",
+        "configmap",
+        "kube-root-ca.crt",
+        "-n",
+        "team",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"ca.crt":"tampered"}}"#,
+    ]);
+    eventually_out(&kubectl, &ca_data, seconds, |out| out == ca).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_manager_lease_is_held_by_this_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = started_server(dir.path()).await;
+    let _logs = LogDump(vec![server.log.clone()]);
+    let kubectl = Kubectl {
+        kubeconfig: &server.kubeconfig,
+        binary: "kubectl",
+    };
+    let identity = format!("{}_1", hostname());
+    let mut args = LEASE.to_vec();
+    args.extend([
+        "-o",
+        "jsonpath={.spec.holderIdentity} {.spec.leaseDurationSeconds} {.spec.leaseTransitions}",
+    ]);
+    let lease = eventually_out(&kubectl, &args, Duration::from_secs(10), |_| true).await;
+    assert_eq!(lease, format!("{identity} 15 0"));
+
+    // Renewed, but not more often than needed.
+    let renewed = |k: &Kubectl<'_>| {
+        let mut args = LEASE.to_vec();
+        args.extend(["-o", "jsonpath={.spec.renewTime}"]);
+        k.ok(&args)
+    };
+    let first = renewed(&kubectl);
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let second = renewed(&kubectl);
+    assert_ne!(first, second, "the holder renews its lease");
+    let version = |k: &Kubectl<'_>| {
+        let mut args = LEASE.to_vec();
+        args.extend(["-o", "jsonpath={.metadata.resourceVersion}"]);
+        k.ok(&args).parse::<u64>().unwrap()
+    };
+    let before = version(&kubectl);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let writes = version(&kubectl) - before;
+    assert!(writes <= 3, "{writes} writes in 10 s of idling");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_server_takes_the_lease_when_its_holder_dies() {
+    let root = tempfile::tempdir().unwrap();
+    let ca = kedge::pki::Ca::generate().unwrap();
+    // Three, so that two keep a quorum.
+    let mut servers = common::cluster(root.path(), &ca, 3, &[]);
+    let _logs = LogDump(servers.iter().map(|s| s.log.clone()).collect());
+    for server in &mut servers {
+        server.start();
+    }
+    for server in &mut servers {
+        server.wait_ready(Duration::from_secs(60)).await;
+    }
+    let configs: Vec<_> = servers.iter().map(|s| s.kubeconfig.clone()).collect();
+    let kubectls: Vec<Kubectl<'_>> = configs
+        .iter()
+        .map(|kubeconfig| Kubectl {
+            kubeconfig,
+            binary: "kubectl",
+        })
+        .collect();
+    let identities: Vec<String> = (1..=3).map(|i| format!("{}_{i}", hostname())).collect();
+    let mut args = LEASE.to_vec();
+    args.extend(["-o", "jsonpath={.spec.holderIdentity}"]);
+    let first = eventually_out(&kubectls[0], &args, Duration::from_secs(20), |out| {
+        identities.iter().any(|i| i == out)
+    })
+    .await;
+    // Every server sees one holder, which stays.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    for kubectl in &kubectls {
+        assert_eq!(holder(kubectl), first);
+    }
+    let dead = identities.iter().position(|i| *i == first).unwrap();
+    servers[dead].kill();
+    let survivor = &kubectls[(dead + 1) % 3];
+    let started = Instant::now();
+    let next = eventually_out(survivor, &args, Duration::from_secs(25), |out| {
+        !out.is_empty() && out != first
+    })
+    .await;
+    assert!(identities.contains(&next), "{next}");
+    eprintln!("the lease moved in {:?}", started.elapsed());
+
+    // The new leader runs the controllers.
+    survivor.ok(&["create", "namespace", "after-failover"]);
+    eventually_out(
+        survivor,
+        &["get", "sa", "default", "-n", "after-failover"],
+        Duration::from_secs(10),
+        |_| true,
+    )
+    .await;
+}
