@@ -261,3 +261,160 @@ async fn another_server_takes_the_lease_when_its_holder_dies() {
     )
     .await;
 }
+
+const GADGETS: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: gadgets.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: gadgets, singular: gadget, kind: Gadget}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        x-kubernetes-preserve-unknown-fields: true
+"#;
+
+const CONTENT: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: lab}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings, namespace: lab}
+data: {a: "1"}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: lab}
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: web, image: busybox}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: lab}
+spec:
+  selector: {app: web}
+  ports: [{port: 80}]
+---
+apiVersion: example.com/v1
+kind: Gadget
+metadata: {name: plain, namespace: lab}
+---
+apiVersion: example.com/v1
+kind: Gadget
+metadata: {name: held, namespace: lab, finalizers: [example.com/hold]}
+"#;
+
+/// `status reason message` of a namespace condition.
+fn condition(kubectl: &Kubectl<'_>, namespace: &str, kind: &str) -> String {
+    let c = format!("{{.status.conditions[?(@.type==\"{kind}\")]");
+    kubectl.ok(&[
+        "get",
+        "namespace",
+        namespace,
+        "-o",
+        &format!("jsonpath={c}.status}} {c}.reason}} {c}.message}}"),
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_namespace_empties_it_then_removes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = started_server(dir.path()).await;
+    let _logs = LogDump(vec![server.log.clone()]);
+    let kubectl = Kubectl {
+        kubeconfig: &server.kubeconfig,
+        binary: "kubectl",
+    };
+    kubectl.ok_with(&["apply", "-f", "-"], Some(GADGETS));
+    kubectl.ok(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "--timeout=10s",
+        "crd/gadgets.example.com",
+    ]);
+    kubectl.ok_with(&["apply", "-f", "-"], Some(CONTENT));
+    eventually_out(
+        &kubectl,
+        &["get", "sa", "default", "-n", "lab"],
+        Duration::from_secs(10),
+        |_| true,
+    )
+    .await;
+
+    kubectl.ok(&["delete", "namespace", "lab", "--wait=false"]);
+    // Everything goes but the gadget held by its finalizer, and the namespace says so.
+    let waiting = eventually_out(
+        &kubectl,
+        &["get", "namespace", "lab", "-o", "jsonpath={.status.phase}"],
+        Duration::from_secs(10),
+        |_| condition(&kubectl, "lab", "NamespaceFinalizersRemaining").starts_with("True"),
+    )
+    .await;
+    assert_eq!(waiting, "Terminating");
+    assert_eq!(
+        condition(&kubectl, "lab", "NamespaceFinalizersRemaining"),
+        "True SomeFinalizersRemain Some content in the namespace has finalizers remaining: example.com/hold in 1 resource instances"
+    );
+    assert_eq!(
+        condition(&kubectl, "lab", "NamespaceContentRemaining"),
+        "True SomeResourcesRemain Some resources are remaining: gadgets.example.com has 1 resource instances"
+    );
+    assert_eq!(
+        condition(&kubectl, "lab", "NamespaceDeletionDiscoveryFailure"),
+        "False ResourcesDiscovered All resources successfully discovered"
+    );
+    let left = kubectl.ok(&[
+        "get",
+        "configmaps,deployments,services,serviceaccounts,gadgets",
+        "-n",
+        "lab",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(left.trim(), "gadget.example.com/held");
+    let described = kubectl.ok(&["describe", "namespace", "lab"]);
+    assert!(
+        described.contains("Status:       Terminating"),
+        "{described}"
+    );
+    assert!(described.contains("SomeFinalizersRemain"), "{described}");
+
+    // The finalizer done, the namespace goes.
+    kubectl.ok(&[
+        "patch",
+        "gadget",
+        "held",
+        "-n",
+        "lab",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
+    kubectl.ok(&["wait", "--for=delete", "namespace/lab", "--timeout=20s"]);
+    let err = kubectl.fails(&["get", "namespace", "lab"], None);
+    assert!(err.contains(r#"namespaces "lab" not found"#), "{err}");
+    let gadgets = kubectl.ok(&["get", "gadgets", "-A", "-o", "name"]);
+    assert_eq!(gadgets.trim(), "");
+
+    // A namespace of the same name starts empty.
+    kubectl.ok(&["create", "namespace", "lab"]);
+    let fresh = kubectl.ok(&["get", "configmaps,gadgets", "-n", "lab", "-o", "name"]);
+    assert!(
+        !fresh.contains("settings") && !fresh.contains("gadget"),
+        "{fresh}"
+    );
+}

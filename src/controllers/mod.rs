@@ -8,6 +8,7 @@
 //! Must not touch: the store or the API's insides. Everything goes through the API.
 
 pub mod leader;
+mod namespace;
 mod root_ca;
 mod service_account;
 
@@ -111,6 +112,7 @@ pub async fn run(router: Arc<Router>, identity: String, ca_pem: String) {
 async fn run_all(client: Client, ca_pem: String) {
     tokio::join!(
         service_account::run(client.clone()),
-        root_ca::run(client, ca_pem),
+        root_ca::run(client.clone(), ca_pem),
+        namespace::run(client),
     );
 }

@@ -160,7 +160,7 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
         .context("loading the encryption key")?;
     let store = Store::new(node.engine().clone(), node.clone()).with_encryption(encryption);
 
-    let (mut api, reaper_queue) = Api::new(store.clone(), Registry::builtin(), service_network);
+    let mut api = Api::new(store.clone(), Registry::builtin(), service_network);
     let service_account_key = pki::ensure_service_account_key(&tls_dir)
         .context("setting up the service account signing key")?;
     let tokens = Arc::new(
@@ -229,9 +229,8 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
                 api.services.clone(),
             ));
             tracing::info!(revision = api.store.revision(), "kedge is ready");
-            tokio::spawn(api::crd::run(api.clone()));
-            tokio::spawn(controllers::run(router, identity, ca_pem));
-            api::namespaces::run(api, reaper_queue).await;
+            tokio::spawn(api::crd::run(api));
+            controllers::run(router, identity, ca_pem).await;
         })
     };
 
