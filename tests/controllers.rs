@@ -3,10 +3,11 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::kubectl::Kubectl;
-use common::{started_server, LogDump};
+use common::{started_server, LogDump, Server};
 
 /// The servers' leader election Lease.
 const LEASE: &[&str] = &[
@@ -48,6 +49,21 @@ async fn eventually_out(
     }
 }
 
+/// A started server in a temporary directory; its log is printed if the test fails.
+async fn single_server() -> (tempfile::TempDir, Server, LogDump) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = started_server(dir.path()).await;
+    let logs = LogDump(vec![server.log.clone()]);
+    (dir, server, logs)
+}
+
+fn kubectl_for(kubeconfig: &Path) -> Kubectl<'_> {
+    Kubectl {
+        kubeconfig,
+        binary: "kubectl",
+    }
+}
+
 fn holder(kubectl: &Kubectl<'_>) -> String {
     let mut args = LEASE.to_vec();
     args.extend(["-o", "jsonpath={.spec.holderIdentity}"]);
@@ -56,13 +72,8 @@ fn holder(kubectl: &Kubectl<'_>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_namespace_gets_a_default_service_account_and_the_cluster_ca() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = started_server(dir.path()).await;
-    let _logs = LogDump(vec![server.log.clone()]);
-    let kubectl = Kubectl {
-        kubeconfig: &server.kubeconfig,
-        binary: "kubectl",
-    };
+    let (_dir, server, _logs) = single_server().await;
+    let kubectl = kubectl_for(&server.kubeconfig);
     let ca = std::fs::read_to_string(server.tls_dir().join("ca.crt")).unwrap();
     let seconds = Duration::from_secs(10);
 
@@ -110,8 +121,8 @@ async fn every_namespace_gets_a_default_service_account_and_the_cluster_ca() {
     );
 
     // Deleted: back again. Edited: put back.
-    let uid = |kind: &str, name: &str| {
-        kubectl.ok(&[
+    for (kind, name) in [("sa", "default"), ("configmap", "kube-root-ca.crt")] {
+        let args = [
             "get",
             kind,
             name,
@@ -119,42 +130,14 @@ async fn every_namespace_gets_a_default_service_account_and_the_cluster_ca() {
             "team",
             "-o",
             "jsonpath={.metadata.uid}",
-        ])
-    };
-    let account_uid = uid("sa", "default");
-    let map_uid = uid("configmap", "kube-root-ca.crt");
-    kubectl.ok(&["delete", "sa", "default", "-n", "team"]);
-    kubectl.ok(&["delete", "configmap", "kube-root-ca.crt", "-n", "team"]);
-    eventually_out(
-        &kubectl,
-        &[
-            "get",
-            "sa",
-            "default",
-            "-n",
-            "team",
-            "-o",
-            "jsonpath={.metadata.uid}",
-        ],
-        seconds,
-        |out| !out.is_empty() && out != account_uid,
-    )
-    .await;
-    eventually_out(
-        &kubectl,
-        &[
-            "get",
-            "configmap",
-            "kube-root-ca.crt",
-            "-n",
-            "team",
-            "-o",
-            "jsonpath={.metadata.uid}",
-        ],
-        seconds,
-        |out| !out.is_empty() && out != map_uid,
-    )
-    .await;
+        ];
+        let old = kubectl.ok(&args);
+        kubectl.ok(&["delete", kind, name, "-n", "team"]);
+        eventually_out(&kubectl, &args, seconds, |out| {
+            !out.is_empty() && out != old
+        })
+        .await;
+    }
     kubectl.ok(&[
         "patch",
         "configmap",
@@ -170,13 +153,8 @@ async fn every_namespace_gets_a_default_service_account_and_the_cluster_ca() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controller_manager_lease_is_held_by_this_server() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = started_server(dir.path()).await;
-    let _logs = LogDump(vec![server.log.clone()]);
-    let kubectl = Kubectl {
-        kubeconfig: &server.kubeconfig,
-        binary: "kubectl",
-    };
+    let (_dir, server, _logs) = single_server().await;
+    let kubectl = kubectl_for(&server.kubeconfig);
     let identity = format!("{}_1", hostname());
     let mut args = LEASE.to_vec();
     args.extend([
@@ -223,10 +201,7 @@ async fn another_server_takes_the_lease_when_its_holder_dies() {
     let configs: Vec<_> = servers.iter().map(|s| s.kubeconfig.clone()).collect();
     let kubectls: Vec<Kubectl<'_>> = configs
         .iter()
-        .map(|kubeconfig| Kubectl {
-            kubeconfig,
-            binary: "kubectl",
-        })
+        .map(|kubeconfig| kubectl_for(kubeconfig))
         .collect();
     let identities: Vec<String> = (1..=3).map(|i| format!("{}_{i}", hostname())).collect();
     let mut args = LEASE.to_vec();
@@ -331,13 +306,8 @@ fn condition(kubectl: &Kubectl<'_>, namespace: &str, kind: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_namespace_empties_it_then_removes_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = started_server(dir.path()).await;
-    let _logs = LogDump(vec![server.log.clone()]);
-    let kubectl = Kubectl {
-        kubeconfig: &server.kubeconfig,
-        binary: "kubectl",
-    };
+    let (_dir, server, _logs) = single_server().await;
+    let kubectl = kubectl_for(&server.kubeconfig);
     kubectl.ok_with(&["apply", "-f", "-"], Some(GADGETS));
     kubectl.ok(&[
         "wait",

@@ -16,12 +16,12 @@ use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, TryFuture};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
-use kube::{Api, Client, Resource};
+use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
 use crate::api::Router;
@@ -55,20 +55,27 @@ fn retry_later<K>(_object: Arc<K>, error: &ControllerError, _context: Arc<impl S
     Action::requeue(RETRY)
 }
 
-/// A controller of namespaces that also wakes up a namespace when its object of kind `K`
-/// named `name` changes or goes (the controllers that keep one such object in every
-/// namespace).
-fn per_namespace<K>(client: &Client, name: &str) -> Controller<Namespace>
-where
+/// Runs `reconcile` over every namespace, also waking a namespace up when its object of kind
+/// `K` named `object` changes or goes: the shape of the controllers that keep one such
+/// object in every namespace.
+async fn run_per_namespace<K, C, F, Fut>(
+    controller: &str,
+    client: &Client,
+    object: &str,
+    reconcile: F,
+    context: C,
+) where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
+    F: FnMut(Arc<Namespace>, Arc<C>) -> Fut,
+    Fut: TryFuture<Ok = Action, Error = ControllerError> + Send + 'static,
 {
-    Controller::new(
+    let results = Controller::new(
         Api::<Namespace>::all(client.clone()),
         watcher::Config::default(),
     )
     .watches(
         Api::<K>::all(client.clone()),
-        watcher::Config::default().fields(&format!("metadata.name={name}")),
+        watcher::Config::default().fields(&format!("metadata.name={object}")),
         |object: K| {
             object
                 .meta()
@@ -77,6 +84,13 @@ where
                 .map(|namespace| ObjectRef::new(&namespace))
         },
     )
+    .run(reconcile, retry_later, Arc::new(context));
+    drive(controller, results).await;
+}
+
+/// The name of a namespace that should get its objects; `None` once it is going away.
+fn to_fill(namespace: &Namespace) -> Option<String> {
+    (!terminating(namespace)).then(|| namespace.name_any())
 }
 
 /// Whether a namespace is going away: nothing new is created in it.

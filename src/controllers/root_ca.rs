@@ -28,22 +28,27 @@ struct Context {
 }
 
 pub async fn run(client: Client, ca_pem: String) {
-    let results = super::per_namespace::<ConfigMap>(&client, CONFIG_MAP).run(
+    let context = Context {
+        client: client.clone(),
+        ca_pem,
+    };
+    super::run_per_namespace::<ConfigMap, _, _, _>(
+        "root-ca-cert-publisher",
+        &client,
+        CONFIG_MAP,
         reconcile,
-        super::retry_later,
-        Arc::new(Context { client, ca_pem }),
-    );
-    super::drive("root-ca-cert-publisher", results).await;
+        context,
+    )
+    .await;
 }
 
 async fn reconcile(
     namespace: Arc<Namespace>,
     context: Arc<Context>,
 ) -> Result<Action, ControllerError> {
-    if super::terminating(&namespace) {
+    let Some(name) = super::to_fill(&namespace) else {
         return Ok(Action::await_change());
-    }
-    let name = namespace.name_any();
+    };
     let maps: Api<ConfigMap> = Api::namespaced(context.client.clone(), &name);
     let failed = || format!("publishing the {CONFIG_MAP} ConfigMap in namespace {name}");
     let data = BTreeMap::from([(KEY.to_string(), context.ca_pem.clone())]);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::api::{ObjectMeta, PostParams};
 use kube::runtime::controller::Action;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client};
 
 use super::ControllerError;
 
@@ -19,22 +19,26 @@ struct Context {
 }
 
 pub async fn run(client: Client) {
-    let results = super::per_namespace::<ServiceAccount>(&client, DEFAULT).run(
+    let context = Context {
+        client: client.clone(),
+    };
+    super::run_per_namespace::<ServiceAccount, _, _, _>(
+        "serviceaccount",
+        &client,
+        DEFAULT,
         reconcile,
-        super::retry_later,
-        Arc::new(Context { client }),
-    );
-    super::drive("serviceaccount", results).await;
+        context,
+    )
+    .await;
 }
 
 async fn reconcile(
     namespace: Arc<Namespace>,
     context: Arc<Context>,
 ) -> Result<Action, ControllerError> {
-    if super::terminating(&namespace) {
+    let Some(name) = super::to_fill(&namespace) else {
         return Ok(Action::await_change());
-    }
-    let name = namespace.name_any();
+    };
     let accounts: Api<ServiceAccount> = Api::namespaced(context.client.clone(), &name);
     let failed = || format!("creating the {DEFAULT} ServiceAccount in namespace {name}");
     if accounts
