@@ -11,6 +11,7 @@
 pub mod api;
 pub mod auth;
 pub mod client;
+pub mod controllers;
 pub mod pki;
 pub mod raft;
 pub mod scheduler;

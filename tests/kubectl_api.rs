@@ -167,14 +167,19 @@ async fn apply_get_patch_and_delete_like_a_user() {
     let json: serde_json::Value =
         serde_json::from_str(&kubectl.ok(&["get", "cm", "-n", "shop", "-o", "json"])).unwrap();
     assert_eq!(json["kind"], "List");
+    // Every namespace also gets the cluster CA (the root CA publisher), at once or soon.
     let names = kubectl.ok(&["get", "cm,deploy", "-n", "shop", "-o", "name"]);
     assert_eq!(
-        names.lines().collect::<Vec<_>>(),
+        names
+            .lines()
+            .filter(|n| *n != "configmap/kube-root-ca.crt")
+            .collect::<Vec<_>>(),
         vec!["configmap/web-config", "deployment.apps/web"]
     );
     let columns = kubectl.ok(&[
         "get",
         "cm",
+        "web-config",
         "-n",
         "shop",
         "-o",
@@ -280,7 +285,11 @@ async fn apply_get_patch_and_delete_like_a_user() {
         "{out}"
     );
     let empty = kubectl.ok(&["get", "cm,deploy,secret", "-n", "shop", "-o", "name"]);
-    assert_eq!(empty.trim(), "");
+    assert_eq!(
+        empty.trim(),
+        "configmap/kube-root-ca.crt",
+        "what the namespace keeps: its CA"
+    );
 
     // Deleting a namespace deletes what is in it, then the namespace (kubectl waits for it).
     kubectl.ok_with(&["apply", "-f", "-"], Some(MANIFEST));
@@ -443,7 +452,7 @@ async fn raw_requests_get_the_right_status_codes() {
 
     // Lists carry a resourceVersion and `items: []` when empty; pages carry a continue token.
     let empty = client
-        .get(&url("/api/v1/namespaces/default/configmaps"), timeout)
+        .get(&url("/api/v1/namespaces/default/secrets"), timeout)
         .await
         .unwrap();
     let empty = status_of(&empty.body);
@@ -479,7 +488,8 @@ async fn raw_requests_get_the_right_status_codes() {
             .unwrap()
             .body,
     );
-    assert_eq!(rest["items"].as_array().unwrap().len(), 3);
+    // c2, c3, c4 and kube-root-ca.crt.
+    assert_eq!(rest["items"].as_array().unwrap().len(), 4);
     assert_eq!(rest["metadata"].get("continue"), None);
     let bad = client
         .get(
@@ -742,7 +752,8 @@ async fn large_lists_are_whole_and_pages_are_exact() {
         .iter()
         .map(|o| o["metadata"]["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names.len(), count, "every object, in one answer");
+    // Ours, and the namespace's kube-root-ca.crt (last in key order).
+    assert_eq!(names.len(), count + 1, "every object, in one answer");
     assert!(names.windows(2).all(|w| w[0] < w[1]), "in key order");
     assert!(all["metadata"].get("continue").is_none());
     assert_eq!(all["kind"], "ConfigMapList");
@@ -750,7 +761,7 @@ async fn large_lists_are_whole_and_pages_are_exact() {
     assert_eq!(first["items"].as_array().unwrap().len(), 700);
     let token = first["metadata"]["continue"].as_str().unwrap().to_string();
     let rest = list(format!("?limit=700&continue={token}")).await;
-    assert_eq!(rest["items"].as_array().unwrap().len(), count - 700);
+    assert_eq!(rest["items"].as_array().unwrap().len(), count + 1 - 700);
     assert!(rest["metadata"].get("continue").is_none());
     assert_eq!(rest["items"][0]["metadata"]["name"], "cm-0700");
     let selected = list("?fieldSelector=metadata.name%3Dcm-1233".to_string()).await;

@@ -10,8 +10,9 @@
 //! `crate::store::Store`. Around it: request bodies ([`protobuf`]), [`defaults`],
 //! [`validation`], [`patch`] (strategic merge, server-side apply, managedFields),
 //! per-kind admission such as Service IP allocation ([`services`]), output ([`table`],
-//! [`discovery`], [`openapi`]), and objects every cluster starts with ([`bootstrap`],
-//! [`namespaces`]).
+//! [`discovery`], [`openapi`]), and objects every cluster starts with ([`bootstrap`]).
+//! Emptying deleted namespaces is the namespace controller's job (`crate::controllers`), an
+//! API client like any other.
 //!
 //! Must not touch: Raft or the engine directly, or certificates beyond the TLS config it is
 //! given.
@@ -22,7 +23,6 @@ pub mod defaults;
 pub mod discovery;
 pub mod error;
 pub mod http;
-pub mod namespaces;
 pub mod object;
 pub mod openapi;
 pub mod patch;

@@ -52,8 +52,7 @@ mod tests {
     async fn components_use_the_api_in_process() {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::testing::direct_store(dir.path());
-        let (api, _namespaces) =
-            crate::api::Api::new(store, Registry::builtin(), ServiceNetwork::default());
+        let api = crate::api::Api::new(store, Registry::builtin(), ServiceNetwork::default());
         let api = Arc::new(api);
         crate::api::bootstrap::ensure_namespaces(&api)
             .await

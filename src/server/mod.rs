@@ -25,6 +25,7 @@ use crate::api::{self, Api, PeerService, Router};
 use crate::auth::service_account::ServiceAccountTokens;
 use crate::auth::Authenticator;
 use crate::client::HttpsClient;
+use crate::controllers;
 use crate::pki;
 use crate::raft::{self, RaftConfig, RaftNode};
 use crate::store::encryption::Encryption;
@@ -159,7 +160,7 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
         .context("loading the encryption key")?;
     let store = Store::new(node.engine().clone(), node.clone()).with_encryption(encryption);
 
-    let (mut api, reaper_queue) = Api::new(store.clone(), Registry::builtin(), service_network);
+    let mut api = Api::new(store.clone(), Registry::builtin(), service_network);
     let service_account_key = pki::ensure_service_account_key(&tls_dir)
         .context("setting up the service account signing key")?;
     let tokens = Arc::new(
@@ -180,7 +181,7 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
     ));
     let tls = Arc::new(pki::server_config(&certs.ca, &certs.serving).context("server TLS")?);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(api::server::serve(listener, tls, router, async {
+    let serving = tokio::spawn(api::server::serve(listener, tls, router.clone(), async {
         let _ = stop_rx.await;
     }));
     tracing::info!(%addr, port, "kedge API listening");
@@ -204,6 +205,10 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
     let background = {
         let api = api.clone();
         let advertise_ip = options.advertise_ip();
+        // Stable across restarts (a restarted leader takes its lease back at once) and unique
+        // among the servers of a cluster, even on one host.
+        let identity = format!("{}_{}", hostname(), options.raft_id);
+        let ca_pem = certs.ca.cert_pem().to_string();
         tokio::spawn(async move {
             while !api.store.ready().await {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -224,8 +229,8 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
                 api.services.clone(),
             ));
             tracing::info!(revision = api.store.revision(), "kedge is ready");
-            tokio::spawn(api::crd::run(api.clone()));
-            api::namespaces::run(api, reaper_queue).await;
+            tokio::spawn(api::crd::run(api));
+            controllers::run(router, identity, ca_pem).await;
         })
     };
 

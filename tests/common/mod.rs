@@ -283,11 +283,24 @@ impl Drop for LogDump {
     }
 }
 
-/// A started, ready single server in `dir`.
+/// A started, ready single server in `dir`, its controllers through their first pass: the
+/// `default` namespace has what every namespace gets (its `default` ServiceAccount and the
+/// `kube-root-ca.crt` ConfigMap), so that tests start from what a settled cluster shows.
 pub async fn started_server(dir: &Path) -> Server {
     let mut server = Server::new(dir, free_port(), &[]);
     server.start();
     server.wait_ready(Duration::from_secs(30)).await;
+    let client = server.admin_client();
+    for object in ["configmaps/kube-root-ca.crt", "serviceaccounts/default"] {
+        let url = format!("{}/api/v1/namespaces/default/{object}", server.url());
+        eventually(Duration::from_secs(30), &url, || async {
+            client
+                .get(&url, Duration::from_secs(3))
+                .await
+                .is_ok_and(|r| r.status == 200)
+        })
+        .await;
+    }
     server
 }
 

@@ -52,6 +52,8 @@ def main(kubeconfig):
         for event in w.stream(
             core.list_namespaced_config_map,
             ns,
+            # Only ours: the namespace also gets kube-root-ca.crt meanwhile.
+            field_selector="metadata.name=settings",
             resource_version=created.metadata.resource_version,
             timeout_seconds=20,
         ):

@@ -11,7 +11,6 @@ use serde_json::{json, Value};
 
 use super::status::{accept, conditions_of, desired, set_condition};
 use super::types::{resource_types, Names};
-use crate::api::namespaces::drain;
 use crate::api::object;
 use crate::api::rest::Api;
 use crate::store::{Consistency, EventKind, KeyValue, ListOptions, StoreError};
@@ -258,4 +257,41 @@ async fn clean_up(api: &Api, name: &str) -> Result<(), StoreError> {
         Ok(()) | Err(StoreError::NotFound { .. }) => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// Deletes the objects under `prefix` that have no finalizers and marks the others for
+/// deletion; returns how many still wait on their finalizers.
+async fn drain(api: &Api, prefix: &str) -> Result<usize, StoreError> {
+    let mut waiting = 0;
+    let page = api
+        .store
+        .list(prefix, ListOptions::default(), Consistency::Linearizable)
+        .await?;
+    for kv in page.items {
+        let Ok(mut item) = object::decode(&kv) else {
+            continue;
+        };
+        let result = if object::has_finalizers(&item) {
+            waiting += 1;
+            if object::is_marked_for_deletion(&item) {
+                continue;
+            }
+            object::mark_for_deletion(&mut item, 0);
+            api.store
+                .update(&kv.key, object::encode(&item), Some(kv.mod_revision))
+                .await
+                .map(|_| ())
+        } else {
+            api.store
+                .delete(&kv.key, Some(kv.mod_revision))
+                .await
+                .map(|_| ())
+        };
+        match result {
+            // Changed or gone meanwhile: the next pass looks again.
+            Ok(()) | Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(waiting)
 }

@@ -1,6 +1,7 @@
 //! delete and deletecollection: immediate for most objects; marked with a
 //! deletionTimestamp (and removed once their finalizers are gone) for objects with
-//! finalizers, namespaces (emptied first), and pods bound to a node (which the node's agent
+//! finalizers, namespaces (emptied first by the namespace controller, which then finalizes
+//! them), and pods bound to a node (which the node's agent
 //! stops first).
 
 use http::{Response, StatusCode};
@@ -155,12 +156,7 @@ pub(super) async fn delete_one(
                 return Ok(current);
             }
             match call.store_update(&key, &mut current, kv.mod_revision).await {
-                Ok(()) => {
-                    if is_namespace {
-                        call.api.reaper.reap(name);
-                    }
-                    return Ok(current);
-                }
+                Ok(()) => return Ok(current),
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(ApiError::from_store(e, target())),
             }

@@ -64,7 +64,6 @@ pub struct Api {
     pub store: Store,
     pub registry: Arc<Registry>,
     pub openapi: super::openapi::OpenApi,
-    pub reaper: super::namespaces::NamespaceReaper,
     pub services: super::services::Allocator,
     /// Who callers are (also what TokenReviews ask).
     pub authenticator: crate::auth::Authenticator,
@@ -73,24 +72,16 @@ pub struct Api {
 }
 
 impl Api {
-    /// The API over `store`, and the queue of namespaces to remove (for
-    /// `namespaces::run`).
-    pub fn new(
-        store: Store,
-        registry: Registry,
-        network: super::services::ServiceNetwork,
-    ) -> (Api, super::namespaces::ReaperQueue) {
-        let (reaper, queue) = super::namespaces::NamespaceReaper::new();
-        let api = Api {
+    /// The API over `store`.
+    pub fn new(store: Store, registry: Registry, network: super::services::ServiceNetwork) -> Api {
+        Api {
             services: super::services::Allocator::new(store.clone(), network),
             authenticator: crate::auth::Authenticator::default(),
             tokens: None,
             store,
             registry: Arc::new(registry),
             openapi: Default::default(),
-            reaper,
-        };
-        (api, queue)
+        }
     }
 }
 
@@ -320,6 +311,7 @@ async fn serve(
         let verbs: &[Verb] = match sub.as_str() {
             "status" | "scale" => &[Verb::Get, Verb::Update, Verb::Patch],
             "binding" | "eviction" | "token" => &[Verb::Create],
+            "finalize" => &[Verb::Update],
             "log" | "exec" | "attach" | "portforward" | "proxy" => {
                 return Err(ApiError::Unavailable(format!(
                     "the {}/{sub} subresource is served by the node's agent, which this kedge server does not run yet",

@@ -49,6 +49,11 @@ fn is_status(call: &Call<'_>) -> bool {
     call.path.subresource.as_deref() == Some("status")
 }
 
+/// `namespaces/<name>/finalize`: where the namespace controller says its part is done.
+fn is_finalize(call: &Call<'_>) -> bool {
+    call.path.subresource.as_deref() == Some("finalize")
+}
+
 /// Applies `patch` to `current`, an object of type `node` (`None`: not in the strategic
 /// merge table).
 fn apply_patch(
@@ -140,6 +145,26 @@ fn reconcile(call: &Call<'_>, current: &Value, mut new: Value) -> Result<Value, 
         }
         return Ok(merged);
     }
+    if is_finalize(call) {
+        // The finalize endpoint changes spec.finalizers and nothing else.
+        let mut merged = current.clone();
+        let finalizers = new.pointer("/spec/finalizers").cloned();
+        match (
+            merged.get_mut("spec").and_then(Value::as_object_mut),
+            finalizers,
+        ) {
+            (Some(spec), Some(finalizers)) => {
+                spec.insert("finalizers".into(), finalizers);
+            }
+            (Some(spec), None) => {
+                spec.remove("finalizers");
+            }
+            (None, finalizers) => {
+                merged["spec"] = serde_json::json!({"finalizers": finalizers});
+            }
+        }
+        return Ok(merged);
+    }
     let current_meta = object::metadata(current).cloned().unwrap_or_default();
     let meta = object::metadata_mut(&mut new).expect("metadata");
     for field in PRESERVED {
@@ -165,9 +190,16 @@ fn reconcile(call: &Call<'_>, current: &Value, mut new: Value) -> Result<Value, 
     Ok(new)
 }
 
-/// Whether an object marked for deletion has no finalizers left and may go.
+/// Whether an object marked for deletion has no finalizers left and may go. A namespace also
+/// waits for its `spec.finalizers` (the namespace controller's `kubernetes`), as upstream.
 fn finalized(object: &Value) -> bool {
-    object::is_marked_for_deletion(object) && !object::has_finalizers(object)
+    let spec_finalizers = object
+        .pointer("/spec/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|f| !f.is_empty());
+    let namespace_waits =
+        object.get("kind").and_then(Value::as_str) == Some("Namespace") && spec_finalizers;
+    object::is_marked_for_deletion(object) && !object::has_finalizers(object) && !namespace_waits
 }
 
 fn without_resource_version(object: &Value) -> Value {
@@ -442,5 +474,12 @@ mod tests {
             &json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z", "finalizers": ["x"]}})
         ));
         assert!(!finalized(&json!({"metadata": {}})));
+        // A namespace also waits for the namespace controller's finalizer.
+        let terminating = |finalizers: Value| {
+            json!({"kind": "Namespace", "metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"},
+                   "spec": {"finalizers": finalizers}})
+        };
+        assert!(!finalized(&terminating(json!(["kubernetes"]))));
+        assert!(finalized(&terminating(json!([]))));
     }
 }

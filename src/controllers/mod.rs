@@ -1,0 +1,132 @@
+//! Controllers: the reconcile loops of kube-controller-manager, run inside `kedge server` as
+//! in-process API clients (DESIGN.md rule 1) on kube-runtime (watcher → reflector →
+//! `Controller` calling `reconcile(object) -> Result<Action>`), one file per controller.
+//!
+//! Only the server holding the `kedge-controller-manager` Lease runs them ([`leader`]), so
+//! that in a cluster of several servers each object has one controller acting on it.
+//!
+//! Must not touch: the store or the API's insides. Everything goes through the API.
+
+pub mod leader;
+mod namespace;
+mod root_ca;
+mod service_account;
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt, TryFuture};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{watcher, Controller};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+
+use crate::api::Router;
+
+/// Who the controllers are to the API, as upstream's kube-controller-manager.
+pub const USER: &str = "system:kube-controller-manager";
+
+/// How long a failed reconcile waits before it is tried again.
+const RETRY: Duration = Duration::from_secs(5);
+
+/// A failed API call of a controller.
+#[derive(Debug, thiserror::Error)]
+#[error("{action}: {source}")]
+pub struct ControllerError {
+    /// What was being done, naming the object.
+    action: String,
+    #[source]
+    source: kube::Error,
+}
+
+impl ControllerError {
+    fn new(action: impl Into<String>) -> impl FnOnce(kube::Error) -> ControllerError {
+        let action = action.into();
+        move |source| ControllerError { action, source }
+    }
+}
+
+/// The error policy every controller shares: say what failed, try again a little later.
+fn retry_later<K>(_object: Arc<K>, error: &ControllerError, _context: Arc<impl Sized>) -> Action {
+    tracing::warn!(%error, "reconcile failed; retrying");
+    Action::requeue(RETRY)
+}
+
+/// Runs `reconcile` over every namespace, also waking a namespace up when its object of kind
+/// `K` named `object` changes or goes: the shape of the controllers that keep one such
+/// object in every namespace.
+async fn run_per_namespace<K, C, F, Fut>(
+    controller: &str,
+    client: &Client,
+    object: &str,
+    reconcile: F,
+    context: C,
+) where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
+    F: FnMut(Arc<Namespace>, Arc<C>) -> Fut,
+    Fut: TryFuture<Ok = Action, Error = ControllerError> + Send + 'static,
+{
+    let results = Controller::new(
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .watches(
+        Api::<K>::all(client.clone()),
+        watcher::Config::default().fields(&format!("metadata.name={object}")),
+        |object: K| {
+            object
+                .meta()
+                .namespace
+                .clone()
+                .map(|namespace| ObjectRef::new(&namespace))
+        },
+    )
+    .run(reconcile, retry_later, Arc::new(context));
+    drive(controller, results).await;
+}
+
+/// The name of a namespace that should get its objects; `None` once it is going away.
+fn to_fill(namespace: &Namespace) -> Option<String> {
+    (!terminating(namespace)).then(|| namespace.name_any())
+}
+
+/// Whether a namespace is going away: nothing new is created in it.
+fn terminating(namespace: &Namespace) -> bool {
+    namespace.metadata.deletion_timestamp.is_some()
+}
+
+/// Drives a controller's result stream until it ends, logging failures outside reconcile
+/// (watches that broke and are being re-established).
+async fn drive<T: Debug, E: std::fmt::Display>(
+    name: &str,
+    results: impl Stream<Item = Result<T, E>>,
+) {
+    results
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(controller = name, %error, "controller event");
+            }
+        })
+        .await;
+}
+
+/// Runs the controllers whenever this server (`identity`) holds the controller-manager
+/// lease; `ca_pem` is the cluster CA published in every namespace. Never returns.
+pub async fn run(router: Arc<Router>, identity: String, ca_pem: String) {
+    let client = crate::client::local::in_process(router, USER, &[]);
+    let elector = leader::LeaderElector::new(client.clone(), identity);
+    elector
+        .run(move || run_all(client.clone(), ca_pem.clone()))
+        .await
+}
+
+async fn run_all(client: Client, ca_pem: String) {
+    tokio::join!(
+        service_account::run(client.clone()),
+        root_ca::run(client.clone(), ca_pem),
+        namespace::run(client),
+    );
+}
