@@ -147,12 +147,13 @@ fn paths(resource: &ResourceType, schema_ref: &str, out: &mut Map<String, Value>
     out.insert(format!("{collection}/{{name}}"), item_ops);
 }
 
+/// Each kind's schema name, with its resource.
+pub(crate) type Kinds = Vec<(String, Arc<ResourceType>)>;
+
 /// The schemas of `resources` and of everything they use, in OpenAPI 3 form (references
 /// to `#/components/schemas/`), each kind's marked with `x-kubernetes-group-version-kind`
 /// (the v2 document is made from these too); with each kind's schema name.
-pub(crate) fn kind_schemas(
-    resources: &[Arc<ResourceType>],
-) -> (Map<String, Value>, Vec<(String, Arc<ResourceType>)>) {
+pub(crate) fn kind_schemas(resources: &[Arc<ResourceType>]) -> (Map<String, Value>, Kinds) {
     let mut generator = SchemaSettings::openapi3().into_generator();
     let mut kinds = Vec::new();
     for resource in resources {

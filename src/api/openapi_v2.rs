@@ -25,7 +25,8 @@ use super::version;
 pub const PROTOBUF_ACCEPT: &str = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
 
 /// The content type upstream answers the protobuf form with.
-pub const PROTOBUF_CONTENT_TYPE: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
+pub const PROTOBUF_CONTENT_TYPE: &str =
+    "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
 
 /// The document in both forms, and its hash (the ETag).
 pub struct Documents {
@@ -37,9 +38,11 @@ pub struct Documents {
 /// Whether a request with this `Accept` header gets the protobuf form (else JSON).
 pub fn wants_protobuf(accept: Option<&str>) -> bool {
     accept.is_some_and(|accept| {
-        accept
-            .split(',')
-            .any(|media| media.trim().starts_with("application/com.github.proto-openapi.spec.v2"))
+        accept.split(',').any(|media| {
+            media
+                .trim()
+                .starts_with("application/com.github.proto-openapi.spec.v2")
+        })
     })
 }
 
@@ -255,10 +258,20 @@ fn encode_schema(schema: &Value) -> Message {
         }
     }
     out.string(13, text("pattern"));
-    for required in object.get("required").and_then(Value::as_array).into_iter().flatten() {
+    for required in object
+        .get("required")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         out.string(19, required.as_str().unwrap_or_default());
     }
-    for value in object.get("enum").and_then(Value::as_array).into_iter().flatten() {
+    for value in object
+        .get("enum")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         out.message(20, any(value));
     }
     // AdditionalPropertiesItem { oneof { Schema schema = 1; bool boolean = 2; } }
@@ -294,10 +307,17 @@ fn encode_schema(schema: &Value) -> Message {
     };
     if !items.is_empty() {
         let mut item = Message::default();
-        items.iter().for_each(|sub| item.message(1, encode_schema(sub)));
+        items
+            .iter()
+            .for_each(|sub| item.message(1, encode_schema(sub)));
         out.message(23, item);
     }
-    for sub in object.get("allOf").and_then(Value::as_array).into_iter().flatten() {
+    for sub in object
+        .get("allOf")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         out.message(24, encode_schema(sub));
     }
     if let Some(Value::Object(properties)) = object.get("properties") {

@@ -174,7 +174,10 @@ impl Router {
             .get(http::header::ACCEPT)
             .and_then(|v| v.to_str().ok());
         let (content_type, body) = if openapi_v2::wants_protobuf(accept) {
-            (openapi_v2::PROTOBUF_CONTENT_TYPE, documents.protobuf.clone())
+            (
+                openapi_v2::PROTOBUF_CONTENT_TYPE,
+                documents.protobuf.clone(),
+            )
         } else {
             ("application/json", documents.json.clone())
         };
