@@ -25,6 +25,7 @@ pub mod error;
 pub mod http;
 pub mod object;
 pub mod openapi;
+pub mod openapi_v2;
 pub mod patch;
 pub mod protobuf;
 pub mod registry;

@@ -23,6 +23,8 @@ pub struct Document {
 #[derive(Default)]
 pub struct OpenApi {
     documents: Mutex<HashMap<String, Arc<Document>>>,
+    /// `/openapi/v2`, all group versions in one ([`super::openapi_v2`]).
+    pub(crate) v2: Mutex<Option<Arc<super::openapi_v2::Documents>>>,
 }
 
 /// `api/v1` or `apis/<group>/<version>`.
@@ -145,27 +147,45 @@ fn paths(resource: &ResourceType, schema_ref: &str, out: &mut Map<String, Value>
     out.insert(format!("{collection}/{{name}}"), item_ops);
 }
 
+/// Each kind's schema name, with its resource.
+pub(crate) type Kinds = Vec<(String, Arc<ResourceType>)>;
+
+/// The schemas of `resources` and of everything they use, in OpenAPI 3 form (references
+/// to `#/components/schemas/`), each kind's marked with `x-kubernetes-group-version-kind`
+/// (the v2 document is made from these too); with each kind's schema name.
+pub(crate) fn kind_schemas(resources: &[Arc<ResourceType>]) -> (Map<String, Value>, Kinds) {
+    let mut generator = SchemaSettings::openapi3().into_generator();
+    let mut kinds = Vec::new();
+    for resource in resources {
+        kinds.push(((resource.schema)(&mut generator), resource.clone()));
+    }
+    let mut schemas = generator.take_definitions(true);
+    crate::api::patch::schema::annotate(&mut schemas);
+    let mut marks: HashMap<&str, Vec<Value>> = HashMap::new();
+    for (name, resource) in &kinds {
+        let mark = gvk(resource);
+        let list = marks.entry(name).or_default();
+        if !list.contains(&mark) {
+            list.push(mark);
+        }
+    }
+    for (name, list) in marks {
+        if let Some(Value::Object(schema)) = schemas.get_mut(name) {
+            schema.insert("x-kubernetes-group-version-kind".into(), Value::from(list));
+        }
+    }
+    (schemas, kinds)
+}
+
 /// The OpenAPI 3 document of one group version.
 fn build(registry: &Registry, group: &str, version: &str) -> Option<Value> {
     let resources = registry.resources(group, version);
     if resources.is_empty() {
         return None;
     }
-    let mut generator = SchemaSettings::openapi3().into_generator();
-    let mut kinds = Vec::new();
-    for resource in &resources {
-        kinds.push(((resource.schema)(&mut generator), resource.clone()));
-    }
-    let mut schemas = generator.take_definitions(true);
-    crate::api::patch::schema::annotate(&mut schemas);
+    let (schemas, kinds) = kind_schemas(&resources);
     let mut all_paths = Map::new();
     for (name, resource) in &kinds {
-        if let Some(Value::Object(schema)) = schemas.get_mut(name) {
-            schema.insert(
-                "x-kubernetes-group-version-kind".into(),
-                json!([gvk(resource)]),
-            );
-        }
         paths(
             resource,
             &format!("#/components/schemas/{name}"),
@@ -213,6 +233,7 @@ impl OpenApi {
             .lock()
             .expect("openapi cache")
             .remove(&gv_path(group, version));
+        *self.v2.lock().expect("openapi v2 cache") = None;
     }
 
     /// `/openapi/v3`: where each group version's document is.

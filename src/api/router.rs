@@ -12,7 +12,7 @@ use super::http::{full, json, read_limited, text, Body, BoxError, RequestBody};
 use super::openapi::OpenApi;
 use super::request::{self, ApiPath};
 use super::rest::{self, Api};
-use super::{discovery, status, version};
+use super::{discovery, openapi_v2, status, version};
 use crate::auth::{Authenticator, UserInfo};
 
 /// Largest body accepted on server-to-server paths (Raft batches and snapshot chunks).
@@ -109,6 +109,9 @@ impl Router {
         if path == "/openapi/v3" || path.starts_with("/openapi/v3/") {
             return self.openapi(&path);
         }
+        if path == "/openapi/v2" {
+            return self.openapi_v2(&request);
+        }
         let verbose = request.uri().query().is_some_and(|q| {
             q.split('&')
                 .any(|kv| kv == "verbose" || kv.starts_with("verbose="))
@@ -161,6 +164,29 @@ impl Router {
                 .expect("static response parts are valid"),
             None => status::not_found(path),
         }
+    }
+
+    /// `/openapi/v2`: protobuf when asked for (kubectl does), JSON otherwise.
+    fn openapi_v2(&self, request: &Request<RequestBody>) -> Response<Body> {
+        let documents = self.api.openapi.v2(&self.api.registry);
+        let accept = request
+            .headers()
+            .get(http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok());
+        let (content_type, body) = if openapi_v2::wants_protobuf(accept) {
+            (
+                openapi_v2::PROTOBUF_CONTENT_TYPE,
+                documents.protobuf.clone(),
+            )
+        } else {
+            ("application/json", documents.json.clone())
+        };
+        Response::builder()
+            .status(StatusCode::OK)
+            .header(http::header::CONTENT_TYPE, content_type)
+            .header(http::header::ETAG, format!("\"{}\"", documents.hash))
+            .body(full(body))
+            .expect("static response parts are valid")
     }
 
     /// Discovery and resource requests.
