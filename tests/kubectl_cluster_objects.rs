@@ -396,14 +396,8 @@ async fn auth_commands_and_service_account_tokens() {
     );
 
     // The token is a credential of its own: a kubeconfig with only the token.
-    let ca = server.tls_dir().join("ca.crt");
     let token_config = dir.path().join("robot.yaml");
-    let config = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"{}\", certificate-authority: \"{}\"}}\nusers:\n- name: robot\n  user: {{token: \"{token}\"}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: robot}}\ncurrent-context: c\n",
-        server.url(),
-        ca.display()
-    );
-    std::fs::write(&token_config, config).unwrap();
+    server.token_kubeconfig(&token_config, &token);
     let robot = Kubectl {
         kubeconfig: &token_config,
         binary: "kubectl",

@@ -496,16 +496,7 @@ async fn definitions_survive_restarts_and_are_served_by_every_server() {
     first.ok(&["create", "serviceaccount", "robot"]);
     let token = first.ok(&["create", "token", "robot"]);
     let token_config = root.path().join("robot.yaml");
-    std::fs::write(
-        &token_config,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"{}\", certificate-authority: \"{}\"}}\nusers:\n- name: robot\n  user: {{token: \"{}\"}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: robot}}\ncurrent-context: c\n",
-            servers[1].url(),
-            servers[1].tls_dir().join("ca.crt").display(),
-            token.trim()
-        ),
-    )
-    .unwrap();
+    servers[1].token_kubeconfig(&token_config, &token);
     let robot = Kubectl {
         kubeconfig: &token_config,
         binary: "kubectl",

@@ -128,6 +128,18 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Writes a kubeconfig at `path` that reaches this server with only a bearer `token`
+    /// (no client certificate).
+    pub fn token_kubeconfig(&self, path: &Path, token: &str) {
+        let config = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"{}\", certificate-authority: \"{}\"}}\nusers:\n- name: u\n  user: {{token: \"{}\"}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n",
+            self.url(),
+            self.tls_dir().join("ca.crt").display(),
+            token.trim()
+        );
+        std::fs::write(path, config).unwrap();
+    }
+
     pub fn tls_dir(&self) -> PathBuf {
         self.data_dir.join("server/tls")
     }

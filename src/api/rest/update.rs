@@ -114,7 +114,10 @@ fn reconcile(call: &Call<'_>, current: &Value, mut new: Value) -> Result<Value, 
         ));
     }
     check_type_and_namespace(call, &mut new)?;
-    if let Some(name) = new.pointer("/metadata/name").filter(|n| !n.is_string() && !n.is_null()) {
+    if let Some(name) = new
+        .pointer("/metadata/name")
+        .filter(|n| !n.is_string() && !n.is_null())
+    {
         return Err(ApiError::BadRequest(format!(
             "{kind} in version \"{version}\" cannot be handled as a {kind}: metadata.name: expected a string, got {name}",
             kind = call.resource.kind,
