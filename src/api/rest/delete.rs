@@ -46,19 +46,10 @@ fn options(call: &Call<'_>) -> Result<DeleteOptions, ApiError> {
             .map_err(|e| ApiError::BadRequest(format!("invalid DeleteOptions: {e}")))?
     };
     if let Some(value) = options.dry_run.iter().find(|v| *v != "All") {
-        return Err(ApiError::Invalid {
-            target: crate::api::error::Target {
-                qualified_resource: String::new(),
-                group: "meta.k8s.io".to_string(),
-                kind: "DeleteOptions".to_string(),
-                name: String::new(),
-            },
-            causes: vec![crate::api::error::FieldError::unsupported(
-                "dryRun",
-                value,
-                &["All"],
-            )],
-        });
+        return Err(super::invalid_options(
+            "DeleteOptions",
+            crate::api::error::FieldError::unsupported("dryRun", value, &["All"]),
+        ));
     }
     if call.dry_run {
         options.dry_run = vec!["All".to_string()];

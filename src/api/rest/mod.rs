@@ -258,15 +258,24 @@ fn dry_run(query: &HashMap<String, String>, verb: Verb) -> Result<bool, ApiError
         Verb::Patch => "PatchOptions",
         _ => "DeleteOptions",
     };
-    Err(ApiError::Invalid {
+    Err(invalid_options(
+        options,
+        FieldError::unsupported("dryRun", value, &["All"]),
+    ))
+}
+
+/// The 422 upstream answers for bad request options (`CreateOptions`, `PatchOptions`,
+/// `DeleteOptions`... of `meta.k8s.io`).
+fn invalid_options(kind: &str, cause: FieldError) -> ApiError {
+    ApiError::Invalid {
         target: Target {
-            qualified_resource: String::new(),
+            qualified_resource: format!("{}.meta.k8s.io", kind.to_ascii_lowercase()),
             group: "meta.k8s.io".to_string(),
-            kind: options.to_string(),
+            kind: kind.to_string(),
             name: String::new(),
         },
-        causes: vec![FieldError::unsupported("dryRun", value, &["All"])],
-    })
+        causes: vec![cause],
+    }
 }
 
 /// A boolean query parameter as upstream reads one: present and not `0` or `false` (any

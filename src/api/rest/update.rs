@@ -11,7 +11,7 @@ use super::create::{self, Ownership};
 use super::{
     check_type_and_namespace, generation_fields, hooks, validate, validate_update, ApiError, Call,
 };
-use crate::api::error::{FieldError, Target};
+use crate::api::error::FieldError;
 use crate::api::http::Body;
 use crate::api::object;
 use crate::api::patch::{self, managed, schema, schema::Node, strategic};
@@ -89,19 +89,6 @@ fn apply_patch(
         }
     }
     Ok(patched)
-}
-
-/// The invalid-PatchOptions error upstream answers for bad apply parameters.
-fn invalid_patch_options(cause: FieldError) -> ApiError {
-    ApiError::Invalid {
-        target: Target {
-            qualified_resource: "patchoptions.meta.k8s.io".to_string(),
-            group: "meta.k8s.io".to_string(),
-            kind: "PatchOptions".to_string(),
-            name: String::new(),
-        },
-        causes: vec![cause],
-    }
 }
 
 /// Turns the client's new object into what is stored: server-owned metadata from `current`,
@@ -339,10 +326,10 @@ fn name_from_url(call: &Call<'_>, object: &mut Value) -> Result<(), ApiError> {
 /// managedFields.
 fn apply_config(call: &Call<'_>) -> Result<Value, ApiError> {
     if call.query("fieldManager").unwrap_or_default().is_empty() {
-        return Err(invalid_patch_options(FieldError::required(
-            "fieldManager",
-            "is required for apply patch",
-        )));
+        return Err(super::invalid_options(
+            "PatchOptions",
+            FieldError::required("fieldManager", "is required for apply patch"),
+        ));
     }
     let config: Value = serde_yaml_ng::from_slice(&call.body)
         .map_err(|e| ApiError::BadRequest(format!("error decoding YAML: {e}")))?;
@@ -390,10 +377,10 @@ pub(super) async fn patch(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
         .await;
     }
     if force.is_some() {
-        return Err(invalid_patch_options(FieldError::forbidden(
-            "force",
-            "may not be specified for non-apply patch",
-        )));
+        return Err(super::invalid_options(
+            "PatchOptions",
+            FieldError::forbidden("force", "may not be specified for non-apply patch"),
+        ));
     }
     let patch: Value = serde_json::from_slice(&call.body)
         .map_err(|e| ApiError::BadRequest(format!("the patch is not valid JSON: {e}")))?;
