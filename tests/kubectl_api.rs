@@ -5,7 +5,6 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::kubectl::Kubectl;
 use common::{free_port, started_server, Server};
 
 const MANIFEST: &str = r#"
@@ -53,10 +52,7 @@ spec:
 async fn discovery_lists_every_builtin_resource() {
     let dir = tempfile::tempdir().unwrap();
     let server = started_server(dir.path()).await;
-    let kubectl = Kubectl {
-        kubeconfig: &server.kubeconfig,
-        binary: "kubectl",
-    };
+    let kubectl = server.kubectl();
     let resources = kubectl.ok(&["api-resources", "--no-headers"]);
     for expected in [
         "pods  po  v1  true  Pod",
@@ -101,10 +97,7 @@ async fn discovery_lists_every_builtin_resource() {
 async fn apply_get_patch_and_delete_like_a_user() {
     let dir = tempfile::tempdir().unwrap();
     let server = started_server(dir.path()).await;
-    let kubectl = Kubectl {
-        kubeconfig: &server.kubeconfig,
-        binary: "kubectl",
-    };
+    let kubectl = server.kubectl();
     let out = kubectl.ok_with(&["apply", "-f", "-"], Some(MANIFEST));
     for line in [
         "namespace/shop created",
@@ -305,14 +298,7 @@ async fn apply_get_patch_and_delete_like_a_user() {
 async fn errors_read_exactly_like_upstream() {
     let dir = tempfile::tempdir().unwrap();
     let server = started_server(dir.path()).await;
-    let kubectl = Kubectl {
-        kubeconfig: &server.kubeconfig,
-        binary: "kubectl",
-    };
-    let typed_kubectl = Kubectl {
-        kubeconfig: &server.kubeconfig,
-        binary: "kubectl",
-    };
+    let kubectl = server.kubectl();
     let err = kubectl.fails(
         &["create", "-f", "-"],
         Some(r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"typo","labelz":{"a":"b"}}}"#),
@@ -338,8 +324,8 @@ async fn errors_read_exactly_like_upstream() {
         err.trim(),
         r#"Error from server (NotFound): deployments.apps "nope" not found"#
     );
-    typed_kubectl.ok(&["create", "configmap", "dup", "--from-literal=a=1"]);
-    let err = typed_kubectl.fails(&["create", "configmap", "dup", "--from-literal=a=1"], None);
+    kubectl.ok(&["create", "configmap", "dup", "--from-literal=a=1"]);
+    let err = kubectl.fails(&["create", "configmap", "dup", "--from-literal=a=1"], None);
     assert_eq!(
         err.trim(),
         r#"error: failed to create configmap: configmaps "dup" already exists"#
@@ -366,7 +352,7 @@ async fn errors_read_exactly_like_upstream() {
         err.contains("cannot be handled as a Deployment: spec.replicas: invalid type"),
         "{err}"
     );
-    let err = typed_kubectl.fails(&["create", "namespace", "default"], None);
+    let err = kubectl.fails(&["create", "namespace", "default"], None);
     assert!(
         err.contains(r#"namespaces "default" already exists"#),
         "{err}"
@@ -511,11 +497,8 @@ async fn get_watch_sees_changes_and_old_versions_are_gone() {
     );
     server.start();
     server.wait_ready(Duration::from_secs(30)).await;
-    let typed_kubectl = Kubectl {
-        kubeconfig: &server.kubeconfig,
-        binary: "kubectl",
-    };
-    typed_kubectl.ok(&["create", "configmap", "watched", "--from-literal=a=1"]);
+    let kubectl = server.kubectl();
+    kubectl.ok(&["create", "configmap", "watched", "--from-literal=a=1"]);
     let mut watch = Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(&server.kubeconfig)
@@ -532,7 +515,7 @@ async fn get_watch_sees_changes_and_old_versions_are_gone() {
         .spawn()
         .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    typed_kubectl.ok(&[
+    kubectl.ok(&[
         "patch",
         "configmap",
         "watched",
@@ -553,7 +536,7 @@ async fn get_watch_sees_changes_and_old_versions_are_gone() {
 
     // With only 10 revisions of history, watching from revision 1 is too old: 410 Expired.
     for i in 0..30 {
-        typed_kubectl.ok(&["create", "configmap", &format!("churn{i}")]);
+        kubectl.ok(&["create", "configmap", &format!("churn{i}")]);
     }
     let client = server.admin_client();
     common::eventually(Duration::from_secs(15), "compaction", || {
@@ -639,10 +622,7 @@ spec: {items: 2}
 async fn a_whole_application_applies_describes_and_goes() {
     let dir = tempfile::tempdir().unwrap();
     let server = started_server(dir.path()).await;
-    let kubectl = Kubectl {
-        kubeconfig: &server.kubeconfig,
-        binary: "kubectl",
-    };
+    let kubectl = server.kubectl();
     // As upstream, the custom object cannot be mapped before its definition exists: kubectl
     // applies the rest, says so, and a second apply (once the CRD is established) finishes.
     let first = kubectl.run(&["apply", "-f", "-"], Some(APPLICATION));

@@ -8,14 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::kubectl::Kubectl;
-use common::{started_server, Server};
-
-fn kubectl(server: &Server) -> Kubectl<'_> {
-    Kubectl {
-        kubeconfig: &server.kubeconfig,
-        binary: "kubectl",
-    }
-}
+use common::started_server;
 
 fn jsonpath(kubectl: &Kubectl<'_>, args: &[&str], path: &str) -> String {
     let template = format!("jsonpath={path}");
@@ -55,7 +48,7 @@ spec:
 async fn services_get_addresses_and_ports_that_survive_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = started_server(dir.path()).await;
-    let k = kubectl(&server);
+    let k = server.kubectl();
     // The API server's own Service, as in every cluster.
     let ip = jsonpath(
         &k,
@@ -152,7 +145,8 @@ async fn services_get_addresses_and_ports_that_survive_restarts() {
         Duration::from_secs(10),
         "the pinned address and port are free again",
         || async {
-            kubectl(&server)
+            server
+                .kubectl()
                 .run(
                     &[
                         "create",
@@ -174,7 +168,7 @@ async fn services_get_addresses_and_ports_that_survive_restarts() {
     server.terminate();
     server.start();
     server.wait_ready(Duration::from_secs(30)).await;
-    let k = kubectl(&server);
+    let k = server.kubectl();
     assert!(jsonpath(&k, &["get", "svc", "web"], "{.spec.clusterIP}").starts_with(fields[0]));
     let err = k.fails(&["create", "-f", "-"], Some(&format!(r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"dup2"}},"spec":{{"clusterIP":"{}","ports":[{{"port":80}}]}}}}"#, fields[0])));
     assert!(err.contains("provided IP is already allocated"), "{err}");
@@ -184,7 +178,7 @@ async fn services_get_addresses_and_ports_that_survive_restarts() {
 async fn workloads_are_defaulted_validated_and_scaled() {
     let dir = tempfile::tempdir().unwrap();
     let server = started_server(dir.path()).await;
-    let k = kubectl(&server);
+    let k = server.kubectl();
     k.ok_with(
         &["apply", "-f", "-"],
         Some(
@@ -349,7 +343,7 @@ spec:
 async fn auth_commands_and_service_account_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let server = started_server(dir.path()).await;
-    let k = kubectl(&server);
+    let k = server.kubectl();
     let whoami = k.ok(&["auth", "whoami"]);
     assert!(whoami.contains("Username    system:admin"), "{whoami}");
     assert!(
@@ -424,7 +418,7 @@ async fn auth_commands_and_service_account_tokens() {
 async fn secrets_are_encrypted_at_rest() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = started_server(dir.path()).await;
-    let k = kubectl(&server);
+    let k = server.kubectl();
     let plain = "correct-horse-battery-staple";
     k.ok_with(
         &["apply", "-f", "-"],
@@ -478,7 +472,7 @@ async fn secrets_are_encrypted_at_rest() {
     );
     server.start();
     server.wait_ready(Duration::from_secs(30)).await;
-    let k = kubectl(&server);
+    let k = server.kubectl();
     assert_eq!(
         jsonpath(&k, &["get", "secret", "db"], "{.data.password}"),
         encoded

@@ -94,10 +94,7 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn custom_resources_are_served_like_builtins() {
     let (_dir, server) = single_server().await;
-    let kubectl = Kubectl {
-        kubeconfig: &server.kubeconfig,
-        binary: "kubectl",
-    };
+    let kubectl = server.kubectl();
 
     let applied = Instant::now();
     establish(&kubectl, WIDGETS, "widgets.example.com");
@@ -334,10 +331,7 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn definitions_are_checked_and_names_must_be_free() {
     let (_dir, server) = single_server().await;
-    let kubectl = Kubectl {
-        kubeconfig: &server.kubeconfig,
-        binary: "kubectl",
-    };
+    let kubectl = server.kubectl();
 
     let unnamed = kubectl.fails(
         &["apply", "-f", "-"],
@@ -548,10 +542,7 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_served_version_serves_the_same_objects() {
     let (_dir, server) = single_server().await;
-    let kubectl = Kubectl {
-        kubeconfig: &server.kubeconfig,
-        binary: "kubectl",
-    };
+    let kubectl = server.kubectl();
     establish(&kubectl, NOTES, "notes.example.com");
     kubectl.ok_with(
         &["apply", "-f", "-"],

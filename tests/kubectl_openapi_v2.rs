@@ -3,7 +3,6 @@
 
 mod common;
 
-use common::kubectl::Kubectl;
 use common::started_server;
 
 const LIST: &str = r#"
@@ -34,10 +33,7 @@ items:
 async fn kubectl_validates_lists_and_explains_with_openapi_v2() {
     let dir = tempfile::tempdir().unwrap();
     let server = started_server(dir.path()).await;
-    let kubectl = Kubectl {
-        kubeconfig: &server.kubeconfig,
-        binary: "kubectl",
-    };
+    let kubectl = server.kubectl();
 
     let created = kubectl.ok_with(&["create", "-f", "-"], Some(LIST));
     assert!(created.contains("configmap/first created"), "{created}");

@@ -4,16 +4,9 @@
 mod common;
 
 use common::kubectl::Kubectl;
-use common::{started_server, Server};
+use common::started_server;
 
 /// kubectl 1.33 against `server`.
-fn kubectl(server: &Server) -> Kubectl<'_> {
-    Kubectl {
-        kubeconfig: &server.kubeconfig,
-        binary: "kubectl",
-    }
-}
-
 fn deployment(containers: &str) -> String {
     format!(
         r#"
@@ -47,7 +40,7 @@ fn containers(kubectl: &Kubectl) -> String {
 async fn strategic_patches_and_client_side_apply_merge_containers_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let server = started_server(dir.path()).await;
-    let kubectl = kubectl(&server);
+    let kubectl = server.kubectl();
     let both = "      - {name: web, image: nginx:1}\n      - {name: side, image: busybox}";
     kubectl.ok_with(&["apply", "-f", "-"], Some(&deployment(both)));
 
@@ -112,7 +105,7 @@ fn configmap(data: &str) -> String {
 async fn server_side_apply_owns_fields_and_reports_conflicts() {
     let dir = tempfile::tempdir().unwrap();
     let server = started_server(dir.path()).await;
-    let kubectl = kubectl(&server);
+    let kubectl = server.kubectl();
     let apply = ["apply", "--server-side", "-f", "-"];
     let data = || kubectl.ok(&["get", "cm", "settings", "-o", "jsonpath={.data}"]);
     let managed_fields = || {
@@ -220,7 +213,7 @@ async fn server_side_apply_owns_fields_and_reports_conflicts() {
 async fn server_side_apply_merges_containers_with_client_side_ones() {
     let dir = tempfile::tempdir().unwrap();
     let server = started_server(dir.path()).await;
-    let kubectl = kubectl(&server);
+    let kubectl = server.kubectl();
     let web = "      - {name: web, image: nginx:1}";
     kubectl.ok_with(
         &["apply", "--server-side", "-f", "-"],

@@ -224,10 +224,7 @@ async fn kubectl_get_prints_upstream_tables() {
         create.ok(&args);
     }
 
-    let kubectl = Kubectl {
-        kubeconfig: &server.kubeconfig,
-        binary: "kubectl",
-    };
+    let kubectl = server.kubectl();
     assert_prints(
         &kubectl.ok(&["get", "pods", "-n", "default"]),
         &[

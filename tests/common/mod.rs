@@ -128,6 +128,14 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The kubectl on PATH, as this server's admin.
+    pub fn kubectl(&self) -> kubectl::Kubectl<'_> {
+        kubectl::Kubectl {
+            kubeconfig: &self.kubeconfig,
+            binary: "kubectl",
+        }
+    }
+
     /// Writes a kubeconfig at `path` that reaches this server with only a bearer `token`
     /// (no client certificate).
     pub fn token_kubeconfig(&self, path: &Path, token: &str) {
