@@ -1,11 +1,13 @@
 //! How components reach the API. [`HttpsClient`]: the HTTPS client of Raft peers and remote
 //! tools; it trusts only the cluster CA and presents a client certificate, speaking HTTP/2
 //! when the server offers it (one multiplexed connection per peer) and HTTP/1.1 otherwise.
-//! [`local`]: a kube-rs client for components inside the server process.
+//! [`local`]: a kube-rs client for components inside the server process; [`remote`]: one
+//! for components elsewhere (agents, tools), over HTTPS with a client certificate.
 //!
 //! Must not touch: what the requests mean. Callers build paths and bodies.
 
 pub mod local;
+pub mod remote;
 
 use std::time::Duration;
 

@@ -7,6 +7,7 @@
 //!
 //! Must not touch: the store or the API's insides. Everything goes through the API.
 
+pub mod events;
 pub mod leader;
 mod namespace;
 mod root_ca;

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod kubectl;
+pub mod nodes;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -158,6 +159,15 @@ impl Server {
         let ca = std::fs::read_to_string(tls.join("ca.crt")).unwrap();
         let admin = CertKeyPair::load(&tls, "admin").unwrap().unwrap();
         HttpsClient::new(pki::client_config(&ca, Some(&admin)).unwrap())
+    }
+
+    /// A kube-rs client with this server's admin certificate.
+    pub fn kube_client(&self) -> kube::Client {
+        let tls = self.tls_dir();
+        let ca = std::fs::read_to_string(tls.join("ca.crt")).unwrap();
+        let admin = CertKeyPair::load(&tls, "admin").unwrap().unwrap();
+        let config = pki::client_config(&ca, Some(&admin)).unwrap();
+        kedge::client::remote::over_https(&self.url(), config).unwrap()
     }
 
     /// Waits until `/readyz` answers 200 (panics with the log after `timeout`).
