@@ -489,3 +489,83 @@ async fn replication_controller_keeps_its_replicas() {
     assert!(described.contains("SuccessfulCreate"), "{described}");
     assert!(described.contains("Created pod: old-"), "{described}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_adopts_a_matching_replica_set_and_replaces_deleted_pods() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _nodes) = cluster(dir.path()).await;
+    let _logs = LogDump(vec![server.log.clone()]);
+    let kubectl = server.kubectl();
+    // A ReplicaSet running exactly the template the Deployment will have.
+    let rs = r#"{"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "adopted", "labels": {"app": "web"}},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+          "template": {"metadata": {"labels": {"app": "web"}, "annotations": {}},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "busybox:1"}]}}}}"#;
+    kubectl.ok_with(&["apply", "-f", "-"], Some(rs));
+    eventually(TIMEOUT, "replica set ready", || async {
+        kubectl.ok(&[
+            "get",
+            "rs",
+            "adopted",
+            "-o",
+            "jsonpath={.status.readyReplicas}",
+        ]) == "2"
+    })
+    .await;
+    kubectl.ok_with(
+        &["apply", "-f", "-"],
+        Some(&deployment("web", 2, "busybox:1", "", "")),
+    );
+    let out = rollout_status(&server, "deployment/web");
+    assert!(
+        out.ends_with("deployment \"web\" successfully rolled out\n"),
+        "{out}"
+    );
+    assert_eq!(replica_sets(&server, "web"), ["adopted"]);
+    let owner = kubectl.ok(&["get", "rs", "adopted", "-o", "jsonpath={.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].name} {.metadata.annotations.deployment\\.kubernetes\\.io/revision}"]);
+    assert_eq!(owner, "Deployment/web 1");
+
+    // A deleted pod comes back; a scale down goes through the one ReplicaSet.
+    let pod = kubectl.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ]);
+    kubectl.ok(&["delete", "pod", &pod, "--wait=true"]);
+    eventually(TIMEOUT, "replacement pod ready", || async {
+        let pods = owners(&server, "app=web");
+        pods.len() == 2
+            && !pods.iter().any(|p| p.starts_with(&format!("{pod}=")))
+            && kubectl.ok(&[
+                "get",
+                "deployment",
+                "web",
+                "-o",
+                "jsonpath={.status.availableReplicas}",
+            ]) == "2"
+    })
+    .await;
+    kubectl.ok(&["scale", "deployment/web", "--replicas=1"]);
+    eventually(TIMEOUT, "scaled down", || async {
+        kubectl.ok(&[
+            "get",
+            "deployment",
+            "web",
+            "-o",
+            "jsonpath={.status.replicas}/{.status.availableReplicas}",
+        ]) == "1/1"
+    })
+    .await;
+    let events = kubectl.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.kind=Deployment",
+        "-o",
+        "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}",
+    ]);
+    assert_eq!(events, "Scaled down replica set adopted from 2 to 1\n");
+}

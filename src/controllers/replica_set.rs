@@ -455,3 +455,56 @@ async fn update_status<K: Replicated>(
         other => other,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn replica_set(replicas: i32) -> ReplicaSet {
+        serde_json::from_value(json!({
+            "metadata": {"name": "rs", "generation": 2},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "a"}},
+                "template": {"metadata": {"labels": {"app": "a", "tier": "t"}}}},
+        }))
+        .unwrap()
+    }
+
+    fn pod(labels: serde_json::Value, ready: bool) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "p", "labels": labels},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready",
+                "status": if ready {"True"} else {"False"}}]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn status_counts_labels_readiness_and_records_the_failure() {
+        let pods = [
+            pod(json!({"app": "a", "tier": "t"}), true),
+            pod(json!({"app": "a"}), false),
+        ];
+        let error = kube::Error::Api(Box::new(kube::core::Status::failure(
+            "pods \"rs-x\" is forbidden: exceeded quota",
+            "Forbidden",
+        )));
+        let status = calculate_status(&replica_set(3), &pods, Some(&error));
+        assert_eq!(status.replicas, 2);
+        assert_eq!(status.fully_labeled_replicas, Some(1));
+        assert_eq!(status.ready_replicas, Some(1));
+        assert_eq!(status.available_replicas, Some(1));
+        let failure = &status.conditions.as_ref().unwrap()[0];
+        assert_eq!(failure.type_, "ReplicaFailure");
+        assert_eq!(failure.reason.as_deref(), Some("FailedCreate"));
+        assert_eq!(
+            failure.message.as_deref(),
+            Some("pods \"rs-x\" is forbidden: exceeded quota")
+        );
+
+        let mut failed = replica_set(3);
+        failed.status = Some(status);
+        let recovered = calculate_status(&failed, &pods, None);
+        assert_eq!(recovered.conditions, None);
+    }
+}
