@@ -569,3 +569,72 @@ async fn deployment_adopts_a_matching_replica_set_and_replaces_deleted_pods() {
     ]);
     assert_eq!(events, "Scaled down replica set adopted from 2 to 1\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_during_a_rollout_is_proportional() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _nodes) = cluster(dir.path()).await;
+    let _logs = LogDump(vec![server.log.clone()]);
+    let kubectl = server.kubectl();
+    kubectl.ok_with(
+        &["apply", "-f", "-"],
+        Some(&deployment("web", 4, "busybox:1", "", "")),
+    );
+    rollout_status(&server, "deployment/web");
+    let old = replica_sets(&server, "web").remove(0);
+    // The new pods never become ready: the rollout stops at 3 old + 2 new (maxSurge 1,
+    // maxUnavailable 1 of 4).
+    kubectl.ok_with(
+        &["apply", "-f", "-"],
+        Some(&deployment(
+            "web",
+            4,
+            "busybox:2",
+            "",
+            r#""sim.kedge.io/ready": "false""#,
+        )),
+    );
+    let sizes = || async {
+        kubectl.ok(&[
+            "get",
+            "rs",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name}={.spec.replicas}{\" \"}{end}",
+        ])
+    };
+    eventually(TIMEOUT, "rollout stuck at 3 old and 2 new", || async {
+        let out = sizes().await;
+        out.contains(&format!("{old}=3 "))
+            && out
+                .split_whitespace()
+                .any(|s| !s.starts_with(&old) && s.ends_with("=2"))
+    })
+    .await;
+    kubectl.ok(&["scale", "deployment/web", "--replicas=8"]);
+    eventually(
+        TIMEOUT,
+        "proportional scale up to 6 old and 4 new",
+        || async {
+            let out = sizes().await;
+            out.contains(&format!("{old}=6 "))
+                && out
+                    .split_whitespace()
+                    .any(|s| !s.starts_with(&old) && s.ends_with("=4"))
+        },
+    )
+    .await;
+    let events = kubectl.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.kind=Deployment",
+        "-o",
+        "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}",
+    ]);
+    assert!(
+        events.contains(&format!("Scaled up replica set {old} from 3 to 6\n")),
+        "{events}"
+    );
+}
