@@ -638,3 +638,43 @@ async fn scaling_during_a_rollout_is_proportional() {
         "{events}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_create_deployment_is_scheduled_and_rolled_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _nodes) = cluster(dir.path()).await;
+    let _logs = LogDump(vec![server.log.clone()]);
+    let kubectl = server.kubectl();
+    kubectl.ok(&[
+        "create",
+        "deployment",
+        "hello",
+        "--image=busybox:1",
+        "--replicas=3",
+    ]);
+    let out = rollout_status(&server, "deployment/hello");
+    assert!(
+        out.ends_with("deployment \"hello\" successfully rolled out\n"),
+        "{out}"
+    );
+    let nodes = kubectl.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=hello",
+        "-o",
+        "jsonpath={.items[*].spec.nodeName}",
+    ]);
+    assert_eq!(nodes, "n1 n1 n1");
+    kubectl.ok(&["set", "image", "deployment/hello", "busybox=busybox:2"]);
+    let out = rollout_status(&server, "deployment/hello");
+    assert!(
+        out.ends_with("deployment \"hello\" successfully rolled out\n"),
+        "{out}"
+    );
+    let ready = kubectl.ok(&["get", "deployment", "hello", "--no-headers"]);
+    assert_eq!(
+        ready.split_whitespace().collect::<Vec<_>>()[1..4],
+        ["3/3", "3", "3"]
+    );
+}
