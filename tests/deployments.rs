@@ -678,3 +678,25 @@ async fn kubectl_create_deployment_is_scheduled_and_rolled_out() {
         ["3/3", "3", "3"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_creates_no_extra_pods() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, _nodes) = cluster(dir.path()).await;
+    let _logs = LogDump(vec![server.log.clone()]);
+    server.kubectl().ok_with(
+        &["apply", "-f", "-"],
+        Some(&deployment("web", 3, "busybox:1", "", "")),
+    );
+    rollout_status(&server, "deployment/web");
+    server.terminate();
+    server.start();
+    server.wait_ready(TIMEOUT).await;
+    // Long enough for the controllers to have started and synced everything once.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let kubectl = server.kubectl();
+    let pods = kubectl.ok(&["get", "pods", "-l", "app=web", "-o", "name"]);
+    assert_eq!(pods.lines().count(), 3, "{pods}");
+    assert_eq!(replica_sets(&server, "web").len(), 1);
+    rollout_status(&server, "deployment/web");
+}

@@ -210,6 +210,11 @@ async fn reconcile<K: Replicated>(
     let uid = set.uid().unwrap_or_default();
     let selector = set.selector();
     let failed = |what: &str| format!("{what} of {} {namespace}/{name}", K::kind(&()));
+    // Never act on a pod cache that has not been filled yet (upstream waits for its
+    // informers to sync): an empty cache would mean creating every replica again.
+    if context.pods.wait_until_ready().await.is_err() {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
 
     let in_cache = context.pods.state();
     let needs_sync = context.expectations.satisfied(&uid, |pod_uid| {

@@ -113,6 +113,10 @@ async fn reconcile(d: Arc<Deployment>, context: Arc<Context>) -> Result<Action, 
         client: context.client.clone(),
         recorder: &context.recorder,
     };
+    // A ReplicaSet cache not filled yet would look like a Deployment without ReplicaSets.
+    if context.replica_sets.wait_until_ready().await.is_err() {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     let selector = d
         .spec
         .as_ref()
