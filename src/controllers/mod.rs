@@ -7,11 +7,15 @@
 //!
 //! Must not touch: the store or the API's insides. Everything goes through the API.
 
+pub mod cron_job;
 pub mod events;
+mod job;
 pub mod leader;
 mod namespace;
+pub mod pods;
 mod root_ca;
 mod service_account;
+mod ttl_after_finished;
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -128,6 +132,9 @@ async fn run_all(client: Client, ca_pem: String) {
     tokio::join!(
         service_account::run(client.clone()),
         root_ca::run(client.clone(), ca_pem),
-        namespace::run(client),
+        namespace::run(client.clone()),
+        job::run(client.clone()),
+        cron_job::run(client.clone()),
+        ttl_after_finished::run(client),
     );
 }
