@@ -136,6 +136,8 @@ async fn remove_finalizer(api: &Api<Pod>, pod: &Pod) -> Result<(), kube::Error> 
         .iter()
         .filter(|f| *f != TRACKING_FINALIZER)
         .collect();
+    // None left: the field goes, as upstream's strategic `$deleteFromPrimitiveList` leaves it.
+    let finalizers = (!finalizers.is_empty()).then_some(finalizers);
     let patch = json!({"metadata": {
         "finalizers": finalizers,
         "resourceVersion": pod.resource_version(),

@@ -716,9 +716,12 @@ impl<'a> Sync<'a> {
     }
 
     fn write_uncounted(&mut self) {
+        // Empty lists are left out, as upstream's `omitempty`.
+        let list =
+            |uids: &BTreeSet<String>| (!uids.is_empty()).then(|| uids.iter().cloned().collect());
         let uncounted = UncountedTerminatedPods {
-            succeeded: Some(self.uncounted_succeeded.iter().cloned().collect()),
-            failed: Some(self.uncounted_failed.iter().cloned().collect()),
+            succeeded: list(&self.uncounted_succeeded),
+            failed: list(&self.uncounted_failed),
         };
         self.status().uncounted_terminated_pods = Some(uncounted);
     }
@@ -784,6 +787,18 @@ impl<'a> Sync<'a> {
 
     async fn flush(&mut self) -> Result<(), ControllerError> {
         let name = self.job.name_any();
+        // Zero counters are left out, as upstream's `omitempty` (ready and terminating are
+        // pointers there, and shown).
+        let status = self.status();
+        for counter in [
+            &mut status.active,
+            &mut status.succeeded,
+            &mut status.failed,
+        ] {
+            if *counter == Some(0) {
+                *counter = None;
+            }
+        }
         let written = self
             .jobs
             .replace_status(&name, &PostParams::default(), &self.job)
