@@ -235,6 +235,20 @@ async fn jobs_run_their_pods_to_completion() {
         "{events}"
     );
 
+    // A Job deleted while its pod runs: nothing will count the pod, its finalizer goes.
+    apply_job(&kubectl, "dropped", json!({}), template(None, 1));
+    eventually(Duration::from_secs(20), "the pod of dropped", || async {
+        pods_of(&kubectl, "dropped").len() == 1
+    })
+    .await;
+    kubectl.ok(&["delete", "job", "dropped", "--wait=false"]);
+    eventually(Duration::from_secs(20), "the orphan released", || async {
+        pods_of(&kubectl, "dropped")
+            .iter()
+            .all(|pod| pod["metadata"]["finalizers"].is_null())
+    })
+    .await;
+
     // ttlSecondsAfterFinished: gone once finished that long.
     apply_job(
         &kubectl,

@@ -337,6 +337,12 @@ fn remove_active(cron_job: &mut CronJob, uid: &str) {
     if let Some(active) = cron_job.status.as_mut().and_then(|s| s.active.as_mut()) {
         active.retain(|r| r.uid.as_deref() != Some(uid));
     }
+    // An empty list is left out, as upstream's `omitempty`.
+    if let Some(status) = cron_job.status.as_mut() {
+        if status.active.as_ref().is_some_and(Vec::is_empty) {
+            status.active = None;
+        }
+    }
 }
 
 fn controlled(job: &Job, cron_job: &CronJob) -> bool {

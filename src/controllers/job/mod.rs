@@ -20,6 +20,7 @@ mod sync;
 
 use std::sync::Arc;
 
+use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams};
@@ -35,6 +36,8 @@ use super::ControllerError;
 pub const TRACKING_FINALIZER: &str = "batch.kubernetes.io/job-tracking";
 /// The label the API's Job selector uses: the Job's uid.
 pub const CONTROLLER_UID: &str = "batch.kubernetes.io/controller-uid";
+/// `spec.managedBy` of the Jobs this controller runs (also when unset).
+const MANAGED_BY: &str = "kubernetes.io/job-controller";
 
 struct Context {
     client: Client,
@@ -55,11 +58,45 @@ pub async fn run(client: Client) {
         Api::<Pod>::all(client.clone()),
         watcher::Config::default().labels(CONTROLLER_UID),
     )
-    .run(release_orphan, super::retry_later, context);
+    .run(release_orphan, super::retry_later, context.clone());
     tokio::join!(
         super::drive("job", jobs),
-        super::drive("job-orphans", orphans)
+        super::drive("job-orphans", orphans),
+        release_when_deleted(context),
     );
+}
+
+/// A deleted Job's pods change nothing themselves: wake the orphan sweeper for them (the
+/// sweeper's first pass covers Jobs deleted while this server was not the leader).
+async fn release_when_deleted(context: Arc<Context>) {
+    let mut events = watcher(
+        Api::<Job>::all(context.client.clone()),
+        watcher::Config::default(),
+    )
+    .boxed();
+    while let Some(event) = events.next().await {
+        let Ok(watcher::Event::Delete(job)) = event else {
+            continue;
+        };
+        let namespace = job.namespace().unwrap_or_default();
+        let pods: Api<Pod> = Api::namespaced(context.client.clone(), &namespace);
+        let uid = job.uid().unwrap_or_default();
+        let Ok(list) = pods
+            .list(&ListParams::default().labels(&selector(&job)))
+            .await
+        else {
+            continue;
+        };
+        for pod in list
+            .items
+            .into_iter()
+            .filter(|p| super::pods::controlled_by(p, &uid))
+        {
+            if let Err(error) = release_orphan(Arc::new(pod), context.clone()).await {
+                tracing::warn!(%error, "releasing the pods of a deleted Job");
+            }
+        }
+    }
 }
 
 async fn reconcile(job: Arc<Job>, context: Arc<Context>) -> Result<Action, ControllerError> {
@@ -76,7 +113,9 @@ async fn reconcile(job: Arc<Job>, context: Arc<Context>) -> Result<Action, Contr
     else {
         return Ok(Action::await_change());
     };
-    if is_finished(&job) {
+    // Finished, or left to another controller (`spec.managedBy`).
+    let managed_by = job.spec.as_ref().and_then(|s| s.managed_by.as_deref());
+    if is_finished(&job) || managed_by.is_some_and(|m| m != MANAGED_BY) {
         return Ok(Action::await_change());
     }
     let pods_api: Api<Pod> = Api::namespaced(context.client.clone(), &namespace);
@@ -159,33 +198,38 @@ fn has_finalizer(pod: &Pod) -> bool {
     pod.finalizers().iter().any(|f| f == TRACKING_FINALIZER)
 }
 
-/// A pod keeping the tracking finalizer after its Job went (deleted with its pods, or
-/// replaced by a Job of the same name) would never go: release it, as upstream does for
-/// orphans.
+/// A pod keeping the tracking finalizer without a Job to count it — orphaned, its Job
+/// deleted or replaced by one of the same name, or finished — would never go: release it,
+/// as upstream's `cleanupOrphanPod`.
 async fn release_orphan(pod: Arc<Pod>, context: Arc<Context>) -> Result<Action, ControllerError> {
     if !has_finalizer(&pod) {
         return Ok(Action::await_change());
     }
-    let Some(owner) = pod
+    let namespace = pod.namespace().unwrap_or_default();
+    let failed = || format!("releasing orphaned pod {namespace}/{}", pod.name_any());
+    let owner = pod
         .owner_references()
         .iter()
-        .find(|r| r.controller == Some(true) && r.kind == "Job")
-    else {
-        return Ok(Action::await_change());
-    };
-    let namespace = pod.namespace().unwrap_or_default();
-    let jobs: Api<Job> = Api::namespaced(context.client.clone(), &namespace);
-    let failed = || format!("releasing pod {namespace}/{} of a gone Job", pod.name_any());
-    let job = jobs
-        .get_opt(&owner.name)
-        .await
-        .map_err(ControllerError::new(failed()))?;
-    let owner_alive = job.is_some_and(|job| job.uid().as_deref() == Some(owner.uid.as_str()));
-    if !owner_alive {
-        let pods: Api<Pod> = Api::namespaced(context.client.clone(), &namespace);
-        remove_finalizer(&pods, &pod)
+        .find(|r| r.controller == Some(true));
+    if let Some(owner) = owner {
+        if owner.kind != "Job" {
+            return Ok(Action::await_change());
+        }
+        let jobs: Api<Job> = Api::namespaced(context.client.clone(), &namespace);
+        let job = jobs
+            .get_opt(&owner.name)
             .await
             .map_err(ControllerError::new(failed()))?;
+        let counting = job.is_some_and(|job| {
+            job.uid().as_deref() == Some(owner.uid.as_str()) && !is_finished(&job)
+        });
+        if counting {
+            return Ok(Action::await_change());
+        }
     }
+    let pods: Api<Pod> = Api::namespaced(context.client.clone(), &namespace);
+    remove_finalizer(&pods, &pod)
+        .await
+        .map_err(ControllerError::new(failed()))?;
     Ok(Action::await_change())
 }
