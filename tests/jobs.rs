@@ -235,6 +235,41 @@ async fn jobs_run_their_pods_to_completion() {
         "{events}"
     );
 
+    // Suspending a running Job stops its pods without counting them as failed.
+    apply_job(
+        &kubectl,
+        "halt",
+        json!({"parallelism": 2, "completions": 2}),
+        template(None, 1),
+    );
+    eventually(Duration::from_secs(20), "halt's pods ready", || async {
+        get_json(&kubectl, &["get", "job", "halt"])["status"]["ready"] == 2
+    })
+    .await;
+    kubectl.ok(&[
+        "patch",
+        "job",
+        "halt",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"suspend":true}}"#,
+    ]);
+    eventually(Duration::from_secs(20), "halt's pods gone", || async {
+        pods_of(&kubectl, "halt").is_empty()
+    })
+    .await;
+    let job = get_json(&kubectl, &["get", "job", "halt"]);
+    assert!(
+        job["status"]["failed"].is_null() && job["status"]["active"].is_null(),
+        "{job}"
+    );
+    assert_eq!(condition(&job, "Suspended")["status"], "True");
+    let events = events_of(&kubectl, "Job", "halt");
+    assert!(
+        events.contains("SuccessfulDelete: Deleted pod: halt-"),
+        "{events}"
+    );
+
     // A Job deleted while its pod runs: nothing will count the pod, its finalizer goes.
     apply_job(&kubectl, "dropped", json!({}), template(None, 1));
     eventually(Duration::from_secs(20), "the pod of dropped", || async {

@@ -408,3 +408,17 @@ fn rfc1123z(t: Timestamp) -> String {
         .strftime("%a, %d %b %Y %H:%M:%S +0000")
         .to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_as_go_formats_them() {
+        let t: Timestamp = "2026-01-11T08:00:00Z".parse().unwrap();
+        assert_eq!(rfc3339(t, &jiff::tz::TimeZone::UTC), "2026-01-11T08:00:00Z");
+        let berlin = schedule::time_zone("Europe/Berlin").unwrap();
+        assert_eq!(rfc3339(t, &berlin), "2026-01-11T09:00:00+01:00");
+        assert_eq!(rfc1123z(t), "Sun, 11 Jan 2026 08:00:00 +0000");
+    }
+}

@@ -192,7 +192,7 @@ impl<'a> Sync<'a> {
         let mut suspend_changed = false;
         let mut result = Ok(());
         if self.finished.is_some() {
-            let (deleted, outcome) = self.delete_pods(&active_pods).await;
+            let (deleted, outcome) = self.delete_pods(&active_pods, false).await;
             if deleted != self.active {
                 // Pods left to stop: not done yet.
                 self.finished = None;
@@ -371,12 +371,19 @@ impl<'a> Sync<'a> {
         self.requeue = Some(self.requeue.map_or(after, |r| r.min(after)));
     }
 
-    /// Deletes `victims` (their finalizers stay until they are counted); returns how many
-    /// went.
-    async fn delete_pods(&self, victims: &[Pod]) -> (i32, Result<(), kube::Error>) {
+    /// Deletes `victims`; returns how many went. Pods the Job is done with keep their
+    /// finalizers until counted (as failed); pods stopped by `suspend` or a lower
+    /// parallelism are `released` first, so that they never count as failures.
+    async fn delete_pods(&self, victims: &[Pod], released: bool) -> (i32, Result<(), kube::Error>) {
         let mut deleted = 0;
         let mut result = Ok(());
         for pod in victims {
+            if released {
+                if let Err(error) = remove_finalizer(&self.pods_api, pod).await {
+                    result = Err(error);
+                    continue;
+                }
+            }
             match pods::delete(&self.pods_api, &self.context.recorder, &self.job, pod).await {
                 Ok(()) => deleted += 1,
                 Err(error) => result = Err(error),
@@ -389,7 +396,7 @@ impl<'a> Sync<'a> {
     /// parallelism and the remaining completions ask for, after the failure back-off.
     async fn manage(&mut self, active_pods: &[Pod]) -> Result<(), kube::Error> {
         if self.suspended() {
-            let (deleted, result) = self.delete_pods(active_pods).await;
+            let (deleted, result) = self.delete_pods(active_pods, true).await;
             self.active -= deleted;
             self.terminating += deleted;
             self.ready -= active_pods[..deleted as usize]
@@ -409,7 +416,7 @@ impl<'a> Sync<'a> {
             let mut victims = active_pods.to_vec();
             victims.sort_by_key(|p| (pods::is_ready(p), std::cmp::Reverse(p.creation_timestamp())));
             victims.truncate((self.active - want).min(MAX_POD_CHANGES) as usize);
-            let (deleted, result) = self.delete_pods(&victims).await;
+            let (deleted, result) = self.delete_pods(&victims, true).await;
             self.active -= deleted;
             self.terminating += deleted;
             return result;
