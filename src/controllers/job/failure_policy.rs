@@ -13,6 +13,17 @@ pub struct Verdict {
     pub fail_job: Option<String>,
     /// Whether the failure counts against `backoffLimit` (false for `Ignore`).
     pub counts: bool,
+    /// A `FailIndex` rule matched: the pod's index fails without further retries.
+    pub fail_index: bool,
+}
+
+impl Verdict {
+    /// A plain failure: counted, nothing more.
+    pub const COUNT: Verdict = Verdict {
+        fail_job: None,
+        counts: true,
+        fail_index: false,
+    };
 }
 
 /// Matches a failed `pod` against the policy's rules in order; no rule matching counts the
@@ -60,23 +71,20 @@ pub fn judge(policy: &PodFailurePolicy, pod: &Pod) -> Verdict {
         return match rule.action.as_str() {
             "FailJob" => Verdict {
                 fail_job: Some(what),
-                counts: true,
+                ..Verdict::COUNT
             },
             "Ignore" => Verdict {
-                fail_job: None,
                 counts: false,
+                ..Verdict::COUNT
             },
-            // Count, and FailIndex (per-index backoff is not implemented: counted).
-            _ => Verdict {
-                fail_job: None,
-                counts: true,
+            "FailIndex" => Verdict {
+                fail_index: true,
+                ..Verdict::COUNT
             },
+            _ => Verdict::COUNT,
         };
     }
-    Verdict {
-        fail_job: None,
-        counts: true,
-    }
+    Verdict::COUNT
 }
 
 /// A terminated container's non-zero exit code; zero never matches a rule.
@@ -136,19 +144,13 @@ mod tests {
             verdict.fail_job.as_deref(),
             Some("Container main for pod ns/p failed with exit code 42 matching FailJob rule at index 1")
         );
-        assert_eq!(
-            judge(&policy, &pod(1, json!([]))),
-            Verdict {
-                fail_job: None,
-                counts: true
-            }
-        );
+        assert_eq!(judge(&policy, &pod(1, json!([]))), Verdict::COUNT);
         let disrupted = pod(42, json!([{"type": "DisruptionTarget", "status": "True"}]));
         assert_eq!(
             judge(&policy, &disrupted),
             Verdict {
-                fail_job: None,
-                counts: false
+                counts: false,
+                ..Verdict::COUNT
             }
         );
     }
