@@ -329,6 +329,25 @@ async fn jobs_fail_on_backoff_limit_deadline_and_pod_failure_policy() {
         template(None, 1),
     );
 
+    // Indexes that each fail past their own limit (0: no retry).
+    let per_index = json!({"completions": 3, "parallelism": 3, "completionMode": "Indexed",
+        "backoffLimitPerIndex": 0});
+    apply_job(&kubectl, "indexes", per_index, template(Some(1), 1));
+
+    wait_for(&kubectl, "failed", "indexes");
+    let job = get_json(&kubectl, &["get", "job", "indexes"]);
+    assert_eq!(job["status"]["failedIndexes"], "0-2", "{job}");
+    assert_eq!(job["status"]["failed"], 3, "{job}");
+    let failed = condition(&job, "Failed");
+    assert_eq!(failed["reason"], "FailedIndexes");
+    assert_eq!(failed["message"], "Job has failed indexes");
+    for pod in pods_of(&kubectl, "indexes") {
+        assert_eq!(
+            pod["metadata"]["annotations"]["batch.kubernetes.io/job-index-failure-count"],
+            "0"
+        );
+    }
+
     wait_for(&kubectl, "failed", "policy");
     let job = get_json(&kubectl, &["get", "job", "policy"]);
     let failed = condition(&job, "Failed");

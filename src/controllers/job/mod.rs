@@ -16,6 +16,7 @@
 
 mod failure_policy;
 mod indexes;
+mod per_index;
 mod sync;
 
 use std::sync::Arc;

@@ -56,7 +56,13 @@ pub fn last_failures<'a>(
 
 /// How long an index with `failures` failures, the last at `finished` (ms), still waits
 /// before its next pod: `base` doubling per failure, up to `max`.
-pub fn backoff_left(failures: i32, finished: i64, now: i64, base: Duration, max: Duration) -> Option<Duration> {
+pub fn backoff_left(
+    failures: i32,
+    finished: i64,
+    now: i64,
+    base: Duration,
+    max: Duration,
+) -> Option<Duration> {
     if failures <= 0 {
         return None;
     }
@@ -74,23 +80,30 @@ mod tests {
 
     fn pod(count: Option<&str>) -> Pod {
         let annotations = count.map_or(json!({}), |c| json!({ FAILURE_COUNT: c }));
-        serde_json::from_value(json!({"metadata": {"name": "p", "annotations": annotations},
-            "status": {"phase": "Failed"}}))
+        serde_json::from_value(
+            json!({"metadata": {"name": "p", "annotations": annotations},
+            "status": {"phase": "Failed"}}),
+        )
         .unwrap()
     }
 
     #[test]
     fn an_index_fails_past_its_own_limit() {
-        let spec: JobSpec = serde_json::from_value(json!({"backoffLimitPerIndex": 1, "template": {}})).unwrap();
+        let spec: JobSpec =
+            serde_json::from_value(json!({"backoffLimitPerIndex": 1, "template": {}})).unwrap();
         assert!(!fails_index(&spec, &pod(None)));
         assert!(fails_index(&spec, &pod(Some("1"))));
         let (first, second) = (pod(None), pod(Some("1")));
-        let last = last_failures([(0, &first, 1_000), (0, &second, 2_000), (3, &first, 500)].into_iter());
+        let last =
+            last_failures([(0, &first, 1_000), (0, &second, 2_000), (3, &first, 500)].into_iter());
         assert_eq!(last[&0], (2, 2_000));
         assert_eq!(last[&3], (1, 500));
         let base = Duration::from_secs(10);
         let max = Duration::from_secs(360);
-        assert_eq!(backoff_left(2, 0, 5_000, base, max), Some(Duration::from_secs(15)));
+        assert_eq!(
+            backoff_left(2, 0, 5_000, base, max),
+            Some(Duration::from_secs(15))
+        );
         assert_eq!(backoff_left(1, 0, 10_000, base, max), None);
     }
 }

@@ -1,7 +1,7 @@
 //! Pods of one Job sync (upstream's `manageJob`): as many as parallelism and the remaining
 //! completions ask for, after the failure back-off; stopped when suspended or too many.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod};
@@ -12,6 +12,7 @@ use kube::ResourceExt;
 
 use super::{finish_time, Sync, FAILURE_BACKOFF, MAX_FAILURE_BACKOFF, MAX_POD_CHANGES};
 use crate::controllers::job::indexes::COMPLETION_INDEX;
+use crate::controllers::job::per_index;
 use crate::controllers::job::{remove_finalizer, TRACKING_FINALIZER};
 use crate::controllers::pods;
 
@@ -75,24 +76,23 @@ impl Sync<'_> {
         } else {
             0
         };
-        let mut missing = (want - terminating - self.active).min(MAX_POD_CHANGES);
+        let missing = (want - terminating - self.active).min(MAX_POD_CHANGES);
         if missing <= 0 {
             return Ok(());
         }
-        if let Some(wait) = self.failure_backoff() {
-            self.requeue_after(wait);
-            return Ok(());
+        // Per-index Jobs back off per index, below; the others as a whole.
+        if !self.per_index() {
+            if let Some(wait) = self.failure_backoff() {
+                self.requeue_after(wait);
+                return Ok(());
+            }
         }
-        let mut to_index: Vec<Option<i32>> = vec![None; missing as usize];
-        if self.indexed() {
-            to_index = self
-                .pending_indexes(active_pods, missing)
-                .into_iter()
-                .map(Some)
-                .collect();
-            missing = to_index.len() as i32;
-        }
-        let _ = missing;
+        let to_index: Vec<Option<i32>> = if self.indexed() {
+            let pending = self.pending_indexes(active_pods, missing);
+            self.ready_indexes(pending).into_iter().map(Some).collect()
+        } else {
+            vec![None; missing as usize]
+        };
         let owner = pods::controller_ref(&self.job);
         let mut result = Ok(());
         for index in to_index {
@@ -115,10 +115,41 @@ impl Sync<'_> {
             .iter()
             .filter_map(|p| self.valid_index(p))
             .collect();
+        let failed = self.failed_indexes.clone().unwrap_or_default();
         (0..self.completions().unwrap_or(0))
-            .filter(|i| !self.succeeded_indexes.contains(*i) && !running.contains(i))
+            .filter(|i| !self.succeeded_indexes.contains(*i) && !failed.contains(*i))
+            .filter(|i| !running.contains(i))
             .take(count.max(0) as usize)
             .collect()
+    }
+
+    /// Per index, the failure count for its next pod and its last failure (ms).
+    fn index_failures(&self) -> BTreeMap<i32, (i32, i64)> {
+        per_index::last_failures(self.pods.iter().filter_map(|p| {
+            let counted = self.is_failed(p) && self.counts_failure(p);
+            counted.then(|| Some((self.valid_index(p)?, p, finish_time(p))))?
+        }))
+    }
+
+    /// Of `pending`, the indexes past their own failure back-off (all, without
+    /// `backoffLimitPerIndex`); wakes up for the others.
+    fn ready_indexes(&mut self, pending: Vec<i32>) -> Vec<i32> {
+        if !self.per_index() {
+            return pending;
+        }
+        let failures = self.index_failures();
+        let now = Timestamp::now().as_millisecond();
+        let mut ready = Vec::new();
+        for index in pending {
+            let left = failures.get(&index).and_then(|(count, at)| {
+                per_index::backoff_left(*count, *at, now, FAILURE_BACKOFF, MAX_FAILURE_BACKOFF)
+            });
+            match left {
+                Some(wait) => self.requeue_after(wait),
+                None => ready.push(index),
+            }
+        }
+        ready
     }
 
     fn new_pod(&self, owner: OwnerReference, index: Option<i32>) -> Pod {
@@ -138,6 +169,15 @@ impl Sync<'_> {
         meta.labels
             .get_or_insert_with(Default::default)
             .insert(COMPLETION_INDEX.to_string(), index.to_string());
+        if self.per_index() {
+            let failures = self
+                .index_failures()
+                .get(&index)
+                .map_or(0, |(count, _)| *count);
+            meta.annotations
+                .get_or_insert_with(Default::default)
+                .insert(per_index::FAILURE_COUNT.to_string(), failures.to_string());
+        }
         if let Some(spec) = template.spec.as_mut() {
             spec.hostname = Some(format!("{name}-{index}"));
             for container in spec

@@ -16,6 +16,7 @@ mod track;
 
 use super::failure_policy;
 use super::indexes::{self, Indexes};
+use super::per_index;
 use super::{has_finalizer, Context};
 use crate::controllers::pods;
 use crate::controllers::ControllerError;
@@ -44,6 +45,8 @@ pub(super) struct Sync<'a> {
     /// Indexed Jobs: the completed indexes in status before this sync, and with this sync's.
     prev_succeeded_indexes: Indexes,
     succeeded_indexes: Indexes,
+    /// Indexed Jobs with `backoffLimitPerIndex`: the indexes failed for good.
+    failed_indexes: Option<Indexes>,
     requeue: Option<Duration>,
 }
 
@@ -77,6 +80,7 @@ impl<'a> Sync<'a> {
             finished: None,
             prev_succeeded_indexes: Indexes::default(),
             succeeded_indexes: Indexes::default(),
+            failed_indexes: None,
             requeue: None,
         }
     }
@@ -99,6 +103,11 @@ impl<'a> Sync<'a> {
 
     fn indexed(&self) -> bool {
         self.spec().completion_mode.as_deref() == Some("Indexed")
+    }
+
+    /// Whether indexes are retried each up to their own limit (`backoffLimitPerIndex`).
+    fn per_index(&self) -> bool {
+        self.indexed() && self.spec().backoff_limit_per_index.is_some()
     }
 
     fn completions(&self) -> Option<i32> {
@@ -189,6 +198,9 @@ impl<'a> Sync<'a> {
         self.decide_failure();
         if self.indexed() {
             self.count_indexes();
+            if self.per_index() {
+                self.count_failed_indexes();
+            }
         }
 
         let mut suspend_changed = false;
@@ -367,6 +379,51 @@ impl<'a> Sync<'a> {
         }
         self.succeeded = all.len() as i32;
         self.succeeded_indexes = all;
+    }
+
+    /// Upstream's `calculateFailedIndexes` and the failures it leads to: too many failed
+    /// indexes, or every index finished with some failed.
+    fn count_failed_indexes(&mut self) {
+        let completions = self.completions().unwrap_or(0);
+        let text = self
+            .job
+            .status
+            .as_ref()
+            .and_then(|s| s.failed_indexes.clone())
+            .unwrap_or_default();
+        let mut failed = Indexes::parse(&text, completions);
+        for pod in self
+            .pods
+            .iter()
+            .filter(|p| has_finalizer(p) && self.is_failed(p))
+        {
+            if let Some(index) = self.valid_index(pod) {
+                if per_index::fails_index(self.spec(), pod) {
+                    failed.insert(index);
+                }
+            }
+        }
+        if self.finished.is_none() {
+            let max = self.spec().max_failed_indexes;
+            if max.is_some_and(|max| failed.len() as i32 > max) {
+                self.finished = Some(condition(
+                    "FailureTarget",
+                    "True",
+                    "MaxFailedIndexesExceeded",
+                    "Job has exceeded the specified maximal number of failed indexes",
+                ));
+            } else if failed.len() > 0
+                && failed.len() + self.succeeded_indexes.len() >= completions as usize
+            {
+                self.finished = Some(condition(
+                    "FailureTarget",
+                    "True",
+                    "FailedIndexes",
+                    "Job has failed indexes",
+                ));
+            }
+        }
+        self.failed_indexes = Some(failed);
     }
 
     fn requeue_after(&mut self, after: Duration) {

@@ -79,6 +79,14 @@ impl Sync<'_> {
             status.succeeded = Some(completed.len() as i32);
             status.completed_indexes = Some(text);
         }
+        if let Some(failed) = &self.failed_indexes {
+            let text = failed.to_string();
+            let status = self.status();
+            if status.failed_indexes.as_deref() != Some(text.as_str()) {
+                status.failed_indexes = Some(text);
+                needs_flush = true;
+            }
+        }
         if let Some(finished) = self.finished.clone() {
             let conditions = self.status().conditions.get_or_insert_with(Vec::new);
             match finished.type_.as_str() {
