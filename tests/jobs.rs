@@ -2,7 +2,7 @@
 //! the real kubectl with simulated nodes playing the kubelet (pods annotated
 //! `sim.kedge.io/exit-code` finish after `sim.kedge.io/run-seconds`).
 //!
-//! Until the scheduler is wired in, templates set `nodeName`. CronJob start times are not
+//! The scheduler places the pods on the simulated node. CronJob start times are not
 //! waited for: a CronJob whose last start time lies in the past starts at once, and the
 //! schedule arithmetic is unit-tested over fixed times (`controllers::cron_job`).
 
@@ -29,7 +29,7 @@ async fn cluster(dir: &std::path::Path) -> (Server, SimulatedNodes, LogDump) {
     (server, nodes, logs)
 }
 
-/// A pod template bound to the simulated node; `exit` (if any) after `seconds`.
+/// A pod template (for the simulated node); `exit` (if any) after `seconds`.
 fn template(exit: Option<i32>, seconds: u32) -> Value {
     let mut annotations = json!({"sim.kedge.io/run-seconds": seconds.to_string()});
     if let Some(code) = exit {
@@ -37,7 +37,7 @@ fn template(exit: Option<i32>, seconds: u32) -> Value {
     }
     json!({
         "metadata": {"labels": {"app": "batch"}, "annotations": annotations},
-        "spec": {"nodeName": NODE, "restartPolicy": "Never",
+        "spec": {"restartPolicy": "Never",
                  "containers": [{"name": "main", "image": "busybox"}]},
     })
 }
