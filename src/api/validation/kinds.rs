@@ -93,7 +93,7 @@ pub fn validate(group: &str, kind: &str, object: &Value) -> Vec<FieldError> {
             &mut errors,
         ),
         ("batch", "CronJob") => {
-            cron_job_schedule(object, &mut errors);
+            cron_job(object, &mut errors);
             job_template(
                 object.pointer("/spec/jobTemplate/spec/template"),
                 "spec.jobTemplate.spec.template",
@@ -487,10 +487,22 @@ fn workload(object: &Value, label_selector: bool, errors: &mut Vec<FieldError>) 
     }
 }
 
-/// A CronJob's `schedule` parses (5 fields or a descriptor), names its time zone only in
-/// `timeZone`, and `timeZone` is a known IANA zone, as upstream validates.
-fn cron_job_schedule(object: &Value, errors: &mut Vec<FieldError>) {
+/// A CronJob's name leaves room for the Job names made of it (`<name>-<minutes>`, at most
+/// 63 characters), its `schedule` parses (5 fields or a descriptor) and names its time zone
+/// only in `timeZone`, and `timeZone` is a known IANA zone, as upstream validates.
+fn cron_job(object: &Value, errors: &mut Vec<FieldError>) {
     use crate::controllers::cron_job::schedule;
+    let name = object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if name.len() > 52 {
+        errors.push(FieldError::invalid(
+            "metadata.name",
+            name,
+            "must be no more than 52 characters",
+        ));
+    }
     let time_zone = object.pointer("/spec/timeZone").and_then(Value::as_str);
     match object.pointer("/spec/schedule").and_then(Value::as_str) {
         None | Some("") => errors.push(FieldError::required("spec.schedule", "")),
@@ -632,6 +644,16 @@ mod tests {
             messages(&validate("batch", "CronJob", &cron_job))
         };
         assert!(cron_job("*/5 * * * *", Some("Europe/Berlin")).is_empty());
+        let long = json!({"metadata": {"name": "x".repeat(53)}, "spec": {"schedule": "@daily",
+            "jobTemplate": {"spec": {"template": {"spec": {"restartPolicy": "Never",
+                "containers": [{"name": "c", "image": "i"}]}}}}}});
+        assert_eq!(
+            messages(&validate("batch", "CronJob", &long)),
+            [format!(
+                "metadata.name: Invalid value: \"{}\": must be no more than 52 characters",
+                "x".repeat(53)
+            )]
+        );
         assert!(cron_job("@daily", None).is_empty());
         let bad = cron_job("* * *", None);
         assert!(
