@@ -7,9 +7,11 @@
 //!
 //! Must not touch: the store or the API's insides. Everything goes through the API.
 
+pub mod cron_job;
 mod deployment;
 pub mod events;
 pub mod expectations;
+mod job;
 pub mod leader;
 mod namespace;
 pub mod ownership;
@@ -17,6 +19,7 @@ pub mod pods;
 mod replica_set;
 mod root_ca;
 mod service_account;
+mod ttl_after_finished;
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -152,6 +155,9 @@ async fn run_all(client: Client, ca_pem: String) {
         replica_set::run_replica_sets(client.clone()),
         replica_set::run_replication_controllers(client.clone()),
         deployment::run(client.clone()),
-        namespace::run(client),
+        namespace::run(client.clone()),
+        job::run(client.clone()),
+        cron_job::run(client.clone()),
+        ttl_after_finished::run(client),
     );
 }
