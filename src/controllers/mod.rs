@@ -8,6 +8,7 @@
 //! Must not touch: the store or the API's insides. Everything goes through the API.
 
 pub mod events;
+mod garbage_collector;
 pub mod leader;
 mod namespace;
 mod root_ca;
@@ -128,6 +129,7 @@ async fn run_all(client: Client, ca_pem: String) {
     tokio::join!(
         service_account::run(client.clone()),
         root_ca::run(client.clone(), ca_pem),
-        namespace::run(client),
+        namespace::run(client.clone()),
+        garbage_collector::run(client),
     );
 }
