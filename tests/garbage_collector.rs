@@ -165,6 +165,61 @@ async fn deleting_an_owner_deletes_or_orphans_its_dependents() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owner_references_across_namespaces_are_invalid() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = started_server(dir.path()).await;
+    let _logs = LogDump(vec![server.log.clone()]);
+    let kubectl = server.kubectl();
+    let uid = create_owner(&kubectl, "home");
+    let reference = format!(
+        r#""ownerReferences": [{{"apiVersion": "v1", "kind": "ConfigMap", "name": "home", "uid": "{uid}"}}]"#
+    );
+
+    // A namespaced owner is looked for in the dependent's namespace only: absent there.
+    kubectl.ok(&["create", "namespace", "elsewhere"]);
+    let manifest = format!(
+        r#"{{"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {{"name": "abroad", "namespace": "elsewhere", {reference}}}}}"#
+    );
+    kubectl.ok_with(&["create", "-f", "-"], Some(&manifest));
+    eventually(
+        WAIT,
+        "the cross-namespace dependent to be collected",
+        || async {
+            !kubectl
+                .run(&["get", "configmap", "-n", "elsewhere", "abroad"], None)
+                .status
+                .success()
+        },
+    )
+    .await;
+    let events = kubectl.ok(&["get", "events", "-n", "elsewhere"]);
+    assert!(
+        events.contains("OwnerRefInvalidNamespace")
+            && events.contains(r#"does not exist in namespace "elsewhere""#),
+        "{events}"
+    );
+
+    // A cluster-scoped object naming a namespaced owner is left alone, with a warning.
+    let manifest = format!(
+        r#"{{"apiVersion": "v1", "kind": "Namespace", "metadata": {{"name": "adopted", {reference}}}}}"#
+    );
+    kubectl.ok_with(&["create", "-f", "-"], Some(&manifest));
+    eventually(WAIT, "the OwnerRefInvalidNamespace warning", || async {
+        kubectl
+            .ok(&[
+                "get",
+                "events",
+                "--field-selector",
+                "involvedObject.name=adopted",
+            ])
+            .contains("OwnerRefInvalidNamespace")
+    })
+    .await;
+    assert!(exists(&kubectl, "namespace", "adopted"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_propagation_policies_are_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let server = started_server(dir.path()).await;

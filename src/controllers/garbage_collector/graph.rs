@@ -115,10 +115,19 @@ impl Graph {
                 .insert(uid.clone());
         }
         let mut wake = Vec::new();
-        // An owner of ours that is unknown (maybe gone) or waiting on its dependents.
-        let owner_needs_us = new_owners
-            .iter()
-            .any(|o| self.nodes.get(o).is_none_or(Node::deleting_dependents));
+        // An owner of ours that is unknown (maybe gone), waiting on its dependents, or in
+        // another namespace (where it cannot own us).
+        let namespace = node.identity.namespace.clone();
+        let owner_needs_us = new_owners.iter().any(|o| {
+            self.nodes.get(o).is_none_or(|owner| {
+                owner.deleting_dependents()
+                    || owner
+                        .identity
+                        .namespace
+                        .as_ref()
+                        .is_some_and(|ns| Some(ns) != namespace.as_ref())
+            })
+        });
         if owner_needs_us {
             wake.push(uid.clone());
         }

@@ -28,6 +28,10 @@ enum Failure {
     /// is gone.
     #[error("owner {owner} of {dependent} is of a kind the API does not serve")]
     UnknownKind { owner: String, dependent: String },
+    /// A cluster-scoped object names a namespaced owner: invalid, and no retry mends it;
+    /// the object is left alone, as upstream.
+    #[error("{dependent} is cluster-scoped but names the namespaced owner {owner}")]
+    NamespacedOwner { owner: String, dependent: String },
 }
 
 /// How soon a failed attempt is made again.
@@ -41,9 +45,15 @@ pub(super) async fn run(collector: Arc<Collector>) {
         let uid = collector.queue.next().await;
         let node = collector.graph.lock().expect("graph").get(&uid).cloned();
         let Some(node) = node else { continue };
-        if let Err(error) = attempt(&collector, &node).await {
-            tracing::warn!(%error, "garbage collector; retrying");
-            collector.retry(uid, RETRY);
+        match attempt(&collector, &node).await {
+            Ok(()) => {}
+            Err(error @ Failure::NamespacedOwner { .. }) => {
+                tracing::info!(%error, "garbage collector: leaving the object alone");
+            }
+            Err(error) => {
+                tracing::warn!(%error, "garbage collector; retrying");
+                collector.retry(uid, RETRY);
+            }
         }
     }
 }
@@ -136,7 +146,13 @@ async fn classify(
             // A cluster-scoped object cannot be owned by a namespaced one.
             None => {
                 invalid_namespace(collector, dependent, reference, None).await;
-                return Ok(Owner::Dangling);
+                return Err(Failure::NamespacedOwner {
+                    owner: format!(
+                        "{}/{} {}",
+                        reference.api_version, reference.kind, reference.name
+                    ),
+                    dependent: describe(dependent),
+                });
             }
         }
     } else {
