@@ -134,6 +134,14 @@ async fn lost_nodes_are_tainted_and_their_pods_evicted() {
             && events.contains("Marking for deletion Pod default/fragile"),
         "{events}"
     );
+    assert_eq!(
+        jsonpath(
+            &kubectl,
+            &["pod", "fragile"],
+            r#"{.status.conditions[?(@.type=="DisruptionTarget")].reason}"#
+        ),
+        "DeletionByTaintManager"
+    );
     let patient = kubectl.ok(&["describe", "pod", "patient"]);
     assert!(patient.contains("Node is not ready"), "{patient}");
     assert_eq!(

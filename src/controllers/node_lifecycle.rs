@@ -391,6 +391,22 @@ impl Monitor {
                     &format!("Marking for deletion Pod {namespace}/{name}"),
                 )
                 .await;
+            // Upstream's addConditionAndDeletePod: say why before deleting.
+            let api = Api::<Pod>::namespaced(self.client.clone(), &namespace);
+            let condition = json!({"status": {"conditions": [{
+                "type": "DisruptionTarget", "status": "True",
+                "reason": "DeletionByTaintManager",
+                "message": "Taint manager: deleting due to NoExecute taint",
+                "lastTransitionTime": Time(now),
+            }]}});
+            match api
+                .patch_status(&name, &PatchParams::default(), &Patch::Strategic(condition))
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.code == 404 => continue,
+                Err(e) => return Err(e),
+            }
             let params = DeleteParams {
                 preconditions: Some(Preconditions {
                     uid: pod.uid(),
@@ -398,10 +414,7 @@ impl Monitor {
                 }),
                 ..DeleteParams::default()
             };
-            match Api::<Pod>::namespaced(self.client.clone(), &namespace)
-                .delete(&name, &params)
-                .await
-            {
+            match api.delete(&name, &params).await {
                 Ok(_) => {
                     tracing::info!(pod = %format!("{namespace}/{name}"), node = %node.name_any(), "evicted a pod that does not tolerate its node's taints")
                 }
