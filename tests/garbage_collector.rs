@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::kubectl::Kubectl;
+use common::nodes::{NodeSpec, SimulatedNodes};
 use common::{eventually, started_server, LogDump};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -260,4 +261,88 @@ async fn invalid_propagation_policies_are_rejected() {
         "--raw",
         "/api/v1/namespaces/default/configmaps/c?propagationPolicy=Background",
     ]);
+}
+
+/// A Deployment of `replicas` simulated pods labelled `app=<name>`.
+fn deployment(name: &str, replicas: u32) -> String {
+    format!(
+        r#"{{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {{"name": "{name}"}},
+        "spec": {{"replicas": {replicas}, "selector": {{"matchLabels": {{"app": "{name}"}}}},
+          "template": {{"metadata": {{"labels": {{"app": "{name}"}}}},
+            "spec": {{"containers": [{{"name": "c", "image": "busybox"}}]}}}}}}}}"#
+    )
+}
+
+#[ignore = "needs the ReplicaSet and Deployment controllers (branch deploy); passes with it merged"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_deployment_cascades_to_its_replica_sets_and_pods() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = started_server(dir.path()).await;
+    let _logs = LogDump(vec![server.log.clone()]);
+    let _nodes = SimulatedNodes::start(
+        server.kube_client(),
+        vec![NodeSpec::new("n1")],
+        Duration::from_secs(2),
+    )
+    .await;
+    let kubectl = server.kubectl();
+    let count = |what: &str, app: &str| {
+        kubectl
+            .ok(&["get", what, "-l", &format!("app={app}"), "--no-headers"])
+            .lines()
+            .count()
+    };
+    for app in ["fg", "bg", "keep"] {
+        kubectl.ok_with(&["apply", "-f", "-"], Some(&deployment(app, 2)));
+    }
+    for app in ["fg", "bg", "keep"] {
+        eventually(WAIT, &format!("{app}'s pods to run"), || async {
+            kubectl
+                .ok(&[
+                    "get",
+                    "pods",
+                    "-l",
+                    &format!("app={app}"),
+                    "--field-selector=status.phase=Running",
+                    "--no-headers",
+                ])
+                .lines()
+                .count()
+                == 2
+        })
+        .await;
+    }
+
+    // Foreground: by the time the Deployment is gone, so are its ReplicaSet and pods.
+    kubectl.ok(&[
+        "delete",
+        "deployment",
+        "fg",
+        "--cascade=foreground",
+        "--timeout=30s",
+    ]);
+    assert_eq!(count("replicasets", "fg"), 0);
+    assert_eq!(count("pods", "fg"), 0);
+
+    // Background: the Deployment goes at once, the rest follows.
+    kubectl.ok(&["delete", "deployment", "bg"]);
+    eventually(WAIT, "bg's ReplicaSet and pods to be collected", || async {
+        count("replicasets", "bg") == 0 && count("pods", "bg") == 0
+    })
+    .await;
+
+    // Orphan: the ReplicaSet stays, without owner, and keeps its pods.
+    kubectl.ok(&["delete", "deployment", "keep", "--cascade=orphan"]);
+    let owners = kubectl.ok(&[
+        "get",
+        "replicasets",
+        "-l",
+        "app=keep",
+        "-o",
+        "jsonpath={.items[*].metadata.ownerReferences}",
+    ]);
+    assert_eq!(owners, "");
+    assert_eq!(count("replicasets", "keep"), 1);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(count("pods", "keep"), 2);
 }
