@@ -88,7 +88,11 @@ impl DeleteOptions {
 /// deletionFinalizersForGarbageCollection): the explicit policy wins, then a GC finalizer the
 /// object already has, then the kind's default — orphan for ReplicationControllers (v1's
 /// default, kept for compatibility), background for everything else.
-fn finalizers_for_deletion(call: &Call<'_>, object: &Value, options: &DeleteOptions) -> Vec<Value> {
+fn finalizers_for_deletion(
+    orphan_by_default: bool,
+    object: &Value,
+    options: &DeleteOptions,
+) -> Vec<Value> {
     let current: Vec<Value> = object
         .pointer("/metadata/finalizers")
         .and_then(Value::as_array)
@@ -101,9 +105,7 @@ fn finalizers_for_deletion(call: &Call<'_>, object: &Value, options: &DeleteOpti
         } else if has(FOREGROUND_FINALIZER) {
             (false, true)
         } else {
-            let rc =
-                call.resource.group.is_empty() && call.resource.kind == "ReplicationController";
-            (rc, false)
+            (orphan_by_default, false)
         }
     });
     let mut finalizers: Vec<Value> = current
@@ -222,7 +224,9 @@ pub(super) async fn delete_one(
         } else {
             None
         };
-        let finalizers = finalizers_for_deletion(call, &current, options);
+        let orphan_by_default =
+            call.resource.group.is_empty() && call.resource.kind == "ReplicationController";
+        let finalizers = finalizers_for_deletion(orphan_by_default, &current, options);
         let old_finalizers = current
             .pointer("/metadata/finalizers")
             .and_then(Value::as_array)
@@ -271,7 +275,14 @@ pub(super) async fn delete(call: &Call<'_>) -> Result<Response<Body>, ApiError> 
     let name = call.path.name.as_deref().unwrap_or_default();
     let options = options(call)?;
     let object = delete_one(call, name, &options).await?;
-    Ok(call.ok(StatusCode::OK, &object))
+    // Upstream answers 202 to an explicit cascading delete that is not done yet.
+    let status =
+        if options.orphan_dependents == Some(false) && object::is_marked_for_deletion(&object) {
+            StatusCode::ACCEPTED
+        } else {
+            StatusCode::OK
+        };
+    Ok(call.ok(status, &object))
 }
 
 pub(super) async fn delete_collection(call: &Call<'_>) -> Result<Response<Body>, ApiError> {
@@ -294,4 +305,71 @@ pub(super) async fn delete_collection(call: &Call<'_>) -> Result<Response<Body>,
         "items": deleted,
     });
     Ok(call.ok(StatusCode::OK, &list))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(policy: Option<&str>, orphan: Option<bool>) -> DeleteOptions {
+        DeleteOptions {
+            propagation_policy: policy.map(str::to_string),
+            orphan_dependents: orphan,
+            ..DeleteOptions::default()
+        }
+    }
+
+    fn with_finalizers(finalizers: Value) -> Value {
+        json!({"metadata": {"finalizers": finalizers}})
+    }
+
+    #[test]
+    fn the_policy_becomes_the_garbage_collectors_finalizer() {
+        let plain = with_finalizers(json!(["example.com/keep"]));
+        let got = |default, object: &Value, o: &DeleteOptions| {
+            Value::Array(finalizers_for_deletion(default, object, o))
+        };
+        assert_eq!(
+            got(false, &plain, &options(Some("Foreground"), None)),
+            json!(["example.com/keep", "foregroundDeletion"])
+        );
+        assert_eq!(
+            got(false, &plain, &options(Some("Orphan"), None)),
+            json!(["example.com/keep", "orphan"])
+        );
+        assert_eq!(
+            got(false, &plain, &options(None, Some(true))),
+            json!(["example.com/keep", "orphan"])
+        );
+        assert_eq!(
+            got(false, &plain, &options(None, None)),
+            json!(["example.com/keep"])
+        );
+        // ReplicationControllers orphan unless told otherwise.
+        assert_eq!(
+            got(true, &plain, &options(None, None)),
+            json!(["example.com/keep", "orphan"])
+        );
+        assert_eq!(
+            got(true, &plain, &options(Some("Background"), None)),
+            json!(["example.com/keep"])
+        );
+        // A second delete without a policy keeps the first one's; with one, replaces it.
+        let orphaning = with_finalizers(json!(["orphan"]));
+        assert_eq!(
+            got(false, &orphaning, &options(None, None)),
+            json!(["orphan"])
+        );
+        assert_eq!(
+            got(false, &orphaning, &options(Some("Foreground"), None)),
+            json!(["foregroundDeletion"])
+        );
+    }
+
+    #[test]
+    fn one_known_policy_at_most() {
+        assert!(options(Some("Background"), None).validate().is_ok());
+        assert!(options(Some("Sometimes"), None).validate().is_err());
+        assert!(options(Some("Orphan"), Some(true)).validate().is_err());
+    }
 }
