@@ -51,8 +51,9 @@ struct Collector {
     queue: Queue,
     /// (group, kind) → resource, for resolving owner references.
     kinds: Mutex<HashMap<(String, String), Kind>>,
-    /// Watchers that have not listed their resource once yet; the worker waits for none,
-    /// so that orphaning sees every dependent.
+    /// Watchers that have not listed their resource once yet, plus one until the first
+    /// discovery has started them all; the worker waits for none, so that orphaning sees
+    /// every dependent.
     unsynced: AtomicUsize,
 }
 
@@ -63,7 +64,7 @@ pub async fn run(client: Client) {
         graph: Mutex::new(Graph::default()),
         queue: Queue::default(),
         kinds: Mutex::new(HashMap::new()),
-        unsynced: AtomicUsize::new(0),
+        unsynced: AtomicUsize::new(1),
     });
     tokio::join!(watch_resources(collector.clone()), worker::run(collector));
 }
@@ -71,6 +72,7 @@ pub async fn run(client: Client) {
 /// Runs discovery now and every [`REDISCOVER`], keeping one watcher per collectable resource.
 async fn watch_resources(collector: Arc<Collector>) {
     let mut watchers: HashMap<(String, String), JoinHandle<()>> = HashMap::new();
+    let mut discovered = false;
     loop {
         match Discovery::new(collector.client.clone()).run().await {
             Ok(discovery) => {
@@ -102,6 +104,10 @@ async fn watch_resources(collector: Arc<Collector>) {
                     }
                 }
                 *collector.kinds.lock().expect("kinds") = kinds;
+                if !discovered {
+                    discovered = true;
+                    collector.unsynced.fetch_sub(1, Ordering::SeqCst);
+                }
                 // Resources no longer served (a CRD deleted): stop watching them.
                 watchers.retain(|key, task| {
                     let keep = seen.contains(key);
@@ -113,7 +119,13 @@ async fn watch_resources(collector: Arc<Collector>) {
             }
             Err(error) => tracing::warn!(%error, "garbage collector: discovery failed"),
         }
-        tokio::time::sleep(REDISCOVER).await;
+        // Until discovery worked once nothing is collected: try again soon.
+        let wait = if discovered {
+            REDISCOVER
+        } else {
+            Duration::from_secs(1)
+        };
+        tokio::time::sleep(wait).await;
     }
 }
 
