@@ -273,7 +273,6 @@ fn deployment(name: &str, replicas: u32) -> String {
     )
 }
 
-#[ignore = "needs the ReplicaSet and Deployment controllers (branch deploy); passes with it merged"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_deployment_cascades_to_its_replica_sets_and_pods() {
     let dir = tempfile::tempdir().unwrap();

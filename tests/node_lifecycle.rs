@@ -195,7 +195,6 @@ async fn lost_nodes_are_tainted_and_their_pods_evicted() {
     .await;
 }
 
-#[ignore = "needs the ReplicaSet and Deployment controllers (branch deploy); passes with it merged"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_nodes_deployment_pod_is_evicted_and_runs_elsewhere() {
     let dir = tempfile::tempdir().unwrap();
