@@ -7,11 +7,17 @@
 //!
 //! Must not touch: the store or the API's insides. Everything goes through the API.
 
+mod endpoint_slice;
+mod endpoints;
 pub mod events;
 pub mod leader;
+pub mod local_path;
 mod namespace;
+mod persistent_volume;
 mod root_ca;
 mod service_account;
+mod service_endpoints;
+mod volume_protection;
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -47,6 +53,12 @@ impl ControllerError {
     fn new(action: impl Into<String>) -> impl FnOnce(kube::Error) -> ControllerError {
         let action = action.into();
         move |source| ControllerError { action, source }
+    }
+
+    /// Whether the write lost a race with another writer (409): worth trying again soon,
+    /// not worth a warning.
+    fn is_conflict(&self) -> bool {
+        matches!(&self.source, kube::Error::Api(s) if s.code == 409)
     }
 }
 
@@ -115,19 +127,30 @@ async fn drive<T: Debug, E: std::fmt::Display>(
 }
 
 /// Runs the controllers whenever this server (`identity`) holds the controller-manager
-/// lease; `ca_pem` is the cluster CA published in every namespace. Never returns.
-pub async fn run(router: Arc<Router>, identity: String, ca_pem: String) {
+/// lease; `ca_pem` is the cluster CA published in every namespace, `storage` where the
+/// local-path provisioner keeps volumes. Never returns.
+pub async fn run(
+    router: Arc<Router>,
+    identity: String,
+    ca_pem: String,
+    storage: local_path::Storage,
+) {
     let client = crate::client::local::in_process(router, USER, &[]);
     let elector = leader::LeaderElector::new(client.clone(), identity);
     elector
-        .run(move || run_all(client.clone(), ca_pem.clone()))
+        .run(move || run_all(client.clone(), ca_pem.clone(), storage.clone()))
         .await
 }
 
-async fn run_all(client: Client, ca_pem: String) {
+async fn run_all(client: Client, ca_pem: String, storage: local_path::Storage) {
     tokio::join!(
         service_account::run(client.clone()),
         root_ca::run(client.clone(), ca_pem),
+        endpoints::run(client.clone()),
+        endpoint_slice::run(client.clone()),
+        persistent_volume::run(client.clone()),
+        local_path::run(client.clone(), storage),
+        volume_protection::run(client.clone()),
         namespace::run(client),
     );
 }

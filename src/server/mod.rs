@@ -209,6 +209,11 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
         // among the servers of a cluster, even on one host.
         let identity = format!("{}_{}", hostname(), options.raft_id);
         let ca_pem = certs.ca.cert_pem().to_string();
+        let storage = controllers::local_path::Storage {
+            dir: options.data_dir.join("storage"),
+            // The node this server's own agent registers as (k3s names nodes after the host).
+            local_node: (!options.disable_agent).then(hostname),
+        };
         tokio::spawn(async move {
             while !api.store.ready().await {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -230,7 +235,7 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
             ));
             tracing::info!(revision = api.store.revision(), "kedge is ready");
             tokio::spawn(api::crd::run(api));
-            controllers::run(router, identity, ca_pem).await;
+            controllers::run(router, identity, ca_pem, storage).await;
         })
     };
 
