@@ -65,7 +65,7 @@ async fn services_get_endpoints_and_slices_of_their_pods() {
     let _logs = LogDump(vec![server.log.clone()]);
     let _nodes = SimulatedNodes::start(
         server.kube_client(),
-        vec![NodeSpec::new("n1")],
+        vec![NodeSpec::new("n1").label("topology.kubernetes.io/zone", "z1")],
         Duration::from_secs(2),
     )
     .await;
@@ -179,6 +179,7 @@ async fn services_get_endpoints_and_slices_of_their_pods() {
     assert_eq!(by_ip(&b)["conditions"]["ready"], false);
     assert_eq!(by_ip(&b)["conditions"]["serving"], false);
     assert_eq!(by_ip(&a)["nodeName"], "n1");
+    assert_eq!(by_ip(&a)["zone"], "z1");
     assert_eq!(by_ip(&a)["targetRef"]["name"], "a");
     let table = kubectl.ok(&[
         "get",

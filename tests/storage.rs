@@ -135,6 +135,18 @@ async fn local_path_provisions_on_the_selected_node() {
     // No class named: the default one is filled in, and the claim waits for a consumer.
     let claim = r#"{"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "cache"},
         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "2Gi"}}}}"#;
+    let dry_run = kubectl.ok_with(
+        &[
+            "create",
+            "--dry-run=server",
+            "-f",
+            "-",
+            "-o",
+            "jsonpath={.spec.storageClassName}",
+        ],
+        Some(claim),
+    );
+    assert_eq!(dry_run, "local-path");
     kubectl.ok_with(&["apply", "-f", "-"], Some(claim));
     assert_eq!(
         kubectl.ok(&[

@@ -12,11 +12,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 
 use super::service_endpoints::{self as se, Tracker};
@@ -28,20 +29,34 @@ pub const CONTROLLER: &str = "endpointslice-controller.k8s.io";
 /// Upstream's default `--max-endpoints-per-slice`.
 pub const MAX_ENDPOINTS: usize = 100;
 
+/// The node label an endpoint's zone comes from.
+const ZONE: &str = "topology.kubernetes.io/zone";
+/// How soon a Service with pods on unknown nodes is looked at again.
+const NODE_MISSING_RETRY: Duration = Duration::from_secs(5);
+
 struct Context {
     client: Client,
     tracker: Arc<Tracker>,
+    nodes: reflector::Store<Node>,
 }
 
 pub async fn run(client: Client) {
     let tracker = Arc::new(Tracker::default());
+    let (nodes, writer) = reflector::store();
+    let node_cache = reflector::reflector(
+        writer,
+        watcher::watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff();
     let context = Context {
         client: client.clone(),
         tracker: tracker.clone(),
+        nodes,
     };
     let ours = || watcher::Config::default().labels(&format!("{MANAGED_BY}={CONTROLLER}"));
     let service_of = |s: &EndpointSlice| s.labels().get(SERVICE_NAME).cloned();
     tokio::join!(
+        super::drive("endpointslice-nodes", node_cache),
         se::run_for_services::<EndpointSlice, _, _, _>(
             "endpointslice",
             &client,
@@ -100,14 +115,29 @@ fn endpoint_key(endpoint: &Endpoint) -> String {
         .unwrap_or_else(|| endpoint.addresses.join(","))
 }
 
+/// What is known of the nodes pods run on: a node's zone (`None` for a node without
+/// one), or no entry when the node does not exist.
+type Zones = BTreeMap<String, Option<String>>;
+
 /// The endpoints each port mapping should hold, by pod uid (upstream's `podToEndpoint`).
-fn desired(service: &Service, pods: &[Pod]) -> BTreeMap<Ports, BTreeMap<String, Endpoint>> {
+/// Pods on nodes that do not exist are left out unless not-ready addresses are published.
+fn desired(
+    service: &Service,
+    pods: &[Pod],
+    zones: &Zones,
+) -> BTreeMap<Ports, BTreeMap<String, Endpoint>> {
     let publish = se::publish_not_ready(service);
     let mut out: BTreeMap<Ports, BTreeMap<String, Endpoint>> = BTreeMap::new();
     for pod in pods {
         if !se::should_be_in_endpoints(pod, true) {
             continue;
         }
+        let node = se::node_name(pod).unwrap_or_default();
+        let zone = match zones.get(&node) {
+            Some(zone) => zone.clone(),
+            None if publish => None,
+            None => continue,
+        };
         let Some(ip) = se::pod_ipv4(pod) else {
             continue;
         };
@@ -134,6 +164,7 @@ fn desired(service: &Service, pods: &[Pod]) -> BTreeMap<Ports, BTreeMap<String, 
             hostname: se::hostname(pod, service),
             node_name: se::node_name(pod),
             target_ref: Some(se::target_ref(pod)),
+            zone,
             ..Endpoint::default()
         };
         out.entry(ports_key(&ports))
@@ -153,7 +184,7 @@ struct Plan {
 
 /// Fits the desired endpoints into the existing slices of `service` (upstream's
 /// `reconcileByPortMapping`), changing as few slices as it can.
-fn plan(service: &Service, existing: Vec<EndpointSlice>, pods: &[Pod]) -> Plan {
+fn plan(service: &Service, existing: Vec<EndpointSlice>, pods: &[Pod], zones: &Zones) -> Plan {
     let mut plan = Plan::default();
     let labels = slice_labels(service);
     let uid = service.uid();
@@ -171,7 +202,7 @@ fn plan(service: &Service, existing: Vec<EndpointSlice>, pods: &[Pod]) -> Plan {
             plan.delete.push(slice.name_any());
         }
     }
-    let mut desired = desired(service, pods);
+    let mut desired = desired(service, pods, zones);
     let any_endpoints = !desired.is_empty();
     // The port mappings present now and before, each settled on its own.
     let keys: Vec<Ports> = groups.keys().chain(desired.keys()).cloned().collect();
@@ -297,7 +328,20 @@ async fn reconcile(
         .await
         .map_err(ControllerError::new(failed("listing")))?
         .items;
-    let plan = plan(&service, existing, &pods);
+    let _ = context.nodes.wait_until_ready().await;
+    let zones: Zones = pods
+        .iter()
+        .filter_map(se::node_name)
+        .filter_map(|node| {
+            let found = context.nodes.get(&ObjectRef::new(&node))?;
+            Some((node, found.labels().get(ZONE).cloned()))
+        })
+        .collect();
+    let on_missing_nodes = pods
+        .iter()
+        .filter_map(se::node_name)
+        .any(|node| !zones.contains_key(&node));
+    let plan = plan(&service, existing, &pods, &zones);
     let trigger = se::now();
     let conflicted =
         |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 409 || s.code == 404);
@@ -333,6 +377,10 @@ async fn reconcile(
             Err(e) => return Err(ControllerError::new(failed("deleting"))(e)),
         }
     }
+    if on_missing_nodes {
+        // Their nodes may yet appear (or the pods be removed).
+        return Ok(Action::requeue(NODE_MISSING_RETRY));
+    }
     Ok(Action::await_change())
 }
 
@@ -344,10 +392,14 @@ mod tests {
     fn pod(i: usize, port: i32) -> Pod {
         serde_json::from_value(json!({
             "metadata": {"name": format!("p{i}"), "namespace": "ns", "uid": format!("u{i}")},
-            "spec": {"containers": [{"name": "c", "ports": [{"name": "http", "containerPort": port}]}]},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "ports": [{"name": "http", "containerPort": port}]}]},
             "status": {"podIP": format!("10.0.{}.{}", i / 200, i % 200 + 1), "conditions": [{"type": "Ready", "status": "True"}]},
         }))
         .unwrap()
+    }
+
+    fn zones() -> Zones {
+        [("n1".to_string(), Some("z1".to_string()))].into()
     }
 
     fn service() -> Service {
@@ -362,28 +414,29 @@ mod tests {
     fn slices_split_per_port_mapping_and_size() {
         let mut pods: Vec<Pod> = (0..150).map(|i| pod(i, 8080)).collect();
         pods.push(pod(999, 9090));
-        let plan = plan(&service(), Vec::new(), &pods);
+        let plan = plan(&service(), Vec::new(), &pods, &zones());
         let sizes: Vec<usize> = plan.create.iter().map(|s| s.endpoints.len()).collect();
         assert_eq!(sizes, vec![100, 50, 1]);
+        assert_eq!(plan.create[0].endpoints[0].zone.as_deref(), Some("z1"));
         assert!(plan.update.is_empty() && plan.delete.is_empty());
     }
 
     #[test]
     fn unchanged_slices_are_not_rewritten_and_gone_endpoints_leave() {
         let pods: Vec<Pod> = (0..3).map(|i| pod(i, 8080)).collect();
-        let mut slices = plan(&service(), Vec::new(), &pods).create;
+        let mut slices = plan(&service(), Vec::new(), &pods, &zones()).create;
         slices[0].metadata.name = Some("s-abc".into());
-        let again = plan(&service(), slices.clone(), &pods);
+        let again = plan(&service(), slices.clone(), &pods, &zones());
         assert!(again.create.is_empty() && again.update.is_empty() && again.delete.is_empty());
-        let fewer = plan(&service(), slices.clone(), &pods[..2]);
+        let fewer = plan(&service(), slices.clone(), &pods[..2], &zones());
         assert_eq!(fewer.update.len(), 1);
         assert_eq!(fewer.update[0].endpoints.len(), 2);
-        let none = plan(&service(), slices, &[]);
+        let none = plan(&service(), slices, &[], &zones());
         assert_eq!(none.delete, vec!["s-abc".to_string()]);
         assert_eq!(none.create.len(), 1, "an empty placeholder replaces it");
         let mut placeholder = none.create[0].clone();
         placeholder.metadata.name = Some("s-def".into());
-        let idle = plan(&service(), vec![placeholder], &[]);
+        let idle = plan(&service(), vec![placeholder], &[], &zones());
         assert!(idle.create.is_empty() && idle.update.is_empty() && idle.delete.is_empty());
     }
 }

@@ -162,6 +162,7 @@ pub(super) async fn store_new(
             .insert("generation".into(), Value::from(1));
     }
     crate::api::defaults::apply(&call.resource.kind, &mut object);
+    hooks::mutate_create(call, &mut object).await?;
     match ownership {
         Ownership::Update => writer(call).record_update(None, &mut object),
         Ownership::Apply(entries) => managed::set_entries(&mut object, entries),

@@ -1,7 +1,8 @@
 //! Per-kind work around writes beyond storing JSON — upstream's registry strategies and
 //! built-in admission: a new pod's `Pending` status and QoS class, a Job's generated
 //! selector, a Service's ClusterIP and NodePorts (from [`crate::api::services`]), given back
-//! when the write fails or the Service goes.
+//! when the write fails or the Service goes; a claim's default StorageClass and the
+//! in-use protection finalizers of claims and volumes.
 
 use serde_json::{json, Value};
 
@@ -133,11 +134,17 @@ fn job_selector(job: &mut Value) {
     }
 }
 
-/// A valid new object, just before it is stored: allocations.
-pub(super) async fn admit_create(call: &Call<'_>, object: &mut Value) -> Result<(), ApiError> {
+/// A defaulted new object, before validation (and dry-run answers): mutating admission
+/// that needs to read other objects.
+pub(super) async fn mutate_create(call: &Call<'_>, object: &mut Value) -> Result<(), ApiError> {
     if is(call, "", "PersistentVolumeClaim") {
         default_storage_class(call, object).await?;
     }
+    Ok(())
+}
+
+/// A valid new object, just before it is stored: allocations.
+pub(super) async fn admit_create(call: &Call<'_>, object: &mut Value) -> Result<(), ApiError> {
     if is(call, "", "Service") {
         let target = call.target(object::name(object));
         strategy::prepare_create(&call.api.services, &target, object).await?;
