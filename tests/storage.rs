@@ -102,6 +102,22 @@ async fn claims_bind_to_the_smallest_fitting_volume() {
             .contains("no persistent volumes available for this claim and no storage class is set")
     })
     .await;
+
+    // A volume that comes after its claim is bound to it at once (not at the next resync).
+    let early = r#"{"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "early"},
+        "spec": {"storageClassName": "manual", "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": "10Gi"}}}}"#;
+    kubectl.ok_with(&["apply", "-f", "-"], Some(early));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        kubectl.ok(&["get", "pvc", "early", "-o", "jsonpath={.status.phase}"]),
+        "Pending"
+    );
+    kubectl.ok_with(&["apply", "-f", "-"], Some(&volume("late", "10Gi")));
+    eventually(Duration::from_secs(5), "early bound to late", || async {
+        kubectl.ok(&["get", "pvc", "early", "-o", "jsonpath={.spec.volumeName}"]) == "late"
+    })
+    .await;
 }
 
 fn hostname() -> String {

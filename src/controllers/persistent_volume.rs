@@ -35,6 +35,9 @@ pub const STORAGE_PROVISIONER: &str = "volume.kubernetes.io/storage-provisioner"
 pub const BETA_STORAGE_PROVISIONER: &str = "volume.beta.kubernetes.io/storage-provisioner";
 pub const SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
 
+/// How often an unbound claim is synced even without events (upstream's
+/// `--pvclaimbinder-sync-period`).
+const RESYNC: Duration = Duration::from_secs(15);
 /// How soon a write that lost a race is tried again.
 const AGAIN: Duration = Duration::from_millis(200);
 
@@ -51,16 +54,33 @@ pub async fn run(client: Client) {
     let claims = Controller::new(
         Api::<PersistentVolumeClaim>::all(client.clone()),
         watcher::Config::default(),
-    )
-    .watches(
-        Api::<PersistentVolume>::all(client.clone()),
-        watcher::Config::default(),
-        |volume: PersistentVolume| {
-            let claim = volume.spec.as_ref()?.claim_ref.as_ref()?;
-            Some(ObjectRef::new(claim.name.as_deref()?).within(claim.namespace.as_deref()?))
-        },
-    )
-    .run(sync_claim, super::retry_later, context.clone());
+    );
+    let pending = claims.store();
+    let claims = claims
+        .watches(
+            Api::<PersistentVolume>::all(client.clone()),
+            watcher::Config::default(),
+            move |volume: PersistentVolume| {
+                // The claim a volume points at; an unclaimed volume may serve any pending
+                // claim of its class.
+                if let Some(claim) = claim_ref(&volume) {
+                    let (Some(name), Some(namespace)) = (&claim.name, &claim.namespace) else {
+                        return Vec::new();
+                    };
+                    return vec![ObjectRef::new(name).within(namespace)];
+                }
+                let class = class_of_volume(&volume);
+                pending
+                    .state()
+                    .into_iter()
+                    .filter(|c| {
+                        !has_annotation(c.as_ref(), BIND_COMPLETED) && class_of_claim(c) == class
+                    })
+                    .map(|c| ObjectRef::from_obj(c.as_ref()))
+                    .collect()
+            },
+        )
+        .run(sync_claim, super::retry_later, context.clone());
     let volumes = Controller::new(
         Api::<PersistentVolume>::all(client.clone()),
         watcher::Config::default(),
@@ -259,6 +279,9 @@ async fn sync_claim(
     };
     match result {
         Err(e) if e.is_conflict() => Ok(Action::requeue(AGAIN)),
+        // Unbound claims are looked at again now and then, as upstream's periodic resync:
+        // what they wait for (a class, a node) may come without an event that wakes them.
+        Ok(()) if !has_annotation(claim.as_ref(), BIND_COMPLETED) => Ok(Action::requeue(RESYNC)),
         other => other.map(|()| Action::await_change()),
     }
 }

@@ -221,6 +221,14 @@ impl Tracker {
             .insert(ObjectRef::from_obj(service), names);
     }
 
+    /// Forgets the Services that are gone.
+    fn prune(&self, exists: impl Fn(&ObjectRef<Service>) -> bool) {
+        self.0
+            .lock()
+            .expect("tracker lock")
+            .retain(|service, _| exists(service));
+    }
+
     fn had(&self, service: &ObjectRef<Service>, pod: &str) -> bool {
         self.0
             .lock()
@@ -266,6 +274,7 @@ pub async fn run_for_services<K, C, F, Fut>(
             move |pod: Pod| {
                 let namespace = pod.namespace().unwrap_or_default();
                 let name = pod.name_any();
+                tracker.prune(|service| store.get(service).is_some());
                 store
                     .state()
                     .into_iter()
