@@ -161,8 +161,8 @@ pub(super) async fn store_new(
             .expect("metadata checked")
             .insert("generation".into(), Value::from(1));
     }
+    hooks::admit_new(call, &mut object).await?;
     crate::api::defaults::apply(&call.resource.kind, &mut object);
-    hooks::mutate_create(call, &mut object).await?;
     match ownership {
         Ownership::Update => writer(call).record_update(None, &mut object),
         Ownership::Apply(entries) => managed::set_entries(&mut object, entries),

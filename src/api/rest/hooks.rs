@@ -1,8 +1,9 @@
 //! Per-kind work around writes beyond storing JSON — upstream's registry strategies and
 //! built-in admission: a new pod's `Pending` status and QoS class, a Job's generated
 //! selector, a Service's ClusterIP and NodePorts (from [`crate::api::services`]), given back
-//! when the write fails or the Service goes; a claim's default StorageClass and the
-//! in-use protection finalizers of claims and volumes.
+//! when the write fails or the Service goes; a new pod's priority from its PriorityClass
+//! ([`super::priority`]); a claim's default StorageClass and the in-use protection
+//! finalizers of claims and volumes.
 
 use serde_json::{json, Value};
 
@@ -14,6 +15,18 @@ use crate::store::{Consistency, ListOptions};
 
 fn is(call: &Call<'_>, group: &str, kind: &str) -> bool {
     call.resource.group == group && call.resource.kind == kind
+}
+
+/// A new object as the client sent it, before defaulting: mutating admission that must
+/// tell what the client gave from what defaulting adds.
+pub(super) async fn admit_new(call: &Call<'_>, object: &mut Value) -> Result<(), ApiError> {
+    if is(call, "", "Pod") && call.path.subresource.is_none() {
+        super::priority::admit_pod(call, object).await?;
+    }
+    if is(call, "", "PersistentVolumeClaim") {
+        default_storage_class(call, object).await?;
+    }
+    Ok(())
 }
 
 /// A new object, named and defaulted, before validation.
@@ -132,15 +145,6 @@ fn job_selector(job: &mut Value) {
     ] {
         labels[key] = json!(value);
     }
-}
-
-/// A defaulted new object, before validation (and dry-run answers): mutating admission
-/// that needs to read other objects.
-pub(super) async fn mutate_create(call: &Call<'_>, object: &mut Value) -> Result<(), ApiError> {
-    if is(call, "", "PersistentVolumeClaim") {
-        default_storage_class(call, object).await?;
-    }
-    Ok(())
 }
 
 /// A valid new object, just before it is stored: allocations.
