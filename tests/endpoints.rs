@@ -98,6 +98,10 @@ async fn services_get_endpoints_and_slices_of_their_pods() {
         "{endpoints}"
     );
     assert_eq!(endpoints["metadata"]["labels"]["tier"], "front");
+    assert_eq!(
+        endpoints["metadata"]["labels"]["endpoints.kubernetes.io/managed-by"],
+        "endpoint-controller"
+    );
     assert!(endpoints["metadata"]["annotations"]
         ["endpoints.kubernetes.io/last-change-trigger-time"]
         .is_string());

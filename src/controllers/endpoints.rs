@@ -18,6 +18,9 @@ use kube::{Api, Client, ResourceExt};
 use super::service_endpoints::{self as se, Tracker};
 use super::ControllerError;
 
+/// The label that marks Endpoints this controller wrote (upstream's `LabelManagedBy`).
+pub const MANAGED_BY: &str = "endpoints.kubernetes.io/managed-by";
+pub const CONTROLLER: &str = "endpoint-controller";
 /// Endpoints of leader election records, never touched by the cleanup.
 const LEADER: &str = "control-plane.alpha.kubernetes.io/leader";
 
@@ -33,11 +36,12 @@ pub async fn run(client: Client) {
         tracker: tracker.clone(),
     };
     let own_name = |e: &Endpoints| Some(e.name_any());
+    let ours = || watcher::Config::default().labels(&format!("{MANAGED_BY}={CONTROLLER}"));
     tokio::join!(
         se::run_for_services::<Endpoints, _, _, _>(
             "endpoints",
             &client,
-            watcher::Config::default(),
+            ours(),
             own_name,
             tracker,
             reconcile,
@@ -46,18 +50,18 @@ pub async fn run(client: Client) {
         se::run_cleanup::<Endpoints>(
             "endpoints-cleanup",
             &client,
-            watcher::Config::default(),
+            ours(),
             written_by_us,
             own_name,
         ),
     );
 }
 
-/// Endpoints this controller wrote carry its trigger-time annotation; hand-written ones
-/// (of selector-less Services) and leader records are left alone.
+/// Endpoints this controller wrote carry its label; hand-written ones (of selector-less
+/// Services) and leader records are left alone.
 fn written_by_us(endpoints: &Endpoints) -> bool {
-    let annotations = endpoints.annotations();
-    annotations.contains_key(se::TRIGGER_TIME) && !annotations.contains_key(LEADER)
+    endpoints.labels().get(MANAGED_BY).map(String::as_str) == Some(CONTROLLER)
+        && !endpoints.annotations().contains_key(LEADER)
 }
 
 async fn reconcile(
@@ -72,7 +76,8 @@ async fn reconcile(
     let pods = se::selected_pods(&context.client, &service).await?;
     context.tracker.record(&service, &pods);
     let subsets = subsets(&service, &pods);
-    let labels = se::endpoint_labels(&service);
+    let mut labels = se::endpoint_labels(&service);
+    labels.insert(MANAGED_BY.to_string(), CONTROLLER.to_string());
 
     let api: Api<Endpoints> = Api::namespaced(context.client.clone(), &namespace);
     let failed = |what: &str| format!("{what} the Endpoints {namespace}/{name}");
