@@ -342,7 +342,7 @@ async fn reconcile(
         .filter_map(se::node_name)
         .any(|node| !zones.contains_key(&node));
     let plan = plan(&service, existing, &pods, &zones);
-    let trigger = se::now();
+    let trigger = super::now();
     let conflicted =
         |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 409 || s.code == 404);
     for mut slice in plan.create {

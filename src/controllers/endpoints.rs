@@ -105,7 +105,7 @@ async fn reconcile(
     endpoints.metadata.labels = Some(labels);
     endpoints
         .annotations_mut()
-        .insert(se::TRIGGER_TIME.to_string(), se::now());
+        .insert(se::TRIGGER_TIME.to_string(), super::now());
     endpoints.subsets = (!subsets.is_empty()).then_some(subsets);
     let result = if endpoints.metadata.resource_version.is_some() {
         api.replace(&name, &PostParams::default(), &endpoints).await

@@ -101,6 +101,19 @@ async fn run_per_namespace<K, C, F, Fut>(
     drive(controller, results).await;
 }
 
+/// This moment as the API writes times in objects (RFC 3339, whole seconds, UTC), for
+/// the timestamps controllers put in annotations and status.
+fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
 /// The name of a namespace that should get its objects; `None` once it is going away.
 fn to_fill(namespace: &Namespace) -> Option<String> {
     (!terminating(namespace)).then(|| namespace.name_any())

@@ -540,7 +540,7 @@ async fn set_volume_phase(
     let patch = json!({"status": {
         "phase": phase,
         "message": message,
-        "lastPhaseTransitionTime": super::service_endpoints::now(),
+        "lastPhaseTransitionTime": super::now(),
     }});
     volumes
         .patch_status(

@@ -195,18 +195,6 @@ pub fn owner(service: &Service) -> OwnerReference {
     }
 }
 
-/// The trigger time of a change written now.
-pub fn now() -> String {
-    time::OffsetDateTime::now_utc()
-        .replace_nanosecond(0)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
-
 /// Which pods each Service selected when last reconciled, so that a pod that stops
 /// matching (its labels changed) still wakes the Services it was in.
 #[derive(Default)]
