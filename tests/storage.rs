@@ -237,3 +237,51 @@ async fn local_path_provisions_on_the_selected_node() {
     .await;
     assert!(!path.exists(), "{} removed", path.display());
 }
+
+/// The whole WaitForFirstConsumer flow: the scheduler picks the pod's node and marks the
+/// claim with it, the provisioner makes a volume there, the binder binds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the scheduler's volume binding (volume.kubernetes.io/selected-node), not yet in main"]
+async fn a_pod_gets_its_claim_provisioned_on_its_node() {
+    use common::nodes::{NodeSpec, SimulatedNodes};
+    let dir = tempfile::tempdir().unwrap();
+    let server = started_server(dir.path()).await;
+    let _logs = LogDump(vec![server.log.clone()]);
+    let _nodes = SimulatedNodes::start(
+        server.kube_client(),
+        vec![NodeSpec::new("n1")],
+        Duration::from_secs(2),
+    )
+    .await;
+    let kubectl = server.kubectl();
+    let objects = r#"{"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data"},
+         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}},
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "user"},
+         "spec": {"containers": [{"name": "c", "image": "busybox"}],
+            "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "data"}}]}}]}"#;
+    kubectl.ok_with(&["apply", "-f", "-"], Some(objects));
+    eventually(
+        Duration::from_secs(20),
+        "claim Bound, pod Running",
+        || async {
+            kubectl.ok(&["get", "pvc", "data", "-o", "jsonpath={.status.phase}"]) == "Bound"
+                && kubectl.ok(&["get", "pod", "user", "-o", "jsonpath={.status.phase}"])
+                    == "Running"
+        },
+    )
+    .await;
+    let volume = kubectl.ok(&["get", "pvc", "data", "-o", "jsonpath={.spec.volumeName}"]);
+    let node = kubectl.ok(&[
+        "get",
+        "pv",
+        &volume,
+        "-o",
+        "jsonpath={.spec.nodeAffinity.required.nodeSelectorTerms[0].matchExpressions[0].values[0]}",
+    ]);
+    assert_eq!(node, "n1");
+    assert_eq!(
+        kubectl.ok(&["get", "pod", "user", "-o", "jsonpath={.spec.nodeName}"]),
+        "n1"
+    );
+}
