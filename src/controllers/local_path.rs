@@ -24,7 +24,8 @@ use kube::runtime::{watcher, Controller};
 use kube::{Api, Client, ResourceExt};
 
 use super::events::Recorder;
-use super::persistent_volume::{self as pv, PROVISIONED_BY, SELECTED_NODE, STORAGE_PROVISIONER};
+use super::persistent_volume::{PROVISIONED_BY, SELECTED_NODE, STORAGE_PROVISIONER};
+use super::volume_match::storage_request;
 use super::ControllerError;
 
 pub const CLASS: &str = "local-path";
@@ -178,7 +179,7 @@ async fn provision(
         },
         spec: Some(PersistentVolumeSpec {
             access_modes: claim.spec.as_ref().and_then(|s| s.access_modes.clone()),
-            capacity: Some(pv::storage_request(&claim)),
+            capacity: Some(storage_request(&claim)),
             claim_ref: Some(ObjectReference {
                 api_version: Some("v1".to_string()),
                 kind: Some("PersistentVolumeClaim".to_string()),

@@ -17,6 +17,7 @@ mod persistent_volume;
 mod root_ca;
 mod service_account;
 mod service_endpoints;
+mod volume_match;
 mod volume_protection;
 
 use std::fmt::Debug;

@@ -10,7 +10,6 @@
 //! (`volume.kubernetes.io/selected-node`); then volumes whose node affinity admits that node
 //! may bind, else the provisioner is asked.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,9 +23,11 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
 use super::events::Recorder;
+use super::volume_match::{
+    best_match, bound_to, claim_phase, claim_ref, class_of_claim, class_of_volume, has_annotation,
+    mismatch, reclaim_policy, volume_phase,
+};
 use super::ControllerError;
-use crate::scheduler::quantity;
-use crate::scheduler::selector::{selector_matches, term_matches};
 
 pub const BIND_COMPLETED: &str = "pv.kubernetes.io/bind-completed";
 pub const BOUND_BY_CONTROLLER: &str = "pv.kubernetes.io/bound-by-controller";
@@ -112,160 +113,6 @@ pub async fn run(client: Client) {
         super::drive("persistentvolume-claims", claims),
         super::drive("persistentvolume-volumes", volumes),
     );
-}
-
-fn claim_ref(volume: &PersistentVolume) -> Option<&ObjectReference> {
-    volume.spec.as_ref()?.claim_ref.as_ref()
-}
-
-fn has_annotation<K: ResourceExt>(object: &K, key: &str) -> bool {
-    object.annotations().contains_key(key)
-}
-
-fn class_of_claim(claim: &PersistentVolumeClaim) -> String {
-    claim
-        .spec
-        .as_ref()
-        .and_then(|s| s.storage_class_name.clone())
-        .unwrap_or_default()
-}
-
-fn class_of_volume(volume: &PersistentVolume) -> String {
-    volume
-        .spec
-        .as_ref()
-        .and_then(|s| s.storage_class_name.clone())
-        .unwrap_or_default()
-}
-
-fn volume_phase(volume: &PersistentVolume) -> &str {
-    volume
-        .status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .unwrap_or_default()
-}
-
-fn claim_phase(claim: &PersistentVolumeClaim) -> &str {
-    claim
-        .status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .unwrap_or_default()
-}
-
-/// Whether `volume` is reserved for exactly this claim (`IsVolumeBoundToClaim`).
-fn bound_to(volume: &PersistentVolume, claim: &PersistentVolumeClaim) -> bool {
-    claim_ref(volume).is_some_and(|r| {
-        r.name == claim.metadata.name
-            && r.namespace == claim.metadata.namespace
-            && r.uid
-                .as_ref()
-                .is_none_or(|uid| uid.is_empty() || Some(uid) == claim.metadata.uid.as_ref())
-    })
-}
-
-fn requested(claim: &PersistentVolumeClaim) -> i64 {
-    claim
-        .spec
-        .as_ref()
-        .and_then(|s| s.resources.as_ref())
-        .and_then(|r| r.requests.as_ref())
-        .and_then(|r| r.get("storage"))
-        .map(quantity::value)
-        .unwrap_or(0)
-}
-
-fn capacity(volume: &PersistentVolume) -> i64 {
-    volume
-        .spec
-        .as_ref()
-        .and_then(|s| s.capacity.as_ref())
-        .and_then(|c| c.get("storage"))
-        .map(quantity::value)
-        .unwrap_or(0)
-}
-
-/// Why `volume` cannot serve `claim` (`checkVolumeSatisfyClaim`), if it cannot.
-fn mismatch(volume: &PersistentVolume, claim: &PersistentVolumeClaim) -> Option<String> {
-    let (Some(spec), Some(want)) = (volume.spec.as_ref(), claim.spec.as_ref()) else {
-        return Some("no spec".to_string());
-    };
-    if capacity(volume) < requested(claim) {
-        return Some("requested PV is too small".to_string());
-    }
-    if class_of_volume(volume) != class_of_claim(claim) {
-        return Some("storageClassName does not match".to_string());
-    }
-    let mode = |m: Option<&String>| m.map(String::as_str).unwrap_or("Filesystem").to_string();
-    if mode(spec.volume_mode.as_ref()) != mode(want.volume_mode.as_ref()) {
-        return Some("incompatible volumeMode".to_string());
-    }
-    let offered = spec.access_modes.as_deref().unwrap_or_default();
-    if !want
-        .access_modes
-        .iter()
-        .flatten()
-        .all(|m| offered.contains(m))
-    {
-        return Some("incompatible accessMode".to_string());
-    }
-    None
-}
-
-/// Whether a volume's node affinity admits `node`.
-fn admits(volume: &PersistentVolume, node: &Node) -> bool {
-    let Some(required) = volume
-        .spec
-        .as_ref()
-        .and_then(|s| s.node_affinity.as_ref())
-        .and_then(|a| a.required.as_ref())
-    else {
-        return true;
-    };
-    let labels = node.labels().clone();
-    required
-        .node_selector_terms
-        .iter()
-        .any(|term| term_matches(term, &labels, &node.name_any()))
-}
-
-/// The volume to bind `claim` to (`FindMatchingVolume`): one pre-bound to it if it fits,
-/// else the smallest fitting unclaimed one. With `delay` (a WaitForFirstConsumer class)
-/// unclaimed volumes are only considered once a node is chosen, and must admit it.
-fn best_match<'a>(
-    claim: &PersistentVolumeClaim,
-    volumes: &'a [PersistentVolume],
-    delay: bool,
-    node: Option<&Node>,
-) -> Option<&'a PersistentVolume> {
-    let selector = claim.spec.as_ref().and_then(|s| s.selector.as_ref());
-    let mut best: Option<&PersistentVolume> = None;
-    for volume in volumes {
-        if volume.metadata.deletion_timestamp.is_some() || mismatch(volume, claim).is_some() {
-            continue;
-        }
-        if bound_to(volume, claim) {
-            return Some(volume);
-        }
-        if claim_ref(volume).is_some() || volume_phase(volume) != "Available" {
-            continue;
-        }
-        match (delay, node) {
-            (true, None) => continue,
-            (_, Some(node)) if !admits(volume, node) => continue,
-            _ => {}
-        }
-        if let Some(selector) = selector {
-            if !selector_matches(selector, volume.labels()) {
-                continue;
-            }
-        }
-        if best.is_none_or(|b| capacity(volume) < capacity(b)) {
-            best = Some(volume);
-        }
-    }
-    best
 }
 
 async fn sync_claim(
@@ -685,14 +532,6 @@ async fn sync_volume_once(
     unbind(volume, context).await
 }
 
-fn reclaim_policy(volume: &PersistentVolume) -> &str {
-    volume
-        .spec
-        .as_ref()
-        .and_then(|s| s.persistent_volume_reclaim_policy.as_deref())
-        .unwrap_or("Retain")
-}
-
 /// Applies the reclaim policy of a released volume (`reclaimVolume`).
 async fn reclaim(volume: &PersistentVolume, context: &Context) -> Result<(), ControllerError> {
     match reclaim_policy(volume) {
@@ -747,18 +586,4 @@ async fn unbind(volume: &PersistentVolume, context: &Context) -> Result<(), Cont
             volume.name_any()
         )))?;
     set_volume_phase(&volume, context, "Available", None).await
-}
-
-/// The storage a claim asks for, for the provisioner.
-pub fn storage_request(
-    claim: &PersistentVolumeClaim,
-) -> BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity> {
-    claim
-        .spec
-        .as_ref()
-        .and_then(|s| s.resources.as_ref())
-        .and_then(|r| r.requests.as_ref())
-        .and_then(|r| r.get("storage"))
-        .map(|q| BTreeMap::from([("storage".to_string(), q.clone())]))
-        .unwrap_or_default()
 }
