@@ -9,20 +9,27 @@
 
 pub mod cron_job;
 mod deployment;
+mod endpoint_slice;
+mod endpoints;
 pub mod events;
 pub mod expectations;
 mod garbage_collector;
 mod job;
 pub mod leader;
+pub mod local_path;
 mod namespace;
 mod node_ipam;
 mod node_lifecycle;
 pub mod ownership;
+mod persistent_volume;
 pub mod pods;
 mod replica_set;
 mod root_ca;
 mod service_account;
+mod service_endpoints;
 mod ttl_after_finished;
+mod volume_match;
+mod volume_protection;
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -58,6 +65,12 @@ impl ControllerError {
     fn new(action: impl Into<String>) -> impl FnOnce(kube::Error) -> ControllerError {
         let action = action.into();
         move |source| ControllerError { action, source }
+    }
+
+    /// Whether the write lost a race with another writer (409): worth trying again soon,
+    /// not worth a warning.
+    fn is_conflict(&self) -> bool {
+        matches!(&self.source, kube::Error::Api(s) if s.code == 409)
     }
 }
 
@@ -116,6 +129,19 @@ async fn run_per_namespace<K, C, F, Fut>(
     drive(controller, results).await;
 }
 
+/// This moment as the API writes times in objects (RFC 3339, whole seconds, UTC), for
+/// the timestamps controllers put in annotations and status.
+fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
 /// The name of a namespace that should get its objects; `None` once it is going away.
 fn to_fill(namespace: &Namespace) -> Option<String> {
     (!terminating(namespace)).then(|| namespace.name_any())
@@ -148,6 +174,8 @@ pub struct Settings {
     pub cluster_cidr: String,
     /// `--node-monitor-grace-period`: how long a silent node stays Ready.
     pub node_monitor_grace_period: Duration,
+    /// Where the local-path provisioner keeps volumes.
+    pub storage: local_path::Storage,
 }
 
 /// Runs the controllers whenever this server (`identity`) holds the controller-manager
@@ -173,6 +201,11 @@ async fn run_all(client: Client, ca_pem: String, settings: Settings) {
         job::run(client.clone()),
         cron_job::run(client.clone()),
         ttl_after_finished::run(client.clone()),
-        garbage_collector::run(client),
+        garbage_collector::run(client.clone()),
+        endpoints::run(client.clone()),
+        endpoint_slice::run(client.clone()),
+        persistent_volume::run(client.clone()),
+        local_path::run(client.clone(), settings.storage),
+        volume_protection::run(client),
     );
 }

@@ -213,6 +213,11 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
         let settings = controllers::Settings {
             cluster_cidr: options.cluster_cidr.clone(),
             node_monitor_grace_period: options.node_monitor_grace_period,
+            storage: controllers::local_path::Storage {
+                dir: options.data_dir.join("storage"),
+                // The node this server's own agent registers as (k3s names nodes after the host).
+                local_node: (!options.disable_agent).then(hostname),
+            },
         };
         tokio::spawn(async move {
             while !api.store.ready().await {

@@ -2,7 +2,8 @@
 //! built-in admission: a new pod's `Pending` status and QoS class, a Job's generated
 //! selector, a Service's ClusterIP and NodePorts (from [`crate::api::services`]), given back
 //! when the write fails or the Service goes; a new pod's priority from its PriorityClass
-//! ([`super::priority`]).
+//! ([`super::priority`]); a claim's default StorageClass and the in-use protection
+//! finalizers of claims and volumes.
 
 use serde_json::{json, Value};
 
@@ -10,6 +11,7 @@ use super::{ApiError, Call};
 use crate::api::defaults::pod_qos_class;
 use crate::api::object;
 use crate::api::services::strategy;
+use crate::store::{Consistency, ListOptions};
 
 fn is(call: &Call<'_>, group: &str, kind: &str) -> bool {
     call.resource.group == group && call.resource.kind == kind
@@ -20,6 +22,9 @@ fn is(call: &Call<'_>, group: &str, kind: &str) -> bool {
 pub(super) async fn admit_new(call: &Call<'_>, object: &mut Value) -> Result<(), ApiError> {
     if is(call, "", "Pod") && call.path.subresource.is_none() {
         super::priority::admit_pod(call, object).await?;
+    }
+    if is(call, "", "PersistentVolumeClaim") {
+        default_storage_class(call, object).await?;
     }
     Ok(())
 }
@@ -35,12 +40,82 @@ pub(super) fn prepare_create(call: &Call<'_>, object: &mut Value) {
                 .unwrap_or("BestEffort");
             object["status"] = json!({"phase": "Pending", "qosClass": qos});
         }
-        ("", "PersistentVolume" | "PersistentVolumeClaim") => {
+        ("", "PersistentVolume") => {
             object["status"] = json!({"phase": "Pending"});
+            add_finalizer(object, "kubernetes.io/pv-protection");
+        }
+        ("", "PersistentVolumeClaim") => {
+            object["status"] = json!({"phase": "Pending"});
+            add_finalizer(object, "kubernetes.io/pvc-protection");
         }
         ("batch", "Job") => job_selector(object),
         _ => {}
     }
+}
+
+/// Storage object in-use protection (upstream's StorageObjectInUseProtection admission): new
+/// claims and volumes carry the finalizer their protection controller removes once they are
+/// no longer used.
+fn add_finalizer(object: &mut Value, finalizer: &str) {
+    let Some(meta) = object::metadata_mut(object) else {
+        return;
+    };
+    let finalizers = meta.entry("finalizers").or_insert_with(|| json!([]));
+    if let Some(list) = finalizers.as_array_mut() {
+        if !list.iter().any(|f| f == finalizer) {
+            list.push(json!(finalizer));
+        }
+    }
+}
+
+/// A claim without `storageClassName` gets the default StorageClass, the newest if several
+/// are marked default (upstream's DefaultStorageClass admission); none is fine.
+async fn default_storage_class(call: &Call<'_>, claim: &mut Value) -> Result<(), ApiError> {
+    let Some(spec) = claim.get_mut("spec").and_then(Value::as_object_mut) else {
+        return Ok(());
+    };
+    if spec.get("storageClassName").is_some_and(|c| !c.is_null()) {
+        return Ok(());
+    }
+    let Some(classes) = call
+        .api
+        .registry
+        .get("storage.k8s.io", "v1", "storageclasses")
+    else {
+        return Ok(());
+    };
+    let page = call
+        .api
+        .store
+        .list(
+            &classes.key_prefix(),
+            ListOptions::default(),
+            Consistency::Linearizable,
+        )
+        .await
+        .map_err(|e| ApiError::Internal(format!("listing StorageClasses for the default: {e}")))?;
+    let default = page
+        .items
+        .iter()
+        .filter_map(|kv| object::decode(kv).ok())
+        .filter(|class| {
+            class.pointer("/metadata/annotations/storageclass.kubernetes.io~1is-default-class")
+                == Some(&json!("true"))
+        })
+        .max_by(|a, b| {
+            let created = |c: &Value| {
+                c.pointer("/metadata/creationTimestamp")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            (created(a), object::name(a).to_string())
+                .cmp(&(created(b), object::name(b).to_string()))
+        });
+    if let Some(class) = default {
+        spec.insert("storageClassName".into(), json!(object::name(&class)));
+    }
+    Ok(())
 }
 
 /// A Job without `manualSelector` selects its pods by its own uid, as upstream generates.
