@@ -10,8 +10,8 @@
 //! together. [`resources`] and [`quantity`] turn resource lists into numbers, and
 //! [`selector`] holds the label, node-selector and toleration matching they share.
 //!
-//! The loop that feeds it lives here too: [`run`] (watches, the decision loop, leader
-//! election), [`queue`] (pending pods by priority, with backoff), [`cache`] (the snapshot
+//! The loop that feeds it lives here too: [`run`] (the decision loop, leader election),
+//! `informers` (the watches it keeps), [`queue`] (pending pods by priority, with backoff), [`cache`] (the snapshot
 //! kept up to date event by event), [`volumes`] (PersistentVolumeClaims: which nodes
 //! they allow, provisioning where the pod goes), `bind` and `failure` (the API writes
 //! after a decision).
@@ -28,6 +28,7 @@ pub mod cache;
 pub mod decide;
 mod failure;
 pub mod filter;
+mod informers;
 pub mod interpod;
 pub mod preemption;
 pub mod quantity;

@@ -6,16 +6,13 @@
 //! carries out preemption ([`failure`]).
 
 use std::collections::{HashMap, HashSet};
-use std::hash::Hash;
 use std::sync::Arc;
 
-use futures::stream::{self, BoxStream};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::api::storage::v1::StorageClass;
-use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Api, Client};
+use kube::runtime::watcher;
+use kube::Client;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::time::Duration;
@@ -25,8 +22,10 @@ use tokio::time::Instant;
 use super::bind::{self, BindFailed};
 use super::cache::{Cache, NodeChange};
 use super::failure;
+use super::informers::{self, apply_to_map, keyed, named, Change};
 use super::preemption::priority;
 use super::queue::{key, Key, Queue, Queued};
+use super::snapshot::WorkloadSelector;
 use super::volumes::{self, PodVolumes, Volumes};
 use super::{rejected_everywhere, schedule_with_volumes, Preemption, Unschedulable};
 use crate::api::Router;
@@ -55,16 +54,6 @@ pub async fn run(router: Arc<Router>, identity: String) {
         .await
 }
 
-/// A change seen through the watches.
-enum Change {
-    Pod(Box<watcher::Event<Pod>>),
-    Node(Box<watcher::Event<Node>>),
-    Pdb(Box<watcher::Event<PodDisruptionBudget>>),
-    Claim(Box<watcher::Event<PersistentVolumeClaim>>),
-    Volume(Box<watcher::Event<PersistentVolume>>),
-    Class(Box<watcher::Event<StorageClass>>),
-}
-
 /// Which watches have listed everything once; no decision is made before.
 #[derive(Default)]
 struct Synced {
@@ -81,6 +70,8 @@ struct Relist {
     claims: Option<HashSet<Key>>,
     volumes: Option<HashSet<String>>,
     classes: Option<HashSet<String>>,
+    namespaces: Option<HashSet<String>>,
+    workloads: HashMap<&'static str, Option<HashSet<Key>>>,
 }
 
 /// A pod assumed on its node, waiting for its claims to be provisioned there.
@@ -104,6 +95,8 @@ pub(super) struct Scheduler {
     known_pods: HashSet<Key>,
     pdbs: HashMap<Key, PodDisruptionBudget>,
     pdb_list: Vec<PodDisruptionBudget>,
+    /// Selectors of Services and workloads, by kind, for default spreading.
+    workloads: HashMap<&'static str, HashMap<Key, WorkloadSelector>>,
     rng: StdRng,
     synced: Synced,
     relist: Relist,
@@ -126,6 +119,7 @@ impl Scheduler {
             known_pods: HashSet::new(),
             pdbs: HashMap::new(),
             pdb_list: Vec::new(),
+            workloads: HashMap::new(),
             rng: StdRng::from_os_rng(),
             synced: Synced::default(),
             relist: Relist::default(),
@@ -135,50 +129,8 @@ impl Scheduler {
         }
     }
 
-    fn watches(&self) -> BoxStream<'static, Change> {
-        fn watch<K>(client: &Client) -> BoxStream<'static, watcher::Event<K>>
-        where
-            K: kube::Resource<DynamicType = ()>
-                + Clone
-                + serde::de::DeserializeOwned
-                + std::fmt::Debug
-                + Send
-                + 'static,
-        {
-            watcher(Api::<K>::all(client.clone()), watcher::Config::default())
-                .default_backoff()
-                .filter_map(|event| async move {
-                    event
-                        .map_err(|error| tracing::debug!(%error, "scheduler watch"))
-                        .ok()
-                })
-                .boxed()
-        }
-        stream::select_all([
-            watch::<Pod>(&self.client)
-                .map(|e| Change::Pod(Box::new(e)))
-                .boxed(),
-            watch::<Node>(&self.client)
-                .map(|e| Change::Node(Box::new(e)))
-                .boxed(),
-            watch::<PodDisruptionBudget>(&self.client)
-                .map(|e| Change::Pdb(Box::new(e)))
-                .boxed(),
-            watch::<PersistentVolumeClaim>(&self.client)
-                .map(|e| Change::Claim(Box::new(e)))
-                .boxed(),
-            watch::<PersistentVolume>(&self.client)
-                .map(|e| Change::Volume(Box::new(e)))
-                .boxed(),
-            watch::<StorageClass>(&self.client)
-                .map(|e| Change::Class(Box::new(e)))
-                .boxed(),
-        ])
-        .boxed()
-    }
-
     pub(super) async fn run(mut self) {
-        let mut changes = self.watches();
+        let mut changes = informers::changes(&self.client);
         loop {
             let ready = self.synced.pods && self.synced.nodes && self.queue.has_active();
             let wakeup = self.queue.next_wakeup();
@@ -244,23 +196,35 @@ impl Scheduler {
                 }
             },
             Change::Pdb(event) => {
-                apply_to_map(&mut self.pdbs, &mut self.relist.pdbs, *event, object_key);
+                apply_to_map(&mut self.pdbs, &mut self.relist.pdbs, *event, keyed);
                 self.pdb_list = self.pdbs.values().cloned().collect();
             }
             Change::Claim(event) => {
                 let claims = &mut self.volumes.claims;
-                apply_to_map(claims, &mut self.relist.claims, *event, object_key);
+                apply_to_map(claims, &mut self.relist.claims, *event, keyed);
                 self.volumes_changed();
             }
             Change::Volume(event) => {
                 let volumes = &mut self.volumes.volumes;
-                apply_to_map(volumes, &mut self.relist.volumes, *event, object_name);
+                apply_to_map(volumes, &mut self.relist.volumes, *event, named);
                 self.volumes_changed();
             }
             Change::Class(event) => {
                 let classes = &mut self.volumes.classes;
-                apply_to_map(classes, &mut self.relist.classes, *event, object_name);
+                apply_to_map(classes, &mut self.relist.classes, *event, named);
                 self.volumes_changed();
+            }
+            Change::Namespace(event) => {
+                let labels = &mut self.cache.snapshot_mut().namespace_labels;
+                let relisting = &mut self.relist.namespaces;
+                apply_to_map(labels, relisting, *event, informers::namespace_labels);
+            }
+            Change::Workload(kind, event) => {
+                let selectors = self.workloads.entry(kind).or_default();
+                let relisting = self.relist.workloads.entry(kind).or_default();
+                apply_to_map(selectors, relisting, *event, |entry| entry);
+                let all = self.workloads.values().flat_map(|m| m.values()).cloned();
+                self.cache.snapshot_mut().workload_selectors = all.collect();
             }
         }
     }
@@ -501,49 +465,6 @@ impl Scheduler {
         self.waiting.remove(&failed.key);
         if let Some(queued) = self.binding.remove(&failed.key) {
             self.queue.requeue_backoff(queued, Instant::now());
-        }
-    }
-}
-
-fn object_key<K: kube::Resource>(object: &K) -> Key {
-    let meta = object.meta();
-    (
-        meta.namespace.clone().unwrap_or_default(),
-        meta.name.clone().unwrap_or_default(),
-    )
-}
-
-fn object_name<K: kube::Resource>(object: &K) -> String {
-    object.meta().name.clone().unwrap_or_default()
-}
-
-/// Applies a watch event to a map of objects by key, dropping after a relist what was
-/// not listed again.
-fn apply_to_map<T, Q: Eq + Hash + Clone>(
-    map: &mut HashMap<Q, T>,
-    relisting: &mut Option<HashSet<Q>>,
-    event: watcher::Event<T>,
-    key: impl Fn(&T) -> Q,
-) {
-    match event {
-        watcher::Event::Init => *relisting = Some(HashSet::new()),
-        watcher::Event::InitApply(object) => {
-            let k = key(&object);
-            if let Some(seen) = relisting {
-                seen.insert(k.clone());
-            }
-            map.insert(k, object);
-        }
-        watcher::Event::InitDone => {
-            if let Some(seen) = relisting.take() {
-                map.retain(|k, _| seen.contains(k));
-            }
-        }
-        watcher::Event::Apply(object) => {
-            map.insert(key(&object), object);
-        }
-        watcher::Event::Delete(object) => {
-            map.remove(&key(&object));
         }
     }
 }
