@@ -185,9 +185,31 @@ async fn pods_go_only_where_they_fit_select_and_tolerate() {
             }),
         ),
     );
+    create(
+        &server,
+        &pod(
+            "gated",
+            "100m",
+            serde_json::json!({"schedulingGates": [{"name": "example.com/wait"}]}),
+        ),
+    );
     for name in ["large", "on-ssd", "on-hdd", "tolerant"] {
         running(&server, name).await;
     }
+    assert_eq!(
+        placements(&server)["gated"],
+        "",
+        "scheduling gates hold a pod back"
+    );
+    server.kubectl().ok(&[
+        "patch",
+        "pod",
+        "gated",
+        "--type=json",
+        "-p",
+        r#"[{"op": "remove", "path": "/spec/schedulingGates"}]"#,
+    ]);
+    running(&server, "gated").await;
     let placed = placements(&server);
     assert_eq!(
         placed["large"], "big",

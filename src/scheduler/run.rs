@@ -302,7 +302,7 @@ impl Scheduler {
             // Our own status writes on a pod being bound; the binding decides.
             return;
         }
-        if pod.metadata.deletion_timestamp.is_some() || !ours(&pod) {
+        if pod.metadata.deletion_timestamp.is_some() || !ours(&pod) || gated(&pod) {
             self.queue.remove(&key);
             self.cache.remove_nominated(&key);
             return;
@@ -475,6 +475,15 @@ fn ours(pod: &Pod) -> bool {
         pod.spec.as_ref().and_then(|s| s.scheduler_name.as_deref()),
         None | Some("") | Some(SCHEDULER_NAME)
     )
+}
+
+/// A pod with scheduling gates waits, unqueued, until they are all removed (upstream's
+/// SchedulingGates PreEnqueue).
+fn gated(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.scheduling_gates.as_ref())
+        .is_some_and(|g| !g.is_empty())
 }
 
 fn finished(pod: &Pod) -> bool {
