@@ -7,11 +7,19 @@
 //!
 //! Must not touch: the store or the API's insides. Everything goes through the API.
 
+pub mod cron_job;
+mod deployment;
 pub mod events;
+pub mod expectations;
+mod job;
 pub mod leader;
 mod namespace;
+pub mod ownership;
+pub mod pods;
+mod replica_set;
 mod root_ca;
 mod service_account;
+mod ttl_after_finished;
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -52,6 +60,22 @@ impl ControllerError {
 
 /// The error policy every controller shares: say what failed, try again a little later.
 fn retry_later<K>(_object: Arc<K>, error: &ControllerError, _context: Arc<impl Sized>) -> Action {
+    tracing::warn!(%error, "reconcile failed; retrying");
+    Action::requeue(RETRY)
+}
+
+/// The error policy of controllers that write objects others write too: a write conflict
+/// (the cache was behind) is retried at once, as upstream's rate-limited queue starts with
+/// milliseconds; any other failure a little later.
+fn retry_soon_on_conflict<K>(
+    _object: Arc<K>,
+    error: &ControllerError,
+    _context: Arc<impl Sized>,
+) -> Action {
+    if ownership::conflict(&error.source) {
+        tracing::debug!(%error, "reconcile hit a conflict; retrying");
+        return Action::requeue(Duration::from_millis(50));
+    }
     tracing::warn!(%error, "reconcile failed; retrying");
     Action::requeue(RETRY)
 }
@@ -128,6 +152,12 @@ async fn run_all(client: Client, ca_pem: String) {
     tokio::join!(
         service_account::run(client.clone()),
         root_ca::run(client.clone(), ca_pem),
-        namespace::run(client),
+        replica_set::run_replica_sets(client.clone()),
+        replica_set::run_replication_controllers(client.clone()),
+        deployment::run(client.clone()),
+        namespace::run(client.clone()),
+        job::run(client.clone()),
+        cron_job::run(client.clone()),
+        ttl_after_finished::run(client),
     );
 }
