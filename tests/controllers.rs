@@ -182,7 +182,8 @@ async fn the_controller_manager_lease_is_held_by_this_server() {
     let before = version(&kubectl);
     tokio::time::sleep(Duration::from_secs(10)).await;
     let writes = version(&kubectl) - before;
-    assert!(writes <= 3, "{writes} writes in 10 s of idling");
+    // Two leases renewed every 5 s when idle: the controller-manager's and the scheduler's.
+    assert!(writes <= 6, "{writes} writes in 10 s of idling");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -185,9 +185,31 @@ async fn pods_go_only_where_they_fit_select_and_tolerate() {
             }),
         ),
     );
+    create(
+        &server,
+        &pod(
+            "gated",
+            "100m",
+            serde_json::json!({"schedulingGates": [{"name": "example.com/wait"}]}),
+        ),
+    );
     for name in ["large", "on-ssd", "on-hdd", "tolerant"] {
         running(&server, name).await;
     }
+    assert_eq!(
+        placements(&server)["gated"],
+        "",
+        "scheduling gates hold a pod back"
+    );
+    server.kubectl().ok(&[
+        "patch",
+        "pod",
+        "gated",
+        "--type=json",
+        "-p",
+        r#"[{"op": "remove", "path": "/spec/schedulingGates"}]"#,
+    ]);
+    running(&server, "gated").await;
     let placed = placements(&server);
     assert_eq!(
         placed["large"], "big",
@@ -417,4 +439,154 @@ async fn priority_comes_from_the_priority_class() {
         ),
         "{refused}"
     );
+}
+
+/// A pod using claim `claim`.
+fn pod_with_claim(name: &str, claim: &str) -> String {
+    let mut pod: serde_json::Value =
+        serde_json::from_str(&pod(name, "100m", serde_json::json!({}))).unwrap();
+    pod["spec"]["volumes"] =
+        serde_json::json!([{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]);
+    pod.to_string()
+}
+
+fn claim(name: &str, class: &str) -> String {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name},
+        "spec": {"storageClassName": class, "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": "1Gi"}}},
+    })
+    .to_string()
+}
+
+/// What a provisioner and the PV controller do for `claim`: a volume on `node`, bound.
+fn provision(server: &Server, claim: &str, node: &str) {
+    let kubectl = server.kubectl();
+    let volume = serde_json::json!({
+        "apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": format!("pv-{claim}")},
+        "spec": {
+            "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+            "hostPath": {"path": "/tmp/x"},
+            "claimRef": {"namespace": "default", "name": claim},
+            "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}},
+        },
+    });
+    kubectl.ok_with(&["create", "-f", "-"], Some(&volume.to_string()));
+    kubectl.ok(&[
+        "patch",
+        "pvc",
+        claim,
+        "--type=merge",
+        "-p",
+        &format!("{{\"spec\": {{\"volumeName\": \"pv-{claim}\"}}}}"),
+    ]);
+    kubectl.ok(&[
+        "patch",
+        "pvc",
+        claim,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        "{\"status\": {\"phase\": \"Bound\"}}",
+    ]);
+}
+
+async fn failed_scheduling(server: &Server, pod: &str) -> String {
+    let selector = format!("involvedObject.name={pod},reason=FailedScheduling");
+    let message = || {
+        server.kubectl().ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            &selector,
+            "-o",
+            "jsonpath={.items[*].message}",
+        ])
+    };
+    eventually(WAIT, &format!("{pod}'s FailedScheduling event"), || async {
+        !message().is_empty()
+    })
+    .await;
+    message()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_wait_for_their_claims_and_follow_their_volumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = started_server(dir.path()).await;
+    let _logs = LogDump(vec![server.log.clone()]);
+    let _nodes = SimulatedNodes::start(
+        server.kube_client(),
+        vec![NodeSpec::new("n1"), NodeSpec::new("n2")],
+        HEARTBEAT,
+    )
+    .await;
+    let kubectl = server.kubectl();
+    for (name, mode) in [("local", "WaitForFirstConsumer"), ("eager", "Immediate")] {
+        let class = serde_json::json!({
+            "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": name}, "provisioner": "example.com/test",
+            "volumeBindingMode": mode,
+        });
+        kubectl.ok_with(&["create", "-f", "-"], Some(&class.to_string()));
+    }
+
+    // A claim that does not exist.
+    create(&server, &pod_with_claim("lost", "missing"));
+    assert_eq!(
+        failed_scheduling(&server, "lost").await,
+        "0/2 nodes are available: persistentvolumeclaim \"missing\" not found. preemption: \
+         0/2 nodes are available: 2 Preemption is not helpful for scheduling."
+    );
+
+    // An unbound claim of an Immediate class.
+    create(&server, &claim("now", "eager"));
+    create(&server, &pod_with_claim("impatient", "now"));
+    assert_eq!(
+        failed_scheduling(&server, "impatient").await,
+        "0/2 nodes are available: pod has unbound immediate PersistentVolumeClaims. preemption: \
+         0/2 nodes are available: 2 Preemption is not helpful for scheduling."
+    );
+
+    // A WaitForFirstConsumer claim: the node is picked, the claim told, the pod bound once
+    // the claim is.
+    create(&server, &claim("later", "local"));
+    create(&server, &pod_with_claim("consumer", "later"));
+    let selected = || {
+        kubectl.ok(&[
+            "get",
+            "pvc",
+            "later",
+            "-o",
+            "jsonpath={.metadata.annotations.volume\\.kubernetes\\.io/selected-node}",
+        ])
+    };
+    eventually(WAIT, "the claim's selected node", || async {
+        !selected().is_empty()
+    })
+    .await;
+    let selected = selected();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        placements(&server)["consumer"],
+        "",
+        "not bound before its claim"
+    );
+    provision(&server, "later", &selected);
+    running(&server, "consumer").await;
+    assert_eq!(placements(&server)["consumer"], selected);
+
+    // A bound claim's volume pins its later users to its node; the missing claim, once
+    // created and bound, too.
+    create(&server, &pod_with_claim("second", "later"));
+    running(&server, "second").await;
+    assert_eq!(placements(&server)["second"], selected);
+    let other = if selected == "n1" { "n2" } else { "n1" };
+    create(&server, &claim("missing", "local"));
+    provision(&server, "missing", other);
+    running(&server, "lost").await;
+    assert_eq!(placements(&server)["lost"], other);
 }

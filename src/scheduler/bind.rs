@@ -1,16 +1,18 @@
 //! Binding: the last step of a decision, run in the background so the loop can go on to
 //! the next pod — POST a `Binding` to `pods/<name>/binding`, then the `Scheduled` event.
 //! A failed binding is reported back to the loop, which forgets the assumed pod and
-//! tries it again after its backoff.
+//! tries it again after its backoff. Claims provisioned where the pod goes are first
+//! annotated with the node ([`select_node`]).
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod};
-use kube::api::{ObjectMeta, PostParams};
+use k8s_openapi::api::core::v1::{Binding, ObjectReference, PersistentVolumeClaim, Pod};
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::queue::{key, Key};
+use super::volumes::SELECTED_NODE;
 use crate::controllers::events::Recorder;
 
 /// A binding the API refused.
@@ -70,6 +72,28 @@ pub async fn bind(
             let _ = failed.send(BindFailed {
                 key: (namespace, name),
             });
+        }
+    }
+}
+
+/// Upstream's PreBind for claims provisioned where the pod goes: annotates each of
+/// `claims` with the chosen `node` for the provisioner. A refusal sends the pod back.
+pub async fn select_node(
+    client: Client,
+    pod: Key,
+    claims: Vec<Key>,
+    node: String,
+    failed: mpsc::UnboundedSender<BindFailed>,
+) {
+    for (namespace, name) in claims {
+        let patch = serde_json::json!({"metadata": {"annotations": {SELECTED_NODE: node}}});
+        let result = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &namespace)
+            .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .await;
+        if let Err(error) = result {
+            tracing::info!(claim = %format!("{namespace}/{name}"), %node, %error, "selecting a node for a claim failed");
+            let _ = failed.send(BindFailed { key: pod });
+            return;
         }
     }
 }

@@ -13,6 +13,7 @@ use super::filter::{self, Failure, Prepared};
 use super::preemption::{self, Victims, NOT_HELPFUL};
 use super::score::score_nodes;
 use super::snapshot::{NodeInfo, Snapshot};
+use super::volumes::VolumeFilter;
 
 /// What preemption concluded for a pod that fits nowhere.
 #[derive(Debug, Clone)]
@@ -30,6 +31,9 @@ pub enum Preemption {
 #[derive(Debug, Clone)]
 pub struct Unschedulable {
     pub num_nodes: usize,
+    /// Why the pod fits no node at all, before any node was looked at (upstream's
+    /// PreFilter message: a missing PersistentVolumeClaim).
+    pub pre_filter: Option<String>,
     /// Why each node was filtered out, by node name.
     pub filtered: Vec<(String, Failure)>,
     pub preemption: Preemption,
@@ -65,7 +69,11 @@ impl fmt::Display for Unschedulable {
         if self.num_nodes == 0 {
             return f.write_str("no nodes available to schedule pods");
         }
-        write_fit(f, self.num_nodes, &self.filtered)?;
+        match &self.pre_filter {
+            // Every node carries the same reason then; it is said once.
+            Some(why) => write!(f, "0/{} nodes are available: {why}.", self.num_nodes)?,
+            None => write_fit(f, self.num_nodes, &self.filtered)?,
+        }
         match &self.preemption {
             Preemption::NotEligible(why) => write!(f, " preemption: {why}"),
             Preemption::Failed(statuses) => {
@@ -88,7 +96,19 @@ pub fn schedule(
     pdbs: &[PodDisruptionBudget],
     rng: &mut impl Rng,
 ) -> Result<String, Unschedulable> {
-    let prep = Prepared::new(pod, snap);
+    schedule_with_volumes(pod, snap, pdbs, rng, VolumeFilter::default())
+}
+
+/// [`schedule`] for a pod with PersistentVolumeClaims: `volumes` says which nodes they
+/// allow (see [`super::volumes`]).
+pub fn schedule_with_volumes(
+    pod: &Pod,
+    snap: &Snapshot,
+    pdbs: &[PodDisruptionBudget],
+    rng: &mut impl Rng,
+    volumes: VolumeFilter,
+) -> Result<String, Unschedulable> {
+    let prep = Prepared::new(pod, snap).with_volumes(volumes);
     let mut feasible: Vec<&NodeInfo> = Vec::new();
     let mut filtered = Vec::new();
     for node in &snap.nodes {
@@ -114,9 +134,31 @@ pub fn schedule(
     };
     Err(Unschedulable {
         num_nodes: snap.nodes.len(),
+        pre_filter: None,
         filtered,
         preemption,
     })
+}
+
+/// The answer for a pod that fits no node whatever the node (`why`, upstream's PreFilter
+/// rejection): every node is unresolvable, so preemption cannot help either.
+pub fn rejected_everywhere(pod: &Pod, snap: &Snapshot, why: String) -> Unschedulable {
+    let filtered: Vec<(String, Failure)> = snap
+        .nodes
+        .iter()
+        .map(|n| (n.name().to_string(), Failure::unresolvable(why.clone())))
+        .collect();
+    let preemption = if snap.nodes.is_empty() {
+        Preemption::Failed(Vec::new())
+    } else {
+        preempt(pod, snap, &filtered, &[])
+    };
+    Unschedulable {
+        num_nodes: snap.nodes.len(),
+        pre_filter: Some(why),
+        filtered,
+        preemption,
+    }
 }
 
 /// Filters a node as if the pods nominated to it were already there, and also as it is
@@ -300,6 +342,18 @@ mod tests {
         assert_eq!(
             schedule(&p, &snap, &[], &mut rng()).unwrap_err().to_string(),
             "0/1 nodes are available: 1 Insufficient cpu. preemption: not eligible due to preemptionPolicy=Never."
+        );
+    }
+
+    #[test]
+    fn a_pre_filter_rejection_is_said_once() {
+        let snap = Snapshot::new(vec![worker("a", "2"), worker("b", "2")], vec![]);
+        let p = pod("p", None, &[]);
+        let err = rejected_everywhere(&p, &snap, "persistentvolumeclaim \"x\" not found".into());
+        assert_eq!(
+            err.to_string(),
+            "0/2 nodes are available: persistentvolumeclaim \"x\" not found. preemption: \
+             0/2 nodes are available: 2 Preemption is not helpful for scheduling."
         );
     }
 

@@ -17,6 +17,7 @@ use super::resources::{pod_requests, Missing, Resources};
 use super::selector::{term_matches, tolerated};
 use super::snapshot::{host_ports, HostPort, NodeInfo, Snapshot};
 use super::spread;
+use super::volumes::VolumeFilter;
 
 pub const ERR_UNSCHEDULABLE: &str = "node(s) were unschedulable";
 pub const ERR_NODE_NAME: &str = "node(s) didn't match the requested node name";
@@ -59,6 +60,8 @@ pub struct Prepared<'a> {
     pub ports: Vec<HostPort>,
     pub affinity: interpod::FilterState,
     pub spread: spread::FilterState,
+    /// What the pod's PersistentVolumeClaims ask of a node.
+    pub volumes: VolumeFilter,
 }
 
 impl<'a> Prepared<'a> {
@@ -69,7 +72,13 @@ impl<'a> Prepared<'a> {
             ports: host_ports(pod),
             affinity: interpod::FilterState::new(pod, snapshot),
             spread: spread::FilterState::new(pod, snapshot),
+            volumes: VolumeFilter::default(),
         }
+    }
+
+    pub fn with_volumes(mut self, volumes: VolumeFilter) -> Self {
+        self.volumes = volumes;
+        self
     }
 }
 
@@ -81,6 +90,7 @@ pub fn run(prep: &Prepared, node: &NodeInfo) -> Status {
     node_affinity(prep.pod, node)?;
     node_ports(&prep.ports, node)?;
     node_resources_fit(&prep.requests, node)?;
+    prep.volumes.filter(node)?;
     prep.spread.filter(node)?;
     prep.affinity.filter(node)
 }

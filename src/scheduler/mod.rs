@@ -10,10 +10,11 @@
 //! together. [`resources`] and [`quantity`] turn resource lists into numbers, and
 //! [`selector`] holds the label, node-selector and toleration matching they share.
 //!
-//! The loop that feeds it lives here too: [`run`] (watches, the decision loop, leader
-//! election), [`queue`] (pending pods by priority, with backoff), [`cache`] (the snapshot
-//! kept up to date event by event), `bind` and `failure` (the API writes after a
-//! decision).
+//! The loop that feeds it lives here too: [`run`] (the decision loop, leader election),
+//! `informers` (the watches it keeps), [`queue`] (pending pods by priority, with backoff), [`cache`] (the snapshot
+//! kept up to date event by event), [`volumes`] (PersistentVolumeClaims: which nodes
+//! they allow, provisioning where the pod goes), `bind` and `failure` (the API writes
+//! after a decision).
 //!
 //! The loop keeps one [`Snapshot`] of the cached nodes and pods (with namespace labels
 //! and Service/workload selectors when known), calls [`schedule`] per pending pod, and
@@ -27,6 +28,7 @@ pub mod cache;
 pub mod decide;
 mod failure;
 pub mod filter;
+mod informers;
 pub mod interpod;
 pub mod preemption;
 pub mod quantity;
@@ -37,7 +39,8 @@ pub mod score;
 pub mod selector;
 pub mod snapshot;
 pub mod spread;
+pub mod volumes;
 
-pub use decide::{schedule, Preemption, Unschedulable};
+pub use decide::{rejected_everywhere, schedule, schedule_with_volumes, Preemption, Unschedulable};
 pub use run::run;
 pub use snapshot::{NodeInfo, Snapshot};

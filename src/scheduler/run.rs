@@ -8,23 +8,26 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use futures::stream::{self, BoxStream};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Api, Client};
+use kube::runtime::watcher;
+use kube::Client;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+use std::time::Duration;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 
 use super::bind::{self, BindFailed};
 use super::cache::{Cache, NodeChange};
 use super::failure;
+use super::informers::{self, apply_to_map, keyed, named, Change};
 use super::preemption::priority;
 use super::queue::{key, Key, Queue, Queued};
-use super::{schedule, Preemption, Unschedulable};
+use super::snapshot::WorkloadSelector;
+use super::volumes::{self, PodVolumes, Volumes};
+use super::{rejected_everywhere, schedule_with_volumes, Preemption, Unschedulable};
 use crate::api::Router;
 use crate::controllers::events::Recorder;
 use crate::controllers::leader::LeaderElector;
@@ -37,6 +40,9 @@ pub const LEASE_NAME: &str = "kube-scheduler";
 pub const SCHEDULER_NAME: &str = "default-scheduler";
 /// Bindings in flight at once: enough to fill the store's group commits.
 const PARALLEL_BINDINGS: usize = 64;
+/// How long a pod waits for its claims to be provisioned and bound before it is tried
+/// again (upstream's `bindTimeoutSeconds`).
+const VOLUME_BIND_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Runs the scheduler whenever this server (`identity`) holds the scheduler lease. Never
 /// returns.
@@ -46,13 +52,6 @@ pub async fn run(router: Arc<Router>, identity: String) {
     elector
         .run(move || Scheduler::new(client.clone()).run())
         .await
-}
-
-/// A change seen through the watches.
-enum Change {
-    Pod(Box<watcher::Event<Pod>>),
-    Node(Box<watcher::Event<Node>>),
-    Pdb(Box<watcher::Event<PodDisruptionBudget>>),
 }
 
 /// Which watches have listed everything once; no decision is made before.
@@ -68,6 +67,18 @@ struct Relist {
     pods: Option<HashSet<Key>>,
     nodes: Option<HashSet<String>>,
     pdbs: Option<HashSet<Key>>,
+    claims: Option<HashSet<Key>>,
+    volumes: Option<HashSet<String>>,
+    classes: Option<HashSet<String>>,
+    namespaces: Option<HashSet<String>>,
+    workloads: HashMap<&'static str, Option<HashSet<Key>>>,
+}
+
+/// A pod assumed on its node, waiting for its claims to be provisioned there.
+struct Waiting {
+    node: String,
+    claims: Vec<Key>,
+    deadline: Instant,
 }
 
 pub(super) struct Scheduler {
@@ -77,10 +88,15 @@ pub(super) struct Scheduler {
     queue: Queue,
     /// Pods assumed on a node whose binding has not been seen yet.
     binding: HashMap<Key, Queued>,
+    /// Those of them still waiting for their volumes.
+    waiting: HashMap<Key, Waiting>,
+    volumes: Volumes,
     /// Every live pod this scheduler knows of (bound or pending).
     known_pods: HashSet<Key>,
     pdbs: HashMap<Key, PodDisruptionBudget>,
     pdb_list: Vec<PodDisruptionBudget>,
+    /// Selectors of Services and workloads, by kind, for default spreading.
+    workloads: HashMap<&'static str, HashMap<Key, WorkloadSelector>>,
     rng: StdRng,
     synced: Synced,
     relist: Relist,
@@ -98,9 +114,12 @@ impl Scheduler {
             cache: Cache::default(),
             queue: Queue::default(),
             binding: HashMap::new(),
+            waiting: HashMap::new(),
+            volumes: Volumes::default(),
             known_pods: HashSet::new(),
             pdbs: HashMap::new(),
             pdb_list: Vec::new(),
+            workloads: HashMap::new(),
             rng: StdRng::from_os_rng(),
             synced: Synced::default(),
             relist: Relist::default(),
@@ -110,41 +129,8 @@ impl Scheduler {
         }
     }
 
-    fn watches(&self) -> BoxStream<'static, Change> {
-        fn watch<K>(client: &Client) -> BoxStream<'static, watcher::Event<K>>
-        where
-            K: kube::Resource<DynamicType = ()>
-                + Clone
-                + serde::de::DeserializeOwned
-                + std::fmt::Debug
-                + Send
-                + 'static,
-        {
-            watcher(Api::<K>::all(client.clone()), watcher::Config::default())
-                .default_backoff()
-                .filter_map(|event| async move {
-                    event
-                        .map_err(|error| tracing::debug!(%error, "scheduler watch"))
-                        .ok()
-                })
-                .boxed()
-        }
-        stream::select_all([
-            watch::<Pod>(&self.client)
-                .map(|e| Change::Pod(Box::new(e)))
-                .boxed(),
-            watch::<Node>(&self.client)
-                .map(|e| Change::Node(Box::new(e)))
-                .boxed(),
-            watch::<PodDisruptionBudget>(&self.client)
-                .map(|e| Change::Pdb(Box::new(e)))
-                .boxed(),
-        ])
-        .boxed()
-    }
-
     pub(super) async fn run(mut self) {
-        let mut changes = self.watches();
+        let mut changes = informers::changes(&self.client);
         loop {
             let ready = self.synced.pods && self.synced.nodes && self.queue.has_active();
             let wakeup = self.queue.next_wakeup();
@@ -153,7 +139,10 @@ impl Scheduler {
                 Some(change) = changes.next() => self.apply(change),
                 Some(failed) = self.failed_rx.recv() => self.binding_failed(failed),
                 _ = std::future::ready(()), if ready => self.schedule_one(),
-                _ = tokio::time::sleep_until(wakeup) => self.queue.flush(Instant::now()),
+                _ = tokio::time::sleep_until(wakeup) => {
+                    self.queue.flush(Instant::now());
+                    self.check_waiting();
+                }
             }
         }
     }
@@ -207,28 +196,75 @@ impl Scheduler {
                 }
             },
             Change::Pdb(event) => {
-                match *event {
-                    watcher::Event::Init => self.relist.pdbs = Some(HashSet::new()),
-                    watcher::Event::InitApply(pdb) => {
-                        let key = pdb_key(&pdb);
-                        if let Some(seen) = &mut self.relist.pdbs {
-                            seen.insert(key.clone());
-                        }
-                        self.pdbs.insert(key, pdb);
-                    }
-                    watcher::Event::InitDone => {
-                        let seen = self.relist.pdbs.take().unwrap_or_default();
-                        self.pdbs.retain(|k, _| seen.contains(k));
-                    }
-                    watcher::Event::Apply(pdb) => {
-                        self.pdbs.insert(pdb_key(&pdb), pdb);
-                    }
-                    watcher::Event::Delete(pdb) => {
-                        self.pdbs.remove(&pdb_key(&pdb));
-                    }
-                }
+                apply_to_map(&mut self.pdbs, &mut self.relist.pdbs, *event, keyed);
                 self.pdb_list = self.pdbs.values().cloned().collect();
             }
+            Change::Claim(event) => {
+                let claims = &mut self.volumes.claims;
+                apply_to_map(claims, &mut self.relist.claims, *event, keyed);
+                self.volumes_changed();
+            }
+            Change::Volume(event) => {
+                let volumes = &mut self.volumes.volumes;
+                apply_to_map(volumes, &mut self.relist.volumes, *event, named);
+                self.volumes_changed();
+            }
+            Change::Class(event) => {
+                let classes = &mut self.volumes.classes;
+                apply_to_map(classes, &mut self.relist.classes, *event, named);
+                self.volumes_changed();
+            }
+            Change::Namespace(event) => {
+                let labels = &mut self.cache.snapshot_mut().namespace_labels;
+                let relisting = &mut self.relist.namespaces;
+                apply_to_map(labels, relisting, *event, informers::namespace_labels);
+            }
+            Change::Workload(kind, event) => {
+                let selectors = self.workloads.entry(kind).or_default();
+                let relisting = self.relist.workloads.entry(kind).or_default();
+                apply_to_map(selectors, relisting, *event, |entry| entry);
+                let all = self.workloads.values().flat_map(|m| m.values()).cloned();
+                self.cache.snapshot_mut().workload_selectors = all.collect();
+            }
+        }
+    }
+
+    /// Claims, volumes or classes changed: pods with claims may fit now, and pods waiting
+    /// for provisioning may be bound.
+    fn volumes_changed(&mut self) {
+        self.queue
+            .move_unschedulable(Instant::now(), volumes::has_claims);
+        self.check_waiting();
+    }
+
+    /// Binds the pods whose claims are now all bound; gives up on those that waited too
+    /// long.
+    fn check_waiting(&mut self) {
+        let now = Instant::now();
+        let ready: Vec<Key> = self
+            .waiting
+            .iter()
+            .filter(|(_, w)| self.volumes.all_bound(&w.claims))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in ready {
+            let Some(waiting) = self.waiting.remove(&key) else {
+                continue;
+            };
+            if let Some(queued) = self.binding.get(&key) {
+                self.spawn_bind(queued.pod.clone(), waiting.node);
+            }
+        }
+        let expired: Vec<Key> = self
+            .waiting
+            .iter()
+            .filter(|(_, w)| w.deadline <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in expired {
+            self.waiting.remove(&key);
+            tracing::info!(pod = ?key, "gave up waiting for the pod's volumes to be bound");
+            self.binding_failed(BindFailed { key });
         }
     }
 
@@ -254,6 +290,7 @@ impl Scheduler {
         {
             self.queue.remove(&key);
             self.binding.remove(&key);
+            self.waiting.remove(&key);
             self.cache.remove_nominated(&key);
             if self.cache.upsert_pod(pod) {
                 // Upstream's AssignedPodAdd: may satisfy another pod's affinity.
@@ -265,7 +302,7 @@ impl Scheduler {
             // Our own status writes on a pod being bound; the binding decides.
             return;
         }
-        if pod.metadata.deletion_timestamp.is_some() || !ours(&pod) {
+        if pod.metadata.deletion_timestamp.is_some() || !ours(&pod) || gated(&pod) {
             self.queue.remove(&key);
             self.cache.remove_nominated(&key);
             return;
@@ -286,6 +323,7 @@ impl Scheduler {
         self.known_pods.remove(key);
         self.queue.remove(key);
         self.binding.remove(key);
+        self.waiting.remove(key);
         self.cache.remove_nominated(key);
         if self.cache.remove_pod(key) {
             self.queue.move_unschedulable(Instant::now(), |_| true);
@@ -296,14 +334,26 @@ impl Scheduler {
         let Some(queued) = self.queue.pop() else {
             return;
         };
-        let decision = schedule(
+        let volumes = if volumes::has_claims(&queued.pod) {
+            match self.volumes.prepare(&queued.pod) {
+                Ok(volumes) => volumes,
+                Err(why) => {
+                    let why = rejected_everywhere(&queued.pod, self.cache.snapshot(), why);
+                    return self.unschedulable(queued, why);
+                }
+            }
+        } else {
+            PodVolumes::default()
+        };
+        let decision = schedule_with_volumes(
             &queued.pod,
             self.cache.snapshot(),
             &self.pdb_list,
             &mut self.rng,
+            volumes.filter,
         );
         match decision {
-            Ok(node) => self.assume_and_bind(queued, node),
+            Ok(node) => self.assume_and_bind(queued, node, volumes.to_provision),
             Err(why) => self.unschedulable(queued, why),
         }
     }
@@ -363,37 +413,60 @@ impl Scheduler {
         self.queue.requeue_unschedulable(queued, Instant::now());
     }
 
-    fn assume_and_bind(&mut self, queued: Queued, node: String) {
+    /// Places the pod on `node` in the cache and binds it — at once, or once the claims
+    /// `to_provision` (annotated with the node now) are bound.
+    fn assume_and_bind(&mut self, queued: Queued, node: String, to_provision: Vec<Key>) {
         let mut pod = queued.pod.clone();
         if let Some(spec) = pod.spec.as_mut() {
             spec.node_name = Some(node.clone());
         }
         let key = key(&pod);
         self.cache.assume(pod);
+        if to_provision.is_empty() {
+            self.spawn_bind(queued.pod.clone(), node);
+        } else {
+            let unannotated: Vec<Key> = to_provision
+                .iter()
+                .filter(|c| !self.volumes.selected(c, &node))
+                .cloned()
+                .collect();
+            tokio::spawn(bind::select_node(
+                self.client.clone(),
+                key.clone(),
+                unannotated,
+                node.clone(),
+                self.failed_tx.clone(),
+            ));
+            self.waiting.insert(
+                key.clone(),
+                Waiting {
+                    node,
+                    claims: to_provision,
+                    deadline: Instant::now() + VOLUME_BIND_TIMEOUT,
+                },
+            );
+        }
+        self.binding.insert(key, queued);
+    }
+
+    fn spawn_bind(&self, pod: Pod, node: String) {
         tokio::spawn(bind::bind(
             self.client.clone(),
             self.recorder.clone(),
             self.bindings.clone(),
-            queued.pod.clone(),
+            pod,
             node,
             self.failed_tx.clone(),
         ));
-        self.binding.insert(key, queued);
     }
 
     fn binding_failed(&mut self, failed: BindFailed) {
         self.cache.forget(&failed.key);
+        self.waiting.remove(&failed.key);
         if let Some(queued) = self.binding.remove(&failed.key) {
             self.queue.requeue_backoff(queued, Instant::now());
         }
     }
-}
-
-fn pdb_key(pdb: &PodDisruptionBudget) -> Key {
-    (
-        pdb.metadata.namespace.clone().unwrap_or_default(),
-        pdb.metadata.name.clone().unwrap_or_default(),
-    )
 }
 
 /// Whether this scheduler places `pod`.
@@ -402,6 +475,15 @@ fn ours(pod: &Pod) -> bool {
         pod.spec.as_ref().and_then(|s| s.scheduler_name.as_deref()),
         None | Some("") | Some(SCHEDULER_NAME)
     )
+}
+
+/// A pod with scheduling gates waits, unqueued, until they are all removed (upstream's
+/// SchedulingGates PreEnqueue).
+fn gated(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.scheduling_gates.as_ref())
+        .is_some_and(|g| !g.is_empty())
 }
 
 fn finished(pod: &Pod) -> bool {

@@ -198,6 +198,25 @@ impl SimulatedNodes {
         nodes: Vec<NodeSpec>,
         heartbeat: Duration,
     ) -> SimulatedNodes {
+        SimulatedNodes::start_with(client, nodes, heartbeat, true).await
+    }
+
+    /// Registers `nodes` and renews their leases, but runs no pods: pods bound to them stay
+    /// Pending, as in kube-scheduler's scheduler_perf (for measuring the scheduler alone).
+    pub async fn start_idle(
+        client: Client,
+        nodes: Vec<NodeSpec>,
+        heartbeat: Duration,
+    ) -> SimulatedNodes {
+        SimulatedNodes::start_with(client, nodes, heartbeat, false).await
+    }
+
+    async fn start_with(
+        client: Client,
+        nodes: Vec<NodeSpec>,
+        heartbeat: Duration,
+        run_pods: bool,
+    ) -> SimulatedNodes {
         let node_api: Api<Node> = Api::all(client.clone());
         for (index, spec) in nodes.iter().enumerate() {
             node_api
@@ -230,11 +249,13 @@ impl SimulatedNodes {
         for name in kubelets.nodes.keys() {
             kubelets.renew_lease(name).await;
         }
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(kubelets.clone().heartbeats(heartbeat)),
             tokio::spawn(kubelets.clone().watch_nodes()),
-            tokio::spawn(kubelets.watch_pods()),
         ];
+        if run_pods {
+            tasks.push(tokio::spawn(kubelets.watch_pods()));
+        }
         SimulatedNodes {
             client,
             silenced,

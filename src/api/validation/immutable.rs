@@ -1,5 +1,5 @@
 //! What an update may not change, per kind, with upstream's messages: a pod's spec beyond
-//! images and a few fields, workload selectors, Job templates, immutable ConfigMaps and
+//! images and a few fields (scheduling gates may be removed), workload selectors, Job templates, immutable ConfigMaps and
 //! Secrets, a RoleBinding's roleRef, a bound claim's spec.
 
 use serde_json::{Map, Value};
@@ -188,6 +188,16 @@ fn pod_spec_update_allowed(current: Option<&Value>, new: Option<&Value>) -> bool
     if !old_tolerations.iter().all(|t| new_tolerations.contains(t)) {
         return false;
     }
+    // Scheduling gates may only be removed (what releases a gated pod to the scheduler).
+    let gates = |spec: &Value| -> Vec<Value> {
+        spec.get("schedulingGates")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    if !gates(new).iter().all(|g| gates(current).contains(g)) {
+        return false;
+    }
     let mut patched = new.clone();
     for list in ["containers", "initContainers"] {
         let images: Vec<Value> = current
@@ -206,7 +216,7 @@ fn pod_spec_update_allowed(current: Option<&Value>, new: Option<&Value>) -> bool
         }
     }
     let map = patched.as_object_mut().expect("a pod spec is an object");
-    for field in ["activeDeadlineSeconds", "tolerations"] {
+    for field in ["activeDeadlineSeconds", "tolerations", "schedulingGates"] {
         match current.get(field) {
             Some(value) => map.insert(field.to_string(), value.clone()),
             None => map.remove(field),
