@@ -241,7 +241,6 @@ async fn local_path_provisions_on_the_selected_node() {
 /// The whole WaitForFirstConsumer flow: the scheduler picks the pod's node and marks the
 /// claim with it, the provisioner makes a volume there, the binder binds it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the scheduler's volume binding (volume.kubernetes.io/selected-node), not yet in main"]
 async fn a_pod_gets_its_claim_provisioned_on_its_node() {
     use common::nodes::{NodeSpec, SimulatedNodes};
     let dir = tempfile::tempdir().unwrap();
