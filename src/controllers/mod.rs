@@ -7,11 +7,17 @@
 //!
 //! Must not touch: the store or the API's insides. Everything goes through the API.
 
+pub mod controller_ref;
+mod daemon_set;
 pub mod events;
 pub mod leader;
 mod namespace;
+pub mod pod_status;
+pub mod pod_template;
+pub mod revisions;
 mod root_ca;
 mod service_account;
+mod stateful_set;
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -128,6 +134,8 @@ async fn run_all(client: Client, ca_pem: String) {
     tokio::join!(
         service_account::run(client.clone()),
         root_ca::run(client.clone(), ca_pem),
-        namespace::run(client),
+        namespace::run(client.clone()),
+        stateful_set::run(client.clone()),
+        daemon_set::run(client),
     );
 }
