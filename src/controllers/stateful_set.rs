@@ -145,7 +145,10 @@ async fn set_revisions(
         (Some(equal), _) => revisions::renumber(api, equal, number).await?,
         (None, _) => {
             let labels = template_labels(&spec.template);
-            let revision = revisions::new_revision(set, labels, data.clone(), number);
+            let mut revision = revisions::new_revision(set, labels, data.clone(), number);
+            // The set's annotations (kubernetes.io/change-cause) are what `kubectl rollout
+            // history` shows of a revision.
+            revision.metadata.annotations = set.metadata.annotations.clone();
             revisions::create(
                 api,
                 &set.name_any(),
