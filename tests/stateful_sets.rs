@@ -16,7 +16,7 @@ use common::nodes::{NodeSpec, SimulatedNodes};
 use common::{eventually, started_server, LogDump, Server};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 
 const WAIT: Duration = Duration::from_secs(60);
