@@ -1,7 +1,7 @@
 //! Objects every cluster starts with: the namespaces `default`, `kube-system`, `kube-public`
 //! and `kube-node-lease`; the `kubernetes` ServiceCIDR; the `kubernetes` Service in
 //! `default` at the first address of the service range, with Endpoints and an
-//! EndpointSlice pointing at this API server.
+//! EndpointSlice pointing at this API server; the system PriorityClasses.
 
 use std::net::IpAddr;
 
@@ -90,6 +90,24 @@ pub async fn ensure_namespaces(api: &Api) -> Result<(), StoreError> {
         });
         if create_missing(api, "", "namespaces", namespace).await? {
             tracing::info!(namespace = name, "created system namespace");
+        }
+    }
+    Ok(())
+}
+
+/// Creates the built-in PriorityClasses `system-node-critical` and
+/// `system-cluster-critical` when missing, as upstream's API server does at start.
+pub async fn ensure_priority_classes(api: &Api) -> Result<(), StoreError> {
+    for (name, value, description) in super::rest::priority::SYSTEM_CLASSES {
+        let class = json!({
+            "apiVersion": "scheduling.k8s.io/v1",
+            "kind": "PriorityClass",
+            "metadata": {"name": name},
+            "value": value,
+            "description": description,
+        });
+        if create_missing(api, "scheduling.k8s.io", "priorityclasses", class).await? {
+            tracing::info!(priority_class = name, "created system PriorityClass");
         }
     }
     Ok(())

@@ -28,10 +28,10 @@ use kube::runtime::{watcher, Controller};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{json, Value};
 
-use super::controller_ref::{claim, controller_ref, selector_query};
 use super::events::Recorder;
+use super::ownership::{controller_ref, selector_query, Claimer};
 use super::pod_status::{is_available, is_ready, is_terminating, phase};
-use super::pod_template::pod_from_template;
+use super::pods::from_template;
 use super::revisions::{self, POD_REVISION_LABEL};
 use super::ControllerError;
 use placement::{
@@ -201,7 +201,13 @@ async fn daemon_pods(
             "listing the pods of DaemonSet {}",
             ds.name_any()
         )))?;
-    claim(&api, ds, &spec.selector, listed.items).await
+    Claimer::new(ds, &spec.selector)
+        .claim(&api, listed.items, || async { Ok(true) })
+        .await
+        .map_err(ControllerError::new(format!(
+            "claiming the pods of DaemonSet {}",
+            ds.name_any()
+        )))
 }
 
 /// Pods by the node they are for; finished pods already being deleted are done with.
@@ -377,7 +383,7 @@ async fn sync_nodes(
     let template = pod_template(ds, hash);
     let mut first_error = None;
     for node in &plan.create_on {
-        let mut pod = pod_from_template(&template, &ds.name_any(), controller_ref(ds));
+        let mut pod = from_template(&template, &controller_ref(ds));
         pin_to_node(pod.spec.get_or_insert_with(Default::default), node);
         match api.create(&PostParams::default(), &pod).await {
             Ok(created) => {

@@ -48,6 +48,8 @@ enum Attempt {
 /// One candidate for the Lease.
 pub struct LeaderElector {
     leases: Api<Lease>,
+    /// The Lease's name in [`LEASE_NAMESPACE`].
+    lease: String,
     identity: String,
     observed: Option<Observed>,
 }
@@ -56,8 +58,15 @@ impl LeaderElector {
     /// A candidate named `identity` (unique among the servers, stable across restarts so that
     /// a restarted holder takes its Lease back at once).
     pub fn new(client: Client, identity: String) -> LeaderElector {
+        LeaderElector::for_lease(client, identity, LEASE_NAME)
+    }
+
+    /// A candidate for another component's Lease (`kube-scheduler`), named `lease` in
+    /// [`LEASE_NAMESPACE`].
+    pub fn for_lease(client: Client, identity: String, lease: &str) -> LeaderElector {
         LeaderElector {
             leases: Api::namespaced(client, LEASE_NAMESPACE),
+            lease: lease.to_string(),
             identity,
             observed: None,
         }
@@ -72,11 +81,11 @@ impl LeaderElector {
     {
         loop {
             self.acquire().await;
-            tracing::info!(identity = %self.identity, lease = LEASE_NAME, "became the leader; starting the controllers");
+            tracing::info!(identity = %self.identity, lease = %self.lease, "became the leader; starting");
             let leading = tokio::spawn(lead());
             self.hold().await;
             leading.abort();
-            tracing::warn!(identity = %self.identity, lease = LEASE_NAME, "lost the lease; stopped the controllers");
+            tracing::warn!(identity = %self.identity, lease = %self.lease, "lost the lease; stopped");
         }
     }
 
@@ -87,7 +96,7 @@ impl LeaderElector {
                 Ok(Attempt::Held) => return,
                 Ok(Attempt::HeldByOther) => {}
                 Err(error) => {
-                    tracing::debug!(%error, lease = LEASE_NAME, "cannot take the lease yet")
+                    tracing::debug!(%error, lease = %self.lease, "cannot take the lease yet")
                 }
             }
             tokio::time::sleep(RETRY_PERIOD).await;
@@ -107,7 +116,7 @@ impl LeaderElector {
                     }
                     Ok(Attempt::HeldByOther) => return,
                     Err(error) => {
-                        tracing::warn!(%error, lease = LEASE_NAME, "renewing the lease failed")
+                        tracing::warn!(%error, lease = %self.lease, "renewing the lease failed")
                     }
                 }
                 if renewed.elapsed() + RETRY_PERIOD >= RENEW_DEADLINE {
@@ -121,7 +130,7 @@ impl LeaderElector {
     /// One look at the Lease: takes it if it is free or ran out, renews it if held.
     async fn try_acquire_or_renew(&mut self) -> Result<Attempt, kube::Error> {
         let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
-        let Some(mut lease) = self.leases.get_opt(LEASE_NAME).await? else {
+        let Some(mut lease) = self.leases.get_opt(&self.lease).await? else {
             let spec = LeaseSpec {
                 holder_identity: Some(self.identity.clone()),
                 lease_duration_seconds: Some(LEASE_DURATION.as_secs() as i32),
@@ -132,7 +141,7 @@ impl LeaderElector {
             };
             let lease = Lease {
                 metadata: ObjectMeta {
-                    name: Some(LEASE_NAME.to_string()),
+                    name: Some(self.lease.clone()),
                     ..ObjectMeta::default()
                 },
                 spec: Some(spec.clone()),
@@ -180,7 +189,7 @@ impl LeaderElector {
         // The replace carries the resourceVersion read: a concurrent taker makes it conflict.
         match self
             .leases
-            .replace(LEASE_NAME, &PostParams::default(), &lease)
+            .replace(&self.lease, &PostParams::default(), &lease)
             .await
         {
             Ok(_) => Ok(self.observe(spec)),

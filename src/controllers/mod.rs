@@ -7,13 +7,16 @@
 //!
 //! Must not touch: the store or the API's insides. Everything goes through the API.
 
-pub mod controller_ref;
 mod daemon_set;
+mod deployment;
 pub mod events;
+pub mod expectations;
 pub mod leader;
 mod namespace;
+pub mod ownership;
 pub mod pod_status;
-pub mod pod_template;
+pub mod pods;
+mod replica_set;
 pub mod revisions;
 mod root_ca;
 mod service_account;
@@ -58,6 +61,22 @@ impl ControllerError {
 
 /// The error policy every controller shares: say what failed, try again a little later.
 fn retry_later<K>(_object: Arc<K>, error: &ControllerError, _context: Arc<impl Sized>) -> Action {
+    tracing::warn!(%error, "reconcile failed; retrying");
+    Action::requeue(RETRY)
+}
+
+/// The error policy of controllers that write objects others write too: a write conflict
+/// (the cache was behind) is retried at once, as upstream's rate-limited queue starts with
+/// milliseconds; any other failure a little later.
+fn retry_soon_on_conflict<K>(
+    _object: Arc<K>,
+    error: &ControllerError,
+    _context: Arc<impl Sized>,
+) -> Action {
+    if ownership::conflict(&error.source) {
+        tracing::debug!(%error, "reconcile hit a conflict; retrying");
+        return Action::requeue(Duration::from_millis(50));
+    }
     tracing::warn!(%error, "reconcile failed; retrying");
     Action::requeue(RETRY)
 }
@@ -134,8 +153,11 @@ async fn run_all(client: Client, ca_pem: String) {
     tokio::join!(
         service_account::run(client.clone()),
         root_ca::run(client.clone(), ca_pem),
-        namespace::run(client.clone()),
+        replica_set::run_replica_sets(client.clone()),
+        replica_set::run_replication_controllers(client.clone()),
+        deployment::run(client.clone()),
         stateful_set::run(client.clone()),
-        daemon_set::run(client),
+        daemon_set::run(client.clone()),
+        namespace::run(client),
     );
 }

@@ -18,7 +18,7 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::{json, Value};
 
-use super::controller_ref::{claim, selector_query};
+use super::ownership::{controller_ref, selector_query, Claimer};
 use super::ControllerError;
 
 /// The label StatefulSet revisions carry their data's hash in.
@@ -141,7 +141,13 @@ pub async fn history<O: Resource<DynamicType = ()>>(
             "listing the revisions of {}",
             owner.meta().name.as_deref().unwrap_or_default()
         )))?;
-    let mut owned = claim(api, owner, selector, listed.items).await?;
+    let mut owned = Claimer::new(owner, selector)
+        .claim(api, listed.items, || async { Ok(true) })
+        .await
+        .map_err(ControllerError::new(format!(
+            "claiming the revisions of {}",
+            owner.meta().name.as_deref().unwrap_or_default()
+        )))?;
     sort(&mut owned);
     Ok(owned)
 }
@@ -158,7 +164,7 @@ pub fn new_revision<O: Resource<DynamicType = ()>>(
         metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
             namespace: owner.meta().namespace.clone(),
             labels: Some(labels),
-            owner_references: Some(vec![super::controller_ref::controller_ref(owner)]),
+            owner_references: Some(vec![controller_ref(owner)]),
             ..Default::default()
         },
         data: Some(RawExtension(data)),

@@ -24,8 +24,8 @@ use kube::runtime::{watcher, Controller};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{json, Value};
 
-use super::controller_ref::{claim, selector_query};
 use super::events::Recorder;
+use super::ownership::{selector_query, Claimer};
 use super::pod_status::{is_available, is_running_and_ready, is_terminating, phase};
 use super::revisions::{self, HASH_LABEL};
 use super::ControllerError;
@@ -123,7 +123,13 @@ async fn member_pods(
         .into_iter()
         .filter(|p| identity::is_member(set, p))
         .collect();
-    claim(&api, set, &spec.selector, members).await
+    Claimer::new(set, &spec.selector)
+        .claim(&api, members, || async { Ok(true) })
+        .await
+        .map_err(ControllerError::new(format!(
+            "claiming the pods of StatefulSet {}",
+            set.name_any()
+        )))
 }
 
 /// The current and update revisions (upstream's `getStatefulSetRevisions`): the update

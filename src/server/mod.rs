@@ -28,6 +28,7 @@ use crate::client::HttpsClient;
 use crate::controllers;
 use crate::pki;
 use crate::raft::{self, RaftConfig, RaftNode};
+use crate::scheduler;
 use crate::store::encryption::Encryption;
 use crate::store::Store;
 
@@ -218,6 +219,10 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
                 tracing::warn!(error = %e, "creating the system namespaces failed; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
+            while let Err(e) = api::bootstrap::ensure_priority_classes(&api).await {
+                tracing::warn!(error = %e, "creating the system PriorityClasses failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
             while let Err(e) =
                 api::bootstrap::ensure_kubernetes_service(&api, advertise_ip, port).await
             {
@@ -230,6 +235,7 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
             ));
             tracing::info!(revision = api.store.revision(), "kedge is ready");
             tokio::spawn(api::crd::run(api));
+            tokio::spawn(scheduler::run(router.clone(), identity.clone()));
             controllers::run(router, identity, ca_pem).await;
         })
     };

@@ -182,7 +182,8 @@ impl Server {
                     );
                 }
             }
-            if self.tls_dir().join("admin.key").exists() {
+            // The certificate is written after the key: both are there once it is.
+            if self.tls_dir().join("admin.crt").exists() {
                 let client = self.admin_client();
                 let ready = client
                     .get(&format!("{}/readyz", self.url()), Duration::from_secs(3))

@@ -28,8 +28,8 @@ pub(super) fn secret(object: &mut Value) {
 }
 
 /// A Pod: its spec's defaults, and what upstream's admission adds to every pod (the
-/// `default` ServiceAccount, priority 0, five minutes' toleration of unreachable and
-/// not-ready nodes).
+/// `default` ServiceAccount, five minutes' toleration of unreachable and not-ready nodes;
+/// priority 0 unless the create path's priority admission set it from a PriorityClass).
 pub(super) fn pod(object: &mut Value) {
     let spec = object_at(object, "/spec");
     pod_spec(spec);

@@ -161,6 +161,7 @@ pub(super) async fn store_new(
             .expect("metadata checked")
             .insert("generation".into(), Value::from(1));
     }
+    hooks::admit_new(call, &mut object).await?;
     crate::api::defaults::apply(&call.resource.kind, &mut object);
     match ownership {
         Ownership::Update => writer(call).record_update(None, &mut object),

@@ -1,7 +1,8 @@
 //! Per-kind work around writes beyond storing JSON — upstream's registry strategies and
 //! built-in admission: a new pod's `Pending` status and QoS class, a Job's generated
 //! selector, a Service's ClusterIP and NodePorts (from [`crate::api::services`]), given back
-//! when the write fails or the Service goes.
+//! when the write fails or the Service goes; a new pod's priority from its PriorityClass
+//! ([`super::priority`]).
 
 use serde_json::{json, Value};
 
@@ -12,6 +13,15 @@ use crate::api::services::strategy;
 
 fn is(call: &Call<'_>, group: &str, kind: &str) -> bool {
     call.resource.group == group && call.resource.kind == kind
+}
+
+/// A new object as the client sent it, before defaulting: mutating admission that must
+/// tell what the client gave from what defaulting adds.
+pub(super) async fn admit_new(call: &Call<'_>, object: &mut Value) -> Result<(), ApiError> {
+    if is(call, "", "Pod") && call.path.subresource.is_none() {
+        super::priority::admit_pod(call, object).await?;
+    }
+    Ok(())
 }
 
 /// A new object, named and defaulted, before validation.

@@ -8,6 +8,7 @@ pub(crate) mod create;
 mod delete;
 mod eviction;
 mod hooks;
+pub mod priority;
 mod read;
 mod review;
 mod scale;

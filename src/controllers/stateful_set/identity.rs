@@ -11,8 +11,8 @@ use k8s_openapi::api::core::v1::{
 };
 use kube::ResourceExt;
 
-use crate::controllers::controller_ref::controller_ref;
-use crate::controllers::pod_template::pod_from_template;
+use crate::controllers::ownership::controller_ref;
+use crate::controllers::pods::from_template;
 use crate::controllers::revisions::POD_REVISION_LABEL;
 
 pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
@@ -71,7 +71,7 @@ pub fn revision_of(pod: &Pod) -> &str {
 
 /// The pod of `set` with `ordinal`, from `template` (the template of revision `revision`).
 pub fn new_pod(set: &StatefulSet, template: &PodTemplateSpec, ordinal: i32, revision: &str) -> Pod {
-    let mut pod = pod_from_template(template, &set.name_any(), controller_ref(set));
+    let mut pod = from_template(template, &controller_ref(set));
     pod.metadata.name = Some(pod_name(set, ordinal));
     pod.metadata.namespace = set.namespace();
     pod.metadata
