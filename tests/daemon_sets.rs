@@ -2,7 +2,7 @@
 //! kubectl: one pod per eligible node (node selector, taints), following nodes as they come,
 //! change labels or get tainted; pods pinned by node affinity with the default DaemonSet
 //! tolerations; rolling updates (maxUnavailable, maxSurge), OnDelete, and `kubectl rollout
-//! status/history/undo`.
+//! status/history/undo`. The server's scheduler binds the pods.
 
 mod common;
 
@@ -11,63 +11,9 @@ use std::time::Duration;
 use common::kubectl::Kubectl;
 use common::nodes::{NodeSpec, SimulatedNodes};
 use common::{eventually, started_server, LogDump, Server};
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::PostParams;
-use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Stops the task it holds when dropped (a detached watch loop would outlive the server).
-struct Task(tokio::task::JoinHandle<()>);
-
-impl Drop for Task {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Binds pods pinned to a node by a `metadata.name` matchFields term there: the
-/// scheduler's part, for as long as the server runs none.
-fn bind_pinned_pods(client: Client) -> Task {
-    Task(tokio::spawn(async move {
-        let pods: Api<Pod> = Api::all(client.clone());
-        let mut events = watcher(pods, watcher::Config::default())
-            .default_backoff()
-            .applied_objects()
-            .boxed();
-        while let Some(event) = events.next().await {
-            let Ok(pod) = event else { continue };
-            let spec = pod.spec.clone().unwrap_or_default();
-            if spec.node_name.is_some() || pod.metadata.deletion_timestamp.is_some() {
-                continue;
-            }
-            let node = spec
-                .affinity
-                .and_then(|a| a.node_affinity)
-                .and_then(|a| a.required_during_scheduling_ignored_during_execution)
-                .and_then(|s| s.node_selector_terms.into_iter().next())
-                .and_then(|t| t.match_fields)
-                .and_then(|f| f.into_iter().next())
-                .and_then(|f| f.values)
-                .and_then(|v| v.into_iter().next());
-            let Some(node) = node else { continue };
-            let binding = json!({"apiVersion": "v1", "kind": "Binding",
-                "metadata": {"name": pod.name_any()}, "target": {"kind": "Node", "name": node}});
-            let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap());
-            let _ = api
-                .create_subresource::<_, serde_json::Value>(
-                    "binding",
-                    &pod.name_any(),
-                    &PostParams::default(),
-                    &binding,
-                )
-                .await;
-        }
-    }))
-}
 
 async fn cluster(nodes: Vec<NodeSpec>) -> (tempfile::TempDir, Server, LogDump, SimulatedNodes) {
     let dir = tempfile::tempdir().unwrap();
@@ -134,7 +80,6 @@ async fn one_pod_per_eligible_node_following_labels_taints_and_new_nodes() {
             .taint("dedicated", "db", "NoSchedule"),
     ])
     .await;
-    let _binder = bind_pinned_pods(server.kube_client());
     let kubectl = server.kubectl();
     let spec = daemon_set("agent", r#""nodeSelector": {"role": "agent"},"#, "");
     kubectl.ok_with(&["apply", "-f", "-"], Some(&spec));
@@ -241,7 +186,6 @@ async fn rolling_updates_history_undo_and_on_delete() {
         NodeSpec::new("n3"),
     ])
     .await;
-    let _binder = bind_pinned_pods(server.kube_client());
     let kubectl = server.kubectl();
     kubectl.ok_with(&["apply", "-f", "-"], Some(&daemon_set("log", "", "")));
     kubectl.ok(&["rollout", "status", "ds/log", "--timeout=60s"]);

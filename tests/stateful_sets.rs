@@ -2,8 +2,6 @@
 //! kubectl: ordered creation with stable names, hostnames and claims, reverse-order scale
 //! down that keeps the claims, rolling updates with a partition, `kubectl rollout
 //! status/history/undo`, Parallel pod management and OnDelete.
-//!
-//! Until the scheduler runs in the server, the pod templates name their node.
 
 mod common;
 
@@ -34,14 +32,14 @@ async fn cluster() -> (tempfile::TempDir, Server, LogDump, SimulatedNodes) {
     (dir, server, logs, nodes)
 }
 
-/// A StatefulSet of busybox pods on the simulated node `n1`.
+/// A StatefulSet of busybox pods (scheduled onto the simulated node `n1`).
 fn stateful_set(name: &str, replicas: u32, extra_spec: &str, pod_annotations: &str) -> String {
     format!(
         r#"{{"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {{"name": "{name}"}},
         "spec": {{"replicas": {replicas}, "serviceName": "{name}",
           "selector": {{"matchLabels": {{"app": "{name}"}}}},
           "template": {{"metadata": {{"labels": {{"app": "{name}"}}, "annotations": {{{pod_annotations}}}}},
-            "spec": {{"nodeName": "n1", "terminationGracePeriodSeconds": 1,
+            "spec": {{"terminationGracePeriodSeconds": 1,
               "containers": [{{"name": "c", "image": "busybox:1"}}]}}}}
           {extra_spec}}}}}"#
     )
