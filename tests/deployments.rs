@@ -700,3 +700,43 @@ async fn a_restarted_server_creates_no_extra_pods() {
     assert_eq!(replica_sets(&server, "web").len(), 1);
     rollout_status(&server, "deployment/web");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_with_a_deployment_is_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _nodes) = cluster(dir.path()).await;
+    let _logs = LogDump(vec![server.log.clone()]);
+    let kubectl = server.kubectl();
+    kubectl.ok(&["create", "namespace", "team"]);
+    kubectl.ok_with(
+        &["apply", "-n", "team", "-f", "-"],
+        Some(&deployment("web", 2, "busybox:1", "", "")),
+    );
+    kubectl.ok(&[
+        "rollout",
+        "status",
+        "-n",
+        "team",
+        "deployment/web",
+        "--timeout=60s",
+    ]);
+    kubectl.ok(&[
+        "delete",
+        "namespace",
+        "team",
+        "--wait=true",
+        "--timeout=60s",
+    ]);
+    let left = kubectl.run(&["get", "namespace", "team"], None);
+    assert!(!left.status.success());
+    let events = kubectl.ok(&[
+        "get",
+        "events",
+        "-A",
+        "--field-selector",
+        "reason=FailedCreate",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(events, "");
+}

@@ -393,14 +393,18 @@ async fn parallel_management_on_delete_updates_and_claim_retention() {
     assert_eq!(image("q-0"), "busybox:1");
 
     kubectl.ok(&["scale", "sts", "q", "--replicas=2"]);
-    eventually(WAIT, "q-2 gone, its claim owned by it", || async {
+    // whenScaled: Delete — the claim of q-2 is owned by q-2, and goes with it.
+    let claims = || kubectl.ok(&["get", "pvc", "-o", "name"]);
+    eventually(WAIT, "q-2 and its claim gone", || async {
         let pods = kubectl.ok(&["get", "pods", "-l", "app=q", "-o", "name"]);
-        let owner = jsonpath(
-            &kubectl,
-            &["get", "pvc", "data-q-2"],
-            "{.metadata.ownerReferences[*].kind}",
-        );
-        !pods.contains("q-2") && owner == "Pod"
+        !pods.contains("q-2")
+            && claims() == "persistentvolumeclaim/data-q-0\npersistentvolumeclaim/data-q-1\n"
+    })
+    .await;
+    // whenDeleted: Delete — the remaining claims go with the set.
+    kubectl.ok(&["delete", "sts", "q", "--wait=false"]);
+    eventually(WAIT, "the claims gone with the set", || async {
+        claims().is_empty()
     })
     .await;
 }

@@ -55,6 +55,11 @@ pub fn labels(object: &Value) -> Option<&Map<String, Value>> {
     metadata(object)?.get("labels")?.as_object()
 }
 
+/// Upstream's finalizers of garbage collection (metav1.FinalizerOrphanDependents and
+/// FinalizerDeleteDependents): an owner waits for its dependents to be orphaned, or deleted.
+pub const ORPHAN_FINALIZER: &str = "orphan";
+pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
+
 /// Whether the object still waits on finalizers before it may be removed.
 pub fn has_finalizers(object: &Value) -> bool {
     metadata(object)

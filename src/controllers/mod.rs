@@ -7,12 +7,17 @@
 //!
 //! Must not touch: the store or the API's insides. Everything goes through the API.
 
+pub mod cron_job;
 mod daemon_set;
 mod deployment;
 pub mod events;
 pub mod expectations;
+mod garbage_collector;
+mod job;
 pub mod leader;
 mod namespace;
+mod node_ipam;
+mod node_lifecycle;
 pub mod ownership;
 pub mod pod_status;
 pub mod pods;
@@ -21,6 +26,7 @@ pub mod revisions;
 mod root_ca;
 mod service_account;
 mod stateful_set;
+mod ttl_after_finished;
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -139,18 +145,29 @@ async fn drive<T: Debug, E: std::fmt::Display>(
         .await;
 }
 
+/// What the controllers take from `kedge server`'s flags.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// `--cluster-cidr`: the range node pod ranges are cut from.
+    pub cluster_cidr: String,
+    /// `--node-monitor-grace-period`: how long a silent node stays Ready.
+    pub node_monitor_grace_period: Duration,
+}
+
 /// Runs the controllers whenever this server (`identity`) holds the controller-manager
 /// lease; `ca_pem` is the cluster CA published in every namespace. Never returns.
-pub async fn run(router: Arc<Router>, identity: String, ca_pem: String) {
+pub async fn run(router: Arc<Router>, identity: String, ca_pem: String, settings: Settings) {
     let client = crate::client::local::in_process(router, USER, &[]);
     let elector = leader::LeaderElector::new(client.clone(), identity);
     elector
-        .run(move || run_all(client.clone(), ca_pem.clone()))
+        .run(move || run_all(client.clone(), ca_pem.clone(), settings.clone()))
         .await
 }
 
-async fn run_all(client: Client, ca_pem: String) {
+async fn run_all(client: Client, ca_pem: String, settings: Settings) {
     tokio::join!(
+        node_lifecycle::run(client.clone(), settings.node_monitor_grace_period),
+        node_ipam::run(client.clone(), settings.cluster_cidr),
         service_account::run(client.clone()),
         root_ca::run(client.clone(), ca_pem),
         replica_set::run_replica_sets(client.clone()),
@@ -158,6 +175,10 @@ async fn run_all(client: Client, ca_pem: String) {
         deployment::run(client.clone()),
         stateful_set::run(client.clone()),
         daemon_set::run(client.clone()),
-        namespace::run(client),
+        namespace::run(client.clone()),
+        job::run(client.clone()),
+        cron_job::run(client.clone()),
+        ttl_after_finished::run(client.clone()),
+        garbage_collector::run(client),
     );
 }

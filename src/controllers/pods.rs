@@ -33,11 +33,17 @@ pub fn is_active(pod: &Pod) -> bool {
     phase != "Succeeded" && phase != "Failed" && pod.metadata.deletion_timestamp.is_none()
 }
 
-fn phase(pod: &Pod) -> &str {
+/// The pod's phase, "" when unknown.
+pub fn phase(pod: &Pod) -> &str {
     pod.status
         .as_ref()
         .and_then(|s| s.phase.as_deref())
         .unwrap_or("")
+}
+
+/// Being deleted but not finished (upstream's `CountTerminatingPods`).
+pub fn is_terminating(pod: &Pod) -> bool {
+    !matches!(phase(pod), "Succeeded" | "Failed") && pod.metadata.deletion_timestamp.is_some()
 }
 
 /// When the pod last became Ready, if it is Ready.
@@ -111,24 +117,15 @@ impl PodControl {
         template: &PodTemplateSpec,
         controller_ref: &OwnerReference,
     ) -> Result<Pod, kube::Error> {
-        let namespace = owner.namespace().unwrap_or_default();
-        let pod = from_template(template, controller_ref);
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
-        match api.create(&PostParams::default(), &pod).await {
-            Ok(created) => {
-                let text = format!("Created pod: {}", created.name_any());
-                self.recorder.normal(owner, "SuccessfulCreate", &text).await;
-                Ok(created)
-            }
-            Err(error) => {
-                // Nothing can be created in a terminating namespace: not worth a warning.
-                if !message(&error).contains("because it is being terminated") {
-                    let text = format!("Error creating: {}", message(&error));
-                    self.recorder.warning(owner, "FailedCreate", &text).await;
-                }
-                Err(error)
-            }
-        }
+        let api: Api<Pod> =
+            Api::namespaced(self.client.clone(), &owner.namespace().unwrap_or_default());
+        create(
+            &api,
+            &self.recorder,
+            owner,
+            &from_template(template, controller_ref),
+        )
+        .await
     }
 
     /// Deletes `pod` of `owner`. A pod already gone is an error the caller may ignore
@@ -140,18 +137,55 @@ impl PodControl {
     ) -> Result<(), kube::Error> {
         let api: Api<Pod> =
             Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
-        match api.delete(&pod.name_any(), &DeleteParams::default()).await {
-            Ok(_) => {
-                let text = format!("Deleted pod: {}", pod.name_any());
-                self.recorder.normal(owner, "SuccessfulDelete", &text).await;
-                Ok(())
+        delete(&api, &self.recorder, owner, pod).await
+    }
+}
+
+/// Creates `pod` (made by [`from_template`], perhaps adjusted) through `api` and records
+/// upstream's `SuccessfulCreate` / `FailedCreate` on `owner`.
+pub async fn create<K: Resource<DynamicType = ()>>(
+    api: &Api<Pod>,
+    recorder: &Recorder,
+    owner: &K,
+    pod: &Pod,
+) -> Result<Pod, kube::Error> {
+    match api.create(&PostParams::default(), pod).await {
+        Ok(created) => {
+            let text = format!("Created pod: {}", created.name_any());
+            recorder.normal(owner, "SuccessfulCreate", &text).await;
+            Ok(created)
+        }
+        Err(error) => {
+            // Nothing can be created in a terminating namespace: not worth a warning.
+            if !message(&error).contains("because it is being terminated") {
+                let text = format!("Error creating: {}", message(&error));
+                recorder.warning(owner, "FailedCreate", &text).await;
             }
-            Err(error) if gone(&error) => Err(error),
-            Err(error) => {
-                let text = format!("Error deleting: {}", message(&error));
-                self.recorder.warning(owner, "FailedDelete", &text).await;
-                Err(error)
-            }
+            Err(error)
+        }
+    }
+}
+
+/// Deletes `pod` (gracefully) through `api` and records upstream's `SuccessfulDelete` /
+/// `FailedDelete` on `owner`. A pod already gone is an error the caller may ignore
+/// ([`gone`]), without an event.
+pub async fn delete<K: Resource<DynamicType = ()>>(
+    api: &Api<Pod>,
+    recorder: &Recorder,
+    owner: &K,
+    pod: &Pod,
+) -> Result<(), kube::Error> {
+    match api.delete(&pod.name_any(), &DeleteParams::default()).await {
+        Ok(_) => {
+            let text = format!("Deleted pod: {}", pod.name_any());
+            recorder.normal(owner, "SuccessfulDelete", &text).await;
+            Ok(())
+        }
+        Err(error) if gone(&error) => Err(error),
+        Err(error) => {
+            let text = format!("Error deleting: {}", message(&error));
+            recorder.warning(owner, "FailedDelete", &text).await;
+            Err(error)
         }
     }
 }

@@ -210,6 +210,10 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
         // among the servers of a cluster, even on one host.
         let identity = format!("{}_{}", hostname(), options.raft_id);
         let ca_pem = certs.ca.cert_pem().to_string();
+        let settings = controllers::Settings {
+            cluster_cidr: options.cluster_cidr.clone(),
+            node_monitor_grace_period: options.node_monitor_grace_period,
+        };
         tokio::spawn(async move {
             while !api.store.ready().await {
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -236,7 +240,7 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
             tracing::info!(revision = api.store.revision(), "kedge is ready");
             tokio::spawn(api::crd::run(api));
             tokio::spawn(scheduler::run(router.clone(), identity.clone()));
-            controllers::run(router, identity, ca_pem).await;
+            controllers::run(router, identity, ca_pem, settings).await;
         })
     };
 

@@ -77,6 +77,15 @@ pub struct ServerOptions {
     )]
     pub service_node_port_range: String,
 
+    /// IPv4 range pod IPs come from; each node gets a /24 of it
+    #[arg(long, env = "KEDGE_CLUSTER_CIDR", default_value = "10.42.0.0/16")]
+    pub cluster_cidr: String,
+
+    /// How long a node may go without a heartbeat before it is marked Unknown and tainted
+    /// unreachable (e.g. 40s, 2m)
+    #[arg(long, env = "KEDGE_NODE_MONITOR_GRACE_PERIOD", default_value = "40s", value_parser = parse_duration)]
+    pub node_monitor_grace_period: std::time::Duration,
+
     /// Cluster DNS domain
     #[arg(long, env = "KEDGE_CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,
@@ -102,6 +111,24 @@ pub struct ServerOptions {
     /// ... but at most this many revisions of it
     #[arg(long, env = "KEDGE_STORE_HISTORY_REVISIONS", default_value_t = 10_000)]
     pub store_history_revisions: u64,
+}
+
+/// A duration as `90`, `90s`, `500ms`, `2m` or `1h`.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 40s"))?;
+    let millis = match unit {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
+    };
+    Ok(std::time::Duration::from_millis(number * millis))
 }
 
 fn parse_peer(s: &str) -> Result<(NodeId, String), String> {

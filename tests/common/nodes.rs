@@ -173,6 +173,7 @@ fn node_address(index: usize) -> String {
 pub struct SimulatedNodes {
     client: Client,
     silenced: Arc<Mutex<HashSet<String>>>,
+    revived: Arc<Mutex<HashSet<String>>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -181,6 +182,8 @@ struct Kubelets {
     client: Client,
     nodes: HashMap<String, (usize, NodeSpec)>,
     silenced: Arc<Mutex<HashSet<String>>>,
+    /// Revived nodes whose kubelet is to post its status again at the next heartbeat.
+    revived: Arc<Mutex<HashSet<String>>>,
     /// Pods already started, by uid.
     started: Mutex<HashSet<String>>,
     /// Next pod IP host part per node.
@@ -211,6 +214,7 @@ impl SimulatedNodes {
                 .unwrap_or_else(|e| panic!("node {} status: {e}", spec.name));
         }
         let silenced = Arc::new(Mutex::new(HashSet::new()));
+        let revived = Arc::new(Mutex::new(HashSet::new()));
         let kubelets = Arc::new(Kubelets {
             client: client.clone(),
             nodes: nodes
@@ -219,6 +223,7 @@ impl SimulatedNodes {
                 .map(|(i, spec)| (spec.name.clone(), (i, spec)))
                 .collect(),
             silenced: silenced.clone(),
+            revived: revived.clone(),
             started: Mutex::new(HashSet::new()),
             next_ip: Mutex::new(HashMap::new()),
         });
@@ -233,6 +238,7 @@ impl SimulatedNodes {
         SimulatedNodes {
             client,
             silenced,
+            revived,
             tasks,
         }
     }
@@ -245,6 +251,7 @@ impl SimulatedNodes {
     /// Brings a silenced node back.
     pub fn revive(&self, node: &str) {
         self.silenced.lock().unwrap().remove(node);
+        self.revived.lock().unwrap().insert(node.to_string());
     }
 
     pub fn client(&self) -> Client {
@@ -295,6 +302,9 @@ impl Kubelets {
             for node in self.nodes.keys() {
                 if self.alive(node) {
                     self.renew_lease(node).await;
+                    if self.revived.lock().unwrap().remove(node) {
+                        self.post_ready(node).await;
+                    }
                 }
             }
         }
@@ -320,15 +330,20 @@ impl Kubelets {
                 .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
                 .is_some_and(|c| c.status == "True");
             if !ready {
-                let _ = api
-                    .patch_status(
-                        &name,
-                        &PatchParams::default(),
-                        &Patch::Strategic(json!({"status": {"conditions": conditions()}})),
-                    )
-                    .await;
+                self.post_ready(&name).await;
             }
         }
+    }
+
+    /// Posts a healthy kubelet's node conditions.
+    async fn post_ready(&self, node: &str) {
+        let _ = Api::<Node>::all(self.client.clone())
+            .patch_status(
+                node,
+                &PatchParams::default(),
+                &Patch::Strategic(json!({"status": {"conditions": conditions()}})),
+            )
+            .await;
     }
 
     async fn watch_pods(self: Arc<Self>) {

@@ -47,6 +47,7 @@ pub(super) async fn create(call: &Call<'_>) -> Result<Response<Body>, ApiError> 
             .map_err(|e| ApiError::BadRequest(format!("invalid deleteOptions: {e}")))?,
         _ => DeleteOptions::default(),
     };
+    options.validate()?;
     let pod = object::decode(&call.load(&name, Consistency::Linearizable).await?)?;
     if call.dry_run || options.is_dry_run() {
         // What would be checked and deleted is not touched.

@@ -92,11 +92,14 @@ pub fn validate(group: &str, kind: &str, object: &Value) -> Vec<FieldError> {
             "spec.template",
             &mut errors,
         ),
-        ("batch", "CronJob") => job_template(
-            object.pointer("/spec/jobTemplate/spec/template"),
-            "spec.jobTemplate.spec.template",
-            &mut errors,
-        ),
+        ("batch", "CronJob") => {
+            cron_job(object, &mut errors);
+            job_template(
+                object.pointer("/spec/jobTemplate/spec/template"),
+                "spec.jobTemplate.spec.template",
+                &mut errors,
+            )
+        }
         _ => {}
     }
     errors
@@ -484,6 +487,74 @@ fn workload(object: &Value, label_selector: bool, errors: &mut Vec<FieldError>) 
     }
 }
 
+/// A CronJob's name leaves room for the Job names made of it (`<name>-<minutes>`, at most
+/// 63 characters), its `schedule` parses (5 fields or a descriptor) and names its time zone
+/// only in `timeZone`, and `timeZone` is a known IANA zone, as upstream validates.
+fn cron_job(object: &Value, errors: &mut Vec<FieldError>) {
+    use crate::controllers::cron_job::schedule;
+    let name = object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if name.len() > 52 {
+        errors.push(FieldError::invalid(
+            "metadata.name",
+            name,
+            "must be no more than 52 characters",
+        ));
+    }
+    let time_zone = object.pointer("/spec/timeZone").and_then(Value::as_str);
+    match object.pointer("/spec/schedule").and_then(Value::as_str) {
+        None | Some("") => errors.push(FieldError::required("spec.schedule", "")),
+        Some(text) => {
+            let (_, expression) = schedule::split_zone_prefix(text);
+            if let Err(error) = schedule::parse_cron(expression) {
+                errors.push(FieldError::invalid("spec.schedule", text, &error));
+            }
+            if text.contains("TZ") {
+                let detail = if time_zone.is_some() {
+                    "cannot use both timeZone field and TZ or CRON_TZ in schedule"
+                } else {
+                    "cannot use TZ or CRON_TZ in schedule, use timeZone field instead"
+                };
+                errors.push(FieldError::invalid("spec.schedule", text, detail));
+            }
+        }
+    }
+    let Some(zone) = time_zone else { return };
+    let field = "spec.timeZone";
+    let valid_part = |part: &str| {
+        part != "."
+            && part != ".."
+            && !part.starts_with('-')
+            && (1..=14).contains(&part.len())
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+'))
+    };
+    if zone.is_empty() {
+        errors.push(FieldError::invalid(
+            field,
+            zone,
+            "timeZone must be nil or non-empty string",
+        ));
+    } else if !zone.split('/').all(valid_part) {
+        errors.push(FieldError::invalid(
+            field,
+            zone,
+            &format!("unknown time zone {zone}"),
+        ));
+    } else if zone.eq_ignore_ascii_case("Local") {
+        errors.push(FieldError::invalid(
+            field,
+            zone,
+            "timeZone must be an explicit time zone as defined in https://www.iana.org/time-zones",
+        ));
+    } else if let Err(error) = schedule::time_zone(zone) {
+        errors.push(FieldError::invalid(field, zone, &error));
+    }
+}
+
 /// A Job's pod template: a valid pod spec that restarts OnFailure or Never.
 fn job_template(template: Option<&Value>, path: &str, errors: &mut Vec<FieldError>) {
     let Some(spec) = template.and_then(|t| t.get("spec")) else {
@@ -560,6 +631,43 @@ mod tests {
         assert_eq!(
             messages(&validate("batch", "Job", &job)),
             vec!["spec.template.spec.restartPolicy: Unsupported value: \"Always\": supported values: \"OnFailure\", \"Never\""]
+        );
+    }
+
+    #[test]
+    fn cron_jobs_need_a_parsable_schedule_and_a_known_time_zone() {
+        let cron_job = |schedule: &str, zone: Option<&str>| {
+            let template = json!({"spec": {"template": {"spec": {"restartPolicy": "Never",
+                "containers": [{"name": "c", "image": "i"}]}}}});
+            let cron_job =
+                json!({"spec": {"schedule": schedule, "timeZone": zone, "jobTemplate": template}});
+            messages(&validate("batch", "CronJob", &cron_job))
+        };
+        assert!(cron_job("*/5 * * * *", Some("Europe/Berlin")).is_empty());
+        let long = json!({"metadata": {"name": "x".repeat(53)}, "spec": {"schedule": "@daily",
+            "jobTemplate": {"spec": {"template": {"spec": {"restartPolicy": "Never",
+                "containers": [{"name": "c", "image": "i"}]}}}}}});
+        assert_eq!(
+            messages(&validate("batch", "CronJob", &long)),
+            [format!(
+                "metadata.name: Invalid value: \"{}\": must be no more than 52 characters",
+                "x".repeat(53)
+            )]
+        );
+        assert!(cron_job("@daily", None).is_empty());
+        let bad = cron_job("* * *", None);
+        assert!(
+            bad[0]
+                .starts_with("spec.schedule: Invalid value: \"* * *\": expected exactly 5 fields"),
+            "{bad:?}"
+        );
+        assert_eq!(
+            cron_job("* * * * *", Some("Mars/Olympus")),
+            ["spec.timeZone: Invalid value: \"Mars/Olympus\": unknown time zone Mars/Olympus"]
+        );
+        assert_eq!(
+            cron_job("CRON_TZ=UTC * * * * *", None),
+            ["spec.schedule: Invalid value: \"CRON_TZ=UTC * * * * *\": cannot use TZ or CRON_TZ in schedule, use timeZone field instead"]
         );
     }
 
