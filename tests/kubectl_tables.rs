@@ -7,7 +7,9 @@
 mod common;
 
 use common::kubectl::{Kubectl, KUBECTL_JSON};
-use common::started_server;
+use std::time::Duration;
+
+use common::{free_port, Server};
 
 /// An RFC 3339 timestamp `seconds` ago. Tests pick ages printed in whole minutes (10m to
 /// 3h), which stay the same for a minute whatever the test takes.
@@ -200,7 +202,18 @@ fn assert_prints(output: &str, expected: &[&str]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_get_prints_upstream_tables() {
     let dir = tempfile::tempdir().unwrap();
-    let server = started_server(dir.path()).await;
+    // The objects and their statuses are written by hand: no controller or scheduler may
+    // act on them.
+    let mut server = Server::new(
+        dir.path(),
+        free_port(),
+        &[
+            "--disable-controller-manager".into(),
+            "--disable-scheduler".into(),
+        ],
+    );
+    server.start();
+    server.wait_ready(Duration::from_secs(30)).await;
     let create = Kubectl {
         kubeconfig: &server.kubeconfig,
         binary: KUBECTL_JSON,

@@ -8,6 +8,7 @@
 //! Must not touch: the store or the API's insides. Everything goes through the API.
 
 pub mod cron_job;
+mod daemon_set;
 mod deployment;
 mod endpoint_slice;
 mod endpoints;
@@ -22,11 +23,14 @@ mod node_ipam;
 mod node_lifecycle;
 pub mod ownership;
 mod persistent_volume;
+pub mod pod_status;
 pub mod pods;
 mod replica_set;
+pub mod revisions;
 mod root_ca;
 mod service_account;
 mod service_endpoints;
+mod stateful_set;
 mod ttl_after_finished;
 mod volume_match;
 mod volume_protection;
@@ -197,6 +201,8 @@ async fn run_all(client: Client, ca_pem: String, settings: Settings) {
         replica_set::run_replica_sets(client.clone()),
         replica_set::run_replication_controllers(client.clone()),
         deployment::run(client.clone()),
+        stateful_set::run(client.clone()),
+        daemon_set::run(client.clone()),
         namespace::run(client.clone()),
         job::run(client.clone()),
         cron_job::run(client.clone()),

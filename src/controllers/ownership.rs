@@ -52,6 +52,15 @@ pub fn selects<K: Resource>(selector: &LabelSelector, object: &K) -> bool {
     selector_matches(selector, &labels)
 }
 
+/// A label selector as the `labelSelector` query parameter, for controllers that list
+/// their objects from the API; `None` if it cannot be one (an unknown operator), in which
+/// case nothing should be selected.
+pub fn selector_query(selector: &LabelSelector) -> Option<String> {
+    kube::core::Selector::try_from(selector.clone())
+        .ok()
+        .map(|s| s.to_string())
+}
+
 /// Who is claiming: the owner's identity and whether it may still adopt.
 pub struct Claimer<'a> {
     /// The controller ownerReference adopted objects get.

@@ -210,6 +210,10 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
         // among the servers of a cluster, even on one host.
         let identity = format!("{}_{}", hostname(), options.raft_id);
         let ca_pem = certs.ca.cert_pem().to_string();
+        let (disable_scheduler, disable_controller_manager) = (
+            options.disable_scheduler,
+            options.disable_controller_manager,
+        );
         let settings = controllers::Settings {
             cluster_cidr: options.cluster_cidr.clone(),
             node_monitor_grace_period: options.node_monitor_grace_period,
@@ -244,8 +248,12 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
             ));
             tracing::info!(revision = api.store.revision(), "kedge is ready");
             tokio::spawn(api::crd::run(api));
-            tokio::spawn(scheduler::run(router.clone(), identity.clone()));
-            controllers::run(router, identity, ca_pem, settings).await;
+            if !disable_scheduler {
+                tokio::spawn(scheduler::run(router.clone(), identity.clone()));
+            }
+            if !disable_controller_manager {
+                controllers::run(router, identity, ca_pem, settings).await;
+            }
         })
     };
 

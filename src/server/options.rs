@@ -65,6 +65,14 @@ pub struct ServerOptions {
     #[arg(long, env = "KEDGE_DISABLE_AGENT")]
     pub disable_agent: bool,
 
+    /// Do not run the scheduler on this server (as k3s's flag of the same name)
+    #[arg(long, env = "KEDGE_DISABLE_SCHEDULER")]
+    pub disable_scheduler: bool,
+
+    /// Do not run the controllers on this server (as k3s's flag of the same name)
+    #[arg(long, env = "KEDGE_DISABLE_CONTROLLER_MANAGER")]
+    pub disable_controller_manager: bool,
+
     /// IPv4 range Service ClusterIPs come from; its first address is the `kubernetes` Service
     #[arg(long, env = "KEDGE_SERVICE_CIDR", default_value = "10.43.0.0/16")]
     pub service_cidr: String,
