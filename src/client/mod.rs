@@ -33,6 +33,33 @@ pub enum ClientError {
     Timeout { url: String, timeout: Duration },
 }
 
+/// A pooled HTTPS client over `tls` (see `crate::pki::client_config`) for request bodies
+/// of type `B`: h2 or http/1.1 as the server offers, keep-alives, connect timeout.
+fn pooled_https<B>(mut tls: rustls::ClientConfig) -> Client<HttpsConnector<HttpConnector>, B>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+{
+    // The connector negotiates h2 / http/1.1 itself.
+    tls.alpn_protocols.clear();
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(5)));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_all_versions()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .http2_keep_alive_timeout(Duration::from_secs(5))
+        .build(connector)
+}
+
 /// A response with its whole body.
 #[derive(Debug, Clone)]
 pub struct Response {
@@ -49,26 +76,10 @@ pub struct HttpsClient {
 
 impl HttpsClient {
     /// A client using `tls` (see `crate::pki::client_config`).
-    pub fn new(mut tls: rustls::ClientConfig) -> HttpsClient {
-        // The connector negotiates h2 / http/1.1 itself.
-        tls.alpn_protocols.clear();
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(Duration::from_secs(5)));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_all_versions()
-            .wrap_connector(http);
-        let inner = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .http2_keep_alive_timeout(Duration::from_secs(5))
-            .build(connector);
-        HttpsClient { inner }
+    pub fn new(tls: rustls::ClientConfig) -> HttpsClient {
+        HttpsClient {
+            inner: pooled_https(tls),
+        }
     }
 
     /// Sends one request and reads the whole response, within `timeout`.

@@ -29,7 +29,7 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::{json, Value};
 
 use super::events::Recorder;
-use super::ownership::{controller_ref, selector_query, Claimer};
+use super::ownership::{claimed_pods, controller_ref};
 use super::pod_status::{is_available, is_ready, is_terminating, phase};
 use super::pods::from_template;
 use super::revisions::{self, POD_REVISION_LABEL};
@@ -189,25 +189,7 @@ async fn daemon_pods(
     ds: &DaemonSet,
     spec: &DaemonSetSpec,
 ) -> Result<Vec<Pod>, ControllerError> {
-    let api: Api<Pod> =
-        Api::namespaced(context.client.clone(), &ds.namespace().unwrap_or_default());
-    let Some(query) = selector_query(&spec.selector) else {
-        return Ok(Vec::new());
-    };
-    let listed = api
-        .list(&ListParams::default().labels(&query))
-        .await
-        .map_err(ControllerError::new(format!(
-            "listing the pods of DaemonSet {}",
-            ds.name_any()
-        )))?;
-    Claimer::new(ds, &spec.selector)
-        .claim(&api, listed.items, || async { Ok(true) })
-        .await
-        .map_err(ControllerError::new(format!(
-            "claiming the pods of DaemonSet {}",
-            ds.name_any()
-        )))
+    claimed_pods(&context.client, ds, &spec.selector, |_| true).await
 }
 
 /// Pods by the node they are for; finished pods already being deleted are done with.

@@ -9,12 +9,14 @@
 
 use std::fmt::Debug;
 
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
+use super::ControllerError;
 use crate::scheduler::selector::selector_matches;
 
 /// The controller ownerReference `owner` puts on what it creates or adopts: `controller` and
@@ -214,4 +216,29 @@ pub fn message(error: &kube::Error) -> String {
         kube::Error::Api(status) => status.message.clone(),
         other => other.to_string(),
     }
+}
+
+/// The pods `owner` (a workload of kind `kind`) controls or adopts among those in its
+/// namespace matching `selector` and `wanted` (upstream's list-then-claim of the pod
+/// controllers). Nothing when the selector selects nothing.
+pub async fn claimed_pods<K: Resource<DynamicType = ()>>(
+    client: &kube::Client,
+    owner: &K,
+    selector: &LabelSelector,
+    wanted: impl Fn(&Pod) -> bool,
+) -> Result<Vec<Pod>, ControllerError> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), &owner.namespace().unwrap_or_default());
+    let Some(query) = selector_query(selector) else {
+        return Ok(Vec::new());
+    };
+    let what = format!("the pods of {} {}", K::kind(&()), owner.name_any());
+    let listed = api
+        .list(&ListParams::default().labels(&query))
+        .await
+        .map_err(ControllerError::new(format!("listing {what}")))?;
+    let candidates = listed.items.into_iter().filter(|p| wanted(p)).collect();
+    Claimer::new(owner, selector)
+        .claim(&api, candidates, || async { Ok(true) })
+        .await
+        .map_err(ControllerError::new(format!("claiming {what}")))
 }

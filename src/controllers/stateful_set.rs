@@ -18,14 +18,14 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{json, Value};
 
 use super::events::Recorder;
-use super::ownership::{selector_query, Claimer};
+use super::ownership::claimed_pods;
 use super::pod_status::{is_available, is_running_and_ready, is_terminating, phase};
 use super::revisions::{self, HASH_LABEL};
 use super::ControllerError;
@@ -106,30 +106,10 @@ async fn member_pods(
     set: &StatefulSet,
     spec: &StatefulSetSpec,
 ) -> Result<Vec<Pod>, ControllerError> {
-    let api: Api<Pod> =
-        Api::namespaced(context.client.clone(), &set.namespace().unwrap_or_default());
-    let Some(query) = selector_query(&spec.selector) else {
-        return Ok(Vec::new());
-    };
-    let listed = api
-        .list(&ListParams::default().labels(&query))
-        .await
-        .map_err(ControllerError::new(format!(
-            "listing the pods of StatefulSet {}",
-            set.name_any()
-        )))?;
-    let members = listed
-        .items
-        .into_iter()
-        .filter(|p| identity::is_member(set, p))
-        .collect();
-    Claimer::new(set, &spec.selector)
-        .claim(&api, members, || async { Ok(true) })
-        .await
-        .map_err(ControllerError::new(format!(
-            "claiming the pods of StatefulSet {}",
-            set.name_any()
-        )))
+    claimed_pods(&context.client, set, &spec.selector, |p| {
+        identity::is_member(set, p)
+    })
+    .await
 }
 
 /// The current and update revisions (upstream's `getStatefulSetRevisions`): the update
