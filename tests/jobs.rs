@@ -428,6 +428,29 @@ async fn cron_jobs_start_jobs_and_keep_their_history() {
         bad.contains("spec.schedule: Invalid value: \"every day\""),
         "{bad}"
     );
+    // Fixed delays, as upstream's cron library takes them.
+    kubectl.ok(&[
+        "create",
+        "cronjob",
+        "hourly",
+        "--image=busybox",
+        "--schedule=@every 1h30m",
+    ]);
+    let bad = kubectl.fails(
+        &[
+            "create",
+            "cronjob",
+            "bad",
+            "--image=busybox",
+            "--schedule=@every 5",
+        ],
+        None,
+    );
+    assert!(
+        bad.contains("spec.schedule: Invalid value: \"@every 5\""),
+        "{bad}"
+    );
+    kubectl.ok(&["delete", "cronjob", "hourly"]);
     let cron_job = |name: &str, schedule: &str, extra: Value| {
         let mut spec = json!({"schedule": schedule, "jobTemplate": {"spec": {"template": template(Some(0), 1)}}});
         spec.as_object_mut()

@@ -1,5 +1,5 @@
 //! A CronJob's schedule: standard 5-field cron syntax and the `@hourly`-style descriptors
-//! (parsed by croner), evaluated in a time zone (jiff's tz database: the system's, else the
+//! (parsed by croner), or `@every <Go duration>` (a fixed delay, as upstream's cron library), evaluated in a time zone (jiff's tz database: the system's, else the
 //! bundled copy): `spec.timeZone`, else a legacy `CRON_TZ=` / `TZ=` prefix, else the
 //! server's local zone, as upstream's controller does.
 //!
@@ -18,13 +18,29 @@ pub const MANY_MISSED: i64 = 100;
 /// A parsed schedule in its time zone.
 #[derive(Debug, Clone)]
 pub struct Schedule {
-    cron: Cron,
+    timing: Timing,
     zone: TimeZone,
 }
 
-/// Parses a bare cron expression (no `TZ=` prefix): five fields or a descriptor.
-pub fn parse_cron(expression: &str) -> Result<Cron, String> {
+/// When a schedule fires.
+#[derive(Debug, Clone)]
+pub enum Timing {
+    /// Cron fields or a descriptor.
+    Cron(Box<Cron>),
+    /// `@every`: this many whole seconds after the previous time (truncated to the second).
+    Every(i64),
+}
+
+/// Parses a bare schedule expression (no `TZ=` prefix): five fields, a descriptor, or
+/// `@every <duration>`.
+pub fn parse_cron(expression: &str) -> Result<Timing, String> {
     let expression = expression.trim();
+    if let Some(duration) = expression.strip_prefix("@every ") {
+        let seconds = go_duration_seconds(duration.trim())
+            .map_err(|e| format!("failed to parse duration {expression}: {e}"))?;
+        // Upstream's library rounds to whole seconds and never fires faster than 1/s.
+        return Ok(Timing::Every(seconds.max(1)));
+    }
     let expression = if expression.eq_ignore_ascii_case("@midnight") {
         "@daily"
     } else {
@@ -41,7 +57,44 @@ pub fn parse_cron(expression: &str) -> Result<Cron, String> {
         .year(Year::Disallowed)
         .build()
         .parse(expression)
+        .map(|cron| Timing::Cron(Box::new(cron)))
         .map_err(|e| e.to_string())
+}
+
+/// A Go `time.ParseDuration` text ("1h30m", "90s", "1.5h") in whole seconds, rounded as
+/// upstream's cron library does (`Round(time.Second)`).
+fn go_duration_seconds(text: &str) -> Result<i64, String> {
+    let invalid = || format!("time: invalid duration {text:?}");
+    let mut rest = text.strip_prefix('+').unwrap_or(text);
+    if rest.starts_with('-') || rest.is_empty() {
+        return Err(invalid());
+    }
+    if rest == "0" {
+        return Ok(0);
+    }
+    let mut nanos = 0f64;
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(invalid)?;
+        let number: f64 = rest[..number_len].parse().map_err(|_| invalid())?;
+        rest = &rest[number_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1.0,
+            "us" | "µs" | "μs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return Err(invalid()),
+        };
+        nanos += number * scale;
+        rest = &rest[unit_len..];
+    }
+    Ok((nanos / 1e9).round() as i64)
 }
 
 /// Loads an IANA time zone by name, as Go's `time.LoadLocation` (with its error text).
@@ -73,18 +126,23 @@ impl Schedule {
             (None, None) => TimeZone::system(),
         };
         Ok(Schedule {
-            cron: parse_cron(expression)?,
+            timing: parse_cron(expression)?,
             zone,
         })
     }
 
-    /// The first start time strictly after `after`, on a whole minute.
+    /// The first start time strictly after `after`: on a whole minute for cron fields,
+    /// the delay after `after` (truncated to the second) for `@every`.
     pub fn next(&self, after: Timestamp) -> Option<Timestamp> {
-        let start = after.to_zoned(self.zone.clone());
-        self.cron
-            .find_next_occurrence(&start, false)
-            .ok()
-            .map(|z| z.timestamp())
+        match &self.timing {
+            Timing::Cron(cron) => {
+                let start = after.to_zoned(self.zone.clone());
+                cron.find_next_occurrence(&start, false)
+                    .ok()
+                    .map(|z| z.timestamp())
+            }
+            Timing::Every(seconds) => Timestamp::from_second(after.as_second() + seconds).ok(),
+        }
     }
 
     pub fn zone(&self) -> &TimeZone {
@@ -149,6 +207,24 @@ mod tests {
 
     fn at(text: &str) -> Timestamp {
         text.parse().unwrap()
+    }
+
+    #[test]
+    fn every_is_a_fixed_delay_in_whole_seconds() {
+        let every = Schedule::parse("@every 1h30m", Some("UTC")).unwrap();
+        assert_eq!(
+            every.next(at("2026-01-01T10:15:30.7Z")),
+            Some(at("2026-01-01T11:45:30Z"))
+        );
+        let fast = Schedule::parse("@every 200ms", Some("UTC")).unwrap();
+        assert_eq!(
+            fast.next(at("2026-01-01T10:15:30Z")),
+            Some(at("2026-01-01T10:15:31Z"))
+        );
+        assert_eq!(go_duration_seconds("1.5m"), Ok(90));
+        for bad in ["", "5", "-1m", "1d", "m"] {
+            assert!(go_duration_seconds(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
