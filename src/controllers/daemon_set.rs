@@ -26,14 +26,13 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Client, ResourceExt};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::events::Recorder;
 use super::ownership::{claimed_pods, controller_ref};
-use super::pod_status::{is_available, is_ready, is_terminating, phase};
-use super::pods::from_template;
+use super::pods::{from_template, is_available, is_deleting, is_ready, phase};
 use super::revisions::{self, POD_REVISION_LABEL};
-use super::ControllerError;
+use super::{merge_status, omit_zero, ControllerError};
 use placement::{
     is_updated, pin_to_node, pod_template, should_run, target_node, template_generation,
 };
@@ -196,7 +195,7 @@ async fn daemon_pods(
 fn by_node(pods: &[Pod]) -> BTreeMap<String, Vec<&Pod>> {
     let mut out: BTreeMap<String, Vec<&Pod>> = BTreeMap::new();
     for pod in pods {
-        if is_terminating(pod) && matches!(phase(pod), "Failed" | "Succeeded") {
+        if is_deleting(pod) && matches!(phase(pod), "Failed" | "Succeeded") {
             continue;
         }
         if let Some(node) = target_node(pod) {
@@ -461,8 +460,6 @@ async fn store_status(
     if unchanged {
         return Ok(());
     }
-    // Zero counts of upstream's omitempty fields are left out (null removes them).
-    let omit_zero = |n: i32| if n == 0 { Value::Null } else { json!(n) };
     let status = json!({
         "observedGeneration": generation,
         "desiredNumberScheduled": desired,
@@ -473,21 +470,5 @@ async fn store_status(
         "numberAvailable": omit_zero(available),
         "numberUnavailable": omit_zero(unavailable),
     });
-    let api: Api<DaemonSet> =
-        Api::namespaced(context.client.clone(), &ds.namespace().unwrap_or_default());
-    match api
-        .patch_status(
-            &ds.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": status})),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(ControllerError::new(format!(
-            "updating the status of DaemonSet {}",
-            ds.name_any()
-        ))(e)),
-    }
+    merge_status(&context.client, ds, status).await
 }

@@ -23,7 +23,6 @@ mod node_ipam;
 mod node_lifecycle;
 pub mod ownership;
 mod persistent_volume;
-pub mod pod_status;
 pub mod pods;
 mod replica_set;
 pub mod revisions;
@@ -144,6 +143,48 @@ fn now() -> String {
                 .ok()
         })
         .unwrap_or_default()
+}
+
+/// Merge-patches `status` onto `object`'s status subresource; an object already gone is
+/// no error (its controller has nothing left to report).
+async fn merge_status<K>(
+    client: &Client,
+    object: &K,
+    status: serde_json::Value,
+) -> Result<(), ControllerError>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), &object.namespace().unwrap_or_default());
+    match api
+        .patch_status(
+            &object.name_any(),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"status": status})),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(ControllerError::new(format!(
+            "updating the status of {} {}",
+            K::kind(&()),
+            object.name_any()
+        ))(e)),
+    }
+}
+
+/// A count for a status field upstream marks omitempty: zero leaves it out (in a merge
+/// patch, null removes it).
+fn omit_zero(count: i32) -> serde_json::Value {
+    if count == 0 {
+        serde_json::Value::Null
+    } else {
+        serde_json::json!(count)
+    }
 }
 
 /// The name of a namespace that should get its objects; `None` once it is going away.

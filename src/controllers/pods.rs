@@ -46,6 +46,16 @@ pub fn is_terminating(pod: &Pod) -> bool {
     !matches!(phase(pod), "Succeeded" | "Failed") && pod.metadata.deletion_timestamp.is_some()
 }
 
+/// Whether the pod has been deleted (finished or not) and waits to go away.
+pub fn is_deleting(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_some()
+}
+
+/// Whether the pod runs and is Ready (upstream's statefulset `isRunningAndReady`).
+pub fn is_running_and_ready(pod: &Pod) -> bool {
+    phase(pod) == "Running" && is_ready(pod)
+}
+
 /// When the pod last became Ready, if it is Ready.
 pub fn ready_since(pod: &Pod) -> Option<Option<Timestamp>> {
     pod.status
@@ -354,6 +364,28 @@ fn restarts(pod: &Pod) -> (i32, i32) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn pod_in(phase: &str, ready: &str, since: &str) -> Pod {
+        serde_json::from_value(json!({"status": {"phase": phase, "conditions": [
+            {"type": "Ready", "status": ready, "lastTransitionTime": since}]}}))
+        .unwrap()
+    }
+
+    #[test]
+    fn readiness_and_availability() {
+        let now: Timestamp = "2026-01-01T00:00:10Z".parse().unwrap();
+        let p = pod_in("Running", "True", "2026-01-01T00:00:00Z");
+        assert!(is_running_and_ready(&p));
+        assert!(is_available(&p, 0, now));
+        assert!(!is_available(&p, 11, now));
+        let p = pod_in("Running", "False", "2026-01-01T00:00:00Z");
+        assert!(!is_ready(&p) && !is_available(&p, 0, now));
+        assert!(!is_running_and_ready(&pod_in(
+            "Pending",
+            "True",
+            "2026-01-01T00:00:00Z"
+        )));
+    }
 
     fn pod(name: &str, node: &str, phase: &str, ready: bool, created: &str) -> Pod {
         serde_json::from_value(json!({

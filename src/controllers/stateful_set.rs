@@ -22,13 +22,13 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Client, ResourceExt};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::events::Recorder;
 use super::ownership::claimed_pods;
-use super::pod_status::{is_available, is_running_and_ready, is_terminating, phase};
+use super::pods::{is_available, is_deleting, is_running_and_ready, phase};
 use super::revisions::{self, HASH_LABEL};
-use super::ControllerError;
+use super::{merge_status, omit_zero, ControllerError};
 use identity::{in_range, ordinal, revision_of, start_ordinal};
 
 pub struct Context {
@@ -178,7 +178,7 @@ fn count(pods: &[Pod], min_ready: i32, revisions: &Revisions) -> Counts {
                 counts.available += 1;
             }
         }
-        if !is_terminating(pod) {
+        if !is_deleting(pod) {
             let revision = revision_of(pod);
             if revision == revisions.current.name_any() {
                 counts.current += 1;
@@ -251,7 +251,7 @@ async fn sync(
         }
     }
     for pod in &condemned {
-        if is_terminating(pod) {
+        if is_deleting(pod) {
             if monotonic {
                 return Ok(false);
             }
@@ -282,11 +282,11 @@ async fn sync(
         let Some(pod) = replicas[target] else {
             return Ok(false);
         };
-        if revision_of(pod) != update_name && !is_terminating(pod) {
+        if revision_of(pod) != update_name && !is_deleting(pod) {
             delete_pod(context, set, pod).await?;
             return Ok(true);
         }
-        if !healthy(pod, min_ready) || is_terminating(pod) {
+        if !healthy(pod, min_ready) || is_deleting(pod) {
             return Ok(false);
         }
     }
@@ -312,7 +312,7 @@ async fn process_replica(
     };
     // Failed or Succeeded (evicted, or stopped on a node reboot): replaced once gone.
     if matches!(phase(pod), "Failed" | "Succeeded") {
-        if !is_terminating(pod) {
+        if !is_deleting(pod) {
             delete_pod(context, set, pod).await?;
         }
         return Ok(true);
@@ -321,7 +321,7 @@ async fn process_replica(
         claims::create_missing(context, set, &pod.name_any(), ordinal).await?;
     }
     let min_ready = spec.min_ready_seconds.unwrap_or(0);
-    if monotonic && (is_terminating(pod) || !healthy(pod, min_ready)) {
+    if monotonic && (is_deleting(pod) || !healthy(pod, min_ready)) {
         return Ok(true);
     }
     claims::match_retention_policy(context, set, pod, ordinal).await?;
@@ -496,8 +496,6 @@ async fn store_status(
     if unchanged {
         return Ok(());
     }
-    // Zero counts are left out, as upstream's omitempty fields (null removes them).
-    let omit_zero = |n: i32| if n == 0 { Value::Null } else { json!(n) };
     let status = json!({
         "observedGeneration": generation,
         "replicas": counts.replicas,
@@ -509,23 +507,7 @@ async fn store_status(
         "updateRevision": update_revision,
         "collisionCount": revisions.collision_count,
     });
-    let api: Api<StatefulSet> =
-        Api::namespaced(context.client.clone(), &set.namespace().unwrap_or_default());
-    match api
-        .patch_status(
-            &set.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": status})),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(ControllerError::new(format!(
-            "updating the status of StatefulSet {}",
-            set.name_any()
-        ))(e)),
-    }
+    merge_status(&context.client, set, status).await
 }
 
 /// Deletes the oldest revisions no pod uses beyond `revisionHistoryLimit`.

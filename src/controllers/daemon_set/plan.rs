@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
-use crate::controllers::pod_status::{is_ready, is_terminating, phase};
+use crate::controllers::pods::{is_deleting, is_ready, phase};
 
 /// The cluster as one DaemonSet sees it.
 pub struct Placement<'a> {
@@ -60,7 +60,7 @@ pub fn manage(
             None => {}
             Some(pods) if should_continue => {
                 let mut running = Vec::new();
-                for pod in pods.iter().filter(|p| !is_terminating(p)) {
+                for pod in pods.iter().filter(|p| !is_deleting(p)) {
                     match phase(pod) {
                         "Failed" | "Succeeded" => {
                             plan.finished.push((
@@ -107,7 +107,7 @@ pub fn manage(
             Some(pods) => {
                 plan.delete.extend(
                     pods.iter()
-                        .filter(|p| !is_terminating(p))
+                        .filter(|p| !is_deleting(p))
                         .map(|p| p.name_any()),
                 );
             }
@@ -135,7 +135,7 @@ fn new_and_old<'a>(
     is_updated: &impl Fn(&Pod) -> bool,
 ) -> Option<(Option<&'a Pod>, Option<&'a Pod>)> {
     let (mut new, mut old) = (None, None);
-    for pod in pods.iter().filter(|p| !is_terminating(p)) {
+    for pod in pods.iter().filter(|p| !is_deleting(p)) {
         let slot = if is_updated(pod) { &mut new } else { &mut old };
         if slot.replace(*pod).is_some() {
             return None;
