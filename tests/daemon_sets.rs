@@ -10,16 +10,14 @@ use std::time::Duration;
 
 use common::kubectl::Kubectl;
 use common::nodes::{NodeSpec, SimulatedNodes};
-use common::{eventually, started_server, LogDump, Server};
+use common::{eventually, server_with_nodes, LogDump, Server};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(60);
 
 async fn cluster(nodes: Vec<NodeSpec>) -> (tempfile::TempDir, Server, LogDump, SimulatedNodes) {
     let dir = tempfile::tempdir().unwrap();
-    let server = started_server(dir.path()).await;
-    let logs = LogDump(vec![server.log.clone()]);
-    let nodes = SimulatedNodes::start(server.kube_client(), nodes, Duration::from_secs(2)).await;
+    let (server, logs, nodes) = server_with_nodes(dir.path(), nodes).await;
     (dir, server, logs, nodes)
 }
 

@@ -7,19 +7,14 @@ mod common;
 use std::time::Duration;
 
 use common::nodes::{NodeSpec, SimulatedNodes};
-use common::{eventually, started_server, LogDump, Server};
+use common::{eventually, server_with_nodes, LogDump, Server};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-async fn cluster(dir: &std::path::Path) -> (Server, SimulatedNodes) {
-    let server = started_server(dir).await;
-    let nodes = SimulatedNodes::start(
-        server.kube_client(),
-        vec![NodeSpec::new("n1").capacity("16", "32Gi")],
-        Duration::from_secs(2),
-    )
-    .await;
-    (server, nodes)
+async fn cluster(dir: &std::path::Path) -> (Server, SimulatedNodes, LogDump) {
+    let node = NodeSpec::new("n1").capacity("16", "32Gi");
+    let (server, logs, nodes) = server_with_nodes(dir, vec![node]).await;
+    (server, nodes, logs)
 }
 
 /// A Deployment whose pods are bound to the simulated node `n1` (no scheduler needed).
@@ -56,7 +51,7 @@ fn replica_sets(server: &Server, app: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployment_rolls_out_rolls_back_restarts_pauses_and_scales() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, _nodes) = cluster(dir.path()).await;
+    let (server, _nodes, _logs) = cluster(dir.path()).await;
     let _logs = LogDump(vec![server.log.clone()]);
     let kubectl = server.kubectl();
     kubectl.ok_with(
@@ -248,7 +243,7 @@ async fn deployment_rolls_out_rolls_back_restarts_pauses_and_scales() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recreate_and_progress_deadline() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, _nodes) = cluster(dir.path()).await;
+    let (server, _nodes, _logs) = cluster(dir.path()).await;
     let _logs = LogDump(vec![server.log.clone()]);
     let kubectl = server.kubectl();
 
@@ -359,7 +354,7 @@ fn owners(server: &Server, selector: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_set_adopts_replaces_releases_and_scales_down() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, _nodes) = cluster(dir.path()).await;
+    let (server, _nodes, _logs) = cluster(dir.path()).await;
     let _logs = LogDump(vec![server.log.clone()]);
     let kubectl = server.kubectl();
     let orphan = r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "orphan", "labels": {"app": "front"}},
@@ -456,7 +451,7 @@ async fn replica_set_adopts_replaces_releases_and_scales_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replication_controller_keeps_its_replicas() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, _nodes) = cluster(dir.path()).await;
+    let (server, _nodes, _logs) = cluster(dir.path()).await;
     let _logs = LogDump(vec![server.log.clone()]);
     let kubectl = server.kubectl();
     let rc = r#"{"apiVersion": "v1", "kind": "ReplicationController", "metadata": {"name": "old"},
@@ -493,7 +488,7 @@ async fn replication_controller_keeps_its_replicas() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployment_adopts_a_matching_replica_set_and_replaces_deleted_pods() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, _nodes) = cluster(dir.path()).await;
+    let (server, _nodes, _logs) = cluster(dir.path()).await;
     let _logs = LogDump(vec![server.log.clone()]);
     let kubectl = server.kubectl();
     // A ReplicaSet running exactly the template the Deployment will have.
@@ -573,7 +568,7 @@ async fn deployment_adopts_a_matching_replica_set_and_replaces_deleted_pods() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scaling_during_a_rollout_is_proportional() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, _nodes) = cluster(dir.path()).await;
+    let (server, _nodes, _logs) = cluster(dir.path()).await;
     let _logs = LogDump(vec![server.log.clone()]);
     let kubectl = server.kubectl();
     kubectl.ok_with(
@@ -642,7 +637,7 @@ async fn scaling_during_a_rollout_is_proportional() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_create_deployment_is_scheduled_and_rolled_out() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, _nodes) = cluster(dir.path()).await;
+    let (server, _nodes, _logs) = cluster(dir.path()).await;
     let _logs = LogDump(vec![server.log.clone()]);
     let kubectl = server.kubectl();
     kubectl.ok(&[
@@ -682,7 +677,7 @@ async fn kubectl_create_deployment_is_scheduled_and_rolled_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_server_creates_no_extra_pods() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut server, _nodes) = cluster(dir.path()).await;
+    let (mut server, _nodes, _logs) = cluster(dir.path()).await;
     let _logs = LogDump(vec![server.log.clone()]);
     server.kubectl().ok_with(
         &["apply", "-f", "-"],
@@ -704,7 +699,7 @@ async fn a_restarted_server_creates_no_extra_pods() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_namespace_with_a_deployment_is_deleted() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, _nodes) = cluster(dir.path()).await;
+    let (server, _nodes, _logs) = cluster(dir.path()).await;
     let _logs = LogDump(vec![server.log.clone()]);
     let kubectl = server.kubectl();
     kubectl.ok(&["create", "namespace", "team"]);

@@ -12,20 +12,14 @@ use std::time::Duration;
 
 use common::kubectl::Kubectl;
 use common::nodes::{NodeSpec, SimulatedNodes};
-use common::{eventually, started_server, LogDump, Server};
+use common::{eventually, server_with_nodes, LogDump, Server};
 use serde_json::{json, Value};
 
 const NODE: &str = "sim-1";
 
 async fn cluster(dir: &std::path::Path) -> (Server, SimulatedNodes, LogDump) {
-    let server = started_server(dir).await;
-    let logs = LogDump(vec![server.log.clone()]);
-    let nodes = SimulatedNodes::start(
-        server.kube_client(),
-        vec![NodeSpec::new(NODE).capacity("16", "32Gi").pods(200)],
-        Duration::from_secs(2),
-    )
-    .await;
+    let node = NodeSpec::new(NODE).capacity("16", "32Gi").pods(200);
+    let (server, logs, nodes) = server_with_nodes(dir, vec![node]).await;
     (server, nodes, logs)
 }
 

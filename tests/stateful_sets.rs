@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::kubectl::Kubectl;
 use common::nodes::{NodeSpec, SimulatedNodes};
-use common::{eventually, started_server, LogDump, Server};
+use common::{eventually, server_with_nodes, LogDump, Server};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher;
@@ -21,14 +21,7 @@ const WAIT: Duration = Duration::from_secs(60);
 
 async fn cluster() -> (tempfile::TempDir, Server, LogDump, SimulatedNodes) {
     let dir = tempfile::tempdir().unwrap();
-    let server = started_server(dir.path()).await;
-    let logs = LogDump(vec![server.log.clone()]);
-    let nodes = SimulatedNodes::start(
-        server.kube_client(),
-        vec![NodeSpec::new("n1")],
-        Duration::from_secs(2),
-    )
-    .await;
+    let (server, logs, nodes) = server_with_nodes(dir.path(), vec![NodeSpec::new("n1")]).await;
     (dir, server, logs, nodes)
 }
 

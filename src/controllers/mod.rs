@@ -73,7 +73,7 @@ impl ControllerError {
     /// Whether the write lost a race with another writer (409): worth trying again soon,
     /// not worth a warning.
     fn is_conflict(&self) -> bool {
-        matches!(&self.source, kube::Error::Api(s) if s.code == 409)
+        ownership::conflict(&self.source)
     }
 }
 
@@ -91,7 +91,7 @@ fn retry_soon_on_conflict<K>(
     error: &ControllerError,
     _context: Arc<impl Sized>,
 ) -> Action {
-    if ownership::conflict(&error.source) {
+    if error.is_conflict() {
         tracing::debug!(%error, "reconcile hit a conflict; retrying");
         return Action::requeue(Duration::from_millis(50));
     }

@@ -335,6 +335,20 @@ pub async fn started_server(dir: &Path) -> Server {
     server
 }
 
+/// A started server in `dir` (see [`started_server`]) with `nodes` simulated, their leases
+/// renewed every 2 s; the server's log is printed if the test fails while the [`LogDump`]
+/// lives.
+pub async fn server_with_nodes(
+    dir: &Path,
+    nodes: Vec<nodes::NodeSpec>,
+) -> (Server, LogDump, nodes::SimulatedNodes) {
+    let server = started_server(dir).await;
+    let logs = LogDump(vec![server.log.clone()]);
+    let nodes =
+        nodes::SimulatedNodes::start(server.kube_client(), nodes, Duration::from_secs(2)).await;
+    (server, logs, nodes)
+}
+
 /// Resident memory of process `pid`, in KiB (0 if it is gone).
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
