@@ -49,7 +49,17 @@ impl Server {
             "--write-kubeconfig".into(),
             kubeconfig.display().to_string(),
         ];
-        args.extend(extra_args.iter().cloned());
+        // Tests that want real containers start a node agent inside a test network
+        // namespace (see `agent_host`); every other server runs the control plane only.
+        if !extra_args.iter().any(|a| a == "--enable-test-agent") {
+            args.push("--disable-agent".into());
+        }
+        args.extend(
+            extra_args
+                .iter()
+                .filter(|a| *a != "--enable-test-agent")
+                .cloned(),
+        );
         Server {
             data_dir: data_dir.to_path_buf(),
             port,

@@ -1,0 +1,1 @@
+//! (being written: see /work/agent_contract.md)
