@@ -54,7 +54,12 @@ async fn the_server_registers_its_node_and_keeps_it() {
     server.start();
     server.wait_ready(WAIT).await;
     let _logs = LogDump(vec![server.log.clone()]);
-    let kubectl = server.kubectl();
+    // Not borrowed from `server`, which is restarted below.
+    let kubeconfig = server.kubeconfig.clone();
+    let kubectl = Kubectl {
+        kubeconfig: &kubeconfig,
+        binary: "kubectl",
+    };
     wait_ready(&kubectl, &node).await;
 
     // NAME STATUS ROLES AGE VERSION, as k3s shows a server's node.
@@ -83,22 +88,27 @@ async fn the_server_registers_its_node_and_keeps_it() {
     assert!(wide.contains("127.0.0.1"), "INTERNAL-IP: {wide}");
     assert!(wide.contains("kedge://"), "CONTAINER-RUNTIME: {wide}");
 
+    // Compared with runs of spaces as one: kubectl aligns columns by content.
     let described = kubectl.ok(&["describe", "node", &node]);
+    let described = described.split_whitespace().collect::<Vec<_>>().join(" ");
     for expected in [
-        "Capacity:",
-        "Allocatable:",
-        "pods:               110",
+        "Capacity: cpu:",
+        "Allocatable: cpu:",
+        "pods: 110",
         "ephemeral-storage:",
-        "MemoryPressure   False",
-        "KubeletHasSufficientMemory",
+        "MemoryPressure False",
+        "KubeletHasSufficientMemory kubelet has sufficient memory available",
+        "DiskPressure False",
         "kubelet has no disk pressure",
         "KubeletHasSufficientPID",
-        "KubeletReady                 kubelet is posting ready status",
+        "Ready True",
+        "KubeletReady kubelet is posting ready status",
         "System Info:",
-        "Container Runtime Version:  kedge://",
-        "Operating System:           linux",
-        "Kubelet Version:",
-        "PodCIDR:",
+        "Container Runtime Version: kedge://",
+        "Operating System: linux",
+        "Architecture:",
+        "Kubelet Version: v1.",
+        "PodCIDR: 10.42.",
     ] {
         assert!(
             described.contains(expected),

@@ -269,7 +269,7 @@ impl rustls::client::danger::ServerCertVerifier for UnverifiedServer {
 
 /// One HTTPS request over `tls`, the whole answer read.
 async fn request(
-    tls: rustls::ClientConfig,
+    mut tls: rustls::ClientConfig,
     method: Method,
     url: &str,
     authorization: Option<String>,
@@ -279,6 +279,8 @@ async fn request(
         url: url.to_string(),
         reason,
     };
+    // The connector sets ALPN itself.
+    tls.alpn_protocols.clear();
     let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(Some(TIMEOUT));
