@@ -88,10 +88,16 @@ impl Fixture {
         }
     }
 
+    /// Starts the container; on failure the panic shows the shim's own log.
+    async fn start(&self, config: &ContainerConfig) {
+        if let Err(e) = shim::start(&self.dir(), config, &self.options()).await {
+            let log = std::fs::read_to_string(self.dir().join("shim.log")).unwrap_or_default();
+            panic!("start failed: {e}\nshim.log:\n{log}");
+        }
+    }
+
     async fn run(&self, config: &ContainerConfig) -> ContainerStatus {
-        shim::start(&self.dir(), config, &self.options())
-            .await
-            .unwrap();
+        self.start(config).await;
         let status = tokio::time::timeout(Duration::from_secs(60), shim::wait(&self.dir()))
             .await
             .expect("container did not end within 60s")
@@ -187,9 +193,7 @@ async fn kill_ends_the_container_with_the_signal() {
         return;
     }
     let f = Fixture::new();
-    shim::start(&f.dir(), &f.config(&["sleep", "1000"]), &f.options())
-        .await
-        .unwrap();
+    f.start(&f.config(&["sleep", "1000"])).await;
     assert!(matches!(
         shim::status(&f.dir()),
         ContainerStatus::Running { pid, .. } if pid > 0
@@ -213,9 +217,7 @@ async fn sigterm_reaches_a_handler_in_the_container() {
     }
     let f = Fixture::new();
     let script = "trap 'echo got term; exit 7' TERM; echo ready; while true; do sleep 0.1; done";
-    shim::start(&f.dir(), &f.config(&["sh", "-c", script]), &f.options())
-        .await
-        .unwrap();
+    f.start(&f.config(&["sh", "-c", script])).await;
     // The trap is set once "ready" is logged.
     for _ in 0..100 {
         if f.log().iter().any(|e| e.2 == "ready") {

@@ -32,7 +32,8 @@ pub const DEFAULT_CAPABILITIES: &[&str] = &[
     "CAP_AUDIT_WRITE",
 ];
 
-/// Every capability the kernel knows (privileged containers get all of them).
+/// Every capability the kernel knows, in the kernel's bit order (privileged containers get
+/// all of those the agent itself holds, as containerd's `WithAllCurrentCapabilities`).
 pub const ALL_CAPABILITIES: &[&str] = &[
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
@@ -107,6 +108,41 @@ pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/u
 
 /// containerd's RLIMIT_NOFILE for containers.
 const NOFILE: u64 = 1_048_576;
+
+/// [`NOFILE`], or what this process may set where that is lower: the kernel's ceiling
+/// `fs.nr_open`, and its own hard limit when it lacks CAP_SYS_RESOURCE (an agent in an
+/// unprivileged container); setrlimit above either fails and the container with it.
+fn nofile(capabilities: u64) -> u64 {
+    let mut limit = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .map_or(NOFILE, |max| max.min(NOFILE));
+    const CAP_SYS_RESOURCE: u32 = 24;
+    if capabilities & (1 << CAP_SYS_RESOURCE) == 0 {
+        let mut current = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into the struct it is given, nothing else.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut current) } == 0 {
+            limit = limit.min(current.rlim_max);
+        }
+    }
+    limit
+}
+
+/// This process's effective capabilities as a bit mask (all when unreadable).
+fn current_capabilities() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        })
+        .unwrap_or(u64::MAX)
+}
 
 /// A container as the runtime sees it: no Kubernetes types.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -206,6 +242,9 @@ struct Host {
     cgroup_v2: bool,
     /// The memory limit can bound memory+swap (v1 with swap accounting, v2 with swap on).
     swap_limit: bool,
+    nofile: u64,
+    /// The agent's effective capabilities (bit mask): the most a privileged container gets.
+    capabilities: u64,
 }
 
 impl Host {
@@ -216,9 +255,12 @@ impl Host {
         } else {
             Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists()
         };
+        let capabilities = current_capabilities();
         Host {
             cgroup_v2,
             swap_limit,
+            nofile: nofile(capabilities),
+            capabilities,
         }
     }
 }
@@ -252,7 +294,12 @@ fn spec_json(config: &ContainerConfig, host: Host) -> Result<Value, SpecError> {
     let privileged = config.security.privileged;
 
     let capabilities: Vec<String> = if privileged {
-        ALL_CAPABILITIES.iter().map(|c| c.to_string()).collect()
+        ALL_CAPABILITIES
+            .iter()
+            .enumerate()
+            .filter(|(bit, _)| host.capabilities & (1 << bit) != 0)
+            .map(|(_, c)| c.to_string())
+            .collect()
     } else {
         for cap in &config.security.capabilities {
             if !ALL_CAPABILITIES.contains(&cap.as_str()) {
@@ -289,7 +336,7 @@ fn spec_json(config: &ContainerConfig, host: Host) -> Result<Value, SpecError> {
             "effective": capabilities,
             "permitted": capabilities,
         },
-        "rlimits": [{"type": "RLIMIT_NOFILE", "hard": NOFILE, "soft": NOFILE}],
+        "rlimits": [{"type": "RLIMIT_NOFILE", "hard": host.nofile, "soft": host.nofile}],
         "noNewPrivileges": config.security.no_new_privileges && !privileged,
     });
     if let Some(adj) = config.oom_score_adj {
