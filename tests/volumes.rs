@@ -35,6 +35,24 @@ async fn create_pod(client: &kube::Client, spec: serde_json::Value) -> Pod {
     pods.create(&PostParams::default(), &pod).await.unwrap()
 }
 
+/// Unmounts whatever a failed test left mounted under its temp dir.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut points: Vec<&str> = mountinfo
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|p| Path::new(p).starts_with(&self.0))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for point in points {
+            let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
 fn root() -> bool {
     nix::unistd::geteuid().is_root()
 }
@@ -46,6 +64,7 @@ async fn api_backed_volumes_are_written_and_follow_updates() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
+    let _unmount = Unmount(dir.path().to_path_buf());
     let server = started_server(&dir.path().join("server")).await;
     let _logs = LogDump(vec![server.log.clone()]);
     let client = server.kube_client();
@@ -177,7 +196,7 @@ async fn api_backed_volumes_are_written_and_follow_updates() {
     let review = server.kubectl().ok_with(
         &["create", "-f", "-", "-o", "json"],
         Some(
-            &json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+            &json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "metadata": {},
                 "spec": {"token": token}})
             .to_string(),
         ),
@@ -204,7 +223,7 @@ async fn api_backed_volumes_are_written_and_follow_updates() {
         (config.as_path(), true)
     );
     assert!(mounts[1].readonly);
-    assert_eq!(mounts[2].destination, "/scratch");
+    assert_eq!(mounts[2].destination, Path::new("/scratch"));
     assert!(!mounts[2].readonly);
     assert!(scratch.join("logs").is_dir());
     std::fs::write(scratch.join("logs/x"), "through").unwrap();
@@ -258,6 +277,7 @@ async fn host_paths_are_checked_and_sub_paths_cannot_escape() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
+    let _unmount = Unmount(dir.path().to_path_buf());
     let host = dir.path().join("host");
     std::fs::create_dir_all(host.join("data")).unwrap();
     std::fs::write(host.join("file"), "keep me").unwrap();

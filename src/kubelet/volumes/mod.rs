@@ -26,6 +26,8 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::{Container, Pod, Volume};
 use kube::ResourceExt;
 
+use crate::runtime::spec::{Mount, MountKind};
+
 pub use atomic_writer::DATA_DIR;
 pub use local::check_host_path;
 
@@ -73,16 +75,6 @@ impl VolumeContext {
             allocatable_cpu_millis: cpus * 1000,
         }
     }
-}
-
-/// A bind mount for a container (until `crate::runtime::spec::Mount` is the output).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VolumeMount {
-    /// The host path: the volume dir, a hostPath, or a prepared subPath.
-    pub source: PathBuf,
-    /// Where the container sees it.
-    pub destination: String,
-    pub readonly: bool,
 }
 
 /// One volume, ready on the host.
@@ -366,8 +358,9 @@ impl PodVolumes {
     }
 
     /// The bind mounts of `container`'s volumeMounts, subPaths prepared under
-    /// `<pod dir>/volume-subpaths/<volume>/<container>/<index>`.
-    pub fn mounts_for(&self, container: &Container) -> Result<Vec<VolumeMount>, VolumeError> {
+    /// `<pod dir>/volume-subpaths/<volume>/<container>/<index>`. Memory-backed volumes are
+    /// tmpfs mounts on the host already, so every mount is a bind.
+    pub fn mounts_for(&self, container: &Container) -> Result<Vec<Mount>, VolumeError> {
         let env = self.environment(container);
         let mut result = Vec::new();
         for (index, mount) in container.volume_mounts.iter().flatten().enumerate() {
@@ -394,9 +387,10 @@ impl PodVolumes {
                     sub_path::prepare(&volume.path, &sub, &target).map_err(VolumeError::Mount)?
                 }
             };
-            result.push(VolumeMount {
+            result.push(Mount {
                 source,
-                destination: mount.mount_path.clone(),
+                destination: PathBuf::from(&mount.mount_path),
+                kind: MountKind::Bind,
                 readonly: mount.read_only.unwrap_or(false) || volume.readonly,
             });
         }
