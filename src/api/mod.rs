@@ -23,6 +23,7 @@ pub mod defaults;
 pub mod discovery;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod object;
 pub mod openapi;
 pub mod openapi_v2;

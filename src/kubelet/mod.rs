@@ -15,6 +15,8 @@ pub mod join;
 pub mod node;
 mod options;
 pub mod static_pods;
+pub mod stats;
+pub mod volumes;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

@@ -167,6 +167,17 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
     let store = Store::new(node.engine().clone(), node.clone()).with_encryption(encryption);
 
     let mut api = Api::new(store.clone(), Registry::builtin(), service_network);
+    // TODO(issue 5): scrape every kubelet over HTTPS (api::metrics::Kubelets) once the API
+    // server has its kubelet client certificate; until then only this server's own node,
+    // read from its in-process agent's directory.
+    let own_node = (!options.disable_agent).then(|| -> Arc<dyn api::metrics::SummarySource> {
+        Arc::new(api::metrics::LocalAgent {
+            node_name: hostname(),
+            agent_dir: options.data_dir.join("agent"),
+            sampler: crate::kubelet::stats::CpuSampler::new(),
+        })
+    });
+    api::metrics::install(&mut api, own_node);
     let service_account_key = pki::ensure_service_account_key(&tls_dir)
         .context("setting up the service account signing key")?;
     let tokens = Arc::new(

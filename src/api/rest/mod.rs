@@ -70,6 +70,8 @@ pub struct Api {
     pub authenticator: crate::auth::Authenticator,
     /// Issues service account tokens (`serviceaccounts/<name>/token`).
     pub tokens: Option<Arc<crate::auth::service_account::ServiceAccountTokens>>,
+    /// Serves `metrics.k8s.io` from the nodes' kubelets (none: that API is unavailable).
+    pub metrics: Option<Arc<super::metrics::Metrics>>,
 }
 
 impl Api {
@@ -79,6 +81,7 @@ impl Api {
             services: super::services::Allocator::new(store.clone(), network),
             authenticator: crate::auth::Authenticator::default(),
             tokens: None,
+            metrics: None,
             store,
             registry: Arc::new(registry),
             openapi: Default::default(),
@@ -340,6 +343,9 @@ async fn serve(
         }
     } else if !resource.supports(verb.as_str()) {
         return Err(ApiError::MethodNotAllowed);
+    }
+    if resource.group == super::metrics::GROUP {
+        return super::metrics::serve(api, &path, &query).await;
     }
     let (parts, body) = request.into_parts();
     let header = |name: http::header::HeaderName| {
