@@ -98,8 +98,6 @@ async fn the_server_registers_its_node_and_keeps_it() {
         "ephemeral-storage:",
         "MemoryPressure False",
         "KubeletHasSufficientMemory kubelet has sufficient memory available",
-        "DiskPressure False",
-        "kubelet has no disk pressure",
         "KubeletHasSufficientPID",
         "Ready True",
         "KubeletReady kubelet is posting ready status",
@@ -115,6 +113,21 @@ async fn the_server_registers_its_node_and_keeps_it() {
             "{expected:?} in:\n{described}"
         );
     }
+    // DiskPressure is measured: under 10% free on the data dir's filesystem, as upstream.
+    let fs = nix::sys::statvfs::statvfs(dir.path()).unwrap();
+    let pressure = (fs.blocks_available() as u64) * 10 < fs.blocks() as u64;
+    let disk = if pressure {
+        "DiskPressure True"
+    } else {
+        "DiskPressure False"
+    };
+    assert!(described.contains(disk), "{disk:?} in:\n{described}");
+    let words = if pressure {
+        "KubeletHasDiskPressure kubelet has disk pressure"
+    } else {
+        "KubeletHasNoDiskPressure kubelet has no disk pressure"
+    };
+    assert!(described.contains(words), "{words:?} in:\n{described}");
     eventually(WAIT, "the kubelet's events in describe", || async {
         let described = kubectl.ok(&["describe", "node", &node]);
         ["Starting kubelet.", "NodeAllocatableEnforced", "NodeReady"]
