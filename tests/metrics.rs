@@ -55,6 +55,15 @@ async fn kubectl_top_shows_the_node_and_a_busy_pod() {
         "{resources}"
     );
 
+    let openapi = kubectl.ok(&["get", "--raw", "/openapi/v3/apis/metrics.k8s.io/v1beta1"]);
+    assert!(
+        openapi.contains("io.k8s.metrics.pkg.apis.metrics.v1beta1.NodeMetrics"),
+        "{openapi}"
+    );
+    assert!(kubectl
+        .ok(&["get", "--raw", "/openapi/v2"])
+        .contains("NodeMetrics"));
+
     // This host as a node (the agent registers it once it exists; create it otherwise).
     let client = server.kube_client();
     let node_name = hostname();
