@@ -42,4 +42,4 @@ pub mod validation;
 pub mod version;
 
 pub use rest::Api;
-pub use router::{PeerService, Router};
+pub use router::{OpenService, PeerService, Router};
