@@ -1,8 +1,8 @@
 //! `kubectl top` through kedge's `metrics.k8s.io`: discovery lists the API, and a process
 //! burning CPU in a pod's cgroup shows up in `kubectl top pod`, the host in `kubectl top
-//! node`. The server's own agent is enabled so that the metrics API reads this host; the
-//! container dir is written as the kubelet writes it (meta.json, config.json, state.json)
-//! around a real process in a real cgroup.
+//! node`. The server's own agent registers this host as its node and the metrics API reads
+//! it; the container dir is written as the kubelet writes it (meta.json, config.json,
+//! state.json) around a real process in a real cgroup, until pod workers run containers.
 
 mod common;
 
@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::{eventually, free_port, LogDump, Server};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kedge::runtime::cgroups::{self, PodResources, QosClass};
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::PostParams;
 use kube::Api;
 use serde_json::{json, Value};
 
@@ -19,7 +19,7 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .unwrap()
         .trim()
-        .to_string()
+        .to_ascii_lowercase()
 }
 
 /// Kills the busy process and removes its cgroup, even when the test fails.
@@ -55,29 +55,25 @@ async fn kubectl_top_shows_the_node_and_a_busy_pod() {
         "{resources}"
     );
 
-    // This host as a node (the agent registers it once it exists; create it otherwise).
+    let openapi = kubectl.ok(&["get", "--raw", "/openapi/v3/apis/metrics.k8s.io/v1beta1"]);
+    assert!(
+        openapi.contains("io.k8s.metrics.pkg.apis.metrics.v1beta1.NodeMetrics"),
+        "{openapi}"
+    );
+    assert!(kubectl
+        .ok(&["get", "--raw", "/openapi/v2"])
+        .contains("NodeMetrics"));
+
+    // This host's node, registered by the server's own agent.
     let client = server.kube_client();
     let node_name = hostname();
     let nodes: Api<Node> = Api::all(client.clone());
-    if nodes.get_opt(&node_name).await.unwrap().is_none() {
-        let node: Node = serde_json::from_value(json!({
-            "metadata": {"name": node_name, "labels": {"kubernetes.io/hostname": node_name}}
-        }))
-        .unwrap();
-        nodes.create(&PostParams::default(), &node).await.unwrap();
-        nodes
-            .patch_status(
-                &node_name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": {
-                    "capacity": {"cpu": "2", "memory": "4Gi", "pods": "110"},
-                    "allocatable": {"cpu": "2", "memory": "4Gi", "pods": "110"},
-                    "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}]
-                }})),
-            )
-            .await
-            .unwrap();
-    }
+    eventually(
+        Duration::from_secs(30),
+        "the agent registers its node",
+        || async { nodes.get_opt(&node_name).await.ok().flatten().is_some() },
+    )
+    .await;
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let pod: Pod = serde_json::from_value(json!({

@@ -8,7 +8,6 @@ mod common;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::time::Duration;
 
 use common::{started_server, LogDump};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};

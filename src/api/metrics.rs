@@ -39,6 +39,7 @@ const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A resource usage, as metrics-server formats it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, schemars::JsonSchema, PartialEq)]
+#[schemars(rename = "io.k8s.metrics.pkg.apis.metrics.v1beta1.Usage")]
 pub struct Usage {
     pub cpu: String,
     pub memory: String,
@@ -47,6 +48,7 @@ pub struct Usage {
 /// `NodeMetrics` (its schema for discovery and OpenAPI).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(rename = "io.k8s.metrics.pkg.apis.metrics.v1beta1.NodeMetrics")]
 pub struct NodeMetrics {
     pub api_version: String,
     pub kind: String,
@@ -57,6 +59,7 @@ pub struct NodeMetrics {
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "io.k8s.metrics.pkg.apis.metrics.v1beta1.ContainerMetrics")]
 pub struct ContainerMetrics {
     pub name: String,
     pub usage: Usage,
@@ -65,6 +68,7 @@ pub struct ContainerMetrics {
 /// `PodMetrics`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(rename = "io.k8s.metrics.pkg.apis.metrics.v1beta1.PodMetrics")]
 pub struct PodMetrics {
     pub api_version: String,
     pub kind: String,

@@ -172,7 +172,7 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
     // read from its in-process agent's directory.
     let own_node = (!options.disable_agent).then(|| -> Arc<dyn api::metrics::SummarySource> {
         Arc::new(api::metrics::LocalAgent {
-            node_name: hostname(),
+            node_name: options.node.node_name(),
             agent_dir: options.data_dir.join("agent"),
             sampler: crate::kubelet::stats::CpuSampler::new(),
         })

@@ -145,28 +145,32 @@ pub async fn prepare(ctx: &VolumeContext, pod: &Pod) -> Result<PodVolumes, Volum
 }
 
 /// Brings configMap, secret, downwardAPI and projected volumes up to date with their
-/// sources (and renews service account tokens due for it); each update is atomic.
+/// sources (and renews service account tokens due for it); each update is atomic. A
+/// volume that fails keeps its files and does not stop the others; the first failure is
+/// returned.
 pub async fn refresh(ctx: &VolumeContext, pod: &Pod) -> Result<(), VolumeError> {
     let specs = pod
         .spec
         .as_ref()
         .and_then(|s| s.volumes.clone())
         .unwrap_or_default();
+    let mut first_error = None;
     for volume in &specs {
         let atomic = volume.config_map.is_some()
             || volume.secret.is_some()
             || volume.downward_api.is_some()
             || volume.projected.is_some();
-        if atomic {
-            set_up(ctx, pod, volume)
-                .await
-                .map_err(|message| VolumeError::SetUp {
-                    volume: volume.name.clone(),
-                    message,
-                })?;
+        if !atomic {
+            continue;
+        }
+        if let Err(message) = set_up(ctx, pod, volume).await {
+            first_error.get_or_insert(VolumeError::SetUp {
+                volume: volume.name.clone(),
+                message,
+            });
         }
     }
-    Ok(())
+    first_error.map_or(Ok(()), Err)
 }
 
 /// Unmounts and removes the pod's volume dirs. Never follows a hostPath or claim: those
