@@ -6,8 +6,10 @@
 //!
 //! Owns: the `kedge shim` process ([`shim_main`], blocking, single-threaded, no tokio: it
 //! must be, for libcontainer clones and runs Rust in the child), the agent's async client
-//! ([`start`], [`status`], [`kill`], [`wait`], [`remove`]), the control protocol
-//! ([`protocol`]) and the files `state.json`, `exit.json`, `shim.pid` ([`files`]).
+//! ([`start`], [`status`], [`kill`], [`wait`], [`remove`], [`attach`], [`resize`]), the
+//! control protocol ([`protocol`]) and the files `state.json`, `exit.json`, `shim.pid`
+//! ([`files`]); exec: `kedge shim exec` ([`exec_main`], libcontainer's tenant builder), run
+//! by the agent as its own child ([`exec`], [`exec_output`]), and pty handling.
 //!
 //! Must not touch: images and the rootfs mount (part A's `images`; [`remove`] only detaches
 //! a rootfs still mounted so that removing the directory cannot reach into the image),
