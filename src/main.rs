@@ -48,7 +48,7 @@ enum Command {
     },
     /// Run one container (started by the node agent, not by hand)
     #[command(hide = true)]
-    Shim(kedge::runtime::shim::ShimArgs),
+    Shim(Box<kedge::runtime::shim::ShimCommand>),
 }
 
 fn init_logging(format: LogFormat) {
@@ -92,7 +92,7 @@ fn main() -> ExitCode {
     match cli.command {
         // Before any runtime or logging thread: the shim forks and libcontainer clones, which
         // is only sound single-threaded.
-        Command::Shim(args) => kedge::runtime::shim::shim_main(args),
+        Command::Shim(args) => kedge::runtime::shim::shim_command(*args),
         Command::Kubectl { args } => kubectl(args),
         Command::Server(options) => {
             init_logging(cli.log_format);

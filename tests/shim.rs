@@ -5,11 +5,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kedge::runtime::shim::{self, ContainerStatus, ExitReason, ShimError, ShimOptions};
+use kedge::runtime::shim::{
+    self, ContainerStatus, ExecRequest, ExitReason, ShimError, ShimOptions,
+};
 use kedge::runtime::spec::{ContainerConfig, Security, DEFAULT_CAPABILITIES};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const APPLETS: &[&str] = &[
-    "sh", "echo", "sleep", "cat", "ls", "dd", "tail", "true", "false", "env", "id",
+    "sh", "echo", "sleep", "cat", "ls", "dd", "tail", "true", "false", "env", "id", "tty", "stty",
 ];
 
 fn root_or_skip(test: &str) -> bool {
@@ -350,5 +353,284 @@ async fn the_container_outlives_the_agent() {
         .unwrap()
         .unwrap();
     assert_eq!(exit_of(&status).1, Some(9));
+    shim::remove(&f.dir()).await.unwrap();
+}
+
+/// Stops and removes a container a test left running.
+async fn stop(f: &Fixture) {
+    shim::kill(&f.dir(), libc::SIGKILL).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), shim::wait(&f.dir()))
+        .await
+        .unwrap()
+        .unwrap();
+    shim::remove(&f.dir()).await.unwrap();
+}
+
+/// Reads `reader` until the text read so far contains `needle`; returns that text.
+async fn read_until(reader: &mut (impl tokio::io::AsyncRead + Unpin), needle: &str) -> String {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let found = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let n = reader.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return false;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&seen).contains(needle) {
+                return true;
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&seen).to_string();
+    assert!(
+        matches!(found, Ok(true)),
+        "{needle:?} not seen; got {text:?}"
+    );
+    text
+}
+
+#[tokio::test]
+async fn exec_runs_commands_in_the_container() {
+    if !root_or_skip("exec_runs_commands_in_the_container") {
+        return;
+    }
+    let f = Fixture::new();
+    let mut config = f.config(&["sleep", "1000"]);
+    config.env.push("FROM_CONTAINER=yes".into());
+    config.cwd = "/tmp".into();
+    f.start(&config).await;
+    let dir = f.dir();
+    let run = |args: &[&str]| {
+        let args = args.iter().map(|a| a.to_string()).collect();
+        let dir = dir.clone();
+        async move { shim::exec_output(&dir, args, Duration::from_secs(20)).await }
+    };
+    assert_eq!(run(&["echo", "hi"]).await.unwrap(), (0, b"hi\n".to_vec()));
+    assert_eq!(run(&["sh", "-c", "exit 7"]).await.unwrap().0, 7);
+    // The container's environment, working directory and hostname.
+    let (code, out) = run(&["sh", "-c", "echo $FROM_CONTAINER $(pwd)"])
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("yes /tmp"), "{out}");
+    // Stderr is part of a probe's output.
+    let (_, out) = run(&["sh", "-c", "echo oops >&2"]).await.unwrap();
+    assert_eq!(out, b"oops\n");
+    match run(&["/no/such/binary"]).await {
+        Err(ShimError::Start(message)) => assert!(message.contains("/no/such/binary"), "{message}"),
+        other => panic!("expected a start error, got {other:?}"),
+    }
+    // A timed-out exec is killed.
+    let err = shim::exec_output(
+        &f.dir(),
+        vec!["sleep".into(), "30".into()],
+        Duration::from_millis(500),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, ShimError::Timeout { .. }), "{err}");
+    stop(&f).await;
+}
+
+#[tokio::test]
+async fn exec_stdin_round_trips_5_mib_byte_exact() {
+    if !root_or_skip("exec_stdin_round_trips") {
+        return;
+    }
+    let f = Fixture::new();
+    f.start(&f.config(&["sleep", "1000"])).await;
+    let mut process = shim::exec(
+        &f.dir(),
+        ExecRequest {
+            args: vec!["cat".into()],
+            stdin: true,
+            ..ExecRequest::default()
+        },
+    )
+    .await
+    .unwrap();
+    // Every byte value, in a pattern that does not repeat with any small period.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let data: Vec<u8> = (0..5 << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect();
+    let mut stdin = process.stdin.take().unwrap();
+    let mut stdout = std::mem::replace(&mut process.stdout, Box::new(tokio::io::empty()));
+    let input = data.clone();
+    let writer = tokio::spawn(async move {
+        stdin.write_all(&input).await.unwrap();
+        stdin.shutdown().await.unwrap();
+        // Dropping it closes the pipe: EOF for cat.
+    });
+    let mut output = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), stdout.read_to_end(&mut output))
+        .await
+        .unwrap()
+        .unwrap();
+    writer.await.unwrap();
+    assert_eq!(output.len(), data.len());
+    assert!(output == data, "the bytes differ");
+    assert_eq!(process.wait().await.unwrap(), 0);
+    stop(&f).await;
+}
+
+#[tokio::test]
+async fn exec_with_a_tty_prints_its_pts_and_resizes() {
+    if !root_or_skip("exec_with_a_tty") {
+        return;
+    }
+    let f = Fixture::new();
+    f.start(&f.config(&["sleep", "1000"])).await;
+    let mut process = shim::exec(
+        &f.dir(),
+        ExecRequest {
+            args: vec![
+                "sh".into(),
+                "-c".into(),
+                "tty; read x; stty size; read x; stty size".into(),
+            ],
+            tty: true,
+            stdin: true,
+            ..ExecRequest::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(process.stderr.is_none());
+    let mut stdin = process.stdin.take().unwrap();
+    let mut stdout = std::mem::replace(&mut process.stdout, Box::new(tokio::io::empty()));
+    read_until(&mut stdout, "/dev/pts/").await;
+    process.resize(100, 40).unwrap();
+    stdin.write_all(b"\r").await.unwrap();
+    read_until(&mut stdout, "40 100").await;
+    process.resize(132, 50).unwrap();
+    stdin.write_all(b"\r").await.unwrap();
+    read_until(&mut stdout, "50 132").await;
+    drop(stdin);
+    drop(stdout);
+    assert_eq!(process.wait().await.unwrap(), 0);
+    stop(&f).await;
+}
+
+#[tokio::test]
+async fn attach_forwards_stdin_and_sees_the_answers() {
+    if !root_or_skip("attach_forwards_stdin") {
+        return;
+    }
+    let f = Fixture::new();
+    let mut config = f.config(&["sh", "-c", "while read l; do echo got $l; done"]);
+    config.stdin = true;
+    f.start(&config).await;
+    let mut streams = shim::attach(&f.dir()).await.unwrap();
+    assert!(!streams.tty);
+    let mut stdin = streams.stdin.take().unwrap();
+    stdin.write_all(b"hello\n").await.unwrap();
+    read_until(&mut streams.stdout, "got hello").await;
+    stdin.write_all(b"again\n").await.unwrap();
+    read_until(&mut streams.stdout, "got again").await;
+    assert!(f.log().iter().any(|e| e.2 == "got hello"), "{:?}", f.log());
+    stop(&f).await;
+}
+
+#[tokio::test]
+async fn attach_with_stdin_once_ends_the_input_on_detach() {
+    if !root_or_skip("attach_with_stdin_once") {
+        return;
+    }
+    let f = Fixture::new();
+    let mut config = f.config(&["sh", "-c", "cat; echo input ended"]);
+    config.stdin = true;
+    config.stdin_once = true;
+    f.start(&config).await;
+    let mut streams = shim::attach(&f.dir()).await.unwrap();
+    let mut stdin = streams.stdin.take().unwrap();
+    stdin.write_all(b"one line\n").await.unwrap();
+    read_until(&mut streams.stdout, "one line").await;
+    drop(stdin);
+    drop(streams);
+    let status = tokio::time::timeout(Duration::from_secs(30), shim::wait(&f.dir()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit_of(&status).0, 0);
+    assert!(
+        f.log().iter().any(|e| e.2 == "input ended"),
+        "{:?}",
+        f.log()
+    );
+    shim::remove(&f.dir()).await.unwrap();
+}
+
+#[tokio::test]
+async fn attach_sees_live_output() {
+    if !root_or_skip("attach_sees_live_output") {
+        return;
+    }
+    let f = Fixture::new();
+    let script = "i=0; while true; do echo tick $i; echo tock $i >&2; i=$((i+1)); sleep 0.1; done";
+    f.start(&f.config(&["sh", "-c", script])).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut streams = shim::attach(&f.dir()).await.unwrap();
+    assert!(streams.stdin.is_none());
+    let text = read_until(&mut streams.stdout, "\n").await;
+    // Output from now on, not a replay from the start.
+    assert!(!text.contains("tick 0\n"), "{text}");
+    let mut stderr = streams.stderr.take().unwrap();
+    read_until(&mut stderr, "tock").await;
+    let before = read_until(&mut streams.stdout, "tick").await;
+    assert!(before.contains("tick"), "{before}");
+    stop(&f).await;
+    // The shim closes attached connections when the container ends.
+    let mut rest = Vec::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        streams.stdout.read_to_end(&mut rest),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_tty_container_logs_its_terminal_and_resizes() {
+    if !root_or_skip("a_tty_container") {
+        return;
+    }
+    let f = Fixture::new();
+    let mut config = f.config(&["sh", "-c", "tty; read x; stty size; read x"]);
+    config.tty = true;
+    config.stdin = true;
+    f.start(&config).await;
+    let mut streams = shim::attach(&f.dir()).await.unwrap();
+    assert!(streams.tty);
+    assert!(streams.stderr.is_none());
+    shim::resize(&f.dir(), 90, 30).await.unwrap();
+    let mut stdin = streams.stdin.take().unwrap();
+    stdin.write_all(b"\r").await.unwrap();
+    read_until(&mut streams.stdout, "30 90").await;
+    stdin.write_all(b"\r").await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), shim::wait(&f.dir()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit_of(&status).0, 0);
+    let log = f.log();
+    assert!(
+        log.iter()
+            .any(|e| e.0 == "stdout" && e.2.starts_with("/dev/")),
+        "{log:?}"
+    );
+    assert!(
+        log.iter().any(|e| e.2.trim_end_matches('\r') == "30 90"),
+        "{log:?}"
+    );
     shim::remove(&f.dir()).await.unwrap();
 }

@@ -27,7 +27,7 @@ pub fn set_shim_binary(path: PathBuf) {
     }
 }
 
-fn shim_binary() -> Result<PathBuf, ShimError> {
+pub(super) fn shim_binary() -> Result<PathBuf, ShimError> {
     if let Some(path) = SHIM_BINARY.read().ok().and_then(|b| b.clone()) {
         return Ok(path);
     }
@@ -135,7 +135,7 @@ pub async fn start(
     }
 }
 
-fn libcontainer_root(container_dir: &Path) -> Result<PathBuf, ShimError> {
+pub(super) fn libcontainer_root(container_dir: &Path) -> Result<PathBuf, ShimError> {
     container_dir
         .parent()
         .and_then(Path::parent)

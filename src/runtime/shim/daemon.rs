@@ -29,7 +29,7 @@ use nix::unistd::{fork, ForkResult, Pid};
 
 use super::files::{self, Exit, State};
 use super::logs::{LogFile, Stream};
-use super::protocol::{Request, Response};
+use super::protocol::{self, Request, Response};
 use super::{ExitReason, ShimArgs};
 
 /// How long output may still arrive after the container's init exited (processes that
@@ -117,11 +117,35 @@ struct Running {
     listener: UnixListener,
     stdout: Option<OwnedFd>,
     stderr: Option<OwnedFd>,
-    /// The write end of the container's stdin, kept open so that the container does not see
-    /// EOF before someone attaches (next stage).
-    _stdin: Option<OwnedFd>,
+    /// The write end of the container's stdin (a tty's master), held open so that the
+    /// container does not see EOF before someone attaches; non-blocking.
+    stdin: Option<OwnedFd>,
+    /// Attached input not yet taken by the container.
+    stdin_pending: Vec<u8>,
+    /// Close stdin once `stdin_pending` is written (stdinOnce).
+    stdin_closing: bool,
+    /// The tty's master, for resizing.
+    console: Option<OwnedFd>,
+    tty: bool,
+    clients: Vec<Client>,
     log: LogFile,
 }
+
+/// One attached connection.
+struct Client {
+    stream: UnixStream,
+    /// Frames not yet written (the client reads slower than the container writes).
+    out: Vec<u8>,
+    /// Bytes read but not yet a whole frame.
+    input: Vec<u8>,
+    /// It was given stdin (and has not ended it).
+    stdin: bool,
+}
+
+/// A client that falls this far behind is detached rather than stalling the container.
+const CLIENT_BACKLOG: usize = 8 << 20;
+/// Attached input buffered for a container that does not read it.
+const STDIN_BACKLOG: usize = 1 << 20;
 
 fn prepare(args: &ShimArgs) -> Result<Running, String> {
     nix::sys::prctl::set_child_subreaper(true)
@@ -147,18 +171,50 @@ fn prepare(args: &ShimArgs) -> Result<Running, String> {
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| format!("cannot chmod {}: {e}", socket.display()))?;
 
+    let tty = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
     let pipe = || nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"));
-    let (stdout_r, stdout_w) = pipe()?;
-    let (stderr_r, stderr_w) = pipe()?;
-    let (stdin_r, stdin_w): (OwnedFd, Option<OwnedFd>) = if args.stdin {
-        let (r, w) = pipe()?;
-        (r, Some(w))
-    } else {
-        let null = File::open("/dev/null").map_err(|e| format!("/dev/null: {e}"))?;
-        (null.into(), None)
+    let null = || -> Result<OwnedFd, String> {
+        Ok(File::options()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map_err(|e| format!("/dev/null: {e}"))?
+            .into())
     };
-
-    let container = create(args, stdin_r, stdout_w, stderr_w)?;
+    let (container, stdout_r, stderr_r, stdin_w, console) = if tty {
+        // libcontainer's init sends the pty master to this socket while it is created.
+        let console_path = dir.join("console.sock");
+        let _ = std::fs::remove_file(&console_path);
+        let console_listener = UnixListener::bind(&console_path)
+            .map_err(|e| format!("cannot bind {}: {e}", console_path.display()))?;
+        let created = create(args, null()?, null()?, null()?, Some(&console_path));
+        let _ = std::fs::remove_file(&console_path);
+        let container = created?;
+        let master = receive_console(&console_listener)?;
+        let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| format!("dup: {e}"));
+        let stdin = if args.stdin {
+            Some(dup(&master)?)
+        } else {
+            None
+        };
+        let console = dup(&master)?;
+        (container, master, None, stdin, Some(console))
+    } else {
+        let (stdout_r, stdout_w) = pipe()?;
+        let (stderr_r, stderr_w) = pipe()?;
+        let (stdin_r, stdin_w): (OwnedFd, Option<OwnedFd>) = if args.stdin {
+            let (r, w) = pipe()?;
+            (r, Some(w))
+        } else {
+            (null()?, None)
+        };
+        let container = create(args, stdin_r, stdout_w, stderr_w, None)?;
+        (container, stdout_r, Some(stderr_r), stdin_w, None)
+    };
     let started_at = SystemTime::now();
     let pid = container
         .pid()
@@ -173,7 +229,10 @@ fn prepare(args: &ShimArgs) -> Result<Running, String> {
     .map_err(|e| format!("cannot write state.json: {e}"))?;
     handshake(&format!("ok {pid}"));
 
-    for fd in [stdout_r.as_fd(), stderr_r.as_fd()] {
+    for fd in [Some(&stdout_r), stderr_r.as_ref(), stdin_w.as_ref()]
+        .into_iter()
+        .flatten()
+    {
         set_nonblocking(fd.as_raw_fd());
     }
     listener
@@ -187,10 +246,35 @@ fn prepare(args: &ShimArgs) -> Result<Running, String> {
         cgroups_path,
         listener,
         stdout: Some(stdout_r),
-        stderr: Some(stderr_r),
-        _stdin: stdin_w,
+        stderr: stderr_r,
+        stdin: stdin_w,
+        stdin_pending: Vec::new(),
+        stdin_closing: false,
+        console,
+        tty,
+        clients: Vec::new(),
         log,
     })
+}
+
+/// Accepts libcontainer's console-socket connection and takes the pty master from it.
+fn receive_console(listener: &UnixListener) -> Result<OwnedFd, String> {
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("console socket: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stream = loop {
+        match listener.accept() {
+            Ok((stream, _)) => break stream,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => return Err(format!("no terminal came from the container: {e}")),
+        }
+    };
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    super::pty::recv_fd(stream.as_raw_fd()).map_err(|e| format!("receiving the terminal: {e}"))
 }
 
 fn set_nonblocking(fd: i32) {
@@ -210,6 +294,7 @@ fn create(
     stdin: OwnedFd,
     stdout: OwnedFd,
     stderr: OwnedFd,
+    console_socket: Option<&Path>,
 ) -> Result<Container, String> {
     // SAFETY: single-threaded; restoring default dispositions installs no handler.
     unsafe {
@@ -221,6 +306,7 @@ fn create(
             .with_stdin(stdin)
             .with_stdout(stdout)
             .with_stderr(stderr)
+            .with_console_socket(console_socket)
             .validate_id()?
             .as_init(&args.dir)
             .with_systemd(false)
@@ -269,41 +355,25 @@ impl Running {
                 }
             }
             let timeout: u16 = if drain_until.is_some() { 100 } else { 1000 };
-            let (sig_ready, listen_ready, out_ready, err_ready) = {
-                let mut fds = vec![
-                    PollFd::new(signals.as_fd(), PollFlags::POLLIN),
-                    PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
-                ];
-                let out_index = self.stdout.as_ref().map(|fd| {
-                    fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
-                    fds.len() - 1
-                });
-                let err_index = self.stderr.as_ref().map(|fd| {
-                    fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
-                    fds.len() - 1
-                });
-                match nix::poll::poll(&mut fds, timeout) {
-                    Ok(_) | Err(Errno::EINTR) => {}
-                    Err(e) => return Err(format!("poll: {e}")),
-                }
-                let ready = |i: usize| fds[i].any().unwrap_or(false);
-                (
-                    ready(0),
-                    ready(1),
-                    out_index.is_some_and(ready),
-                    err_index.is_some_and(ready),
-                )
-            };
-            if sig_ready {
+            let ready = self.poll(&signals, timeout)?;
+            if ready.signals {
                 while let Ok(Some(_)) = signals.read_signal() {}
             }
-            if out_ready {
+            if ready.stdout {
                 self.read_output(true, &mut out);
             }
-            if err_ready {
+            if ready.stderr {
                 self.read_output(false, &mut err);
             }
-            if listen_ready {
+            if ready.stdin {
+                self.flush_stdin();
+            }
+            for index in ready.clients.into_iter().rev() {
+                if !self.serve_client(index) {
+                    self.detach(index);
+                }
+            }
+            if ready.listener {
                 while let Ok((stream, _)) = self.listener.accept() {
                     if let Some(waiter) = self.request(stream, exited.is_some()) {
                         waiters.push(waiter);
@@ -311,6 +381,15 @@ impl Running {
                 }
             }
         }
+        // Attached clients see the end of the output as the connection closing.
+        for client in &mut self.clients {
+            let _ = client.stream.set_nonblocking(false);
+            let _ = client
+                .stream
+                .set_write_timeout(Some(Duration::from_secs(1)));
+            let _ = client.stream.write_all(&client.out);
+        }
+        self.clients.clear();
 
         for stream in [&mut out, &mut err] {
             if let Err(e) = stream.finish(&mut self.log) {
@@ -356,6 +435,168 @@ impl Running {
         Ok(())
     }
 
+    /// Waits (poll) for anything to do; which fds are ready.
+    fn poll(&self, signals: &SignalFd, timeout: u16) -> Result<Ready, String> {
+        let mut fds = vec![
+            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
+        ];
+        fn push<'a>(fds: &mut Vec<PollFd<'a>>, fd: Option<PollFd<'a>>) -> Option<usize> {
+            fd.map(|fd| {
+                fds.push(fd);
+                fds.len() - 1
+            })
+        }
+        let out_index = push(
+            &mut fds,
+            self.stdout
+                .as_ref()
+                .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN)),
+        );
+        let err_index = push(
+            &mut fds,
+            self.stderr
+                .as_ref()
+                .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN)),
+        );
+        let stdin_index = push(
+            &mut fds,
+            self.stdin
+                .as_ref()
+                .filter(|_| !self.stdin_pending.is_empty())
+                .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLOUT)),
+        );
+        let first_client = fds.len();
+        let take_input = self.stdin_pending.len() < STDIN_BACKLOG;
+        for client in &self.clients {
+            let mut flags = PollFlags::empty();
+            if take_input {
+                flags |= PollFlags::POLLIN;
+            }
+            if !client.out.is_empty() {
+                flags |= PollFlags::POLLOUT;
+            }
+            fds.push(PollFd::new(client.stream.as_fd(), flags));
+        }
+        match nix::poll::poll(&mut fds, timeout) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => return Err(format!("poll: {e}")),
+        }
+        let ready = |i: usize| fds[i].any().unwrap_or(false);
+        Ok(Ready {
+            signals: ready(0),
+            listener: ready(1),
+            stdout: out_index.is_some_and(ready),
+            stderr: err_index.is_some_and(ready),
+            stdin: stdin_index.is_some_and(ready),
+            clients: (first_client..fds.len())
+                .filter(|i| ready(*i))
+                .map(|i| i - first_client)
+                .collect(),
+        })
+    }
+
+    /// Queues output for every attached client and writes what each can take now.
+    fn broadcast(&mut self, is_stdout: bool, data: &[u8]) {
+        if self.clients.is_empty() {
+            return;
+        }
+        let stream = if is_stdout {
+            protocol::STDOUT
+        } else {
+            protocol::STDERR
+        };
+        for index in (0..self.clients.len()).rev() {
+            let client = &mut self.clients[index];
+            protocol::frame(&mut client.out, stream, data);
+            if !client.flush() || client.out.len() > CLIENT_BACKLOG {
+                self.detach(index);
+            }
+        }
+    }
+
+    /// Handles a ready client: its pending output, its input. False: it is gone.
+    fn serve_client(&mut self, index: usize) -> bool {
+        if !self.clients[index].flush() {
+            return false;
+        }
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            match self.clients[index].stream.read(&mut buf) {
+                Ok(0) => return false,
+                Ok(n) => self.clients[index].input.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return false,
+            }
+            if self.clients[index].input.len() >= STDIN_BACKLOG {
+                break;
+            }
+        }
+        // Whole frames: stdin data, or an empty one for the end of input.
+        let mut input = std::mem::take(&mut self.clients[index].input);
+        let mut used = 0;
+        while input.len() - used >= protocol::HEADER {
+            let header = &input[used..used + protocol::HEADER];
+            let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+            if input.len() - used - protocol::HEADER < len {
+                break;
+            }
+            let kind = header[0];
+            let payload = &input[used + protocol::HEADER..used + protocol::HEADER + len];
+            if kind == protocol::STDIN && self.clients[index].stdin {
+                if payload.is_empty() {
+                    self.clients[index].stdin = false;
+                    if self.args.stdin_once {
+                        self.stdin_closing = true;
+                    }
+                } else if self.stdin.is_some() && !self.stdin_closing {
+                    self.stdin_pending.extend_from_slice(payload);
+                }
+            }
+            used += protocol::HEADER + len;
+        }
+        input.drain(..used);
+        self.clients[index].input = input;
+        self.flush_stdin();
+        true
+    }
+
+    /// A client went away; with stdinOnce the container's stdin ends with its first one.
+    fn detach(&mut self, index: usize) {
+        let client = self.clients.swap_remove(index);
+        if client.stdin && self.args.stdin_once {
+            self.stdin_closing = true;
+            self.flush_stdin();
+        }
+    }
+
+    /// Writes pending attached input to the container; closes its stdin when asked to.
+    fn flush_stdin(&mut self) {
+        let Some(fd) = self.stdin.as_ref() else {
+            self.stdin_pending.clear();
+            return;
+        };
+        while !self.stdin_pending.is_empty() {
+            match nix::unistd::write(fd, &self.stdin_pending) {
+                Ok(n) => {
+                    self.stdin_pending.drain(..n);
+                }
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) => return,
+                Err(_) => {
+                    // The container closed its end: nothing more can be delivered.
+                    self.stdin_pending.clear();
+                    self.stdin = None;
+                    return;
+                }
+            }
+        }
+        if self.stdin_closing {
+            self.stdin = None;
+        }
+    }
+
     /// Reaps every exited child (the shim is a subreaper); returns the init's end.
     fn reap(&self) -> Option<(WaitStatus, SystemTime)> {
         let mut found = None;
@@ -374,30 +615,38 @@ impl Running {
 
     fn read_output(&mut self, is_stdout: bool, stream: &mut Stream) {
         let slot = if is_stdout {
-            &mut self.stdout
+            &self.stdout
         } else {
-            &mut self.stderr
+            &self.stderr
         };
-        let Some(fd) = slot.as_ref() else { return };
+        let Some(fd) = slot.as_ref().map(|fd| fd.as_raw_fd()) else {
+            return;
+        };
         let mut buf = [0u8; 64 * 1024];
-        loop {
-            match nix::unistd::read(fd.as_raw_fd(), &mut buf) {
-                Ok(0) => {
-                    *slot = None;
-                    return;
-                }
+        let close = loop {
+            match nix::unistd::read(fd, &mut buf) {
+                Ok(0) => break true,
                 Ok(n) => {
                     if let Err(e) = stream.push(&mut self.log, &buf[..n]) {
                         eprintln!("writing the log: {e}");
                     }
+                    self.broadcast(is_stdout, &buf[..n]);
                 }
                 Err(Errno::EINTR) => continue,
-                Err(Errno::EAGAIN) => return,
+                Err(Errno::EAGAIN) => break false,
+                // A tty's master once the last holder of its other side is gone.
+                Err(Errno::EIO) if self.tty => break true,
                 Err(e) => {
                     eprintln!("reading the container's {}: {e}", stream.name);
-                    *slot = None;
-                    return;
+                    break true;
                 }
+            }
+        };
+        if close {
+            if is_stdout {
+                self.stdout = None;
+            } else {
+                self.stderr = None;
             }
         }
     }
@@ -425,6 +674,35 @@ impl Running {
             },
             Ok(Request::Kill { signal: number }) => self.kill(number, exited),
             Ok(Request::Wait) => return Some(stream),
+            Ok(Request::Resize { cols, rows }) => match &self.console {
+                Some(console) => match super::pty::resize(console.as_raw_fd(), cols, rows) {
+                    Ok(()) => Response {
+                        ok: true,
+                        ..Response::default()
+                    },
+                    Err(e) => Response::error(format!("resize: {e}")),
+                },
+                None => Response::error("the container has no terminal"),
+            },
+            Ok(Request::Attach) if exited => Response::error("the container has ended"),
+            Ok(Request::Attach) => {
+                let stdin = self.stdin.is_some() && !self.stdin_closing;
+                let answer = Response {
+                    ok: true,
+                    tty: Some(self.tty),
+                    stdin: Some(stdin),
+                    ..Response::default()
+                };
+                if respond(&mut stream, &answer).is_ok() && stream.set_nonblocking(true).is_ok() {
+                    self.clients.push(Client {
+                        stream,
+                        out: Vec::new(),
+                        input: Vec::new(),
+                        stdin,
+                    });
+                }
+                return None;
+            }
         };
         let _ = respond(&mut stream, &answer);
         None
@@ -484,6 +762,34 @@ fn oom_kill_count(text: &str) -> u64 {
         .filter_map(|n| n.trim().parse().ok())
         .next()
         .unwrap_or(0)
+}
+
+struct Ready {
+    signals: bool,
+    listener: bool,
+    stdout: bool,
+    stderr: bool,
+    stdin: bool,
+    /// Indices into `clients`, ascending.
+    clients: Vec<usize>,
+}
+
+impl Client {
+    /// Writes what the connection takes now; false if it is gone.
+    fn flush(&mut self) -> bool {
+        while !self.out.is_empty() {
+            match self.stream.write(&self.out) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    self.out.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return false,
+            }
+        }
+        true
+    }
 }
 
 fn respond(stream: &mut UnixStream, answer: &Response) -> std::io::Result<()> {

@@ -6,24 +6,62 @@
 //!
 //! Owns: the `kedge shim` process ([`shim_main`], blocking, single-threaded, no tokio: it
 //! must be, for libcontainer clones and runs Rust in the child), the agent's async client
-//! ([`start`], [`status`], [`kill`], [`wait`], [`remove`]), the control protocol
-//! ([`protocol`]) and the files `state.json`, `exit.json`, `shim.pid` ([`files`]).
+//! ([`start`], [`status`], [`kill`], [`wait`], [`remove`], [`attach`], [`resize`]), the
+//! control protocol ([`protocol`]) and the files `state.json`, `exit.json`, `shim.pid`
+//! ([`files`]); exec: `kedge shim exec` ([`exec_main`], libcontainer's tenant builder), run
+//! by the agent as its own child ([`exec`], [`exec_output`]), and pty handling.
 //!
 //! Must not touch: images and the rootfs mount (part A's `images`; [`remove`] only detaches
 //! a rootfs still mounted so that removing the directory cannot reach into the image),
 //! pod cgroups (only the container's own leaf cgroup, through libcontainer), Kubernetes types.
 
+mod attach;
 mod client;
 mod daemon;
+mod exec;
+mod exec_client;
 pub mod files;
 mod logs;
 pub mod protocol;
+mod pty;
 
 use std::path::PathBuf;
 use std::time::SystemTime;
 
+pub use attach::{attach, resize, AttachStreams};
 pub use client::{kill, remove, set_shim_binary, start, status, wait};
 pub use daemon::shim_main;
+pub use exec::{exec_main, ExecArgs};
+pub use exec_client::{exec, exec_output, ExecProcess, ExecReader, ExecRequest, ExecWriter};
+
+/// `kedge shim ...`: run one container ([`ShimArgs`]) or `kedge shim exec ...` ([`ExecArgs`]).
+#[derive(Clone, Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct ShimCommand {
+    #[command(subcommand)]
+    pub exec: Option<ShimSubcommand>,
+    #[command(flatten)]
+    pub run: Option<ShimArgs>,
+}
+
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum ShimSubcommand {
+    /// Run a process in a running container (started by the node agent)
+    Exec(ExecArgs),
+}
+
+/// The `kedge shim` entry point: dispatches to [`shim_main`] or [`exec_main`]. Must run
+/// before any thread exists.
+pub fn shim_command(command: ShimCommand) -> std::process::ExitCode {
+    match (command.exec, command.run) {
+        (Some(ShimSubcommand::Exec(args)), _) => exec_main(args),
+        (None, Some(args)) => shim_main(args),
+        (None, None) => {
+            eprintln!("kedge shim: --dir, --id, --root and --log-path are required");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
 
 /// Where the container's log goes and how it rotates.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,6 +147,11 @@ pub enum ShimError {
     NotRunning { dir: PathBuf, detail: String },
     #[error("the container in {} is still running; kill it and wait first", dir.display())]
     StillRunning { dir: PathBuf },
+    #[error("the exec in {} did not end within {after:?}; it was killed", dir.display())]
+    Timeout {
+        dir: PathBuf,
+        after: std::time::Duration,
+    },
     #[error("the shim of {} answered: {message}", dir.display())]
     Shim { dir: PathBuf, message: String },
 }
