@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod image;
 pub mod kubectl;
 pub mod nodes;
 
