@@ -220,7 +220,7 @@ fn pids_in(inodes: &HashSet<(u64, u64)>) -> Vec<i32> {
 }
 
 /// A `kedge server` with its node agent, inside its own [`TestHost`], the busybox test
-/// image (`busybox:1.35`) imported. Its log is printed if the test fails; on drop the server,
+/// image (`docker.io/library/busybox:1.35`, `image: busybox:1.35` in pods) imported. Its log is printed if the test fails; on drop the server,
 /// its shims and containers are killed and its mounts and pod cgroups removed.
 pub struct Node {
     pub server: Server,
@@ -232,6 +232,8 @@ impl Node {
     /// Starts the node in `data_dir` and waits until the API is ready, the node is `Ready`
     /// and the `default` namespace's ServiceAccount exists (pods can be created).
     pub async fn start(data_dir: &Path, extra_args: &[&str]) -> Node {
+        // Archives in <agent>/images are imported when the agent starts (air-gap, as k3s).
+        super::image::busybox_oci_archive(&data_dir.join("agent/images"));
         let host = TestHost::new();
         let args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
         let mut server = Server::new(data_dir, API_PORT, &args).with_agent(&host);
