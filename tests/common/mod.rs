@@ -76,17 +76,25 @@ impl Server {
         self
     }
 
+    /// Runs the server with its node agent in the test's own network namespace (for tests of
+    /// the agent's API side that start no container; anything that runs pods uses
+    /// [`Server::with_agent`]).
+    pub fn with_local_agent(mut self) -> Server {
+        self.args.retain(|a| a != "--disable-agent");
+        self
+    }
+
     /// Runs the server with its node agent inside the test host `host`, as node
     /// `host.name()` at `host.ip()`.
-    pub fn with_agent(mut self, host: &agent::TestHost) -> Server {
-        self.args.retain(|a| a != "--disable-agent");
-        self.args.extend([
+    pub fn with_agent(self, host: &agent::TestHost) -> Server {
+        let mut server = self.with_local_agent();
+        server.args.extend([
             "--node-name".to_string(),
             host.name().to_string(),
             "--node-ip".to_string(),
             host.ip().to_string(),
         ]);
-        self.inside(host)
+        server.inside(host)
     }
 
     /// Starts the process (appending its output to `log`).
