@@ -9,8 +9,10 @@ if [ "${1:-}" = "--test" ]; then
     packages="$packages python3 python3-venv"
 fi
 if [ "${1:-}" = "--bench" ]; then
-    # etcd is the benchmark's point of comparison; its client crate compiles protobufs.
-    packages="$packages etcd-server procps protobuf-compiler libprotobuf-dev"
+    # etcd is the store benchmark's point of comparison; its client crate compiles protobufs.
+    # containerd + runc (started by the pods benchmark on its own socket) are the pod
+    # benchmark's.
+    packages="$packages etcd-server procps protobuf-compiler libprotobuf-dev containerd runc"
 fi
 
 missing=""

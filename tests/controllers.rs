@@ -61,6 +61,7 @@ fn kubectl_for(kubeconfig: &Path) -> Kubectl<'_> {
     Kubectl {
         kubeconfig,
         binary: "kubectl",
+        netns: None,
     }
 }
 

@@ -395,6 +395,7 @@ async fn auth_commands_and_service_account_tokens() {
     let robot = Kubectl {
         kubeconfig: &token_config,
         binary: "kubectl",
+        netns: None,
     };
     let whoami = robot.ok(&["auth", "whoami"]);
     assert!(

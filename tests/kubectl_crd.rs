@@ -450,6 +450,7 @@ async fn definitions_survive_restarts_and_are_served_by_every_server() {
     let first = Kubectl {
         kubeconfig: &first_config,
         binary: "kubectl",
+        netns: None,
     };
     establish(&first, WIDGETS, "widgets.example.com");
     first.ok_with(&["apply", "-f", "-"], Some(W1));
@@ -457,6 +458,7 @@ async fn definitions_survive_restarts_and_are_served_by_every_server() {
     let second = Kubectl {
         kubeconfig: &second_config,
         binary: "kubectl",
+        netns: None,
     };
     let seen = eventually_ok(&second, &["get", "widgets", "--no-headers"]).await;
     assert!(seen.starts_with("w1 "), "{seen}");
@@ -494,6 +496,7 @@ async fn definitions_survive_restarts_and_are_served_by_every_server() {
     let robot = Kubectl {
         kubeconfig: &token_config,
         binary: "kubectl",
+        netns: None,
     };
     let whoami = robot.ok(&["auth", "whoami"]);
     assert!(

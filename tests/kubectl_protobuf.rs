@@ -28,6 +28,7 @@ async fn typed_create_commands_store_what_the_user_asked_for() {
     let kubectl = Kubectl {
         kubeconfig: &server.kubeconfig,
         binary: KUBECTL,
+        netns: None,
     };
     let ns = ["-n", "proto"];
 
@@ -306,6 +307,7 @@ async fn protobuf_delete_options_preconditions_are_enforced() {
     let kubectl = Kubectl {
         kubeconfig: &server.kubeconfig,
         binary: KUBECTL,
+        netns: None,
     };
     kubectl.ok(&["create", "configmap", "guarded", "--from-literal=a=b"]);
     let uid = get(&kubectl, &["configmap", "guarded"])["metadata"]["uid"]

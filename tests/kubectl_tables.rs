@@ -217,6 +217,7 @@ async fn kubectl_get_prints_upstream_tables() {
     let create = Kubectl {
         kubeconfig: &server.kubeconfig,
         binary: KUBECTL_JSON,
+        netns: None,
     };
     create.ok_with(&["create", "-f", "-"], Some(&objects()));
     for (object, status) in statuses() {

@@ -7,17 +7,28 @@ use std::process::{Command, Output, Stdio};
 pub struct Kubectl<'a> {
     pub kubeconfig: &'a Path,
     pub binary: &'static str,
+    /// Network namespace (a test host's) to run in; None: the test's own.
+    pub netns: Option<&'a Path>,
 }
 
 /// kubectl before it defaulted to protobuf request bodies.
 pub const KUBECTL_JSON: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.31";
 
 impl Kubectl<'_> {
+    /// The kubectl command line with `args`, in the right namespace, not started (for
+    /// streaming or a terminal).
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(self.binary);
+        if let Some(netns) = self.netns {
+            super::agent::enter_netns(&mut command, netns);
+        }
+        command.arg("--kubeconfig").arg(self.kubeconfig).args(args);
+        command
+    }
+
     pub fn run(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut child = Command::new(self.binary)
-            .arg("--kubeconfig")
-            .arg(self.kubeconfig)
-            .args(args)
+        let mut child = self
+            .command(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

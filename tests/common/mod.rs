@@ -2,6 +2,7 @@
 //! in its own temp data dir, and clients with certificates from their CA.
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod image;
 pub mod kubectl;
 pub mod nodes;
@@ -33,6 +34,8 @@ pub struct Server {
     args: Vec<String>,
     child: Option<Child>,
     starts: usize,
+    /// The test host's network namespace the process runs in (None: the test's own).
+    netns: Option<PathBuf>,
 }
 
 impl Server {
@@ -50,17 +53,10 @@ impl Server {
             "--write-kubeconfig".into(),
             kubeconfig.display().to_string(),
         ];
-        // Tests that want real containers start a node agent inside a test network
-        // namespace (see `agent_host`); every other server runs the control plane only.
-        if !extra_args.iter().any(|a| a == "--enable-test-agent") {
-            args.push("--disable-agent".into());
-        }
-        args.extend(
-            extra_args
-                .iter()
-                .filter(|a| *a != "--enable-test-agent")
-                .cloned(),
-        );
+        // Control plane only: tests that run real containers add a node agent in a test
+        // network namespace with `with_agent` (see `agent::Node`).
+        args.push("--disable-agent".into());
+        args.extend(extra_args.iter().cloned());
         Server {
             data_dir: data_dir.to_path_buf(),
             port,
@@ -69,7 +65,36 @@ impl Server {
             args,
             child: None,
             starts: 0,
+            netns: None,
         }
+    }
+
+    /// Runs the server inside the test host `host` (its network namespace), still without
+    /// an agent. Its API is then reachable only from inside (`kubectl()` goes there).
+    pub fn inside(mut self, host: &agent::TestHost) -> Server {
+        self.netns = Some(host.netns().to_path_buf());
+        self
+    }
+
+    /// Runs the server with its node agent in the test's own network namespace (for tests of
+    /// the agent's API side that start no container; anything that runs pods uses
+    /// [`Server::with_agent`]).
+    pub fn with_local_agent(mut self) -> Server {
+        self.args.retain(|a| a != "--disable-agent");
+        self
+    }
+
+    /// Runs the server with its node agent inside the test host `host`, as node
+    /// `host.name()` at `host.ip()`.
+    pub fn with_agent(self, host: &agent::TestHost) -> Server {
+        let mut server = self.with_local_agent();
+        server.args.extend([
+            "--node-name".to_string(),
+            host.name().to_string(),
+            "--node-ip".to_string(),
+            host.ip().to_string(),
+        ]);
+        server.inside(host)
     }
 
     /// Starts the process (appending its output to `log`).
@@ -82,7 +107,11 @@ impl Server {
             .open(&self.log)
             .unwrap();
         self.starts += 1;
-        let child = Command::new(KEDGE)
+        let mut command = Command::new(KEDGE);
+        if let Some(netns) = &self.netns {
+            agent::enter_netns(&mut command, netns);
+        }
+        let child = command
             .args(&self.args)
             .env("RUST_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
@@ -136,6 +165,15 @@ impl Server {
         }
     }
 
+    /// Panics with the log if the process has exited.
+    pub fn assert_running(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("kedge exited with {status}; log:\n{}", self.log_text());
+            }
+        }
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -145,6 +183,7 @@ impl Server {
         kubectl::Kubectl {
             kubeconfig: &self.kubeconfig,
             binary: "kubectl",
+            netns: self.netns.as_deref(),
         }
     }
 
@@ -181,6 +220,13 @@ impl Server {
         kedge::client::remote::over_https(&self.url(), config).unwrap()
     }
 
+    async fn answers_ready(&self) -> bool {
+        self.admin_client()
+            .get(&format!("{}/readyz", self.url()), Duration::from_secs(3))
+            .await
+            .is_ok_and(|r| r.status == 200)
+    }
+
     /// Waits until `/readyz` answers 200 (panics with the log after `timeout`).
     pub async fn wait_ready(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
@@ -195,11 +241,17 @@ impl Server {
             }
             // The certificate is written after the key: both are there once it is.
             if self.tls_dir().join("admin.crt").exists() {
-                let client = self.admin_client();
-                let ready = client
-                    .get(&format!("{}/readyz", self.url()), Duration::from_secs(3))
-                    .await
-                    .is_ok_and(|r| r.status == 200);
+                let ready = match &self.netns {
+                    None => self.answers_ready().await,
+                    // The API listens on the host's 127.0.0.1: ask from in there.
+                    Some(netns) => agent::in_netns(netns, || {
+                        tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                            .unwrap()
+                            .block_on(self.answers_ready())
+                    }),
+                };
                 if ready {
                     return;
                 }
