@@ -43,7 +43,12 @@ async fn kubectl_top_shows_the_node_and_a_busy_pod() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Server::new(dir.path(), free_port(), &["--enable-test-agent".into()]);
+    let mut server = Server::new(
+        dir.path(),
+        free_port(),
+        &["--kubelet-port".into(), free_port().to_string()],
+    )
+    .with_local_agent();
     server.start();
     server.wait_ready(Duration::from_secs(30)).await;
     let _logs = LogDump(vec![server.log.clone()]);

@@ -24,7 +24,6 @@ fn jsonpath(kubectl: &Kubectl<'_>, what: &[&str], path: &str) -> String {
 /// A server running its own agent as node `node`.
 fn server_with_agent(dir: &std::path::Path, node: &str) -> Server {
     let args: Vec<String> = [
-        "--enable-test-agent",
         "--node-name",
         node,
         "--node-label",
@@ -35,7 +34,7 @@ fn server_with_agent(dir: &std::path::Path, node: &str) -> Server {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    Server::new(dir, free_port(), &args)
+    Server::new(dir, free_port(), &args).with_local_agent()
 }
 
 async fn wait_ready(kubectl: &Kubectl<'_>, node: &str) {
@@ -59,6 +58,7 @@ async fn the_server_registers_its_node_and_keeps_it() {
     let kubectl = Kubectl {
         kubeconfig: &kubeconfig,
         binary: "kubectl",
+        netns: None,
     };
     wait_ready(&kubectl, &node).await;
 
