@@ -16,10 +16,8 @@ use super::{qos, security};
 use crate::runtime::images::Image;
 use crate::runtime::spec::{
     ContainerConfig, Mount, MountKind, Resources, Security, User, DEFAULT_CAPABILITIES,
+    DEFAULT_PATH,
 };
-
-/// The PATH containerd gives containers whose image sets none.
-const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Inputs beyond the pod and container.
 pub struct Inputs<'a> {
@@ -57,11 +55,9 @@ pub async fn lookups(shared: &Shared, pod: &Pod, container: &Container) -> (Look
     if links {
         let api: Api<Service> = Api::namespaced(shared.client.clone(), namespace);
         if let Ok(list) = api.list(&ListParams::default()).await {
-            services.extend(
-                list.items
-                    .into_iter()
-                    .filter(|s| namespace != "default" || s.metadata.name.as_deref() != Some("kubernetes")),
-            );
+            services.extend(list.items.into_iter().filter(|s| {
+                namespace != "default" || s.metadata.name.as_deref() != Some("kubernetes")
+            }));
         }
     }
     let api: Api<Service> = Api::namespaced(shared.client.clone(), "default");
@@ -110,7 +106,7 @@ pub fn build(
         .flatten()
         .map(|a| expand(a, lookup))
         .collect();
-    let mut argv = if command.is_empty() {
+    let argv = if command.is_empty() {
         let mut argv = image_config.entrypoint.clone();
         argv.extend(if args.is_empty() {
             image_config.cmd.clone()
@@ -131,7 +127,8 @@ pub fn build(
     let image_user = image_config.user.as_deref();
     security::verify_run_as_non_root(pod, container, &sc, image_user)
         .map_err(|e| ConfigError(e.0))?;
-    let identity = security::identity(&sc, image_user, &inputs.rootfs).map_err(|e| ConfigError(e.0))?;
+    let identity =
+        security::identity(&sc, image_user, &inputs.rootfs).map_err(|e| ConfigError(e.0))?;
 
     let cwd = container
         .working_dir
@@ -153,7 +150,10 @@ pub fn build(
         ("/etc/hostname", &inputs.sandbox.hostname_file),
         ("/etc/resolv.conf", &inputs.sandbox.resolv_file),
     ] {
-        if !mounts.iter().any(|m| Path::new(&m.destination) == Path::new(destination)) {
+        if !mounts
+            .iter()
+            .any(|m| Path::new(&m.destination) == Path::new(destination))
+        {
             mounts.push(sandbox_file(destination, source));
         }
     }

@@ -17,7 +17,6 @@ use crate::runtime::netns;
 /// Files and namespace of one pod's sandbox.
 #[derive(Debug, Clone)]
 pub struct Sandbox {
-    pub dir: PathBuf,
     pub netns: Option<PathBuf>,
     pub hostname: String,
     pub hostname_file: PathBuf,
@@ -71,7 +70,6 @@ pub fn ensure(pod: &Pod, inputs: &SandboxInputs) -> io::Result<Sandbox> {
         resolv_file: dir.join("resolv.conf"),
         netns,
         hostname: hostname.clone(),
-        dir,
     };
     write_if_changed(&sandbox.hostname_file, &format!("{hostname}\n"))?;
     write_if_changed(&sandbox.hosts_file, &hosts)?;

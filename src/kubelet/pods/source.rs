@@ -32,7 +32,10 @@ pub async fn run(shared: Arc<Shared>) {
             .await
             .unwrap_or_default();
         for (dir, meta) in found {
-            on_disk.entry(meta.pod_uid.clone()).or_default().push((dir, meta));
+            on_disk
+                .entry(meta.pod_uid.clone())
+                .or_default()
+                .push((dir, meta));
         }
         // Sandboxes whose containers are already gone count too.
         if let Ok(entries) = std::fs::read_dir(agent_dir.join("pods")) {
@@ -69,7 +72,10 @@ pub async fn run(shared: Arc<Shared>) {
                     if listed.contains(&uid) {
                         continue;
                     }
-                    tracing::info!(pod_uid = uid, "removing the containers of a pod that is gone");
+                    tracing::info!(
+                        pod_uid = uid,
+                        "removing the containers of a pod that is gone"
+                    );
                     tokio::spawn(remove_orphans(shared.clone(), uid, found));
                 }
             }

@@ -94,15 +94,6 @@ pub struct ContainerView {
     pub ready: bool,
 }
 
-impl ContainerView {
-    pub fn is_running(&self) -> bool {
-        matches!(
-            self.instance.as_ref().map(|i| &i.state),
-            Some(InstanceState::Running { .. })
-        )
-    }
-}
-
 /// Node and sandbox facts for the status.
 #[derive(Debug, Clone, Default)]
 pub struct Facts {

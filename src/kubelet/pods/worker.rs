@@ -89,7 +89,7 @@ fn namespace(pod: &Pod) -> String {
         .clone()
         .unwrap_or_else(|| "default".into())
 }
-fn name(pod: &Pod) -> String {
+fn pod_name(pod: &Pod) -> String {
     pod.metadata.name.clone().unwrap_or_default()
 }
 
@@ -182,10 +182,9 @@ impl Worker {
                 .is_none_or(|c| c.meta.restart_count < meta.restart_count);
             if newer {
                 let state = observe(&dir, &meta);
-                if let Some(old) = current.insert(
-                    meta.container.clone(),
-                    Current { dir, meta, state },
-                ) {
+                if let Some(old) =
+                    current.insert(meta.container.clone(), Current { dir, meta, state })
+                {
                     stale.push(old.dir);
                 }
             } else {
@@ -318,7 +317,11 @@ impl Worker {
         );
         if terminal_phase {
             // A finished pod keeps its status and logs; anything still running stops.
-            if self.current.values().any(|c| !matches!(c.state, InstanceState::Exited(_))) {
+            if self
+                .current
+                .values()
+                .any(|c| !matches!(c.state, InstanceState::Exited(_)))
+            {
                 self.terminate(None).await;
             }
             self.publish_registry();
@@ -459,8 +462,12 @@ impl Worker {
             );
             let grace = probe_grace.or_else(|| self.spec_grace());
             self.prober.stop(&container.name);
-            self.kill(&container.name, Some(grace.unwrap_or(DEFAULT_GRACE)), Some(message))
-                .await;
+            self.kill(
+                &container.name,
+                Some(grace.unwrap_or(DEFAULT_GRACE)),
+                Some(message),
+            )
+            .await;
         }
     }
 
@@ -514,7 +521,9 @@ impl Worker {
             self.waiting
                 .insert(key.clone(), ("CrashLoopBackOff".to_string(), message));
             let ready = self.backoff.ready_at(&key, finished).unwrap_or(now);
-            return ready.saturating_duration_since(now).max(Duration::from_millis(50));
+            return ready
+                .saturating_duration_since(now)
+                .max(Duration::from_millis(50));
         }
         self.backoff.next(&key, finished, now);
         self.start(container, kind).await;
@@ -565,7 +574,7 @@ impl Worker {
         let log_path = meta::log_path(
             &shared.ctx.agent_dir,
             &namespace(&pod),
-            &name(&pod),
+            &pod_name(&pod),
             &uid(&pod),
             &name,
             restart_count,
@@ -577,9 +586,7 @@ impl Worker {
             let dir = dir.clone();
             tokio::task::spawn_blocking(move || {
                 std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-                images
-                    .mount_rootfs(&image, &dir)
-                    .map_err(|e| e.to_string())
+                images.mount_rootfs(&image, &dir).map_err(|e| e.to_string())
             })
             .await
             .map_err(|e| e.to_string())
@@ -588,7 +595,8 @@ impl Worker {
         let rootfs = match mounted {
             Ok(rootfs) => rootfs,
             Err(message) => {
-                self.fail_config(container, kind, &dir, config_error(message)).await;
+                self.fail_config(container, kind, &dir, config_error(message))
+                    .await;
                 return;
             }
         };
@@ -625,13 +633,17 @@ impl Worker {
             id: id.clone(),
             pod_uid: uid(&pod),
             namespace: namespace(&pod),
-            pod: name(&pod),
+            pod: pod_name(&pod),
             container: name.clone(),
             kind,
             restart_count,
             log_path: log_path.clone(),
             spec_image: container.image.clone().unwrap_or_default(),
-            image: image.names.first().cloned().unwrap_or_else(|| image.id.clone()),
+            image: image
+                .names
+                .first()
+                .cloned()
+                .unwrap_or_else(|| image.id.clone()),
             image_id: image
                 .repo_digests
                 .first()
@@ -717,7 +729,10 @@ impl Worker {
         }
         self.waiting.remove(&name);
         if started {
-            if let Some(handler) = container.lifecycle.as_ref().and_then(|l| l.post_start.as_ref())
+            if let Some(handler) = container
+                .lifecycle
+                .as_ref()
+                .and_then(|l| l.post_start.as_ref())
             {
                 let result = hooks::run(handler, &pod, container, &dir, &self.target()).await;
                 if let Err(message) = result {
@@ -839,7 +854,11 @@ impl Worker {
             .iter()
             .filter(|(_, k)| *k == Kind::Sidecar)
             .rev()
-            .filter_map(|(c, _)| self.current.get(&c.name).map(|cur| (c.name.clone(), cur.dir.clone())))
+            .filter_map(|(c, _)| {
+                self.current
+                    .get(&c.name)
+                    .map(|cur| (c.name.clone(), cur.dir.clone()))
+            })
             .collect();
         for (name, dir) in sidecars {
             let spec = specs.iter().find(|(c, _)| c.name == name).map(|(c, _)| c);
@@ -883,7 +902,7 @@ impl Worker {
         let logs = meta::pod_log_dir(
             &self.shared.ctx.agent_dir,
             &namespace(&self.pod),
-            &name(&self.pod),
+            &pod_name(&self.pod),
             &uid,
         );
         let removed = tokio::task::spawn_blocking(move || {
@@ -897,7 +916,7 @@ impl Worker {
         self.shared
             .ctx
             .registry
-            .remove_pod(&namespace(&self.pod), &name(&self.pod), &uid);
+            .remove_pod(&namespace(&self.pod), &pod_name(&self.pod), &uid);
     }
 
     /// The final step of a graceful deletion: remove the object (this uid only).
@@ -911,7 +930,7 @@ impl Worker {
             }),
             ..DeleteParams::default()
         };
-        match api.delete(&name(&self.pod), &params).await {
+        match api.delete(&pod_name(&self.pod), &params).await {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
             Err(error) => tracing::warn!(pod = %format::pod(&self.pod), %error, "pod not deleted"),
@@ -980,7 +999,11 @@ impl Worker {
             "status": status,
         });
         match api
-            .patch_status(&name(&self.pod), &PatchParams::default(), &Patch::Merge(&patch))
+            .patch_status(
+                &pod_name(&self.pod),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
             .await
         {
             Ok(updated) => {
@@ -998,7 +1021,7 @@ impl Worker {
     fn publish_registry(&self) {
         self.shared.ctx.registry.set_pod(
             &namespace(&self.pod),
-            &name(&self.pod),
+            &pod_name(&self.pod),
             &uid(&self.pod),
             self.sandbox.as_ref().and_then(|s| s.netns.clone()),
             self.current
@@ -1075,7 +1098,10 @@ async fn kill_instance(
                 .await
             }
             Ok(Ok(_)) => {}
-            Err(_) => tracing::info!(container = name, "preStop hook did not finish within the grace period"),
+            Err(_) => tracing::info!(
+                container = name,
+                "preStop hook did not finish within the grace period"
+            ),
         }
     }
     let left = grace.saturating_sub(started.elapsed()).max(MIN_GRACE);
