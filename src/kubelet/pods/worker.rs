@@ -1118,7 +1118,14 @@ async fn kill_instance(
     if let Err(error) = shim::kill(dir, libc::SIGTERM).await {
         tracing::debug!(container = name, %error, "SIGTERM not delivered");
     }
-    if tokio::time::timeout(left, shim::wait(dir)).await.is_err() {
+    let waited = tokio::time::timeout(left, shim::wait(dir)).await;
+    tracing::debug!(
+        container = name,
+        ?waited,
+        ?left,
+        "container stop after SIGTERM"
+    );
+    if waited.is_err() {
         let _ = shim::kill(dir, libc::SIGKILL).await;
         let _ = tokio::time::timeout(Duration::from_secs(10), shim::wait(dir)).await;
     }
@@ -1133,7 +1140,7 @@ pub async fn remove_instance(dir: &Path) {
     let unmount_dir = dir.to_path_buf();
     let _ = tokio::task::spawn_blocking(move || ImageStore::unmount_rootfs(&unmount_dir)).await;
     if let Err(error) = shim::remove(dir).await {
-        tracing::debug!(dir = %dir.display(), %error, "container not removed by its shim");
+        tracing::warn!(dir = %dir.display(), %error, "container not removed by its shim");
     }
     let dir = dir.to_path_buf();
     let _ = tokio::task::spawn_blocking(move || {
