@@ -14,6 +14,7 @@ pub mod agent;
 pub mod join;
 pub mod node;
 mod options;
+pub mod pods;
 pub mod static_pods;
 pub mod stats;
 pub mod volumes;

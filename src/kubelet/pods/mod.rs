@@ -1,0 +1,112 @@
+//! Pod workers (upstream's pod workers, kuberuntime manager, prober and status manager, in
+//! one place): watch the pods bound to this node, run one worker per pod uid that
+//! reconciles the pod's sandbox and containers with its spec (init containers in order,
+//! sidecars, restart policy with crash-loop back-off, probes, hooks, graceful deletion),
+//! and write the pod's status as upstream does.
+//!
+//! Owns: `<agent>/pods/<uid>/` (sandbox files), `<agent>/containers/<id>/meta.json`, the
+//! container log paths, pod status writes and the kubelet's pod/container events.
+//! Must not touch: node registration, leases (the rest of `kubelet`), volume contents
+//! (`kubelet::volumes`), image and shim internals (`runtime`'s interfaces only).
+
+mod action;
+mod backoff;
+mod config;
+mod dns;
+mod env;
+mod events;
+mod expansion;
+mod format;
+mod hooks;
+mod meta;
+mod probes;
+mod pull;
+mod qos;
+mod registry;
+mod sandbox;
+mod security;
+mod source;
+mod status;
+mod worker;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::controllers::events::Recorder;
+use crate::runtime::images::ImageStore;
+
+pub use meta::ContainerMeta;
+pub use registry::PodRegistry;
+
+/// What the pod workers need from the agent.
+#[derive(Clone)]
+pub struct PodsContext {
+    pub client: kube::Client,
+    pub node_name: String,
+    /// The node's InternalIP (status.hostIP).
+    pub node_ip: IpAddr,
+    /// `<data-dir>/agent`.
+    pub agent_dir: PathBuf,
+    /// `<agent>/images`, opened by the agent.
+    pub images: ImageStore,
+    pub cluster_dns: Vec<IpAddr>,
+    pub cluster_domain: String,
+    /// The host's resolv.conf (`Default` dnsPolicy and the search path tail).
+    pub resolv_conf: PathBuf,
+    /// Shared with the kubelet API.
+    pub registry: PodRegistry,
+}
+
+impl PodsContext {
+    /// The defaults for everything but the client, node, images and directories: k3s's
+    /// cluster DNS 10.43.0.10 and domain cluster.local, the host's /etc/resolv.conf.
+    pub fn new(
+        client: kube::Client,
+        node_name: &str,
+        node_ip: IpAddr,
+        agent_dir: PathBuf,
+        images: ImageStore,
+    ) -> PodsContext {
+        PodsContext {
+            client,
+            node_name: node_name.to_string(),
+            node_ip,
+            registry: PodRegistry::new(&agent_dir),
+            agent_dir,
+            images,
+            cluster_dns: vec![IpAddr::from([10, 43, 0, 10])],
+            cluster_domain: "cluster.local".to_string(),
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
+        }
+    }
+}
+
+/// Runs the pod workers of this node until the process ends. Containers already running
+/// (an agent restart) are adopted, not restarted.
+pub async fn run(ctx: PodsContext) {
+    // Probes over HTTPS use rustls; the process may have installed the provider already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let shared = Arc::new(worker::Shared {
+        client: ctx.client.clone(),
+        images: ctx.images.clone(),
+        recorder: Arc::new(Recorder::new(ctx.client.clone(), "kubelet")),
+        node_hostname: sandbox::node_hostname(),
+        memory_capacity: memory_capacity(),
+        ctx,
+    });
+    source::run(shared).await
+}
+
+/// MemTotal in bytes (for Burstable containers' OOM score).
+fn memory_capacity() -> i64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+        })
+        .map(|kib| kib * 1024)
+        .unwrap_or(0)
+}
