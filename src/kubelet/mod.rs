@@ -4,3 +4,5 @@
 //!
 //! Must not touch: the store (only the API, through a kube client), image or container
 //! internals (only [`crate::runtime`]'s interfaces).
+
+pub mod server;
