@@ -43,6 +43,9 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Run one container (started by the node agent, not by hand)
+    #[command(hide = true)]
+    Shim(kedge::runtime::shim::ShimArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -84,6 +87,9 @@ fn kubectl(args: Vec<OsString>) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        // Before any runtime or logging thread: the shim forks and libcontainer clones, which
+        // is only sound single-threaded.
+        Command::Shim(args) => kedge::runtime::shim::shim_main(args),
         Command::Kubectl { args } => kubectl(args),
         Command::Server(options) => {
             init_logging(cli.log_format);

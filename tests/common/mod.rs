@@ -2,6 +2,7 @@
 //! in its own temp data dir, and clients with certificates from their CA.
 #![allow(dead_code)]
 
+pub mod image;
 pub mod kubectl;
 pub mod nodes;
 

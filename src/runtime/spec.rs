@@ -1,1 +1,0 @@
-//! (being written: see /work/agent_contract.md)

@@ -1,0 +1,354 @@
+//! The container shim with real containers: a busybox rootfs, `kedge shim` started through
+//! the agent's client, libcontainer underneath. Needs root (skipped with a note otherwise)
+//! and Debian's busybox-static at /bin/busybox.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kedge::runtime::shim::{self, ContainerStatus, ExitReason, ShimError, ShimOptions};
+use kedge::runtime::spec::{ContainerConfig, Security, DEFAULT_CAPABILITIES};
+
+const APPLETS: &[&str] = &[
+    "sh", "echo", "sleep", "cat", "ls", "dd", "tail", "true", "false", "env", "id",
+];
+
+fn root_or_skip(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    eprintln!("skipping {test}: needs root to run containers");
+    false
+}
+
+/// `<tmp>/agent/containers/<id>` with a busybox rootfs; the tempdir lives as long as the test.
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    agent: PathBuf,
+    id: String,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        shim::set_shim_binary(PathBuf::from(env!("CARGO_BIN_EXE_kedge")));
+        let tmp = tempfile::tempdir().unwrap();
+        let agent = tmp.path().join("agent");
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let rootfs = agent.join("containers").join(&id).join("rootfs");
+        let bin = rootfs.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
+        for applet in APPLETS {
+            std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+        }
+        for d in ["etc", "tmp", "proc", "sys", "dev"] {
+            std::fs::create_dir_all(rootfs.join(d)).unwrap();
+        }
+        std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+        std::fs::write(rootfs.join("etc/group"), "root:x:0:\n").unwrap();
+        Fixture {
+            _tmp: tmp,
+            agent,
+            id,
+        }
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.agent.join("containers").join(&self.id)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.agent.join("logs/default_pod_uid/c/0.log")
+    }
+
+    fn config(&self, args: &[&str]) -> ContainerConfig {
+        ContainerConfig {
+            id: self.id.clone(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env: vec!["PATH=/bin".into()],
+            cwd: "/".into(),
+            hostname: "shim-test".into(),
+            rootfs: self.dir().join("rootfs"),
+            cgroups_path: format!("kedge-test/{}", self.id),
+            security: Security {
+                capabilities: DEFAULT_CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+                no_new_privileges: true,
+                seccomp_runtime_default: true,
+                masked_paths_default: true,
+                ..Security::default()
+            },
+            ..ContainerConfig::default()
+        }
+    }
+
+    fn options(&self) -> ShimOptions {
+        ShimOptions {
+            log_path: self.log_path(),
+            log_max_bytes: 10 << 20,
+            log_max_files: 3,
+        }
+    }
+
+    /// Starts the container; on failure the panic shows the shim's own log.
+    async fn start(&self, config: &ContainerConfig) {
+        if let Err(e) = shim::start(&self.dir(), config, &self.options()).await {
+            let log = std::fs::read_to_string(self.dir().join("shim.log")).unwrap_or_default();
+            panic!("start failed: {e}\nshim.log:\n{log}");
+        }
+    }
+
+    async fn run(&self, config: &ContainerConfig) -> ContainerStatus {
+        self.start(config).await;
+        let status = tokio::time::timeout(Duration::from_secs(60), shim::wait(&self.dir()))
+            .await
+            .expect("container did not end within 60s")
+            .unwrap();
+        shim::remove(&self.dir()).await.unwrap();
+        assert!(!self.dir().exists(), "remove leaves the container dir");
+        assert!(
+            !self.agent.join("libcontainer").join(&self.id).exists(),
+            "libcontainer state left behind"
+        );
+        status
+    }
+
+    /// The log as (stream, tag, text) entries.
+    fn log(&self) -> Vec<(String, String, String)> {
+        std::fs::read_to_string(self.log_path())
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                let mut p = l.splitn(4, ' ');
+                let _time = p.next();
+                (
+                    p.next().unwrap_or("").to_string(),
+                    p.next().unwrap_or("").to_string(),
+                    p.next().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    }
+}
+
+fn exit_of(status: &ContainerStatus) -> (i32, Option<i32>, ExitReason) {
+    match status {
+        ContainerStatus::Exited {
+            exit_code,
+            signal,
+            reason,
+            started_at,
+            finished_at,
+        } => {
+            assert!(finished_at >= started_at);
+            (*exit_code, *signal, *reason)
+        }
+        other => panic!("expected an exit, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn output_goes_to_the_cri_log_and_exit_0_is_completed() {
+    if !root_or_skip("output_goes_to_the_cri_log") {
+        return;
+    }
+    let f = Fixture::new();
+    let status = f
+        .run(&f.config(&[
+            "sh",
+            "-c",
+            "echo hello out; echo hello err >&2; printf tail",
+        ]))
+        .await;
+    assert_eq!(exit_of(&status), (0, None, ExitReason::Completed));
+    let log = f.log();
+    assert!(
+        log.contains(&("stdout".into(), "F".into(), "hello out".into())),
+        "{log:?}"
+    );
+    assert!(
+        log.contains(&("stderr".into(), "F".into(), "hello err".into())),
+        "{log:?}"
+    );
+    assert!(
+        log.contains(&("stdout".into(), "F".into(), "tail".into())),
+        "{log:?}"
+    );
+    let line = std::fs::read_to_string(f.log_path()).unwrap();
+    let stamp = line.split(' ').next().unwrap();
+    assert!(stamp.ends_with('Z') && stamp.len() >= 20, "{stamp}");
+}
+
+#[tokio::test]
+async fn exit_3_is_error_3() {
+    if !root_or_skip("exit_3_is_error_3") {
+        return;
+    }
+    let f = Fixture::new();
+    let status = f.run(&f.config(&["sh", "-c", "exit 3"])).await;
+    assert_eq!(exit_of(&status), (3, None, ExitReason::Error));
+}
+
+#[tokio::test]
+async fn kill_ends_the_container_with_the_signal() {
+    if !root_or_skip("kill_ends_the_container") {
+        return;
+    }
+    let f = Fixture::new();
+    f.start(&f.config(&["sleep", "1000"])).await;
+    assert!(matches!(
+        shim::status(&f.dir()),
+        ContainerStatus::Running { pid, .. } if pid > 0
+    ));
+    // A pid namespace's init only gets signals it handles; SIGKILL always lands.
+    shim::kill(&f.dir(), libc::SIGKILL).await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), shim::wait(&f.dir()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit_of(&status), (137, Some(9), ExitReason::Error));
+    // Killing an ended container is not an error.
+    shim::kill(&f.dir(), libc::SIGKILL).await.unwrap();
+    shim::remove(&f.dir()).await.unwrap();
+}
+
+#[tokio::test]
+async fn sigterm_reaches_a_handler_in_the_container() {
+    if !root_or_skip("sigterm_reaches_a_handler") {
+        return;
+    }
+    let f = Fixture::new();
+    let script = "trap 'echo got term; exit 7' TERM; echo ready; while true; do sleep 0.1; done";
+    f.start(&f.config(&["sh", "-c", script])).await;
+    // The trap is set once "ready" is logged.
+    for _ in 0..100 {
+        if f.log().iter().any(|e| e.2 == "ready") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    shim::kill(&f.dir(), libc::SIGTERM).await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), shim::wait(&f.dir()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit_of(&status), (7, None, ExitReason::Error));
+    assert!(f.log().iter().any(|e| e.2 == "got term"), "{:?}", f.log());
+    shim::remove(&f.dir()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_memory_hog_is_oom_killed() {
+    if !root_or_skip("a_memory_hog_is_oom_killed") {
+        return;
+    }
+    let f = Fixture::new();
+    let mut config = f.config(&[
+        "sh",
+        "-c",
+        "x=aaaaaaaaaaaaaaaa; while true; do x=$x$x; done",
+    ]);
+    config.resources.memory_limit = Some(16 << 20);
+    let status = f.run(&config).await;
+    let (code, signal, reason) = exit_of(&status);
+    assert_eq!(
+        reason,
+        ExitReason::OOMKilled,
+        "exit {code} signal {signal:?}"
+    );
+    assert_eq!((code, signal), (137, Some(9)));
+}
+
+#[tokio::test]
+async fn a_start_error_carries_the_runtime_message() {
+    if !root_or_skip("a_start_error_carries_the_runtime_message") {
+        return;
+    }
+    let f = Fixture::new();
+    let err = shim::start(&f.dir(), &f.config(&["/no/such/binary"]), &f.options())
+        .await
+        .unwrap_err();
+    match &err {
+        ShimError::Start(message) => {
+            assert!(message.contains("/no/such/binary"), "{message}")
+        }
+        other => panic!("expected a start error, got {other:?}"),
+    }
+    assert_eq!(shim::status(&f.dir()), ContainerStatus::Unknown);
+    assert!(
+        !f.agent.join("libcontainer").join(&f.id).exists(),
+        "a failed start leaves libcontainer state"
+    );
+}
+
+/// Not a test on its own: the "agent" process of `the_container_outlives_the_agent`, run
+/// as a child of the test process (it starts a container, then waits to be killed).
+#[tokio::test]
+async fn helper_agent_process() {
+    let Ok(dir) = std::env::var("KEDGE_SHIM_TEST_DIR") else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    shim::set_shim_binary(PathBuf::from(env!("CARGO_BIN_EXE_kedge")));
+    let config: ContainerConfig = {
+        let id = dir.file_name().unwrap().to_str().unwrap().to_string();
+        ContainerConfig {
+            id: id.clone(),
+            args: vec!["sleep".into(), "1000".into()],
+            env: vec!["PATH=/bin".into()],
+            cwd: "/".into(),
+            rootfs: dir.join("rootfs"),
+            cgroups_path: format!("kedge-test/{id}"),
+            ..ContainerConfig::default()
+        }
+    };
+    let options = ShimOptions {
+        log_path: PathBuf::from(std::env::var("KEDGE_SHIM_TEST_LOG").unwrap()),
+        log_max_bytes: 1 << 20,
+        log_max_files: 2,
+    };
+    shim::start(&dir, &config, &options).await.unwrap();
+    std::fs::write(dir.join("agent-started"), b"").unwrap();
+    tokio::time::sleep(Duration::from_secs(600)).await;
+}
+
+#[tokio::test]
+async fn the_container_outlives_the_agent() {
+    if !root_or_skip("the_container_outlives_the_agent") {
+        return;
+    }
+    let f = Fixture::new();
+    let mut agent = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "helper_agent_process", "--nocapture"])
+        .env("KEDGE_SHIM_TEST_DIR", f.dir())
+        .env("KEDGE_SHIM_TEST_LOG", f.log_path())
+        .spawn()
+        .unwrap();
+    let started = f.dir().join("agent-started");
+    for _ in 0..600 {
+        if started.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        started.exists(),
+        "the helper agent did not start the container"
+    );
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ContainerStatus::Running { pid, .. } = shim::status(&f.dir()) else {
+        panic!(
+            "not running after the agent died: {:?}",
+            shim::status(&f.dir())
+        );
+    };
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    // A new "agent" (this process) takes over: signal, wait, remove.
+    shim::kill(&f.dir(), libc::SIGKILL).await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), shim::wait(&f.dir()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit_of(&status).1, Some(9));
+    shim::remove(&f.dir()).await.unwrap();
+}
