@@ -523,6 +523,7 @@ garbage
             file.write_all(text.as_bytes()).unwrap();
         };
         tokio::time::sleep(Duration::from_millis(250)).await;
+        // A record written in two pieces, and a partial record joined with the next.
         append("2026-11-29T09:00:01Z stdout P tw");
         tokio::time::sleep(Duration::from_millis(250)).await;
         append("o\n2026-11-29T09:00:01Z stdout F o\n");
@@ -536,7 +537,7 @@ garbage
             .await
             .expect("follow ends once the container exited")
             .unwrap();
-        assert_eq!(output, "one\ntwo\no\nthree\n");
+        assert_eq!(output, "one\ntwoo\nthree\n");
 
         let previous = LogOptions {
             previous: true,
