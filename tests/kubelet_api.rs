@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{eventually, free_port, started_server, Server};
+use common::{free_port, started_server, Server};
 use kedge::client::HttpsClient;
 use kedge::kubelet::server::remotecommand::host::HostProcess;
 use kedge::kubelet::server::{serve, KubeletApiState};
@@ -280,7 +280,7 @@ async fn kubectl_logs_reads_the_cri_log_through_the_api_server() {
     assert!(err.contains("pods \"nothere\" not found"), "{err}");
 
     // -f: follows what the container writes until it exits.
-    let mut follow = Command::new("kubectl")
+    let follow = Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(&server.kubeconfig)
         .args(["logs", "-f", "web", "-c", "app", "--tail=1"])
@@ -460,8 +460,10 @@ async fn kubectl_port_forward_reaches_a_port_in_the_pods_network_namespace() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        // kubectl needs a moment to listen; retry until it answers.
         let mut answer = Vec::new();
-        eventually(Duration::from_secs(15), "port-forward answers", || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while std::time::Instant::now() < deadline {
             let attempt = async {
                 let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", local))
                     .await
@@ -474,18 +476,12 @@ async fn kubectl_port_forward_reaches_a_port_in_the_pods_network_namespace() {
                     .ok()?;
                 Some(buf.to_vec())
             };
-            let answer = &mut answer;
-            async move {
-                match attempt.await {
-                    Some(bytes) => {
-                        *answer = bytes;
-                        true
-                    }
-                    None => false,
-                }
+            if let Some(bytes) = attempt.await {
+                answer = bytes;
+                break;
             }
-        })
-        .await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         assert_eq!(answer, b"HELLO POD", "websocket={websocket}");
         let _ = forward.kill();
         let _ = forward.wait();

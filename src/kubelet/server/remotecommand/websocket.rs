@@ -6,6 +6,8 @@
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
@@ -85,6 +87,12 @@ pub async fn serve<S>(
     };
     let status = serde_json::to_vec(&outcome.status(&command)).unwrap_or_default();
     let _ = sink.send(framed(ERROR, &status)).await;
+    // A normal closure: kubectl takes any other close as the error stream failing.
+    let normal = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    };
+    let _ = sink.send(Message::Close(Some(normal))).await;
     let _ = sink.close().await;
     reader.abort();
 }
