@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use kedge::kubelet::agent::{self, AgentOptions};
 use kedge::server::{self, ServerOptions};
 
 /// A whole Kubernetes cluster in one binary.
@@ -36,6 +37,8 @@ enum LogFormat {
 enum Command {
     /// Run a server: the Kubernetes API on a replicated store
     Server(Box<ServerOptions>),
+    /// Run a node agent (kubelet) that joins a server
+    Agent(Box<AgentOptions>),
     /// Run kubectl (found on PATH) against this host's cluster
     #[command(disable_help_flag = true)]
     Kubectl {
@@ -93,23 +96,32 @@ fn main() -> ExitCode {
         Command::Kubectl { args } => kubectl(args),
         Command::Server(options) => {
             init_logging(cli.log_format);
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(e) => {
-                    eprintln!("kedge: error: starting the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(server::run(*options)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("kedge: error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            block_on(server::run(*options))
+        }
+        Command::Agent(options) => {
+            init_logging(cli.log_format);
+            block_on(agent::run(*options))
+        }
+    }
+}
+
+/// Runs `task` on a multi-threaded tokio runtime and reports its error.
+fn block_on(task: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("kedge: error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kedge: error: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -23,6 +23,7 @@ pub mod defaults;
 pub mod discovery;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod object;
 pub mod openapi;
 pub mod openapi_v2;
@@ -42,4 +43,4 @@ pub mod validation;
 pub mod version;
 
 pub use rest::Api;
-pub use router::{PeerService, Router};
+pub use router::{OpenService, PeerService, Router};

@@ -27,11 +27,29 @@ pub trait PeerService: Send + Sync {
     fn handle(&self, method: Method, path: String, body: Bytes) -> BoxFuture<'_, Response<Bytes>>;
 }
 
+/// Paths served before authentication: what an agent needs to join (k3s' `/cacerts` and
+/// the node certificate endpoint), which checks the join token itself.
+pub trait OpenService: Send + Sync {
+    /// Whether requests to `path` go to the service.
+    fn handles(&self, path: &str) -> bool;
+    fn handle(
+        &self,
+        method: Method,
+        path: String,
+        authorization: Option<String>,
+        body: Bytes,
+    ) -> BoxFuture<'_, Response<Bytes>>;
+}
+
+/// Largest body accepted on the open paths.
+const MAX_OPEN_BODY: usize = 64 << 10;
+
 /// Dispatches authenticated requests.
 pub struct Router {
     api: Arc<Api>,
     authenticator: Authenticator,
     peer_service: Option<Arc<dyn PeerService>>,
+    open_service: Option<Arc<dyn OpenService>>,
 }
 
 impl Router {
@@ -44,7 +62,14 @@ impl Router {
             api,
             authenticator,
             peer_service,
+            open_service: None,
         }
+    }
+
+    /// Serves `service`'s paths without authentication.
+    pub fn with_open_service(mut self, service: Arc<dyn OpenService>) -> Router {
+        self.open_service = Some(service);
+        self
     }
 
     /// Handles one request whose TLS peer presented `client_cert` (already verified).
@@ -84,6 +109,27 @@ impl Router {
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        if let Some(service) = &self.open_service {
+            let path = request.uri().path().to_string();
+            if service.handles(&path) {
+                let method = request.method().clone();
+                let body = match read_limited(request.into_body(), MAX_OPEN_BODY).await {
+                    Ok(body) => body,
+                    Err(e) => {
+                        return status::failure(
+                            StatusCode::BAD_REQUEST,
+                            "BadRequest",
+                            e.to_string(),
+                        )
+                    }
+                };
+                let (parts, body) = service
+                    .handle(method, path, authorization, body)
+                    .await
+                    .into_parts();
+                return Response::from_parts(parts, full(body));
+            }
+        }
         let Some(user) = self
             .authenticator
             .authenticate(client_cert, authorization.as_deref())

@@ -2,7 +2,174 @@
 //! Lease, runs the pods bound to it through [`crate::runtime`], reports their status, and
 //! serves the kubelet API (logs, exec, attach, port-forward, stats) on port 10250.
 //!
+//! Start at [`run`] with a [`KubeletConfig`]: `kedge server` builds one with an in-process
+//! client (unless `--disable-agent`), `kedge agent` ([`agent`]) with an HTTPS client.
+//! [`node`] owns the Node object, its status and Lease; [`static_pods`] the mirror pods of
+//! `<agent>/pod-manifests`; the pod workers run every pod bound to the node.
+//!
 //! Must not touch: the store (only the API, through a kube client), image or container
 //! internals (only [`crate::runtime`]'s interfaces).
 
+pub mod agent;
+pub mod join;
+pub mod node;
+mod options;
 pub mod server;
+pub mod static_pods;
+pub mod stats;
+pub mod volumes;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Taint;
+
+pub use options::{hostname, NodeOptions};
+
+/// Upstream's `nodeStatusUpdateFrequency` and Lease renew interval.
+pub const NODE_STATUS_UPDATE_FREQUENCY: Duration = Duration::from_secs(10);
+
+/// Everything one node agent needs to know; built by `kedge server` or `kedge agent`.
+#[derive(Clone)]
+pub struct KubeletConfig {
+    /// The API client, acting as `system:node:<node_name>` in group `system:nodes`.
+    pub client: kube::Client,
+    /// The Node's name (lowercase).
+    pub node_name: String,
+    /// The Node's InternalIP.
+    pub node_ip: IpAddr,
+    /// The host's name, the Node's `Hostname` address.
+    pub hostname: String,
+    /// Extra labels (`--node-label`); the kubelet's own well-known labels are added to them.
+    pub labels: BTreeMap<String, String>,
+    /// Taints the Node is registered with (`--node-taint`), on first registration only.
+    pub taints: Vec<Taint>,
+    /// The kubelet API's port, published in `status.daemonEndpoints`.
+    pub kubelet_port: u16,
+    /// Cluster DNS address and domain, for pods' resolv.conf.
+    pub cluster_dns: IpAddr,
+    pub cluster_domain: String,
+    /// `<data-dir>/agent`: everything the agent keeps on disk.
+    pub agent_dir: PathBuf,
+    /// Whether this node runs the control plane (`kedge server`): it gets the
+    /// control-plane role labels.
+    pub control_plane: bool,
+    /// How often the Node status is posted and the Lease renewed.
+    pub node_status_update_frequency: Duration,
+    /// How often `<agent>/pod-manifests` is read again.
+    pub static_pod_poll: Duration,
+}
+
+impl KubeletConfig {
+    /// A config from the shared node flags; `preferred_ip` is the server's advertise address.
+    pub fn from_options(
+        client: kube::Client,
+        options: &NodeOptions,
+        data_dir: &Path,
+        cluster_domain: &str,
+        preferred_ip: Option<IpAddr>,
+        control_plane: bool,
+    ) -> KubeletConfig {
+        KubeletConfig {
+            client,
+            node_name: options.node_name(),
+            node_ip: options.node_ip(preferred_ip),
+            hostname: hostname().to_ascii_lowercase(),
+            labels: options.labels(),
+            taints: options.node_taints.clone(),
+            kubelet_port: options.kubelet_port,
+            cluster_dns: options.cluster_dns,
+            cluster_domain: cluster_domain.to_string(),
+            agent_dir: data_dir.join("agent"),
+            control_plane,
+            node_status_update_frequency: NODE_STATUS_UPDATE_FREQUENCY,
+            static_pod_poll: Duration::from_secs(3),
+        }
+    }
+
+    /// `<agent>/pod-manifests`, the static pod folder.
+    pub fn pod_manifests_dir(&self) -> PathBuf {
+        self.agent_dir.join("pod-manifests")
+    }
+}
+
+/// Why the agent could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeletError {
+    /// A local file or directory could not be created or read.
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// An API call failed; `action` names the object.
+    #[error("{action}: {source}")]
+    Api {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+    /// Joining a server (`kedge agent`) failed.
+    #[error("joining {server}: {reason}")]
+    Join { server: String, reason: String },
+}
+
+impl KubeletError {
+    pub(crate) fn api(action: impl Into<String>) -> impl FnOnce(kube::Error) -> KubeletError {
+        let action = action.into();
+        move |source| KubeletError::Api { action, source }
+    }
+
+    pub(crate) fn io(
+        what: &'static str,
+        path: &Path,
+    ) -> impl FnOnce(std::io::Error) -> KubeletError {
+        let path = path.display().to_string();
+        move |source| KubeletError::Io { what, path, source }
+    }
+}
+
+/// Creates `dir` and its parents with mode 0700 if missing (an existing one keeps its mode).
+pub(crate) fn create_private_dir(dir: &Path) -> Result<(), KubeletError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(KubeletError::io("creating", dir))
+}
+
+/// Runs the node agent until it fails: registers the Node (taking over an existing one),
+/// then keeps its status and Lease fresh, mirrors static pods and runs the pods bound to it.
+pub async fn run(config: KubeletConfig) -> Result<(), KubeletError> {
+    create_private_dir(&config.agent_dir)?;
+    create_private_dir(&config.pod_manifests_dir())?;
+    let node = node::NodeAgent::start(config.clone()).await?;
+    tracing::info!(node = %config.node_name, ip = %config.node_ip, "node registered");
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(node.clone().run_status());
+    tasks.spawn(node.clone().run_lease());
+    tasks.spawn(static_pods::run(config.clone(), node.clone()));
+    spawn_pod_workers(&config, &mut tasks);
+    // The loops retry their own failures; they end only when the process does.
+    while let Some(ended) = tasks.join_next().await {
+        if let Err(e) = ended {
+            tracing::error!(error = %e, "a node agent task ended");
+        }
+    }
+    Ok(())
+}
+
+/// The single place the pod workers (`crate::kubelet::pods`, issue 5 part C2) are started.
+fn spawn_pod_workers(_config: &KubeletConfig, _tasks: &mut tokio::task::JoinSet<()>) {
+    // TODO(issue 5): `tasks.spawn(pods::run(pods::PodsContext { .. }))` once the pod
+    // workers are merged; until then pods bound to this node stay Pending.
+    tracing::warn!("this build has no pod workers yet: pods bound to this node stay Pending");
+}

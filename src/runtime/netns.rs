@@ -53,11 +53,9 @@ pub fn remove(path: &Path) -> io::Result<()> {
 pub fn is_namespace(path: &Path) -> bool {
     // A namespace file reports the nsfs magic; an empty regular file does not.
     nix::sys::statfs::statfs(path)
-        .map(|s| s.filesystem_type().0 as i64 == NSFS_MAGIC)
+        .map(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
         .unwrap_or(false)
 }
-
-const NSFS_MAGIC: i64 = 0x6e73_6673;
 
 /// Runs `work` on a new thread that has joined the namespace at `path`, and returns its
 /// result. File descriptors it opens (sockets) stay in that namespace when used elsewhere.

@@ -26,6 +26,7 @@ use crate::auth::service_account::ServiceAccountTokens;
 use crate::auth::Authenticator;
 use crate::client::HttpsClient;
 use crate::controllers;
+use crate::kubelet;
 use crate::pki;
 use crate::raft::{self, RaftConfig, RaftNode};
 use crate::scheduler;
@@ -129,8 +130,12 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
     let tls_dir = server_dir.join("tls");
     let certs = pki::ensure_server_pki(&tls_dir, &pki_options)
         .with_context(|| format!("setting up certificates in {}", tls_dir.display()))?;
-    pki::ensure_token(&server_dir, certs.ca.cert_pem(), options.token.as_deref())
+    let token = pki::ensure_token(&server_dir, certs.ca.cert_pem(), options.token.as_deref())
         .with_context(|| format!("setting up the join token in {}", server_dir.display()))?;
+    // The join endpoints sign node certificates with their own copy of the CA.
+    let join_ca = pki::Ca::load(&tls_dir)
+        .context("loading the CA for the join endpoints")?
+        .context("the CA was just created but is missing")?;
 
     let addr = SocketAddr::new(options.bind_address, options.https_listen_port);
     let listener = api::server::bind(addr)
@@ -162,6 +167,17 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
     let store = Store::new(node.engine().clone(), node.clone()).with_encryption(encryption);
 
     let mut api = Api::new(store.clone(), Registry::builtin(), service_network);
+    // TODO(issue 5): scrape every kubelet over HTTPS (api::metrics::Kubelets) once the API
+    // server has its kubelet client certificate; until then only this server's own node,
+    // read from its in-process agent's directory.
+    let own_node = (!options.disable_agent).then(|| -> Arc<dyn api::metrics::SummarySource> {
+        Arc::new(api::metrics::LocalAgent {
+            node_name: hostname(),
+            agent_dir: options.data_dir.join("agent"),
+            sampler: crate::kubelet::stats::CpuSampler::new(),
+        })
+    });
+    api::metrics::install(&mut api, own_node);
     let service_account_key = pki::ensure_service_account_key(&tls_dir)
         .context("setting up the service account signing key")?;
     let tokens = Arc::new(
@@ -179,11 +195,14 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
             .context("kubelet client TLS")?,
     ));
     let api = Arc::new(api);
-    let router = Arc::new(Router::new(
-        api.clone(),
-        api.authenticator.clone(),
-        Some(Arc::new(RaftPeers(node.clone()))),
-    ));
+    let router = Arc::new(
+        Router::new(
+            api.clone(),
+            api.authenticator.clone(),
+            Some(Arc::new(RaftPeers(node.clone()))),
+        )
+        .with_open_service(Arc::new(kubelet::join::JoinService::new(join_ca, &token))),
+    );
     let tls = Arc::new(pki::server_config(&certs.ca, &certs.serving).context("server TLS")?);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(api::server::serve(listener, tls, router.clone(), async {
@@ -218,13 +237,33 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
             options.disable_scheduler,
             options.disable_controller_manager,
         );
+        // This host's node agent, an in-process client of the API as its node.
+        let agent = (!options.disable_agent).then(|| {
+            let node_name = options.node.node_name();
+            let client = crate::client::local::in_process(
+                router.clone(),
+                &kubelet::join::node_user(&node_name),
+                &[kubelet::join::NODES_GROUP],
+            );
+            let preferred_ip = options
+                .advertise_address
+                .or((!options.bind_address.is_unspecified()).then_some(options.bind_address));
+            kubelet::KubeletConfig::from_options(
+                client,
+                &options.node,
+                &options.data_dir,
+                &options.cluster_domain,
+                preferred_ip,
+                true,
+            )
+        });
         let settings = controllers::Settings {
             cluster_cidr: options.cluster_cidr.clone(),
             node_monitor_grace_period: options.node_monitor_grace_period,
             storage: controllers::local_path::Storage {
                 dir: options.data_dir.join("storage"),
-                // The node this server's own agent registers as (k3s names nodes after the host).
-                local_node: (!options.disable_agent).then(hostname),
+                // The node this server's own agent registers as.
+                local_node: (!options.disable_agent).then(|| options.node.node_name()),
             },
         };
         tokio::spawn(async move {
@@ -251,6 +290,13 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
                 api.services.clone(),
             ));
             tracing::info!(revision = api.store.revision(), "kedge is ready");
+            if let Some(config) = agent {
+                tokio::spawn(async move {
+                    if let Err(e) = kubelet::run(config).await {
+                        tracing::error!(error = %e, "the node agent stopped");
+                    }
+                });
+            }
             tokio::spawn(api::crd::run(api));
             if !disable_scheduler {
                 tokio::spawn(scheduler::run(router.clone(), identity.clone()));

@@ -60,10 +60,13 @@ pub struct ServerOptions {
     #[arg(long, short = 's', env = "KEDGE_URL")]
     pub server: Option<String>,
 
-    /// Run only the control plane, no node agent on this host (this build has no node agent yet,
-    /// so none runs either way)
+    /// Run only the control plane, no node agent (kubelet) on this host
     #[arg(long, env = "KEDGE_DISABLE_AGENT")]
     pub disable_agent: bool,
+
+    /// This host's node (used unless --disable-agent)
+    #[command(flatten)]
+    pub node: crate::kubelet::NodeOptions,
 
     /// Do not run the scheduler on this server (as k3s's flag of the same name)
     #[arg(long, env = "KEDGE_DISABLE_SCHEDULER")]

@@ -73,6 +73,8 @@ pub struct Api {
     /// Reaches kubelets for logs, exec, attach, port-forward and node proxying; `None`
     /// answers those with 503.
     pub kubelet: Option<Arc<super::proxy::KubeletClient>>,
+    /// Serves `metrics.k8s.io` from the nodes' kubelets (none: that API is unavailable).
+    pub metrics: Option<Arc<super::metrics::Metrics>>,
 }
 
 impl Api {
@@ -83,6 +85,7 @@ impl Api {
             authenticator: crate::auth::Authenticator::default(),
             tokens: None,
             kubelet: None,
+            metrics: None,
             store,
             registry: Arc::new(registry),
             openapi: Default::default(),
@@ -351,6 +354,9 @@ async fn serve(
         }
     } else if !resource.supports(verb.as_str()) {
         return Err(ApiError::MethodNotAllowed);
+    }
+    if resource.group == super::metrics::GROUP {
+        return super::metrics::serve(api, &path, &query).await;
     }
     let (parts, body) = request.into_parts();
     let header = |name: http::header::HeaderName| {

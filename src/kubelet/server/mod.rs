@@ -60,7 +60,7 @@ pub struct KubeletApiState {
     pub streams: Arc<dyn StreamBackend>,
     /// Lists this node's pods for `/pods`; `None` answers 503.
     pub pods: Option<kube::Client>,
-    /// `/stats/summary`; `None` answers 503.
+    /// `/stats/summary` ([`AgentStats`] by default); `None` answers 503.
     pub stats: Option<Arc<dyn StatsProvider>>,
 }
 
@@ -73,7 +73,11 @@ impl KubeletApiState {
             containers: Containers::new(agent_dir),
             streams: Arc::new(ShimStreams),
             pods: None,
-            stats: None,
+            stats: Some(Arc::new(AgentStats {
+                node_name: node_name.to_string(),
+                agent_dir: agent_dir.to_path_buf(),
+                sampler: crate::kubelet::stats::CpuSampler::new(),
+            })),
         }
     }
 
@@ -87,6 +91,24 @@ impl KubeletApiState {
     pub fn with_streams(mut self, streams: Arc<dyn StreamBackend>) -> KubeletApiState {
         self.streams = streams;
         self
+    }
+}
+
+/// `/stats/summary` from the cgroups of this agent's containers ([`crate::kubelet::stats`]).
+pub struct AgentStats {
+    pub node_name: String,
+    pub agent_dir: std::path::PathBuf,
+    pub sampler: crate::kubelet::stats::CpuSampler,
+}
+
+impl StatsProvider for AgentStats {
+    fn summary(&self) -> BoxFuture<'_, Result<serde_json::Value, String>> {
+        Box::pin(async move {
+            let summary =
+                crate::kubelet::stats::summary(&self.agent_dir, &self.node_name, &self.sampler)
+                    .await;
+            serde_json::to_value(summary).map_err(|e| e.to_string())
+        })
     }
 }
 

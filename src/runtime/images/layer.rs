@@ -112,13 +112,18 @@ fn unpack_into(blob: &Path, diff_id: &str, dest: &Path) -> Result<(), ImageError
             };
             let name = relative.file_name().and_then(|n| n.to_str()).unwrap_or("");
             if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
-                let parent = dest.join(relative.parent().unwrap_or(Path::new("")));
-                std::fs::create_dir_all(&parent).map_err(ImageError::io(&parent))?;
+                let real = whiteout_parent(dest, relative.parent().unwrap_or(Path::new("")))
+                    .map_err(|reason| {
+                        ImageError::invalid(
+                            blob.display().to_string(),
+                            format!("whiteout {path:?}: {reason}"),
+                        )
+                    })?;
                 if name == OPAQUE {
-                    xattr::set(&parent, "trusted.overlay.opaque", b"y")
-                        .map_err(ImageError::io(&parent))?;
+                    xattr::set(&real, "trusted.overlay.opaque", b"y")
+                        .map_err(ImageError::io(&real))?;
                 } else {
-                    whiteout(&parent.join(hidden))?;
+                    whiteout(&real.join(hidden))?;
                 }
                 continue;
             }
@@ -139,6 +144,26 @@ fn unpack_into(blob: &Path, diff_id: &str, dest: &Path) -> Result<(), ImageError
         });
     }
     Ok(())
+}
+
+/// The dir a whiteout goes in, created if this layer has no entry for it. A symlink on
+/// the way is refused: it could lead the whiteout out of the layer.
+// TODO(issue 5): a dir created here gets mode 0755 root, which overlay then shows instead
+// of the lower layer's (layers normally carry their parent dirs, so this is rare).
+fn whiteout_parent(dest: &Path, relative: &Path) -> Result<PathBuf, String> {
+    let mut dir = dest.to_path_buf();
+    for part in relative.components() {
+        dir.push(part);
+        match std::fs::symlink_metadata(&dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(format!("{} is not a directory", dir.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            }
+            Err(e) => return Err(format!("{}: {e}", dir.display())),
+        }
+    }
+    Ok(dir)
 }
 
 /// An overlay whiteout: a character device 0/0 in place of `path`.
@@ -175,6 +200,15 @@ mod tests {
         assert_eq!(clean(Path::new("./a/b")), Some(PathBuf::from("a/b")));
         assert_eq!(clean(Path::new("/a")), Some(PathBuf::from("a")));
         assert_eq!(clean(Path::new("a/../../b")), None);
+    }
+
+    #[test]
+    fn whiteouts_stay_in_the_layer() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/", dir.path().join("evil")).unwrap();
+        assert!(whiteout_parent(dir.path(), Path::new("evil/x")).is_err());
+        let made = whiteout_parent(dir.path(), Path::new("a/b")).unwrap();
+        assert!(made.is_dir());
     }
 
     #[test]

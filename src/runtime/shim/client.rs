@@ -187,7 +187,7 @@ fn shim_pid(container_dir: &Path) -> Option<i32> {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
     let dir = container_dir.as_os_str().as_encoded_bytes();
-    let is_ours = args.iter().any(|a| *a == b"shim") && args.iter().any(|a| *a == dir);
+    let is_ours = args.contains(&b"shim".as_slice()) && args.contains(&dir);
     // A zombie shim (exited, not yet reaped by init) has an empty cmdline: not alive.
     is_ours.then_some(pid)
 }

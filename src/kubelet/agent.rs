@@ -1,0 +1,96 @@
+//! `kedge agent --server URL --token K10…`: the node agent alone, on a host without a
+//! server. It joins as k3s' agents do ([`super::join`]): the CA from the server, checked
+//! against the token's hash; a `system:node:<name>` client certificate for the token's
+//! secret; then the kubelet over HTTPS. Its files: `<data-dir>/agent/server-ca.crt`,
+//! `client-kubelet.crt` and `client-kubelet.key` (0600).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::{create_private_dir, join, KubeletConfig, NodeOptions};
+use crate::pki::{self, JoinToken};
+
+/// `kedge agent` flags. Every flag also reads a `KEDGE_*` environment variable.
+#[derive(Args, Clone, Debug)]
+pub struct AgentOptions {
+    /// URL of the server to join (https://host:6443)
+    #[arg(long, short = 's', env = "KEDGE_URL")]
+    pub server: String,
+
+    /// The cluster's join token (K10…), as `kedge server` wrote it to <data-dir>/server/token
+    #[arg(long, short = 't', env = "KEDGE_TOKEN", hide_env_values = true)]
+    pub token: String,
+
+    /// Folder that holds the agent's state
+    #[arg(
+        long,
+        short = 'd',
+        env = "KEDGE_DATA_DIR",
+        default_value = "/var/lib/kedge"
+    )]
+    pub data_dir: PathBuf,
+
+    /// Cluster DNS domain
+    #[arg(long, env = "KEDGE_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+
+    #[command(flatten)]
+    pub node: NodeOptions,
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+async fn termination() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, shutting down"),
+    }
+    Ok(())
+}
+
+/// Joins the server and runs the node agent until SIGTERM or SIGINT.
+pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
+    let server = options.server.trim_end_matches('/').to_string();
+    if !server.starts_with("https://") {
+        anyhow::bail!("--server {server:?} must be an https:// URL");
+    }
+    let token = JoinToken::parse(&options.token).context(
+        "--token must be the full K10 token (from the server's <data-dir>/server/token): \
+         its CA hash is how the agent knows it reached the right server",
+    )?;
+    let agent_dir = options.data_dir.join("agent");
+    create_private_dir(&options.data_dir)?;
+    create_private_dir(&agent_dir)?;
+    let node_name = options.node.node_name();
+
+    let ca_pem = join::fetch_ca(&server, &token)
+        .await
+        .with_context(|| format!("fetching the CA certificate of {server}"))?;
+    std::fs::write(agent_dir.join("server-ca.crt"), &ca_pem)
+        .with_context(|| format!("writing {}", agent_dir.join("server-ca.crt").display()))?;
+    let identity = join::node_certificate(&server, &ca_pem, &token, &node_name)
+        .await
+        .with_context(|| format!("getting a client certificate for node {node_name}"))?;
+    identity
+        .save(&agent_dir, "client-kubelet")
+        .context("saving the node's client certificate")?;
+    tracing::info!(%server, node = %node_name, "joined the cluster");
+
+    let tls = pki::client_config(&ca_pem, Some(&identity)).context("client TLS")?;
+    let client = crate::client::remote::over_https(&server, tls).context("the API client")?;
+    let config = KubeletConfig::from_options(
+        client,
+        &options.node,
+        &options.data_dir,
+        &options.cluster_domain,
+        None,
+        false,
+    );
+    tokio::select! {
+        ended = super::run(config) => ended.context("the node agent stopped"),
+        signalled = termination() => signalled,
+    }
+}

@@ -1,0 +1,457 @@
+//! How an agent joins a server, as k3s' agents do, both halves:
+//! - the server serves `GET /cacerts` (the CA certificate PEM) without authentication, and
+//!   `POST /v1-kedge/node-certificate` to callers proving the join token's secret with HTTP
+//!   basic `node:<secret>`: it answers a client certificate `system:node:<name>` in
+//!   `system:nodes` (with its key, as k3s' server issues its agents' kubelet certificates);
+//! - the agent fetches the CA without verifying the server (it cannot yet), accepts it only
+//!   if its SHA-256 is the hash in the K10 token, then asks for its certificate over TLS
+//!   verified against that CA.
+//!
+//! Must not touch: the API; the server side only signs with the CA it is given.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use serde::{Deserialize, Serialize};
+
+use crate::pki::{self, Ca, CertKeyPair, JoinToken};
+
+/// Path of the CA certificate, as k3s serves it.
+pub const CACERTS_PATH: &str = "/cacerts";
+/// Path agents get their client certificate from.
+pub const NODE_CERTIFICATE_PATH: &str = "/v1-kedge/node-certificate";
+/// User name the basic credentials carry (the password is the token's secret).
+const BASIC_USER: &str = "node";
+/// Group of node client certificates (upstream's).
+pub const NODES_GROUP: &str = "system:nodes";
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CertificateRequest {
+    node_name: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CertificateResponse {
+    certificate: String,
+    key: String,
+}
+
+/// The user name of node `name`'s client certificate.
+pub fn node_user(name: &str) -> String {
+    format!("system:node:{name}")
+}
+
+/// A node name as the API accepts it: a lowercase DNS subdomain.
+fn valid_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+}
+
+/// The server half: answers the two join paths.
+pub struct JoinService {
+    ca: Ca,
+    secret: String,
+}
+
+impl JoinService {
+    pub fn new(ca: Ca, token: &JoinToken) -> JoinService {
+        JoinService {
+            ca,
+            secret: token.secret.clone(),
+        }
+    }
+
+    /// Whether `path` is one of the join paths (served before authentication).
+    pub fn handles(path: &str) -> bool {
+        path == CACERTS_PATH || path == NODE_CERTIFICATE_PATH
+    }
+
+    /// Answers one request to a join path.
+    pub fn handle(
+        &self,
+        method: &Method,
+        path: &str,
+        authorization: Option<&str>,
+        body: &[u8],
+    ) -> Response<Bytes> {
+        match (method, path) {
+            (&Method::GET, CACERTS_PATH) => {
+                reply(StatusCode::OK, "text/plain", self.ca.cert_pem().to_string())
+            }
+            (&Method::POST, NODE_CERTIFICATE_PATH) => {
+                if !self.authorized(authorization) {
+                    return reply(
+                        StatusCode::UNAUTHORIZED,
+                        "text/plain",
+                        "the join token's secret is required as basic credentials node:<secret>\n",
+                    );
+                }
+                self.issue(body)
+            }
+            _ => reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                format!("{method} is not allowed on {path}\n"),
+            ),
+        }
+    }
+
+    fn authorized(&self, authorization: Option<&str>) -> bool {
+        let Some(encoded) = authorization.and_then(|a| a.strip_prefix("Basic ")) else {
+            return false;
+        };
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
+            return false;
+        };
+        let expected = format!("{BASIC_USER}:{}", self.secret);
+        // Without an early exit: the secret is not to be guessed byte by byte.
+        decoded.len() == expected.len()
+            && decoded
+                .iter()
+                .zip(expected.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+
+    fn issue(&self, body: &[u8]) -> Response<Bytes> {
+        let request: CertificateRequest = match serde_json::from_slice(body) {
+            Ok(request) => request,
+            Err(e) => {
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    "text/plain",
+                    format!("expected {{\"nodeName\": ...}}: {e}\n"),
+                )
+            }
+        };
+        if !valid_node_name(&request.node_name) {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                "text/plain",
+                format!("{:?} is not a valid node name\n", request.node_name),
+            );
+        }
+        let user = node_user(&request.node_name);
+        match self
+            .ca
+            .issue_client(&user, &[NODES_GROUP], pki::LEAF_VALIDITY)
+        {
+            Ok(pair) => {
+                tracing::info!(node = %request.node_name, "issued a node client certificate");
+                let answer = CertificateResponse {
+                    certificate: pair.cert_pem,
+                    key: pair.key_pem,
+                };
+                reply(
+                    StatusCode::OK,
+                    "application/json",
+                    serde_json::to_string(&answer).unwrap_or_default(),
+                )
+            }
+            Err(e) => reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                format!("issuing a certificate for {user}: {e}\n"),
+            ),
+        }
+    }
+}
+
+impl crate::api::OpenService for JoinService {
+    fn handles(&self, path: &str) -> bool {
+        JoinService::handles(path)
+    }
+
+    fn handle(
+        &self,
+        method: Method,
+        path: String,
+        authorization: Option<String>,
+        body: Bytes,
+    ) -> futures::future::BoxFuture<'_, Response<Bytes>> {
+        let response = JoinService::handle(self, &method, &path, authorization.as_deref(), &body);
+        Box::pin(async move { response })
+    }
+}
+
+fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Bytes> {
+    let mut response = Response::new(body.into());
+    *response.status_mut() = status;
+    if let Ok(value) = http::HeaderValue::from_str(content_type) {
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_TYPE, value);
+    }
+    response
+}
+
+/// What can go wrong joining; the message names the step.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error("{0}")]
+    Token(#[from] pki::PkiError),
+    #[error("{url}: {reason}")]
+    Request { url: String, reason: String },
+    #[error("{url} answered {status}: {body}")]
+    Status {
+        url: String,
+        status: StatusCode,
+        body: String,
+    },
+}
+
+/// Accepts any server certificate: only for fetching the CA, which is then checked against
+/// the token's hash before anything is trusted. The handshake signature is still verified.
+#[derive(Debug)]
+struct UnverifiedServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for UnverifiedServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls_pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls_pki_types::CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// One HTTPS request over `tls`, the whole answer read.
+async fn request(
+    mut tls: rustls::ClientConfig,
+    method: Method,
+    url: &str,
+    authorization: Option<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Bytes), JoinError> {
+    let failed = |reason: String| JoinError::Request {
+        url: url.to_string(),
+        reason,
+    };
+    // The connector sets ALPN itself.
+    tls.alpn_protocols.clear();
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(TIMEOUT));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .wrap_connector(http);
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build::<_, Full<Bytes>>(connector);
+    let mut builder = Request::builder().method(method).uri(url);
+    if let Some(authorization) = authorization {
+        builder = builder.header(http::header::AUTHORIZATION, authorization);
+    }
+    if !body.is_empty() {
+        builder = builder.header(http::header::CONTENT_TYPE, "application/json");
+    }
+    let request = builder
+        .body(Full::new(body))
+        .map_err(|e| failed(e.to_string()))?;
+    let exchange = async {
+        let response = client
+            .request(request)
+            .await
+            .map_err(|e| failed(error_chain(&e)))?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| failed(e.to_string()))?
+            .to_bytes();
+        Ok((status, body))
+    };
+    tokio::time::timeout(TIMEOUT, exchange)
+        .await
+        .map_err(|_| failed(format!("no answer within {TIMEOUT:?}")))?
+}
+
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
+fn check(url: &str, status: StatusCode, body: &Bytes) -> Result<(), JoinError> {
+    if status.is_success() {
+        return Ok(());
+    }
+    Err(JoinError::Status {
+        url: url.to_string(),
+        status,
+        body: String::from_utf8_lossy(body).trim().to_string(),
+    })
+}
+
+/// Fetches the server's CA certificate and checks it against the token's hash.
+pub async fn fetch_ca(server: &str, token: &JoinToken) -> Result<String, JoinError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| pki::PkiError::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(UnverifiedServer(provider)))
+        .with_no_client_auth();
+    let url = format!("{}{CACERTS_PATH}", server.trim_end_matches('/'));
+    let (status, body) = request(tls, Method::GET, &url, None, Bytes::new()).await?;
+    check(&url, status, &body)?;
+    let ca_pem = String::from_utf8_lossy(&body).to_string();
+    token.verify_ca(&ca_pem).map_err(|_| {
+        pki::PkiError::Token(format!(
+            "the CA certificate {server} serves does not match the token's CA hash: wrong \
+             server, wrong token, or someone in between"
+        ))
+    })?;
+    Ok(ca_pem)
+}
+
+/// Asks the server (trusted through `ca_pem`) for node `node`'s client certificate.
+pub async fn node_certificate(
+    server: &str,
+    ca_pem: &str,
+    token: &JoinToken,
+    node: &str,
+) -> Result<CertKeyPair, JoinError> {
+    let tls = pki::client_config(ca_pem, None)?;
+    let url = format!("{}{NODE_CERTIFICATE_PATH}", server.trim_end_matches('/'));
+    let credentials =
+        base64::engine::general_purpose::STANDARD.encode(format!("{BASIC_USER}:{}", token.secret));
+    let body = serde_json::to_vec(&CertificateRequest {
+        node_name: node.to_string(),
+    })
+    .unwrap_or_default();
+    let (status, answer) = request(
+        tls,
+        Method::POST,
+        &url,
+        Some(format!("Basic {credentials}")),
+        body.into(),
+    )
+    .await?;
+    check(&url, status, &answer)?;
+    let answer: CertificateResponse =
+        serde_json::from_slice(&answer).map_err(|e| JoinError::Request {
+            url: url.clone(),
+            reason: format!("unexpected answer: {e}"),
+        })?;
+    Ok(CertKeyPair {
+        cert_pem: answer.certificate,
+        key_pem: answer.key,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_names_and_credentials_are_checked() {
+        assert!(valid_node_name("edge-1.example"));
+        assert!(!valid_node_name("Edge"));
+        assert!(!valid_node_name("-a"));
+        assert!(!valid_node_name(""));
+
+        let ca = Ca::generate().unwrap();
+        let token = JoinToken {
+            ca_hash: JoinToken::ca_hash_of(ca.cert_pem()),
+            secret: "s3cret".into(),
+        };
+        let service = JoinService::new(ca, &token);
+        let basic = |s: &str| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(s)
+            )
+        };
+        let body = br#"{"nodeName":"edge-1"}"#;
+        let denied = service.handle(&Method::POST, NODE_CERTIFICATE_PATH, None, body);
+        assert_eq!(denied.status(), StatusCode::UNAUTHORIZED);
+        let wrong = basic("node:wrong");
+        let denied = service.handle(&Method::POST, NODE_CERTIFICATE_PATH, Some(&wrong), body);
+        assert_eq!(denied.status(), StatusCode::UNAUTHORIZED);
+
+        let right = basic("node:s3cret");
+        let issued = service.handle(&Method::POST, NODE_CERTIFICATE_PATH, Some(&right), body);
+        assert_eq!(issued.status(), StatusCode::OK);
+        let answer: CertificateResponse = serde_json::from_slice(issued.body()).unwrap();
+        let pair = CertKeyPair {
+            cert_pem: answer.certificate,
+            key_pem: answer.key,
+        };
+        let user = crate::auth::user_from_certificate(&pair.der().unwrap()).unwrap();
+        assert_eq!(user.name, "system:node:edge-1");
+        assert!(user.in_group(NODES_GROUP));
+
+        let bad = service.handle(
+            &Method::POST,
+            NODE_CERTIFICATE_PATH,
+            Some(&right),
+            br#"{"nodeName":"Bad Name"}"#,
+        );
+        assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+        let ca = service.handle(&Method::GET, CACERTS_PATH, None, b"");
+        assert_eq!(ca.status(), StatusCode::OK);
+        assert!(token
+            .verify_ca(std::str::from_utf8(ca.body()).unwrap())
+            .is_ok());
+    }
+}
