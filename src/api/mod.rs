@@ -29,6 +29,7 @@ pub mod openapi;
 pub mod openapi_v2;
 pub mod patch;
 pub mod protobuf;
+pub mod proxy;
 pub mod registry;
 pub mod request;
 pub mod rest;

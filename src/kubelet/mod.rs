@@ -15,6 +15,7 @@ pub mod join;
 pub mod node;
 mod options;
 pub mod pods;
+pub mod server;
 pub mod static_pods;
 pub mod stats;
 pub mod volumes;

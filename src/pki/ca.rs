@@ -218,6 +218,26 @@ impl Ca {
         self.issue(user, groups, &[], &usages, valid_for)
     }
 
+    /// A kubelet's serving certificate, as upstream's kubelet gets one through a CSR: CN
+    /// `system:node:<node>`, O `system:nodes`, serverAuth only, for the node's name and
+    /// addresses (what the API server dials).
+    pub fn issue_kubelet_serving(
+        &self,
+        node: &str,
+        sans: &[String],
+        valid_for: Duration,
+    ) -> Result<CertKeyPair, PkiError> {
+        let usages = [ExtendedKeyUsagePurpose::ServerAuth];
+        let common_name = format!("{}{node}", super::NODE_USER_PREFIX);
+        self.issue(
+            &common_name,
+            &[super::NODES_GROUP],
+            sans,
+            &usages,
+            valid_for,
+        )
+    }
+
     /// A server-to-server identity with both usages: a server presents it when it serves
     /// its peers and when it calls them.
     pub fn issue_peer(

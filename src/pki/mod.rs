@@ -9,6 +9,7 @@
 mod ca;
 mod files;
 mod kubeconfig;
+mod kubelet;
 mod leaf;
 mod options;
 mod server;
@@ -21,6 +22,7 @@ use std::path::Path;
 
 pub use ca::{Ca, CA_VALIDITY};
 pub use kubeconfig::{parse_file_mode, write_kubeconfig};
+pub use kubelet::{ensure_kubelet_pki, kubelet_server_config, KubeletPki};
 pub use leaf::CertKeyPair;
 pub use options::{host_addresses, PkiOptions};
 pub use server::{ensure_server_pki, ServerPki, LEAF_VALIDITY, RENEW_BEFORE};
@@ -37,6 +39,12 @@ pub const SERVER_GROUP: &str = "kedge:servers";
 pub const ADMIN_USER: &str = "system:admin";
 /// O of the admin certificate: Kubernetes' superuser group, bound to cluster-admin.
 pub const ADMIN_GROUP: &str = "system:masters";
+/// CN of the client certificate the API server presents to kubelets (upstream's name).
+pub const KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
+/// Prefix of a node's user name (`system:node:<node>`), as upstream's node authorizer.
+pub const NODE_USER_PREFIX: &str = "system:node:";
+/// The group of every node's identity.
+pub const NODES_GROUP: &str = "system:nodes";
 
 /// What went wrong in the PKI, with the file or the step it happened in.
 #[derive(Debug, thiserror::Error)]

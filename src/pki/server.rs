@@ -11,7 +11,7 @@ use super::ca::Ca;
 use super::files::ensure_dir;
 use super::leaf::CertKeyPair;
 use super::options::{normalize, PkiOptions};
-use super::{PkiError, ADMIN_GROUP, ADMIN_USER, SERVER_GROUP};
+use super::{PkiError, ADMIN_GROUP, ADMIN_USER, KUBELET_CLIENT_USER, SERVER_GROUP};
 
 /// Leaf certificates are valid this long ...
 pub const LEAF_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -33,6 +33,9 @@ pub struct ServerPki {
     pub admin: CertKeyPair,
     /// `kedge-server:<hostname>` in [`SERVER_GROUP`], for server-to-server calls.
     pub peer: CertKeyPair,
+    /// [`KUBELET_CLIENT_USER`] in `system:masters`: what the API server presents to kubelets
+    /// when it proxies logs, exec, attach and port-forward (`kubelet-client.crt`).
+    pub kubelet_client: CertKeyPair,
 }
 
 /// Loads `tls_dir` (created 0700 if missing), creates what is missing, and re-issues any
@@ -63,17 +66,21 @@ pub fn ensure_server_pki(tls_dir: &Path, options: &PkiOptions) -> Result<ServerP
     let peer = ensure_leaf(&ca, tls_dir, "peer", &sans, || {
         ca.issue_peer(&peer_name, &[SERVER_GROUP], &sans, LEAF_VALIDITY)
     })?;
+    let kubelet_client = ensure_leaf(&ca, tls_dir, "kubelet-client", &[], || {
+        ca.issue_client(KUBELET_CLIENT_USER, &[ADMIN_GROUP], LEAF_VALIDITY)
+    })?;
     Ok(ServerPki {
         ca,
         serving,
         admin,
         peer,
+        kubelet_client,
     })
 }
 
 /// Loads leaf `name` from `dir`, or issues and saves a new one when [`why_reissue`] finds a
 /// reason.
-fn ensure_leaf(
+pub(super) fn ensure_leaf(
     ca: &Ca,
     dir: &Path,
     name: &str,

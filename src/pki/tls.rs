@@ -13,7 +13,7 @@ use super::ca::Ca;
 use super::leaf::{pem_to_der, CertKeyPair};
 use super::PkiError;
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+pub(super) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -21,7 +21,7 @@ fn tls_error(what: &str) -> impl Fn(rustls::Error) -> PkiError + '_ {
     move |e| PkiError::Tls(format!("{what}: {e}"))
 }
 
-fn roots(ca_pem: &str) -> Result<RootCertStore, PkiError> {
+pub(super) fn roots(ca_pem: &str) -> Result<RootCertStore, PkiError> {
     let mut roots = RootCertStore::empty();
     roots
         .add(CertificateDer::from(pem_to_der(ca_pem)?))
@@ -29,7 +29,7 @@ fn roots(ca_pem: &str) -> Result<RootCertStore, PkiError> {
     Ok(roots)
 }
 
-fn chain_and_key(
+pub(super) fn chain_and_key(
     pair: &CertKeyPair,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), PkiError> {
     let chain = CertificateDer::pem_slice_iter(pair.cert_pem.as_bytes())

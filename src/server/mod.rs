@@ -190,6 +190,10 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
     );
     api.authenticator = Authenticator::new(vec![tokens.clone()]);
     api.tokens = Some(tokens);
+    api.kubelet = Some(Arc::new(
+        api::proxy::KubeletClient::new(certs.ca.cert_pem(), &certs.kubelet_client)
+            .context("kubelet client TLS")?,
+    ));
     let api = Arc::new(api);
     let router = Arc::new(
         Router::new(

@@ -70,6 +70,9 @@ pub struct Api {
     pub authenticator: crate::auth::Authenticator,
     /// Issues service account tokens (`serviceaccounts/<name>/token`).
     pub tokens: Option<Arc<crate::auth::service_account::ServiceAccountTokens>>,
+    /// Reaches kubelets for logs, exec, attach, port-forward and node proxying; `None`
+    /// answers those with 503.
+    pub kubelet: Option<Arc<super::proxy::KubeletClient>>,
     /// Serves `metrics.k8s.io` from the nodes' kubelets (none: that API is unavailable).
     pub metrics: Option<Arc<super::metrics::Metrics>>,
 }
@@ -81,6 +84,7 @@ impl Api {
             services: super::services::Allocator::new(store.clone(), network),
             authenticator: crate::auth::Authenticator::default(),
             tokens: None,
+            kubelet: None,
             metrics: None,
             store,
             registry: Arc::new(registry),
@@ -325,9 +329,16 @@ async fn serve(
             "status" | "scale" => &[Verb::Get, Verb::Update, Verb::Patch],
             "binding" | "eviction" | "token" => &[Verb::Create],
             "finalize" => &[Verb::Update],
+            // Served by the node's kubelet; the body (none) and upgrades go through as they are.
+            "log" | "exec" | "attach" | "portforward" if resource.plural == "pods" => {
+                return super::proxy::serve(api, request, &path).await
+            }
+            "proxy" if resource.plural == "nodes" => {
+                return super::proxy::serve(api, request, &path).await
+            }
             "log" | "exec" | "attach" | "portforward" | "proxy" => {
                 return Err(ApiError::Unavailable(format!(
-                    "the {}/{sub} subresource is served by the node's agent, which this kedge server does not run yet",
+                    "the {}/{sub} subresource is not served by this kedge server yet",
                     resource.plural
                 )))
             }
