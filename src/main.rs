@@ -46,6 +46,8 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Import, list, remove and pull images of this node's image store
+    Images(kedge::runtime::images::cli::ImagesArgs),
     /// Run one container (started by the node agent, not by hand)
     #[command(hide = true)]
     Shim(Box<kedge::runtime::shim::ShimCommand>),
@@ -94,6 +96,7 @@ fn main() -> ExitCode {
         // is only sound single-threaded.
         Command::Shim(args) => kedge::runtime::shim::shim_command(*args),
         Command::Kubectl { args } => kubectl(args),
+        Command::Images(args) => kedge::runtime::images::cli::run(args),
         Command::Server(options) => {
             init_logging(cli.log_format);
             block_on(server::run(*options))

@@ -245,3 +245,351 @@ fn normalizes_like_docker() {
         "docker.io/library/busybox:latest"
     );
 }
+
+/// Runs `kedge images ARGS` on `data_dir`; returns (success, stdout, stderr).
+fn kedge_images(data_dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kedge"))
+        .arg("images")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn cli_import_ls_rm() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let archive = image::busybox_oci_archive(dir.path());
+    let id = image::busybox_image().id();
+    let hex = id.trim_start_matches("sha256:");
+
+    let (ok, out, err) = kedge_images(&data, &["import", archive.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert_eq!(out, format!("imported {} ({id})\n", image::BUSYBOX_IMAGE));
+
+    let (ok, out, err) = kedge_images(&data, &["ls"]);
+    assert!(ok, "{err}");
+    let lines: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines[0], ["IMAGE", "TAG", "IMAGE", "ID", "SIZE"], "{out}");
+    assert_eq!(lines.len(), 2, "{out}");
+    assert_eq!(
+        lines[1][..3],
+        ["docker.io/library/busybox", "1.35", &hex[..13]]
+    );
+    assert!(
+        lines[1][3].ends_with("MB") || lines[1][3].ends_with("kB"),
+        "{out}"
+    );
+
+    let (ok, out, _) = kedge_images(&data, &["ls", "-q"]);
+    assert!(ok);
+    assert_eq!(out, format!("{id}\n"));
+
+    let (ok, out, err) = kedge_images(&data, &["rm", "busybox:1.35", "nothere:1"]);
+    assert!(!ok);
+    assert_eq!(out, "Deleted: busybox:1.35\n");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("nothere:1") && err.contains("not found"),
+        "{err}"
+    );
+    let (_, out, _) = kedge_images(&data, &["ls", "-q"]);
+    assert_eq!(out, "");
+    // Nothing of the image is left on disk.
+    let images = data.join("agent/images");
+    for sub in ["blobs/sha256", "layers", "index"] {
+        let left: Vec<_> = std::fs::read_dir(images.join(sub)).unwrap().collect();
+        assert!(left.is_empty(), "{sub}: {left:?}");
+    }
+
+    let (ok, _, err) = kedge_images(&data, &["import", "/nonexistent.tar"]);
+    assert!(!ok);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("/nonexistent.tar"), "{err}");
+}
+
+/// Debian's `docker-registry` serving on a free loopback port, storing in a temp dir.
+struct Registry {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start() -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("storage").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("docker-registry (install Debian's docker-registry package)");
+        let registry = Registry {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "registry did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        registry
+    }
+
+    /// Pushes `test` as `<repository>:<tag>` (gzip layers) and, under `<tag>-multi`, an
+    /// index whose other entry is a platform this node is not; returns the manifest digest.
+    fn push(&self, test: &image::TestImage, repository: &str, tag: &str) -> String {
+        use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = oci_client::Client::new(ClientConfig {
+            protocol: ClientProtocol::Http,
+            ..Default::default()
+        });
+        let host = format!("127.0.0.1:{}", self.port);
+        let layers: Vec<ImageLayer> = test
+            .layers
+            .iter()
+            .map(|l| {
+                let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                std::io::Write::write_all(&mut gz, l).unwrap();
+                ImageLayer::oci_v1_gzip(gz.finish().unwrap(), None)
+            })
+            .collect();
+        let config = Config::oci_v1(test.config_json(), None);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let auth = oci_client::secrets::RegistryAuth::Anonymous;
+            let reference =
+                oci_client::Reference::with_tag(host.clone(), repository.into(), tag.into());
+            let pushed = client
+                .push(&reference, &layers, config, &auth, None)
+                .await
+                .unwrap();
+            let manifest_url = pushed.manifest_url;
+            let manifest_bytes = reqwest_get(&manifest_url);
+            let digest = format!(
+                "sha256:{}",
+                hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&manifest_bytes))
+            );
+            let other = if image::oci_arch() == "s390x" { "amd64" } else { "s390x" };
+            let index = serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "manifests": [
+                    { "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest,
+                      "size": manifest_bytes.len(), "platform": { "os": "linux", "architecture": other } },
+                    { "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest,
+                      "size": manifest_bytes.len(), "platform": { "os": "linux", "architecture": image::oci_arch() } },
+                ]
+            });
+            let multi = oci_client::Reference::with_tag(
+                host.clone(),
+                repository.into(),
+                format!("{tag}-multi"),
+            );
+            client
+                .push_manifest_raw(
+                    &multi,
+                    serde_json::to_vec(&index).unwrap(),
+                    http::HeaderValue::from_static("application/vnd.oci.image.index.v1+json"),
+                )
+                .await
+                .unwrap();
+            digest
+        })
+    }
+}
+
+/// A plain HTTP GET on loopback (the manifest as the registry stores it).
+fn reqwest_get(url: &str) -> Vec<u8> {
+    let out = Command::new("curl")
+        .args([
+            "-sSf",
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json",
+            url,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn pull_from_a_registry_on_loopback() {
+    let registry = Registry::start();
+    let busybox = image::busybox_image();
+    let digest = registry.push(&busybox, "library/busybox", "1.35");
+    let host = format!("127.0.0.1:{}", registry.port);
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // The registry is plain HTTP; `localhost:1` (nothing listens there) mirrors to it, as
+    // `docker.io` would in k3s.
+    let registries = dir.path().join("registries.yaml");
+    std::fs::write(
+        &registries,
+        format!(
+            "mirrors:\n  \"{host}\":\n    endpoint: [\"http://{host}\"]\n  \"localhost:1\":\n    endpoint:\n      - \"http://{host}\"\n"
+        ),
+    )
+    .unwrap();
+    let pull = |reference: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_kedge"))
+            .args(["images", "pull", reference, "--data-dir"])
+            .arg(&data)
+            .arg("--registries")
+            .arg(&registries)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let reference = format!("{host}/library/busybox:1.35");
+    let (ok, out, err) = pull(&reference);
+    assert!(ok, "{err}");
+    assert_eq!(out, format!("pulled {reference} ({})\n", busybox.id()));
+
+    let store = ImageStore::open(&data.join("agent/images")).unwrap();
+    let image = store.resolve(&reference).unwrap().unwrap();
+    assert_eq!(image.id, busybox.id());
+    assert_eq!(
+        image.repo_digests,
+        vec![format!("{host}/library/busybox@{digest}")]
+    );
+    assert_eq!(image.config.cmd, vec!["sh"]);
+    // The pulled image runs like an imported one.
+    let container = dir.path().join("c");
+    let rootfs = store.mount_rootfs(&image, &container).unwrap();
+    let out = Command::new("chroot")
+        .arg(&rootfs)
+        .args(["/bin/sh", "-c", "echo pulled"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "pulled\n");
+    ImageStore::unmount_rootfs(&container).unwrap();
+
+    // Through the mirror, by the index's tag (this node's platform is chosen) and by digest.
+    let (ok, _, err) = pull("localhost:1/library/busybox:1.35-multi");
+    assert!(ok, "{err}");
+    let (ok, _, err) = pull(&format!("{host}/library/busybox@{digest}"));
+    assert!(ok, "{err}");
+    let (ok, out, err) = kedge_images(&data, &["ls"]);
+    assert!(ok, "{err}");
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let hex = &busybox.id()[7..20];
+    for (name, tag) in [
+        ("localhost:1/library/busybox", "1.35-multi"),
+        (host.as_str(), "1.35"),
+    ] {
+        let name = if tag == "1.35" {
+            format!("{name}/library/busybox")
+        } else {
+            name.to_string()
+        };
+        assert!(
+            rows.iter().any(|r| r[..3] == [name.as_str(), tag, hex]),
+            "{name}:{tag} in {out}"
+        );
+    }
+    assert_eq!(store.list().unwrap().len(), 1);
+
+    // A missing image: one line naming it.
+    let missing = format!("{host}/library/nothere:1");
+    let (ok, _, err) = pull(&missing);
+    assert!(!ok);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(&missing), "{err}");
+    assert!(err.to_lowercase().contains("unknown"), "{err}");
+}
+
+/// Garbage collection with thresholds forced: unused images go, images in use stay, and
+/// their blobs and layers with them.
+#[test]
+fn garbage_collection() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ImageStore::open(&dir.path().join("images")).unwrap();
+    let busybox = store
+        .import_file(&image::busybox_oci_archive(dir.path()))
+        .unwrap()
+        .remove(0);
+    let mut layer = image::LayerBuilder::new();
+    layer.file("hello", 0o644, 0, 0, b"hello");
+    let other = image::TestImage::new("example.com/other:1", vec![layer.finish()]);
+    let tar = dir.path().join("other.tar");
+    other.write_oci(&tar);
+    store.import_file(&tar).unwrap();
+    store.mark_used(&busybox.id).unwrap();
+    let count = |sub: &str| std::fs::read_dir(store.root().join(sub)).unwrap().count();
+    assert_eq!(count("layers"), 2);
+
+    // Below the high threshold: nothing happens.
+    let in_use = std::collections::HashSet::from([busybox.id.clone()]);
+    assert!(store.garbage_collect(&in_use, 100, 100).unwrap().is_empty());
+    // Above it: the unused image goes, with its layer and blobs.
+    let removed = store.garbage_collect(&in_use, 0, 0).unwrap();
+    assert_eq!(
+        removed.iter().map(|i| &i.id).collect::<Vec<_>>(),
+        [&other.id()]
+    );
+    assert_eq!(store.list().unwrap(), vec![busybox.clone()]);
+    assert_eq!(count("layers"), 1);
+    assert_eq!(count("blobs/sha256"), busybox.blobs.len());
+
+    let removed = store.garbage_collect(&Default::default(), 0, 0).unwrap();
+    assert_eq!(removed.len(), 1);
+    assert_eq!(
+        (count("layers"), count("blobs/sha256"), count("used")),
+        (0, 0, 0)
+    );
+}

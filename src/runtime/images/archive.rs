@@ -143,7 +143,7 @@ fn clean(path: &str) -> String {
 }
 
 /// Streams `reader` into the blob store through a temp file, checking `expected`.
-fn store_blob(
+pub(super) fn store_blob(
     store: &ImageStore,
     reader: &mut dyn Read,
     expected: Option<&str>,
@@ -161,40 +161,55 @@ fn store_blob(
         file.sync_all().map_err(ImageError::io(&tmp))?;
         let size = hashing.bytes;
         let digest = hashing.finish().map_err(ImageError::io(&tmp))?;
-        if let Some(expected) = expected {
-            if expected != digest {
-                return Err(ImageError::DigestMismatch {
-                    what: what.to_string(),
-                    expected: expected.to_string(),
-                    actual: digest,
-                });
-            }
-        }
-        let dest = store.blob_path(&digest);
-        if !dest.exists() {
-            std::fs::rename(&tmp, &dest).map_err(ImageError::io(&dest))?;
-        }
+        place_blob(store, &tmp, &digest, expected, what)?;
         Ok((digest, size))
     })();
     let _ = std::fs::remove_file(&tmp);
     result
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Descriptor {
-    #[serde(default)]
-    media_type: String,
-    digest: String,
-    #[serde(default)]
-    annotations: HashMap<String, String>,
-    platform: Option<Platform>,
+/// Moves a written and fsynced temp file whose content hashes to `actual` into the blob
+/// store, refusing it unless it is the `expected` digest. Imports and pulls both end here.
+pub(super) fn place_blob(
+    store: &ImageStore,
+    tmp: &Path,
+    actual: &str,
+    expected: Option<&str>,
+    what: &str,
+) -> Result<(), ImageError> {
+    if let Some(expected) = expected {
+        if expected != actual {
+            return Err(ImageError::DigestMismatch {
+                what: what.to_string(),
+                expected: expected.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+    }
+    let dest = store.blob_path(actual);
+    if !dest.exists() {
+        std::fs::rename(tmp, &dest).map_err(ImageError::io(&dest))?;
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
-struct Platform {
+#[serde(rename_all = "camelCase")]
+pub(super) struct Descriptor {
+    #[serde(default)]
+    pub media_type: String,
+    pub digest: String,
+    #[serde(default)]
+    annotations: HashMap<String, String>,
+    pub platform: Option<Platform>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct Platform {
     architecture: String,
     os: String,
+    #[serde(default)]
+    variant: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -204,16 +219,29 @@ struct Index {
     manifests: Vec<Descriptor>,
 }
 
+/// An image manifest or an index (a manifest list), told apart by media type or by
+/// `manifests` being present.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Manifest {
+pub(super) struct Manifest {
     #[serde(default)]
-    media_type: String,
-    config: Descriptor,
+    pub media_type: String,
+    pub config: Option<Descriptor>,
     #[serde(default)]
-    layers: Vec<Descriptor>,
+    pub layers: Vec<Descriptor>,
     #[serde(default)]
-    manifests: Vec<Descriptor>,
+    pub manifests: Vec<Descriptor>,
+}
+
+impl Manifest {
+    pub fn is_index(&self, descriptor_type: &str) -> bool {
+        let media_type = if self.media_type.is_empty() {
+            descriptor_type
+        } else {
+            &self.media_type
+        };
+        INDEX_TYPES.contains(&media_type) || !self.manifests.is_empty()
+    }
 }
 
 #[derive(Deserialize)]
@@ -249,15 +277,51 @@ struct RuntimeConfig {
     exposed_ports: Option<HashMap<String, serde_json::Value>>,
 }
 
-/// This node's architecture as OCI names it.
+/// This node's architecture as OCI (Go) names it.
 pub(super) fn node_arch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
+        "x86" => "386",
         "aarch64" => "arm64",
         "arm" => "arm",
         "powerpc64" => "ppc64le",
+        "loongarch64" => "loong64",
+        "mips64" => "mips64le",
         other => other,
     }
+}
+
+/// How well a platform fits this node: `None` if it cannot run here, lower is better
+/// (as containerd: arm64 prefers v8 or no variant; 32-bit arm prefers v7, then v6, v5).
+pub(super) fn platform_rank(platform: &Platform) -> Option<u8> {
+    if platform.os != "linux" || platform.architecture != node_arch() {
+        return None;
+    }
+    let variant = platform.variant.as_deref().unwrap_or("");
+    match (node_arch(), variant) {
+        ("arm64", "" | "v8") => Some(0),
+        ("arm64", _) => None,
+        ("arm", "v7") => Some(0),
+        ("arm", "") => Some(1),
+        ("arm", "v6") => Some(2),
+        ("arm", "v5") => Some(3),
+        ("arm", _) => None,
+        (_, "") => Some(0),
+        _ => Some(1),
+    }
+}
+
+/// The entry of an index for this node (`None` if none fits).
+pub(super) fn select_platform(manifests: &[Descriptor]) -> Option<&Descriptor> {
+    manifests
+        .iter()
+        .filter_map(|d| match &d.platform {
+            Some(p) => platform_rank(p).map(|rank| (rank, d)),
+            // An entry without a platform (e.g. attestations are marked, images are not).
+            None => Some((u8::MAX, d)),
+        })
+        .min_by_key(|(rank, _)| *rank)
+        .map(|(_, d)| d)
 }
 
 fn blob_name(digest: &str) -> String {
@@ -369,7 +433,7 @@ impl Reader<'_> {
         skipped: &mut bool,
     ) -> Result<(), ImageError> {
         if let Some(platform) = &descriptor.platform {
-            if platform.os != "linux" || platform.architecture != node_arch() {
+            if platform_rank(platform).is_none() {
                 *skipped = true;
                 return Ok(());
             }
@@ -377,20 +441,17 @@ impl Reader<'_> {
         let name = blob_name(&descriptor.digest);
         let (manifest_digest, manifest_size) = self.ingest(&name, Some(&descriptor.digest))?;
         let manifest: Manifest = self.json(&name)?;
-        let media_type = if manifest.media_type.is_empty() {
-            &descriptor.media_type
-        } else {
-            &manifest.media_type
-        };
-        if INDEX_TYPES.contains(&media_type.as_str()) || !manifest.manifests.is_empty() {
+        if manifest.is_index(&descriptor.media_type) {
             for child in &manifest.manifests {
                 self.oci_descriptor(child, names.clone(), docker_tags, images, skipped)?;
             }
             return Ok(());
         }
-        let config_name = blob_name(&manifest.config.digest);
-        let (config_digest, config_size) =
-            self.ingest(&config_name, Some(&manifest.config.digest))?;
+        let Some(config) = &manifest.config else {
+            return Err(self.missing(&format!("{name}: config")));
+        };
+        let config_name = blob_name(&config.digest);
+        let (config_digest, config_size) = self.ingest(&config_name, Some(&config.digest))?;
         let mut layer_blobs = Vec::new();
         let mut size = manifest_size + config_size;
         for layer in &manifest.layers {
@@ -412,12 +473,15 @@ impl Reader<'_> {
             .filter_map(|n| Reference::parse(n).ok())
             .map(|r| format!("{}@{manifest_digest}", r.name()))
             .collect();
+        let mut blobs = vec![manifest_digest.clone(), config_digest.clone()];
+        blobs.extend(layer_blobs.iter().cloned());
         let image = self.image(
             &config_name,
             config_digest,
             names,
             repo_digests,
             size,
+            blobs,
             layer_blobs.len(),
         )?;
         images.push(Parsed { image, layer_blobs });
@@ -443,12 +507,15 @@ impl Reader<'_> {
                     names.push(name);
                 }
             }
+            let mut blobs = vec![config_digest.clone()];
+            blobs.extend(layer_blobs.iter().cloned());
             let image = self.image(
                 &config_name,
                 config_digest,
                 names,
                 Vec::new(),
                 size,
+                blobs,
                 layer_blobs.len(),
             )?;
             images.push(Parsed { image, layer_blobs });
@@ -457,6 +524,7 @@ impl Reader<'_> {
     }
 
     /// The image from its config file (`name` in the archive, already stored as `id`).
+    #[allow(clippy::too_many_arguments)]
     fn image(
         &self,
         name: &str,
@@ -464,46 +532,73 @@ impl Reader<'_> {
         names: Vec<String>,
         repo_digests: Vec<String>,
         size: u64,
+        blobs: Vec<String>,
         layer_count: usize,
     ) -> Result<Image, ImageError> {
-        let config: ConfigFile = self.json(name)?;
-        if config.rootfs.diff_ids.len() != layer_count {
-            return Err(ImageError::invalid(
-                format!("{}: config {id}", self.what.display()),
-                format!(
-                    "{} diff ids for {layer_count} layers",
-                    config.rootfs.diff_ids.len()
-                ),
-            ));
-        }
-        for diff_id in &config.rootfs.diff_ids {
-            super::reference::validate_digest(diff_id).map_err(|e| {
-                ImageError::invalid(format!("{}: config {id}", self.what.display()), e)
-            })?;
-        }
-        let runtime = config.config.unwrap_or_default();
-        let mut exposed_ports: Vec<String> = runtime
-            .exposed_ports
-            .unwrap_or_default()
-            .into_keys()
-            .collect();
-        exposed_ports.sort();
-        Ok(Image {
+        let what = format!("{}: config {id}", self.what.display());
+        image_from_config(
+            &what,
+            &self.bytes(name)?,
             id,
             names,
             repo_digests,
             size,
-            config: ImageConfig {
-                entrypoint: runtime.entrypoint.unwrap_or_default(),
-                cmd: runtime.cmd.unwrap_or_default(),
-                env: runtime.env.unwrap_or_default(),
-                working_dir: runtime.working_dir.filter(|w| !w.is_empty()),
-                user: runtime.user.filter(|u| !u.is_empty()),
-                exposed_ports,
-            },
-            layers: config.rootfs.diff_ids,
-        })
+            blobs,
+            layer_count,
+        )
     }
+}
+
+/// An image record from its config blob (`data`, stored as `id`): the runtime config and
+/// the diff ids, which must be one per layer. Imports and pulls both build images here.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn image_from_config(
+    what: &str,
+    data: &[u8],
+    id: String,
+    names: Vec<String>,
+    repo_digests: Vec<String>,
+    size: u64,
+    blobs: Vec<String>,
+    layer_count: usize,
+) -> Result<Image, ImageError> {
+    let config: ConfigFile =
+        serde_json::from_slice(data).map_err(|e| ImageError::invalid(what, e))?;
+    if config.rootfs.diff_ids.len() != layer_count {
+        return Err(ImageError::invalid(
+            what,
+            format!(
+                "{} diff ids for {layer_count} layers",
+                config.rootfs.diff_ids.len()
+            ),
+        ));
+    }
+    for diff_id in &config.rootfs.diff_ids {
+        super::reference::validate_digest(diff_id).map_err(|e| ImageError::invalid(what, e))?;
+    }
+    let runtime = config.config.unwrap_or_default();
+    let mut exposed_ports: Vec<String> = runtime
+        .exposed_ports
+        .unwrap_or_default()
+        .into_keys()
+        .collect();
+    exposed_ports.sort();
+    Ok(Image {
+        id,
+        names,
+        repo_digests,
+        size,
+        config: ImageConfig {
+            entrypoint: runtime.entrypoint.unwrap_or_default(),
+            cmd: runtime.cmd.unwrap_or_default(),
+            env: runtime.env.unwrap_or_default(),
+            working_dir: runtime.working_dir.filter(|w| !w.is_empty()),
+            user: runtime.user.filter(|u| !u.is_empty()),
+            exposed_ports,
+        },
+        layers: config.rootfs.diff_ids,
+        blobs,
+    })
 }
 
 /// Names from an OCI descriptor: containerd's full-name annotation, else the OCI

@@ -38,6 +38,8 @@ pub enum ImageError {
         #[source]
         source: Box<ImageError>,
     },
+    #[error("pull {reference}: {reason}")]
+    Pull { reference: String, reason: String },
     #[error("mount overlay at {path}: {source}")]
     Mount {
         path: PathBuf,

@@ -127,6 +127,21 @@ pub(super) struct Lock {
 
 impl Lock {
     pub(super) fn acquire(path: &Path) -> Result<Lock, ImageError> {
+        Self::take(path, nix::fcntl::FlockArg::LockExclusive)?
+            .ok_or_else(|| ImageError::io(path)(std::io::ErrorKind::WouldBlock.into()))
+    }
+
+    pub(super) fn acquire_shared(path: &Path) -> Result<Lock, ImageError> {
+        Self::take(path, nix::fcntl::FlockArg::LockShared)?
+            .ok_or_else(|| ImageError::io(path)(std::io::ErrorKind::WouldBlock.into()))
+    }
+
+    /// An exclusive lock if nobody holds one now.
+    pub(super) fn try_exclusive(path: &Path) -> Result<Option<Lock>, ImageError> {
+        Self::take(path, nix::fcntl::FlockArg::LockExclusiveNonblock)
+    }
+
+    fn take(path: &Path, arg: nix::fcntl::FlockArg) -> Result<Option<Lock>, ImageError> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -134,8 +149,10 @@ impl Lock {
             .open(path)
             .map_err(ImageError::io(path))?;
         // flock is per open file description, so threads of one process exclude each other too.
-        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| ImageError::io(path)(e.into()))?;
-        Ok(Lock { _lock: lock })
+        match nix::fcntl::Flock::lock(file, arg) {
+            Ok(lock) => Ok(Some(Lock { _lock: lock })),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, e)) => Err(ImageError::io(path)(e.into())),
+        }
     }
 }

@@ -16,16 +16,22 @@
 //! layers/<hex>/           a layer unpacked (hex of its diff id, the uncompressed digest)
 //! index/<hex>.json        one image (hex of its id, the config digest)
 //! tmp/                    in-flight downloads and unpacks
+//! used/<hex>              touched when a container starts from the image (GC's LRU)
 //! *.tar[.gz|.zst]         archives dropped here are imported at start
 //! ```
 
 mod archive;
+pub mod cli;
 mod error;
+mod gc;
 mod index;
 mod layer;
 mod mount;
+mod pull;
 mod reference;
+pub mod registries;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -49,6 +55,10 @@ pub struct Image {
     pub config: ImageConfig,
     /// Diff ids (`sha256:` of each uncompressed layer), bottom layer first.
     pub layers: Vec<String>,
+    /// Digests of the blobs this image needs (manifest, config, layers): what garbage
+    /// collection keeps.
+    #[serde(default)]
+    pub blobs: Vec<String>,
 }
 
 /// The runtime part of an image config (what the kubelet needs to start a container).
@@ -81,6 +91,7 @@ pub struct ImageStore {
 #[derive(Debug)]
 struct Inner {
     root: PathBuf,
+    registries_file: PathBuf,
 }
 
 impl ImageStore {
@@ -100,8 +111,55 @@ impl ImageStore {
         Ok(ImageStore {
             inner: Arc::new(Inner {
                 root: root.to_path_buf(),
+                registries_file: PathBuf::from(registries::DEFAULT_PATH),
             }),
         })
+    }
+
+    /// The same store, pulling with mirrors and credentials from `path` (k3s'
+    /// `registries.yaml` format) instead of `/etc/kedge/registries.yaml`.
+    pub fn with_registries_file(self, path: &Path) -> ImageStore {
+        ImageStore {
+            inner: Arc::new(Inner {
+                root: self.inner.root.clone(),
+                registries_file: path.to_path_buf(),
+            }),
+        }
+    }
+
+    /// Pulls `reference` (tag or digest; Docker Hub names normalised) from the mirrors in
+    /// registries.yaml, then from its registry; a multi-arch index resolves to linux/<this
+    /// arch>. `auth` are imagePullSecrets' credentials, matched by registry host. Every blob
+    /// is verified; layers are unpacked as for an import. Reads registries.yaml each time.
+    pub async fn pull(&self, reference: &str, auth: &[RegistryAuth]) -> Result<Image, ImageError> {
+        let registries = registries::Registries::load(&self.inner.registries_file)?;
+        pull::pull(self, &registries, reference, auth).await
+    }
+
+    /// Records that a container starts from image `id` now (garbage collection removes the
+    /// least recently used images first).
+    pub fn mark_used(&self, id: &str) -> Result<(), ImageError> {
+        gc::mark_used(self, id)
+    }
+
+    /// When the file system holding the store is more than `high_percent` full, removes
+    /// images not in `in_use` (image ids), least recently used first, until it is below
+    /// `low_percent` (upstream kubelet defaults: 85 and 80); then removes blobs and layers
+    /// no image needs. Returns the removed images.
+    pub fn garbage_collect(
+        &self,
+        in_use: &HashSet<String>,
+        high_percent: u8,
+        low_percent: u8,
+    ) -> Result<Vec<Image>, ImageError> {
+        gc::garbage_collect(self, in_use, high_percent, low_percent)
+    }
+
+    /// Removes blobs and unpacked layers that no image needs (a layer still mounted by a
+    /// container stays usable: overlay keeps the lower dirs it opened).
+    pub fn prune_unreferenced(&self) -> Result<(), ImageError> {
+        let _lock = self.lock()?;
+        gc::prune_unreferenced(self)
     }
 
     pub fn root(&self) -> &Path {
@@ -110,6 +168,7 @@ impl ImageStore {
 
     /// Imports every image of an archive or OCI layout dir; unpacks their layers.
     pub fn import_file(&self, path: &Path) -> Result<Vec<Image>, ImageError> {
+        let _ingest = self.lock_ingest_shared()?;
         let parsed = archive::read(self, path)?;
         let _lock = self.lock()?;
         let mut images = Vec::new();
@@ -161,8 +220,13 @@ impl ImageStore {
 
     /// Removes an image by any reference [`resolve`](Self::resolve) accepts. A name removes
     /// only that name while the image has others (as `docker rmi`); the image goes with its
-    /// last name or when removed by id. Blobs and layers are left for garbage collection.
+    /// last name or when removed by id; then its blobs and layers no other image needs.
     pub fn remove(&self, reference: &str) -> Result<(), ImageError> {
+        self.remove_one(reference)?;
+        self.prune_unreferenced()
+    }
+
+    fn remove_one(&self, reference: &str) -> Result<(), ImageError> {
         let _lock = self.lock()?;
         let images = self.list()?;
         let image = index::resolve(&images, reference)?.ok_or_else(|| ImageError::NotFound {
@@ -231,7 +295,7 @@ impl ImageStore {
             .join(digest.trim_start_matches("sha256:"))
     }
 
-    fn layer_dir(&self, diff_id: &str) -> PathBuf {
+    pub(crate) fn layer_dir(&self, diff_id: &str) -> PathBuf {
         self.root()
             .join("layers")
             .join(diff_id.trim_start_matches("sha256:"))
@@ -240,6 +304,16 @@ impl ImageStore {
     /// Serialises index changes between threads and processes (the CLI and the server).
     fn lock(&self) -> Result<index::Lock, ImageError> {
         index::Lock::acquire(&self.root().join("lock"))
+    }
+
+    /// Held (shared) while blobs are stored that no index entry names yet, so that pruning
+    /// (which takes it exclusively, without waiting) leaves them alone.
+    fn lock_ingest_shared(&self) -> Result<index::Lock, ImageError> {
+        index::Lock::acquire_shared(&self.root().join("ingest.lock"))
+    }
+
+    fn try_lock_ingest_exclusive(&self) -> Result<Option<index::Lock>, ImageError> {
+        index::Lock::try_exclusive(&self.root().join("ingest.lock"))
     }
 
     /// Unpacks the image's layers (if not yet) and records it, taking its names from any
@@ -271,6 +345,11 @@ impl ImageStore {
                 for digest in other.repo_digests {
                     if !image.repo_digests.contains(&digest) {
                         image.repo_digests.push(digest);
+                    }
+                }
+                for blob in other.blobs {
+                    if !image.blobs.contains(&blob) {
+                        image.blobs.push(blob);
                     }
                 }
                 continue;
