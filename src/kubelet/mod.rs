@@ -27,6 +27,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Taint;
 
+use crate::runtime::images::ImageStore;
+
 pub use options::{hostname, NodeOptions};
 
 /// Upstream's `nodeStatusUpdateFrequency` and Lease renew interval.
@@ -61,6 +63,9 @@ pub struct KubeletConfig {
     pub node_status_update_frequency: Duration,
     /// How often `<agent>/pod-manifests` is read again.
     pub static_pod_poll: Duration,
+    /// The kubelet API's TLS (serving certificate, client CA); without it the kubelet API
+    /// (logs, exec, port-forward, stats) is not served.
+    pub kubelet_tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 impl KubeletConfig {
@@ -87,6 +92,7 @@ impl KubeletConfig {
             control_plane,
             node_status_update_frequency: NODE_STATUS_UPDATE_FREQUENCY,
             static_pod_poll: Duration::from_secs(3),
+            kubelet_tls: None,
         }
     }
 
@@ -114,6 +120,9 @@ pub enum KubeletError {
         #[source]
         source: kube::Error,
     },
+    /// The image store could not be opened.
+    #[error("opening the image store {dir}: {message}")]
+    Images { dir: String, message: String },
     /// Joining a server (`kedge agent`) failed.
     #[error("joining {server}: {reason}")]
     Join { server: String, reason: String },
@@ -149,16 +158,70 @@ pub(crate) fn create_private_dir(dir: &Path) -> Result<(), KubeletError> {
 
 /// Runs the node agent until it fails: registers the Node (taking over an existing one),
 /// then keeps its status and Lease fresh, mirrors static pods and runs the pods bound to it.
-pub async fn run(config: KubeletConfig) -> Result<(), KubeletError> {
+pub async fn run(mut config: KubeletConfig) -> Result<(), KubeletError> {
     create_private_dir(&config.agent_dir)?;
     create_private_dir(&config.pod_manifests_dir())?;
+    let images_dir = config.agent_dir.join("images");
+    let images = ImageStore::open(&images_dir).map_err(|e| KubeletError::Images {
+        dir: images_dir.display().to_string(),
+        message: e.to_string(),
+    })?;
+    {
+        // Air-gap archives dropped in the image folder are imported before pods start.
+        let images = images.clone();
+        match tokio::task::spawn_blocking(move || images.import_dropped_archives()).await {
+            Ok(Ok(imported)) if !imported.is_empty() => {
+                tracing::info!(count = imported.len(), "imported image archives")
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "importing image archives failed"),
+            _ => {}
+        }
+    }
+    let registry = pods::PodRegistry::new(&config.agent_dir);
+    let api_listener = match &config.kubelet_tls {
+        Some(_) => {
+            let addr = std::net::SocketAddr::new(
+                std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                config.kubelet_port,
+            );
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(KubeletError::io("listening for the kubelet API on", Path::new(&addr.to_string())))?;
+            // `--kubelet-port 0` picks a free port; the Node publishes the real one.
+            if let Ok(bound) = listener.local_addr() {
+                config.kubelet_port = bound.port();
+            }
+            Some(listener)
+        }
+        None => {
+            tracing::warn!("no kubelet serving certificate: logs, exec and port-forward are not served for this node");
+            None
+        }
+    };
     let node = node::NodeAgent::start(config.clone()).await?;
-    tracing::info!(node = %config.node_name, ip = %config.node_ip, "node registered");
+    tracing::info!(node = %config.node_name, ip = %config.node_ip, port = config.kubelet_port, "node registered");
     let mut tasks = tokio::task::JoinSet::new();
+    if let (Some(listener), Some(tls)) = (api_listener, config.kubelet_tls.clone()) {
+        let state = std::sync::Arc::new(
+            server::KubeletApiState::new(&config.node_name, &config.agent_dir)
+                .with_pods(config.client.clone()),
+        );
+        tasks.spawn(server::serve(listener, tls, state, std::future::pending()));
+    }
     tasks.spawn(node.clone().run_status());
     tasks.spawn(node.clone().run_lease());
     tasks.spawn(static_pods::run(config.clone(), node.clone()));
-    spawn_pod_workers(&config, &mut tasks);
+    let mut pods = pods::PodsContext::new(
+        config.client.clone(),
+        &config.node_name,
+        config.node_ip,
+        config.agent_dir.clone(),
+        images,
+    );
+    pods.cluster_dns = vec![config.cluster_dns];
+    pods.cluster_domain = config.cluster_domain.clone();
+    pods.registry = registry;
+    tasks.spawn(pods::run(pods));
     // The loops retry their own failures; they end only when the process does.
     while let Some(ended) = tasks.join_next().await {
         if let Err(e) = ended {
@@ -166,11 +229,4 @@ pub async fn run(config: KubeletConfig) -> Result<(), KubeletError> {
         }
     }
     Ok(())
-}
-
-/// The single place the pod workers (`crate::kubelet::pods`, issue 5 part C2) are started.
-fn spawn_pod_workers(_config: &KubeletConfig, _tasks: &mut tokio::task::JoinSet<()>) {
-    // TODO(issue 5): `tasks.spawn(pods::run(pods::PodsContext { .. }))` once the pod
-    // workers are merged; until then pods bound to this node stay Pending.
-    tracing::warn!("this build has no pod workers yet: pods bound to this node stay Pending");
 }

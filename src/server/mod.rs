@@ -167,17 +167,14 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
     let store = Store::new(node.engine().clone(), node.clone()).with_encryption(encryption);
 
     let mut api = Api::new(store.clone(), Registry::builtin(), service_network);
-    // TODO(issue 5): scrape every kubelet over HTTPS (api::metrics::Kubelets) once the API
-    // server has its kubelet client certificate; until then only this server's own node,
-    // read from its in-process agent's directory.
-    let own_node = (!options.disable_agent).then(|| -> Arc<dyn api::metrics::SummarySource> {
-        Arc::new(api::metrics::LocalAgent {
-            node_name: options.node.node_name(),
-            agent_dir: options.data_dir.join("agent"),
-            sampler: crate::kubelet::stats::CpuSampler::new(),
-        })
-    });
-    api::metrics::install(&mut api, own_node);
+    // metrics.k8s.io reads every node's kubelet /stats/summary, as metrics-server does.
+    let kubelets = api::metrics::Kubelets {
+        client: HttpsClient::new(
+            pki::client_config(certs.ca.cert_pem(), Some(&certs.kubelet_client))
+                .context("kubelet client TLS")?,
+        ),
+    };
+    api::metrics::install(&mut api, Some(Arc::new(kubelets)));
     let service_account_key = pki::ensure_service_account_key(&tls_dir)
         .context("setting up the service account signing key")?;
     let tokens = Arc::new(
@@ -248,15 +245,23 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
             let preferred_ip = options
                 .advertise_address
                 .or((!options.bind_address.is_unspecified()).then_some(options.bind_address));
-            kubelet::KubeletConfig::from_options(
+            let mut config = kubelet::KubeletConfig::from_options(
                 client,
                 &options.node,
                 &options.data_dir,
                 &options.cluster_domain,
                 preferred_ip,
                 true,
-            )
-        });
+            );
+            // A server signs its own agent's kubelet serving certificate.
+            let tls_dir = config.agent_dir.join("tls");
+            config.kubelet_tls = Some(
+                pki::ensure_kubelet_pki(&certs.ca, &tls_dir, &config.node_name, &[config.node_ip])
+                    .and_then(|pki| pki::kubelet_server_config(&pki))
+                    .with_context(|| format!("kubelet certificates in {}", tls_dir.display()))?,
+            );
+            anyhow::Ok(config)
+        }).transpose()?;
         let settings = controllers::Settings {
             cluster_cidr: options.cluster_cidr.clone(),
             node_monitor_grace_period: options.node_monitor_grace_period,

@@ -254,9 +254,27 @@ pub async fn exec(
     command: &[String],
     timeout: Duration,
 ) -> Result<String, String> {
-    let _ = (container_dir, command, timeout);
-    // TODO(issue 5): run through runtime::shim::exec once part B's exec lands.
-    Err("exec handlers are not supported yet".to_string())
+    // Upstream keeps at most 10 KiB of a probe's output.
+    const MAX_OUTPUT: usize = 10 * 1024;
+    match crate::runtime::shim::exec_output(container_dir, command.to_vec(), timeout).await {
+        Ok((code, output)) => {
+            let output = String::from_utf8_lossy(&output[..output.len().min(MAX_OUTPUT)])
+                .trim_end()
+                .to_string();
+            if code == 0 {
+                Ok(output)
+            } else if output.is_empty() {
+                Err(format!("command {command:?} exited with {code}"))
+            } else {
+                Err(format!("command {command:?} exited with {code}: {output}"))
+            }
+        }
+        Err(crate::runtime::shim::ShimError::Timeout { .. }) => Err(format!(
+            "command timed out: \"{}\" timed out after {timeout:?}",
+            command.join(" ")
+        )),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[cfg(test)]

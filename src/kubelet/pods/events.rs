@@ -20,6 +20,7 @@ pub const UNHEALTHY: &str = "Unhealthy";
 pub const FAILED_POST_START_HOOK: &str = "FailedPostStartHook";
 pub const FAILED_PRE_STOP_HOOK: &str = "FailedPreStopHook";
 pub const FAILED_CREATE_POD_SANDBOX: &str = "FailedCreatePodSandBox";
+pub const FAILED_MOUNT: &str = "FailedMount";
 
 /// The reference of a container of `pod`.
 pub fn container_ref(pod: &Pod, kind: Kind, name: &str) -> ObjectReference {

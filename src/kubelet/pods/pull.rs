@@ -105,11 +105,11 @@ pub async fn ensure(
 
 /// Pulls `reference` into the image store.
 async fn pull(shared: &Shared, reference: &str, auth: &[RegistryAuth]) -> Result<Image, String> {
-    let _ = (shared, auth);
-    // TODO(issue 5): `shared.images.pull(reference, auth)` once part A's registry pulls land.
-    Err(format!(
-        "pulling {reference} from a registry is not supported yet; import the image with `kedge images import`"
-    ))
+    shared
+        .images
+        .pull(reference, auth)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Whether the reference names a tag (a `:` after the last `/`).

@@ -124,7 +124,9 @@ async fn remove_orphans(shared: Arc<Shared>, uid: String, found: Vec<(PathBuf, C
         remove_instance(dir).await;
     }
     let pod_dir = super::sandbox::pod_dir(&shared.ctx.agent_dir, &uid);
-    // TODO(issue 5): kubelet::volumes::cleanup(&pod_dir) once part E lands.
+    if let Err(error) = crate::kubelet::volumes::cleanup(&pod_dir).await {
+        tracing::warn!(%error, "cleaning up an orphaned pod's volumes failed");
+    }
     let _ = tokio::task::spawn_blocking(move || {
         for dir in log_dirs {
             let _ = std::fs::remove_dir_all(dir);

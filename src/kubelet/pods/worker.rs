@@ -26,7 +26,9 @@ use super::meta::{self, ContainerMeta};
 use super::probes::{ProbeContext, Prober};
 use super::sandbox::{self, Sandbox, SandboxInputs};
 use super::status::{self, ContainerView, Instance, InstanceState, Kind, Terminated};
-use super::{config, events, format, hooks, pull, PodsContext};
+use super::{config, events, format, hooks, pull, qos, PodsContext};
+use crate::kubelet::volumes;
+use crate::runtime::cgroups;
 use crate::controllers::events::Recorder;
 use crate::runtime::images::ImageStore;
 use crate::runtime::shim::{self, ContainerStatus, ExitReason, ShimOptions};
@@ -78,7 +80,15 @@ pub struct Worker {
     /// Containers whose start failed wait until then before the next try (pull back-off,
     /// configuration errors), so a failing start does not repeat every second.
     retry_at: HashMap<String, Instant>,
+    /// The pod's volumes once set up, and when they were last refreshed (configMap, secret,
+    /// downward API and token contents follow their sources).
+    volumes: Option<(Arc<volumes::PodVolumes>, Instant)>,
+    /// Whether the pod's cgroup exists with its limits.
+    pod_cgroup_ready: bool,
 }
+
+/// How often mounted configMaps, secrets, downward API files and tokens are rewritten.
+const VOLUME_REFRESH: Duration = Duration::from_secs(30);
 
 fn uid(pod: &Pod) -> String {
     pod.metadata.uid.clone().unwrap_or_default()
@@ -204,6 +214,8 @@ impl Worker {
             sandbox: None,
             last_written: None,
             retry_at: HashMap::new(),
+            volumes: None,
+            pod_cgroup_ready: false,
         }
     }
 
@@ -308,6 +320,63 @@ impl Worker {
         }
     }
 
+    fn volume_context(&self) -> volumes::VolumeContext {
+        volumes::VolumeContext::new(
+            self.shared.client.clone(),
+            sandbox::pod_dir(&self.shared.ctx.agent_dir, &uid(&self.pod)),
+            &self.shared.ctx.node_name,
+        )
+    }
+
+    /// Sets the pod's volumes up (once) and refreshes their contents now and then; false
+    /// (after a `FailedMount` event) while they cannot be set up.
+    async fn ensure_volumes(&mut self) -> bool {
+        let context = self.volume_context();
+        match &self.volumes {
+            Some((_, refreshed)) if refreshed.elapsed() < VOLUME_REFRESH => return true,
+            Some((prepared, _)) => {
+                let prepared = prepared.clone();
+                if let Err(error) = volumes::refresh(&context, &self.pod).await {
+                    tracing::debug!(%error, pod = %pod_name(&self.pod), "refreshing volumes failed");
+                }
+                self.volumes = Some((prepared, Instant::now()));
+                return true;
+            }
+            None => {}
+        }
+        match volumes::prepare(&context, &self.pod).await {
+            Ok(prepared) => {
+                self.volumes = Some((Arc::new(prepared), Instant::now()));
+                true
+            }
+            Err(error) => {
+                self.shared
+                    .recorder
+                    .warning(&self.pod, events::FAILED_MOUNT, &error.to_string())
+                    .await;
+                false
+            }
+        }
+    }
+
+    /// Creates the pod-level cgroup with the pod's limits (once).
+    fn ensure_pod_cgroup(&mut self) -> bool {
+        if self.pod_cgroup_ready {
+            return true;
+        }
+        let path = qos::pod_cgroup(&self.pod);
+        match cgroups::ensure_pod_cgroup(&path, &qos::pod_resources(&self.pod)) {
+            Ok(()) => {
+                self.pod_cgroup_ready = true;
+                true
+            }
+            Err(error) => {
+                tracing::warn!(%error, %path, "creating the pod cgroup failed");
+                false
+            }
+        }
+    }
+
     /// One reconcile pass; returns how long to wait before the next.
     async fn sync(&mut self) -> Duration {
         self.refresh();
@@ -331,9 +400,10 @@ impl Worker {
             self.write_status(false).await;
             return RELIST * 5;
         }
-        // TODO(issue 5): kubelet::volumes::prepare(&ctx, &pod) and
-        // runtime::cgroups::ensure_pod_cgroup once parts E lands; their mounts go to
-        // config::Inputs::volume_mounts.
+        if !self.ensure_pod_cgroup() || !self.ensure_volumes().await {
+            self.write_status(false).await;
+            return RELIST * 5;
+        }
         let restart_policy = self
             .pod
             .spec
@@ -568,6 +638,10 @@ impl Worker {
                 return;
             }
         };
+        // Image garbage collection removes the least recently used first.
+        if let Err(error) = shared.images.mark_used(&image.id) {
+            tracing::debug!(%error, "recording an image's use failed");
+        }
 
         let id = uuid::Uuid::new_v4().simple().to_string();
         let dir = meta::containers_dir(&shared.ctx.agent_dir).join(&id);
@@ -600,6 +674,15 @@ impl Worker {
                 return;
             }
         };
+        let volume_mounts = match self.volumes.as_ref().map(|(v, _)| v.mounts_for(container)) {
+            Some(Ok(mounts)) => mounts,
+            Some(Err(error)) => {
+                self.fail_config(container, kind, &dir, config_error(error.to_string()))
+                    .await;
+                return;
+            }
+            None => Vec::new(),
+        };
         let (lookups, service_env) = config::lookups(&shared, &pod, container).await;
         let facts = EnvFacts {
             host_ips: shared.host_ips(),
@@ -616,7 +699,7 @@ impl Worker {
                 image: &image,
                 rootfs,
                 sandbox: &sandbox,
-                volume_mounts: Vec::new(),
+                volume_mounts,
                 facts: &facts,
                 memory_capacity: shared.memory_capacity,
             },
@@ -897,8 +980,13 @@ impl Worker {
         }
         let uid = uid(&self.pod);
         let pod_dir = sandbox::pod_dir(&self.shared.ctx.agent_dir, &uid);
-        // TODO(issue 5): kubelet::volumes::cleanup(&pod_dir) and
-        // runtime::cgroups::remove_pod_cgroup once part E lands.
+        if let Err(error) = volumes::cleanup(&pod_dir).await {
+            tracing::warn!(%error, "cleaning up the pod's volumes failed");
+        }
+        let cgroup = qos::pod_cgroup(&self.pod);
+        let _ = tokio::task::spawn_blocking(move || cgroups::remove_pod_cgroup(&cgroup)).await;
+        self.volumes = None;
+        self.pod_cgroup_ready = false;
         let logs = meta::pod_log_dir(
             &self.shared.ctx.agent_dir,
             &namespace(&self.pod),

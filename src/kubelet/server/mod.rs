@@ -40,6 +40,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use crate::runtime::shim;
+
 pub use containers::{ContainerRecord, Containers};
 pub use remotecommand::{Session, StreamBackend, StreamError, StreamOptions, TerminalSize};
 
@@ -113,7 +115,6 @@ impl StatsProvider for AgentStats {
 }
 
 /// exec and attach in containers through the container shim.
-/// TODO(issue 5): call `crate::runtime::shim::{exec, attach}` once the shim provides them.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ShimStreams;
 
@@ -121,26 +122,98 @@ impl StreamBackend for ShimStreams {
     fn exec(
         &self,
         container: &ContainerRecord,
-        _options: &StreamOptions,
+        options: &StreamOptions,
     ) -> BoxFuture<'static, Result<Session, StreamError>> {
-        let message = format!(
-            "exec in container {:?} is not supported by this kedge build's container shim yet",
-            container.container
-        );
-        Box::pin(async move { Err(StreamError::Unavailable(message)) })
+        let dir = container.dir.clone();
+        let options = options.clone();
+        Box::pin(async move {
+            let request = shim::ExecRequest {
+                args: options.command.clone(),
+                tty: options.tty,
+                stdin: options.stdin,
+                env: Vec::new(),
+            };
+            let mut process = shim::exec(&dir, request)
+                .await
+                .map_err(|e| StreamError::Start(e.to_string()))?;
+            let resize = process.resizer().map(|resizer| {
+                forward_resizes(move |size| {
+                    resizer.resize(size.width, size.height).map_err(|e| e.to_string())
+                })
+            });
+            let stdin = process.stdin.take().filter(|_| options.stdin);
+            let stderr = process.stderr.take().filter(|_| options.stderr);
+            let stdout = std::mem::replace(&mut process.stdout, Box::new(tokio::io::empty()));
+            Ok(Session {
+                stdin,
+                stdout: (options.stdout || options.tty).then_some(stdout),
+                stderr,
+                resize,
+                exit: Box::pin(process.wait()),
+            })
+        })
     }
 
     fn attach(
         &self,
         container: &ContainerRecord,
-        _options: &StreamOptions,
+        options: &StreamOptions,
     ) -> BoxFuture<'static, Result<Session, StreamError>> {
-        let message = format!(
-            "attach to container {:?} is not supported by this kedge build's container shim yet",
-            container.container
-        );
-        Box::pin(async move { Err(StreamError::Unavailable(message)) })
+        let dir = container.dir.clone();
+        let options = options.clone();
+        Box::pin(async move {
+            let streams = shim::attach(&dir)
+                .await
+                .map_err(|e| StreamError::Unavailable(e.to_string()))?;
+            let resize = streams.tty.then(|| {
+                let dir = dir.clone();
+                forward_resizes_async(move |size| {
+                    let dir = dir.clone();
+                    async move {
+                        shim::resize(&dir, size.width, size.height)
+                            .await
+                            .map_err(|e| e.to_string())
+                    }
+                })
+            });
+            Ok(Session {
+                stdin: streams.stdin.filter(|_| options.stdin),
+                stdout: (options.stdout || streams.tty).then_some(streams.stdout),
+                stderr: streams.stderr.filter(|_| options.stderr),
+                resize,
+                exit: Box::pin(async move {
+                    match shim::wait(&dir).await {
+                        Ok(shim::ContainerStatus::Exited { exit_code, .. }) => Ok(exit_code),
+                        Ok(_) => Ok(0),
+                        Err(e) => Err(std::io::Error::other(e.to_string())),
+                    }
+                }),
+            })
+        })
     }
+}
+
+/// A channel whose terminal sizes are applied by `apply` until the session drops it.
+fn forward_resizes(
+    apply: impl Fn(TerminalSize) -> Result<(), String> + Send + 'static,
+) -> tokio::sync::mpsc::UnboundedSender<TerminalSize> {
+    forward_resizes_async(move |size| std::future::ready(apply(size)))
+}
+
+fn forward_resizes_async<F, Fut>(apply: F) -> tokio::sync::mpsc::UnboundedSender<TerminalSize>
+where
+    F: Fn(TerminalSize) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), String>> + Send,
+{
+    let (sender, mut sizes) = tokio::sync::mpsc::unbounded_channel::<TerminalSize>();
+    tokio::spawn(async move {
+        while let Some(size) = sizes.recv().await {
+            if let Err(e) = apply(size).await {
+                tracing::debug!(error = %e, "resizing a terminal failed");
+            }
+        }
+    });
+    sender
 }
 
 /// Serves the kubelet API on `listener` until `shutdown` completes. Connections already

@@ -60,6 +60,11 @@ impl ExecProcess {
         }
     }
 
+    /// A handle that resizes this process's terminal from another task; `None` without a tty.
+    pub fn resizer(&self) -> Option<Resizer> {
+        self.pty.clone().map(Resizer)
+    }
+
     /// Waits for the process; its exit code, 128 + the signal if a signal ended it.
     pub async fn wait(mut self) -> io::Result<i32> {
         let Some(mut child) = self.child.take() else {
@@ -71,6 +76,15 @@ impl ExecProcess {
             .code()
             .or_else(|| status.signal().map(|s| 128 + s))
             .unwrap_or(255))
+    }
+}
+
+/// Resizes an exec's terminal (see [`ExecProcess::resizer`]).
+pub struct Resizer(Pty);
+
+impl Resizer {
+    pub fn resize(&self, cols: u16, rows: u16) -> io::Result<()> {
+        self.0.resize(cols, rows)
     }
 }
 

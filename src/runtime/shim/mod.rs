@@ -32,7 +32,9 @@ pub use attach::{attach, resize, AttachStreams};
 pub use client::{kill, remove, set_shim_binary, start, status, wait};
 pub use daemon::shim_main;
 pub use exec::{exec_main, ExecArgs};
-pub use exec_client::{exec, exec_output, ExecProcess, ExecReader, ExecRequest, ExecWriter};
+pub use exec_client::{
+    exec, exec_output, ExecProcess, ExecReader, ExecRequest, ExecWriter, Resizer,
+};
 
 /// `kedge shim ...`: run one container ([`ShimArgs`]) or `kedge shim exec ...` ([`ExecArgs`]).
 #[derive(Clone, Debug, clap::Args)]
