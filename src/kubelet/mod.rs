@@ -186,7 +186,10 @@ pub async fn run(mut config: KubeletConfig) -> Result<(), KubeletError> {
             );
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
-                .map_err(KubeletError::io("listening for the kubelet API on", Path::new(&addr.to_string())))?;
+                .map_err(KubeletError::io(
+                    "listening for the kubelet API on",
+                    Path::new(&addr.to_string()),
+                ))?;
             // `--kubelet-port 0` picks a free port; the Node publishes the real one.
             if let Ok(bound) = listener.local_addr() {
                 config.kubelet_port = bound.port();

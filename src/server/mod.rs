@@ -235,33 +235,40 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
             options.disable_controller_manager,
         );
         // This host's node agent, an in-process client of the API as its node.
-        let agent = (!options.disable_agent).then(|| {
-            let node_name = options.node.node_name();
-            let client = crate::client::local::in_process(
-                router.clone(),
-                &kubelet::join::node_user(&node_name),
-                &[kubelet::join::NODES_GROUP],
-            );
-            let preferred_ip = options
-                .advertise_address
-                .or((!options.bind_address.is_unspecified()).then_some(options.bind_address));
-            let mut config = kubelet::KubeletConfig::from_options(
-                client,
-                &options.node,
-                &options.data_dir,
-                &options.cluster_domain,
-                preferred_ip,
-                true,
-            );
-            // A server signs its own agent's kubelet serving certificate.
-            let tls_dir = config.agent_dir.join("tls");
-            config.kubelet_tls = Some(
-                pki::ensure_kubelet_pki(&certs.ca, &tls_dir, &config.node_name, &[config.node_ip])
+        let agent = (!options.disable_agent)
+            .then(|| {
+                let node_name = options.node.node_name();
+                let client = crate::client::local::in_process(
+                    router.clone(),
+                    &kubelet::join::node_user(&node_name),
+                    &[kubelet::join::NODES_GROUP],
+                );
+                let preferred_ip = options
+                    .advertise_address
+                    .or((!options.bind_address.is_unspecified()).then_some(options.bind_address));
+                let mut config = kubelet::KubeletConfig::from_options(
+                    client,
+                    &options.node,
+                    &options.data_dir,
+                    &options.cluster_domain,
+                    preferred_ip,
+                    true,
+                );
+                // A server signs its own agent's kubelet serving certificate.
+                let tls_dir = config.agent_dir.join("tls");
+                config.kubelet_tls = Some(
+                    pki::ensure_kubelet_pki(
+                        &certs.ca,
+                        &tls_dir,
+                        &config.node_name,
+                        &[config.node_ip],
+                    )
                     .and_then(|pki| pki::kubelet_server_config(&pki))
                     .with_context(|| format!("kubelet certificates in {}", tls_dir.display()))?,
-            );
-            anyhow::Ok(config)
-        }).transpose()?;
+                );
+                anyhow::Ok(config)
+            })
+            .transpose()?;
         let settings = controllers::Settings {
             cluster_cidr: options.cluster_cidr.clone(),
             node_monitor_grace_period: options.node_monitor_grace_period,

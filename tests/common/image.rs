@@ -86,9 +86,11 @@ fn cached_busybox(format: &str) -> PathBuf {
     if path.exists() {
         return path;
     }
+    // Unique per process and thread: tests in one process may build it at the same time.
     let tmp = dir.join(format!(
-        ".busybox-{key}-{format}.{}.tmp",
-        std::process::id()
+        ".busybox-{key}-{format}.{}.{:?}.tmp",
+        std::process::id(),
+        std::thread::current().id()
     ));
     let image = busybox_image();
     match format {

@@ -137,6 +137,27 @@ pub fn oom_score_adj(pod: &Pod, container: &Container, memory_capacity: i64) -> 
     }
 }
 
+/// The pod cgroup's limits: the sum of its containers' (upstream's pod-level cgroup). CPU
+/// quota and memory limit only when every container has one, as upstream.
+pub fn pod_resources(pod: &Pod) -> crate::runtime::cgroups::PodResources {
+    let containers: Vec<ContainerResources> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .map(container_resources)
+        .collect();
+    let shares: u64 = containers.iter().map(|c| c.cpu_shares).sum();
+    let quota: Option<i64> = containers.iter().map(|c| c.cpu_quota).sum();
+    let memory: Option<i64> = containers.iter().map(|c| c.memory_limit).sum();
+    crate::runtime::cgroups::PodResources {
+        cpu_shares: Some(shares.max(MIN_SHARES)),
+        cpu_quota: quota,
+        cpu_period: quota.map(|_| QUOTA_PERIOD),
+        memory_limit: memory,
+        pids_limit: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,26 +201,5 @@ mod tests {
             container_resources(&p.spec.unwrap().containers[0]).cpu_shares,
             2
         );
-    }
-}
-
-/// The pod cgroup's limits: the sum of its containers' (upstream's pod-level cgroup). CPU
-/// quota and memory limit only when every container has one, as upstream.
-pub fn pod_resources(pod: &Pod) -> crate::runtime::cgroups::PodResources {
-    let containers: Vec<ContainerResources> = pod
-        .spec
-        .iter()
-        .flat_map(|s| s.containers.iter())
-        .map(container_resources)
-        .collect();
-    let shares: u64 = containers.iter().map(|c| c.cpu_shares).sum();
-    let quota: Option<i64> = containers.iter().map(|c| c.cpu_quota).sum();
-    let memory: Option<i64> = containers.iter().map(|c| c.memory_limit).sum();
-    crate::runtime::cgroups::PodResources {
-        cpu_shares: Some(shares.max(MIN_SHARES)),
-        cpu_quota: quota,
-        cpu_period: quota.map(|_| QUOTA_PERIOD),
-        memory_limit: memory,
-        pids_limit: None,
     }
 }

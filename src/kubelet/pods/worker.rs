@@ -27,9 +27,9 @@ use super::probes::{ProbeContext, Prober};
 use super::sandbox::{self, Sandbox, SandboxInputs};
 use super::status::{self, ContainerView, Instance, InstanceState, Kind, Terminated};
 use super::{config, events, format, hooks, pull, qos, PodsContext};
+use crate::controllers::events::Recorder;
 use crate::kubelet::volumes;
 use crate::runtime::cgroups;
-use crate::controllers::events::Recorder;
 use crate::runtime::images::ImageStore;
 use crate::runtime::shim::{self, ContainerStatus, ExitReason, ShimOptions};
 

@@ -138,7 +138,9 @@ impl StreamBackend for ShimStreams {
                 .map_err(|e| StreamError::Start(e.to_string()))?;
             let resize = process.resizer().map(|resizer| {
                 forward_resizes(move |size| {
-                    resizer.resize(size.width, size.height).map_err(|e| e.to_string())
+                    resizer
+                        .resize(size.width, size.height)
+                        .map_err(|e| e.to_string())
                 })
             });
             let stdin = process.stdin.take().filter(|_| options.stdin);

@@ -131,6 +131,21 @@ fn nofile(capabilities: u64) -> u64 {
     limit
 }
 
+/// `wanted`, or this process's own score where `wanted` is lower and it lacks
+/// CAP_SYS_RESOURCE (lowering a score needs it; the write would fail and the container with
+/// it), as containerd does for an unprivileged runtime.
+fn oom_score_adj(wanted: i32, capabilities: u64) -> i32 {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    if capabilities & (1 << CAP_SYS_RESOURCE) != 0 {
+        return wanted;
+    }
+    let own = std::fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .unwrap_or(0);
+    wanted.max(own)
+}
+
 /// This process's effective capabilities as a bit mask (all when unreadable).
 fn current_capabilities() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -340,7 +355,7 @@ fn spec_json(config: &ContainerConfig, host: Host) -> Result<Value, SpecError> {
         "noNewPrivileges": config.security.no_new_privileges && !privileged,
     });
     if let Some(adj) = config.oom_score_adj {
-        process["oomScoreAdj"] = json!(adj);
+        process["oomScoreAdj"] = json!(oom_score_adj(adj, current_capabilities()));
     }
 
     let mut namespaces = vec![
