@@ -53,6 +53,7 @@ bench:
 	sh packaging/deps.sh --bench
 	cargo bench --locked --features bench --bench store
 	cargo bench --locked --bench api
+	cargo bench --locked --bench pods
 
 clean:
 	cargo clean

@@ -120,7 +120,11 @@ fn block_on(task: impl std::future::Future<Output = anyhow::Result<()>>) -> Exit
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(task) {
+    let result = runtime.block_on(task);
+    // Tasks still running (components' loops, blocking reads) must not hold the exit up:
+    // everything that needs flushing was flushed before `task` returned.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kedge: error: {e:#}");
