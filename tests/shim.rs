@@ -275,6 +275,12 @@ async fn a_start_error_carries_the_runtime_message() {
         }
         other => panic!("expected a start error, got {other:?}"),
     }
+    // The shim reports the error before it has finished cleaning up and exiting.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while shim::status(&f.dir()) != ContainerStatus::Unknown && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     assert_eq!(shim::status(&f.dir()), ContainerStatus::Unknown);
     assert!(
         !f.agent.join("libcontainer").join(&f.id).exists(),

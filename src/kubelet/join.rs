@@ -217,56 +217,6 @@ pub enum JoinError {
     },
 }
 
-/// Accepts any server certificate: only for fetching the CA, which is then checked against
-/// the token's hash before anything is trusted. The handshake signature is still verified.
-#[derive(Debug)]
-struct UnverifiedServer(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for UnverifiedServer {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls_pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls_pki_types::CertificateDer<'_>],
-        _server_name: &rustls_pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls_pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls_pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls_pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// One HTTPS request over `tls`, the whole answer read.
 async fn request(
     mut tls: rustls::ClientConfig,
@@ -349,7 +299,7 @@ pub async fn fetch_ca(server: &str, token: &JoinToken) -> Result<String, JoinErr
         .with_safe_default_protocol_versions()
         .map_err(|e| pki::PkiError::Tls(e.to_string()))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(UnverifiedServer(provider)))
+        .with_custom_certificate_verifier(Arc::new(pki::UnverifiedServer(provider)))
         .with_no_client_auth();
     let url = format!("{}{CACERTS_PATH}", server.trim_end_matches('/'));
     let (status, body) = request(tls, Method::GET, &url, None, Bytes::new()).await?;

@@ -29,7 +29,7 @@ pub use server::{ensure_server_pki, ServerPki, LEAF_VALIDITY, RENEW_BEFORE};
 pub use service_account::{
     ensure_encryption_key, ensure_service_account_key, ENCRYPTION_KEY, SERVICE_ACCOUNT_KEY,
 };
-pub use tls::{client_config, server_config};
+pub use tls::{client_config, server_config, UnverifiedServer};
 pub use token::{ensure_token, JoinToken};
 
 /// O of the certificates servers present to each other, so a server can tell a peer

@@ -274,8 +274,8 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
             node_monitor_grace_period: options.node_monitor_grace_period,
             storage: controllers::local_path::Storage {
                 dir: options.data_dir.join("storage"),
-                // The node this server's own agent registers as.
-                local_node: (!options.disable_agent).then(|| options.node.node_name()),
+                // The node on this host: this server's own agent, or a `kedge agent` beside it.
+                local_node: Some(options.node.node_name()),
             },
         };
         tokio::spawn(async move {
