@@ -3,11 +3,10 @@
 
 use std::path::Path;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::UnixStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::client::{exchange, ShimReader};
 use super::exec_client::{ExecReader, ExecWriter};
-use super::files;
 use super::protocol::{self, Request, Response};
 use super::ShimError;
 
@@ -81,7 +80,7 @@ pub async fn attach(container_dir: &Path) -> Result<AttachStreams, ShimError> {
 /// Copies the shim's output frames into the stream pipes until the shim closes the
 /// connection or nobody reads any more.
 async fn demux(
-    mut reader: BufReader<tokio::net::unix::OwnedReadHalf>,
+    mut reader: ShimReader,
     mut stdout: tokio::io::DuplexStream,
     mut stderr: Option<tokio::io::DuplexStream>,
     done: tokio::sync::oneshot::Sender<()>,
@@ -126,48 +125,13 @@ pub async fn resize(container_dir: &Path, cols: u16, rows: u16) -> Result<(), Sh
     Ok(())
 }
 
-/// Sends one request and reads the answer line, keeping the connection.
+/// Sends one request and reads the answer line, keeping the connection; a refusal is an
+/// error.
 async fn request(
     container_dir: &Path,
     request: &Request,
-) -> Result<
-    (
-        Response,
-        BufReader<tokio::net::unix::OwnedReadHalf>,
-        tokio::net::unix::OwnedWriteHalf,
-    ),
-    ShimError,
-> {
-    let socket = container_dir.join(files::SOCKET);
-    let stream = UnixStream::connect(&socket)
-        .await
-        .map_err(|e| ShimError::io("cannot connect to the shim at", &socket, e))?;
-    let (read, mut write) = stream.into_split();
-    let mut line = serde_json::to_vec(request).map_err(|e| {
-        ShimError::io(
-            "cannot encode a request for",
-            &socket,
-            std::io::Error::other(e),
-        )
-    })?;
-    line.push(b'\n');
-    write
-        .write_all(&line)
-        .await
-        .map_err(|e| ShimError::io("cannot write to the shim at", &socket, e))?;
-    let mut reader = BufReader::new(read);
-    let mut answer = String::new();
-    reader
-        .read_line(&mut answer)
-        .await
-        .map_err(|e| ShimError::io("cannot read from the shim at", &socket, e))?;
-    let answer: Response = serde_json::from_str(&answer).map_err(|e| {
-        ShimError::io(
-            "bad answer from the shim at",
-            &socket,
-            std::io::Error::other(e),
-        )
-    })?;
+) -> Result<(Response, ShimReader, tokio::net::unix::OwnedWriteHalf), ShimError> {
+    let (answer, reader, write) = exchange(container_dir, request).await?;
     if !answer.ok {
         return Err(ShimError::Shim {
             dir: container_dir.to_path_buf(),

@@ -197,6 +197,18 @@ fn shim_alive(container_dir: &Path) -> bool {
 }
 
 async fn call(container_dir: &Path, request: &Request) -> Result<Response, ShimError> {
+    Ok(exchange(container_dir, request).await?.0)
+}
+
+/// The reading half of a shim connection, after the answer line.
+pub(super) type ShimReader = BufReader<tokio::net::unix::OwnedReadHalf>;
+
+/// Sends one request line and reads the answer line, keeping the connection (attach goes on
+/// with it).
+pub(super) async fn exchange(
+    container_dir: &Path,
+    request: &Request,
+) -> Result<(Response, ShimReader, tokio::net::unix::OwnedWriteHalf), ShimError> {
     let socket = container_dir.join(files::SOCKET);
     let stream = UnixStream::connect(&socket)
         .await
@@ -214,8 +226,9 @@ async fn call(container_dir: &Path, request: &Request) -> Result<Response, ShimE
         .write_all(&line)
         .await
         .map_err(|e| ShimError::io("cannot write to the shim at", &socket, e))?;
+    let mut reader = BufReader::new(read);
     let mut answer = String::new();
-    BufReader::new(read)
+    reader
         .read_line(&mut answer)
         .await
         .map_err(|e| ShimError::io("cannot read from the shim at", &socket, e))?;
@@ -226,13 +239,14 @@ async fn call(container_dir: &Path, request: &Request) -> Result<Response, ShimE
             std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
         ));
     }
-    serde_json::from_str(&answer).map_err(|e| {
+    let answer = serde_json::from_str(&answer).map_err(|e| {
         ShimError::io(
             "bad answer from the shim at",
             &socket,
             std::io::Error::other(e),
         )
-    })
+    })?;
+    Ok((answer, reader, write))
 }
 
 /// Sends `signal` to the container's process. A container that already ended is not an
