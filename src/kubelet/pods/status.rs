@@ -336,6 +336,21 @@ fn go_list(names: &[String]) -> String {
     format!("[{}]", names.join(" "))
 }
 
+/// Condition `type_`, true unless some containers are in one of the named states; upstream's
+/// message lists each non-empty state as `containers with <state> status: [a b]`.
+fn by_container_states(type_: &str, reason: &str, states: &[(&str, &Vec<String>)]) -> PodCondition {
+    let messages: Vec<String> = states
+        .iter()
+        .filter(|(_, names)| !names.is_empty())
+        .map(|(state, names)| format!("containers with {state} status: {}", go_list(names)))
+        .collect();
+    if messages.is_empty() {
+        condition(type_, true, None, None)
+    } else {
+        condition(type_, false, Some(reason), Some(messages.join(", ")))
+    }
+}
+
 fn containers_ready(pod: &Pod, all: &[ContainerStatus], phase: &str) -> PodCondition {
     let Some(spec) = &pod.spec else {
         return condition("ContainersReady", false, None, None);
@@ -361,29 +376,11 @@ fn containers_ready(pod: &Pod, all: &[ContainerStatus], phase: &str) -> PodCondi
     if phase == "Failed" {
         return condition("ContainersReady", false, Some("PodFailed"), None);
     }
-    let mut messages = Vec::new();
-    if !unknown.is_empty() {
-        messages.push(format!(
-            "containers with unknown status: {}",
-            go_list(&unknown)
-        ));
-    }
-    if !unready.is_empty() {
-        messages.push(format!(
-            "containers with unready status: {}",
-            go_list(&unready)
-        ));
-    }
-    if messages.is_empty() {
-        condition("ContainersReady", true, None, None)
-    } else {
-        condition(
-            "ContainersReady",
-            false,
-            Some("ContainersNotReady"),
-            Some(messages.join(", ")),
-        )
-    }
+    by_container_states(
+        "ContainersReady",
+        "ContainersNotReady",
+        &[("unknown", &unknown), ("unready", &unready)],
+    )
 }
 
 fn pod_ready(
@@ -459,29 +456,11 @@ fn initialized(
     if regular_started {
         return condition("Initialized", true, None, None);
     }
-    let mut messages = Vec::new();
-    if !unknown.is_empty() {
-        messages.push(format!(
-            "containers with unknown status: {}",
-            go_list(&unknown)
-        ));
-    }
-    if !incomplete.is_empty() {
-        messages.push(format!(
-            "containers with incomplete status: {}",
-            go_list(&incomplete)
-        ));
-    }
-    if messages.is_empty() {
-        condition("Initialized", true, None, None)
-    } else {
-        condition(
-            "Initialized",
-            false,
-            Some("ContainersNotInitialized"),
-            Some(messages.join(", ")),
-        )
-    }
+    by_container_states(
+        "Initialized",
+        "ContainersNotInitialized",
+        &[("unknown", &unknown), ("incomplete", &incomplete)],
+    )
 }
 
 /// Conditions the kubelet owns (others, e.g. DisruptionTarget or readiness gates' own,
