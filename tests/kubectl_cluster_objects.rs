@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::kubectl::Kubectl;
-use common::started_server;
+use common::{started_server, Server};
 
 fn jsonpath(kubectl: &Kubectl<'_>, args: &[&str], path: &str) -> String {
     let template = format!("jsonpath={path}");
@@ -488,4 +488,31 @@ async fn secrets_are_encrypted_at_rest() {
 fn base64_of(text: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_expire_after_the_event_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::new(dir.path(), common::free_port(), &["--event-ttl=3s".into()]);
+    server.start();
+    server.wait_ready(Duration::from_secs(30)).await;
+    let k = server.kubectl();
+    let now = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    k.ok_with(
+        &["create", "-f", "-"],
+        Some(&format!(
+            "apiVersion: v1\nkind: Event\nmetadata: {{name: short-lived}}\n\
+             involvedObject: {{kind: Pod, name: p, namespace: default}}\n\
+             reason: Testing\nmessage: gone soon\ntype: Normal\n\
+             firstTimestamp: {now}\nlastTimestamp: {now}\n"
+        )),
+    );
+    assert!(k.ok(&["get", "events"]).contains("gone soon"));
+    common::eventually(Duration::from_secs(30), "the event to expire", || async {
+        !k.ok(&["get", "events", "-o", "name"])
+            .contains("short-lived")
+    })
+    .await;
 }

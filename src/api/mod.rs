@@ -22,6 +22,7 @@ pub mod crd;
 pub mod defaults;
 pub mod discovery;
 pub mod error;
+pub mod event_ttl;
 pub mod http;
 pub mod metrics;
 pub mod object;

@@ -226,6 +226,7 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
     let background = {
         let api = api.clone();
         let advertise_ip = options.advertise_ip();
+        let event_ttl = options.event_ttl;
         // Stable across restarts (a restarted leader takes its lease back at once) and unique
         // among the servers of a cluster, even on one host.
         let identity = format!("{}_{}", hostname(), options.raft_id);
@@ -300,6 +301,14 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
             tokio::spawn(api::services::reconcile::run(
                 api.store.clone(),
                 api.services.clone(),
+            ));
+            // A quarter of the TTL late at most, and no more than a sweep a minute.
+            let sweep_every =
+                (event_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+            tokio::spawn(api::event_ttl::run(
+                api.store.clone(),
+                event_ttl,
+                sweep_every,
             ));
             tracing::info!(revision = api.store.revision(), "kedge is ready");
             if let Some(config) = agent {

@@ -97,6 +97,11 @@ pub struct ServerOptions {
     #[arg(long, env = "KEDGE_NODE_MONITOR_GRACE_PERIOD", default_value = "40s", value_parser = parse_duration)]
     pub node_monitor_grace_period: std::time::Duration,
 
+    /// How long an Event is kept after its last update, as kube-apiserver's --event-ttl
+    /// (e.g. 1h, 30m)
+    #[arg(long, env = "KEDGE_EVENT_TTL", default_value = "1h", value_parser = parse_duration)]
+    pub event_ttl: std::time::Duration,
+
     /// Cluster DNS domain
     #[arg(long, env = "KEDGE_CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,
