@@ -53,6 +53,7 @@ async fn termination() -> anyhow::Result<()> {
 
 /// Joins the server and runs the node agent until SIGTERM or SIGINT.
 pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
+    options.node.validate().map_err(anyhow::Error::msg)?;
     let server = options.server.trim_end_matches('/').to_string();
     if !server.starts_with("https://") {
         anyhow::bail!("--server {server:?} must be an https:// URL");

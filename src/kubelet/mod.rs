@@ -11,6 +11,7 @@
 //! internals (only [`crate::runtime`]'s interfaces).
 
 pub mod agent;
+pub mod image_gc;
 pub mod join;
 pub mod node;
 mod options;
@@ -66,6 +67,8 @@ pub struct KubeletConfig {
     /// The kubelet API's TLS (serving certificate, client CA); without it the kubelet API
     /// (logs, exec, port-forward, stats) is not served.
     pub kubelet_tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// Image garbage collection's thresholds and period.
+    pub image_gc: image_gc::ImageGcPolicy,
 }
 
 impl KubeletConfig {
@@ -93,6 +96,11 @@ impl KubeletConfig {
             node_status_update_frequency: NODE_STATUS_UPDATE_FREQUENCY,
             static_pod_poll: Duration::from_secs(3),
             kubelet_tls: None,
+            image_gc: image_gc::ImageGcPolicy {
+                high_percent: options.image_gc_high_threshold,
+                low_percent: options.image_gc_low_threshold,
+                period: options.image_gc_period,
+            },
         }
     }
 
@@ -224,6 +232,16 @@ pub async fn run(mut config: KubeletConfig) -> Result<(), KubeletError> {
     pods.cluster_dns = vec![config.cluster_dns];
     pods.cluster_domain = config.cluster_domain.clone();
     pods.registry = registry;
+    tasks.spawn(
+        image_gc::ImageGc {
+            policy: config.image_gc,
+            images: pods.images.clone(),
+            pins: pods.image_pins.clone(),
+            agent_dir: config.agent_dir.clone(),
+            node: node.clone(),
+        }
+        .run(),
+    );
     tasks.spawn(pods::run(pods));
     // The loops retry their own failures; they end only when the process does.
     while let Some(ended) = tasks.join_next().await {

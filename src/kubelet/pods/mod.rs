@@ -34,9 +34,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::controllers::events::Recorder;
+use crate::kubelet::image_gc::ImagePins;
 use crate::runtime::images::ImageStore;
 
-pub use meta::ContainerMeta;
+pub use meta::{images_in_use, ContainerMeta};
 pub use registry::PodRegistry;
 
 /// What the pod workers need from the agent.
@@ -56,6 +57,8 @@ pub struct PodsContext {
     pub resolv_conf: PathBuf,
     /// Shared with the kubelet API.
     pub registry: PodRegistry,
+    /// Images workers are about to use, kept from garbage collection.
+    pub image_pins: ImagePins,
 }
 
 impl PodsContext {
@@ -78,6 +81,7 @@ impl PodsContext {
             cluster_dns: vec![IpAddr::from([10, 43, 0, 10])],
             cluster_domain: "cluster.local".to_string(),
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            image_pins: ImagePins::default(),
         }
     }
 }

@@ -624,6 +624,13 @@ impl Worker {
         });
         let previous_log_path = previous.map(|p| p.meta.log_path.clone());
 
+        // From finding the image until the container's meta.json names it, image garbage
+        // collection must leave the image alone.
+        let _pin = shared
+            .ctx
+            .image_pins
+            .pin(container.image.as_deref().unwrap_or_default())
+            .await;
         let image = match pull::ensure(&shared, &pod, container, kind, &mut self.backoff).await {
             Ok(image) => image,
             Err(waiting) => {
