@@ -4,8 +4,9 @@
 //!
 //! Start at [`run`] with a [`KubeletConfig`]: `kedge server` builds one with an in-process
 //! client (unless `--disable-agent`), `kedge agent` ([`agent`]) with an HTTPS client.
-//! [`node`] owns the Node object, its status and Lease; [`static_pods`] the mirror pods of
-//! `<agent>/pod-manifests`; the pod workers run every pod bound to the node.
+//! [`node`] owns the Node object, its status and Lease; [`static_pods`] reads
+//! `<agent>/pod-manifests` and keeps their mirror pods; the pod workers run every pod bound
+//! to the node and the static pods.
 //!
 //! Must not touch: the store (only the API, through a kube client), image or container
 //! internals (only [`crate::runtime`]'s interfaces).
@@ -221,7 +222,15 @@ pub async fn run(mut config: KubeletConfig) -> Result<(), KubeletError> {
     }
     tasks.spawn(node.clone().run_status());
     tasks.spawn(node.clone().run_lease());
-    tasks.spawn(static_pods::run(config.clone(), node.clone()));
+    // Static pods reach the pod workers from the files, not the API: read once now, so
+    // that the workers adopt their containers at start instead of removing them.
+    let (static_pods_tx, static_pods_rx) =
+        tokio::sync::watch::channel(static_pods::initial(&config));
+    tasks.spawn(static_pods::run(
+        config.clone(),
+        node.clone(),
+        static_pods_tx,
+    ));
     let mut pods = pods::PodsContext::new(
         config.client.clone(),
         &config.node_name,
@@ -232,6 +241,7 @@ pub async fn run(mut config: KubeletConfig) -> Result<(), KubeletError> {
     pods.cluster_dns = vec![config.cluster_dns];
     pods.cluster_domain = config.cluster_domain.clone();
     pods.registry = registry;
+    pods.static_pods = static_pods_rx;
     tasks.spawn(
         image_gc::ImageGc {
             policy: config.image_gc,
