@@ -574,10 +574,16 @@ fn garbage_collection() {
     assert_eq!(count("layers"), 2);
 
     // Below the high threshold: nothing happens.
-    let in_use = std::collections::HashSet::from([busybox.id.clone()]);
-    assert!(store.garbage_collect(&in_use, 100, 100).unwrap().is_empty());
-    // Above it: the unused image goes, with its layer and blobs.
-    let removed = store.garbage_collect(&in_use, 0, 0).unwrap();
+    let in_use = [busybox.id.clone()];
+    let report = store.garbage_collect(&in_use, 100, 99).unwrap();
+    assert!(
+        report.usage_percent < 100 && report.removed.is_empty(),
+        "{report:?}"
+    );
+    assert_eq!(report.to_free, 0);
+    // Above it: the unused image goes, with its layer and blobs; the one in use stays,
+    // whether named by id or by name.
+    let removed = store.garbage_collect(&in_use, 0, 0).unwrap().removed;
     assert_eq!(
         removed.iter().map(|i| &i.id).collect::<Vec<_>>(),
         [&other.id()]
@@ -585,9 +591,16 @@ fn garbage_collection() {
     assert_eq!(store.list().unwrap(), vec![busybox.clone()]);
     assert_eq!(count("layers"), 1);
     assert_eq!(count("blobs/sha256"), busybox.blobs.len());
+    let by_name = ["busybox:1.35".to_string()];
+    assert!(store
+        .garbage_collect(&by_name, 0, 0)
+        .unwrap()
+        .removed
+        .is_empty());
 
-    let removed = store.garbage_collect(&Default::default(), 0, 0).unwrap();
-    assert_eq!(removed.len(), 1);
+    let report = store.garbage_collect(&[], 0, 0).unwrap();
+    assert_eq!(report.removed.len(), 1);
+    assert_eq!(report.freed, busybox.size);
     assert_eq!(
         (count("layers"), count("blobs/sha256"), count("used")),
         (0, 0, 0)

@@ -1,8 +1,10 @@
 //! `kedge agent --server URL --token K10…`: the node agent alone, on a host without a
 //! server. It joins as k3s' agents do ([`super::join`]): the CA from the server, checked
 //! against the token's hash; a `system:node:<name>` client certificate for the token's
-//! secret; then the kubelet over HTTPS. Its files: `<data-dir>/agent/server-ca.crt`,
-//! `client-kubelet.crt` and `client-kubelet.key` (0600).
+//! secret, and a serving certificate for its kubelet API (for the node's name and address);
+//! then the kubelet over HTTPS. Its files: `<data-dir>/agent/server-ca.crt`,
+//! `client-kubelet.crt` and `client-kubelet.key` (0600), and `tls/` as a server's own agent
+//! has it (`ca.crt`, `kubelet.crt`, `kubelet.key`).
 
 use std::path::PathBuf;
 
@@ -53,6 +55,7 @@ async fn termination() -> anyhow::Result<()> {
 
 /// Joins the server and runs the node agent until SIGTERM or SIGINT.
 pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
+    options.node.validate().map_err(anyhow::Error::msg)?;
     let server = options.server.trim_end_matches('/').to_string();
     if !server.starts_with("https://") {
         anyhow::bail!("--server {server:?} must be an https:// URL");
@@ -81,13 +84,27 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
 
     let tls = pki::client_config(&ca_pem, Some(&identity)).context("client TLS")?;
     let client = crate::client::remote::over_https(&server, tls).context("the API client")?;
-    let config = KubeletConfig::from_options(
+    let mut config = KubeletConfig::from_options(
         client,
         &options.node,
         &options.data_dir,
         &options.cluster_domain,
         None,
         false,
+    );
+    // The API server dials the kubelet API at the node's address and checks its
+    // certificate against the cluster CA: the server issues it.
+    let serving =
+        join::serving_certificate(&server, &ca_pem, &token, &node_name, &[config.node_ip])
+            .await
+            .with_context(|| {
+                format!("getting a kubelet serving certificate for node {node_name}")
+            })?;
+    let tls_dir = agent_dir.join("tls");
+    config.kubelet_tls = Some(
+        pki::save_kubelet_pki(&tls_dir, &ca_pem, serving)
+            .and_then(|pki| pki::kubelet_server_config(&pki))
+            .with_context(|| format!("kubelet certificates in {}", tls_dir.display()))?,
     );
     tokio::select! {
         ended = super::run(config) => ended.context("the node agent stopped"),

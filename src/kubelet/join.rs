@@ -1,10 +1,12 @@
 //! How an agent joins a server, as k3s' agents do, both halves:
 //! - the server serves `GET /cacerts` (the CA certificate PEM) without authentication, and
-//!   `POST /v1-kedge/node-certificate` to callers proving the join token's secret with HTTP
-//!   basic `node:<secret>`: it answers a client certificate `system:node:<name>` in
-//!   `system:nodes` (with its key, as k3s' server issues its agents' kubelet certificates);
+//!   to callers proving the join token's secret with HTTP basic `node:<secret>`:
+//!   `POST /v1-kedge/node-certificate`, a client certificate `system:node:<name>` in
+//!   `system:nodes`, and `POST /v1-kedge/serving-kubelet-certificate`, the kubelet API's
+//!   serving certificate for the node's name and addresses (each with its key, as k3s'
+//!   server issues its agents' `client-kubelet.crt` and `serving-kubelet.crt`);
 //! - the agent fetches the CA without verifying the server (it cannot yet), accepts it only
-//!   if its SHA-256 is the hash in the K10 token, then asks for its certificate over TLS
+//!   if its SHA-256 is the hash in the K10 token, then asks for its certificates over TLS
 //!   verified against that CA.
 //!
 //! Must not touch: the API; the server side only signs with the CA it is given.
@@ -16,6 +18,8 @@ use base64::Engine;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
+use std::net::IpAddr;
+
 use serde::{Deserialize, Serialize};
 
 use crate::pki::{self, Ca, CertKeyPair, JoinToken};
@@ -24,6 +28,10 @@ use crate::pki::{self, Ca, CertKeyPair, JoinToken};
 pub const CACERTS_PATH: &str = "/cacerts";
 /// Path agents get their client certificate from.
 pub const NODE_CERTIFICATE_PATH: &str = "/v1-kedge/node-certificate";
+/// Path agents get their kubelet serving certificate from.
+pub const SERVING_CERTIFICATE_PATH: &str = "/v1-kedge/serving-kubelet-certificate";
+/// At most this many node addresses in one serving certificate.
+const MAX_NODE_IPS: usize = 16;
 /// User name the basic credentials carry (the password is the token's secret).
 const BASIC_USER: &str = "node";
 /// Group of node client certificates (upstream's).
@@ -35,6 +43,9 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 #[serde(rename_all = "camelCase")]
 struct CertificateRequest {
     node_name: String,
+    /// The node's addresses, for a serving certificate's IP SANs.
+    #[serde(default, rename = "nodeIPs", skip_serializing_if = "Vec::is_empty")]
+    node_ips: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -80,7 +91,12 @@ impl JoinService {
 
     /// Whether `path` is one of the join paths (served before authentication).
     pub fn handles(path: &str) -> bool {
-        path == CACERTS_PATH || path == NODE_CERTIFICATE_PATH
+        [
+            CACERTS_PATH,
+            NODE_CERTIFICATE_PATH,
+            SERVING_CERTIFICATE_PATH,
+        ]
+        .contains(&path)
     }
 
     /// Answers one request to a join path.
@@ -95,7 +111,7 @@ impl JoinService {
             (&Method::GET, CACERTS_PATH) => {
                 reply(StatusCode::OK, "text/plain", self.ca.cert_pem().to_string())
             }
-            (&Method::POST, NODE_CERTIFICATE_PATH) => {
+            (&Method::POST, NODE_CERTIFICATE_PATH | SERVING_CERTIFICATE_PATH) => {
                 if !self.authorized(authorization) {
                     return reply(
                         StatusCode::UNAUTHORIZED,
@@ -103,7 +119,7 @@ impl JoinService {
                         "the join token's secret is required as basic credentials node:<secret>\n",
                     );
                 }
-                self.issue(body)
+                self.issue(body, path == SERVING_CERTIFICATE_PATH)
             }
             _ => reply(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -130,7 +146,8 @@ impl JoinService {
                 == 0
     }
 
-    fn issue(&self, body: &[u8]) -> Response<Bytes> {
+    /// A client certificate, or with `serving` the kubelet serving certificate.
+    fn issue(&self, body: &[u8], serving: bool) -> Response<Bytes> {
         let request: CertificateRequest = match serde_json::from_slice(body) {
             Ok(request) => request,
             Err(e) => {
@@ -148,13 +165,24 @@ impl JoinService {
                 format!("{:?} is not a valid node name\n", request.node_name),
             );
         }
-        let user = node_user(&request.node_name);
-        match self
-            .ca
-            .issue_client(&user, &[NODES_GROUP], pki::LEAF_VALIDITY)
-        {
+        let node = &request.node_name;
+        let user = node_user(node);
+        let issued = if serving {
+            let addresses = match node_addresses(&request.node_ips) {
+                Ok(addresses) => addresses,
+                Err(message) => return reply(StatusCode::BAD_REQUEST, "text/plain", message),
+            };
+            let sans = pki::kubelet_sans(node, &addresses);
+            self.ca
+                .issue_kubelet_serving(node, &sans, pki::LEAF_VALIDITY)
+        } else {
+            self.ca
+                .issue_client(&user, &[NODES_GROUP], pki::LEAF_VALIDITY)
+        };
+        let what = if serving { "serving" } else { "client" };
+        match issued {
             Ok(pair) => {
-                tracing::info!(node = %request.node_name, "issued a node client certificate");
+                tracing::info!(%node, "issued a node {what} certificate");
                 let answer = CertificateResponse {
                     certificate: pair.cert_pem,
                     key: pair.key_pem,
@@ -168,10 +196,34 @@ impl JoinService {
             Err(e) => reply(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "text/plain",
-                format!("issuing a certificate for {user}: {e}\n"),
+                format!("issuing a {what} certificate for {user}: {e}\n"),
             ),
         }
     }
+}
+
+/// The node addresses a serving certificate may name: at least one, at most
+/// [`MAX_NODE_IPS`], each a unicast address (not unspecified, not multicast).
+fn node_addresses(texts: &[String]) -> Result<Vec<IpAddr>, String> {
+    if texts.is_empty() || texts.len() > MAX_NODE_IPS {
+        return Err(format!(
+            "a serving certificate needs 1 to {MAX_NODE_IPS} nodeIPs, not {}\n",
+            texts.len()
+        ));
+    }
+    texts
+        .iter()
+        .map(|text| match text.parse::<IpAddr>() {
+            Ok(ip)
+                if !ip.is_unspecified()
+                    && !ip.is_multicast()
+                    && ip != IpAddr::from(std::net::Ipv4Addr::BROADCAST) =>
+            {
+                Ok(ip)
+            }
+            _ => Err(format!("{text:?} is not a valid node IP\n")),
+        })
+        .collect()
 }
 
 impl crate::api::OpenService for JoinService {
@@ -321,14 +373,41 @@ pub async fn node_certificate(
     token: &JoinToken,
     node: &str,
 ) -> Result<CertKeyPair, JoinError> {
+    let request = CertificateRequest {
+        node_name: node.to_string(),
+        node_ips: Vec::new(),
+    };
+    certificate(server, ca_pem, token, NODE_CERTIFICATE_PATH, &request).await
+}
+
+/// Asks the server (trusted through `ca_pem`) for node `node`'s kubelet serving
+/// certificate, for its name and `addresses`.
+pub async fn serving_certificate(
+    server: &str,
+    ca_pem: &str,
+    token: &JoinToken,
+    node: &str,
+    addresses: &[IpAddr],
+) -> Result<CertKeyPair, JoinError> {
+    let request = CertificateRequest {
+        node_name: node.to_string(),
+        node_ips: addresses.iter().map(IpAddr::to_string).collect(),
+    };
+    certificate(server, ca_pem, token, SERVING_CERTIFICATE_PATH, &request).await
+}
+
+async fn certificate(
+    server: &str,
+    ca_pem: &str,
+    token: &JoinToken,
+    path: &str,
+    wanted: &CertificateRequest,
+) -> Result<CertKeyPair, JoinError> {
     let tls = pki::client_config(ca_pem, None)?;
-    let url = format!("{}{NODE_CERTIFICATE_PATH}", server.trim_end_matches('/'));
+    let url = format!("{}{path}", server.trim_end_matches('/'));
     let credentials =
         base64::engine::general_purpose::STANDARD.encode(format!("{BASIC_USER}:{}", token.secret));
-    let body = serde_json::to_vec(&CertificateRequest {
-        node_name: node.to_string(),
-    })
-    .unwrap_or_default();
+    let body = serde_json::to_vec(wanted).unwrap_or_default();
     let (status, answer) = request(
         tls,
         Method::POST,
@@ -398,6 +477,50 @@ mod tests {
             br#"{"nodeName":"Bad Name"}"#,
         );
         assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+
+        // The serving certificate: for the node's name and addresses, serverAuth only.
+        let serving = br#"{"nodeName":"edge-1","nodeIPs":["192.0.2.7","2001:db8::7"]}"#;
+        let denied = service.handle(
+            &Method::POST,
+            SERVING_CERTIFICATE_PATH,
+            Some(&wrong),
+            serving,
+        );
+        assert_eq!(denied.status(), StatusCode::UNAUTHORIZED);
+        let issued = service.handle(
+            &Method::POST,
+            SERVING_CERTIFICATE_PATH,
+            Some(&right),
+            serving,
+        );
+        assert_eq!(issued.status(), StatusCode::OK);
+        let answer: CertificateResponse = serde_json::from_slice(issued.body()).unwrap();
+        let cert = pki::inspect(&answer.certificate);
+        assert_eq!(cert.common_name, "system:node:edge-1");
+        assert_eq!(cert.organizations, [NODES_GROUP]);
+        assert!(cert.server_auth && !cert.client_auth && !cert.is_ca);
+        for san in ["edge-1", "192.0.2.7", "2001:db8::7"] {
+            assert!(
+                cert.sans.iter().any(|s| s == san),
+                "{san} in {:?}",
+                cert.sans
+            );
+        }
+        for body in [
+            r#"{"nodeName":"edge-1"}"#,
+            r#"{"nodeName":"edge-1","nodeIPs":["not-an-ip"]}"#,
+            r#"{"nodeName":"edge-1","nodeIPs":["0.0.0.0"]}"#,
+            r#"{"nodeName":"edge-1","nodeIPs":["224.0.0.1"]}"#,
+            r#"{"nodeName":"Bad Name","nodeIPs":["192.0.2.7"]}"#,
+        ] {
+            let refused = service.handle(
+                &Method::POST,
+                SERVING_CERTIFICATE_PATH,
+                Some(&right),
+                body.as_bytes(),
+            );
+            assert_eq!(refused.status(), StatusCode::BAD_REQUEST, "{body}");
+        }
         let ca = service.handle(&Method::GET, CACERTS_PATH, None, b"");
         assert_eq!(ca.status(), StatusCode::OK);
         assert!(token

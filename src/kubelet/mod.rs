@@ -4,13 +4,15 @@
 //!
 //! Start at [`run`] with a [`KubeletConfig`]: `kedge server` builds one with an in-process
 //! client (unless `--disable-agent`), `kedge agent` ([`agent`]) with an HTTPS client.
-//! [`node`] owns the Node object, its status and Lease; [`static_pods`] the mirror pods of
-//! `<agent>/pod-manifests`; the pod workers run every pod bound to the node.
+//! [`node`] owns the Node object, its status and Lease; [`static_pods`] reads
+//! `<agent>/pod-manifests` and keeps their mirror pods; the pod workers run every pod bound
+//! to the node and the static pods.
 //!
 //! Must not touch: the store (only the API, through a kube client), image or container
 //! internals (only [`crate::runtime`]'s interfaces).
 
 pub mod agent;
+pub mod image_gc;
 pub mod join;
 pub mod node;
 mod options;
@@ -66,6 +68,8 @@ pub struct KubeletConfig {
     /// The kubelet API's TLS (serving certificate, client CA); without it the kubelet API
     /// (logs, exec, port-forward, stats) is not served.
     pub kubelet_tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    /// Image garbage collection's thresholds and period.
+    pub image_gc: image_gc::ImageGcPolicy,
 }
 
 impl KubeletConfig {
@@ -93,6 +97,11 @@ impl KubeletConfig {
             node_status_update_frequency: NODE_STATUS_UPDATE_FREQUENCY,
             static_pod_poll: Duration::from_secs(3),
             kubelet_tls: None,
+            image_gc: image_gc::ImageGcPolicy {
+                high_percent: options.image_gc_high_threshold,
+                low_percent: options.image_gc_low_threshold,
+                period: options.image_gc_period,
+            },
         }
     }
 
@@ -213,7 +222,15 @@ pub async fn run(mut config: KubeletConfig) -> Result<(), KubeletError> {
     }
     tasks.spawn(node.clone().run_status());
     tasks.spawn(node.clone().run_lease());
-    tasks.spawn(static_pods::run(config.clone(), node.clone()));
+    // Static pods reach the pod workers from the files, not the API: read once now, so
+    // that the workers adopt their containers at start instead of removing them.
+    let (static_pods_tx, static_pods_rx) =
+        tokio::sync::watch::channel(static_pods::initial(&config));
+    tasks.spawn(static_pods::run(
+        config.clone(),
+        node.clone(),
+        static_pods_tx,
+    ));
     let mut pods = pods::PodsContext::new(
         config.client.clone(),
         &config.node_name,
@@ -224,6 +241,17 @@ pub async fn run(mut config: KubeletConfig) -> Result<(), KubeletError> {
     pods.cluster_dns = vec![config.cluster_dns];
     pods.cluster_domain = config.cluster_domain.clone();
     pods.registry = registry;
+    pods.static_pods = static_pods_rx;
+    tasks.spawn(
+        image_gc::ImageGc {
+            policy: config.image_gc,
+            images: pods.images.clone(),
+            pins: pods.image_pins.clone(),
+            agent_dir: config.agent_dir.clone(),
+            node: node.clone(),
+        }
+        .run(),
+    );
     tasks.spawn(pods::run(pods));
     // The loops retry their own failures; they end only when the process does.
     while let Some(ended) = tasks.join_next().await {

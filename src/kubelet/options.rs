@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::time::Duration;
 
 use clap::Args;
 use k8s_openapi::api::core::v1::Taint;
@@ -33,9 +34,47 @@ pub struct NodeOptions {
     /// IP of the cluster DNS service, written into pods' resolv.conf
     #[arg(long, env = "KEDGE_CLUSTER_DNS", default_value = "10.43.0.10")]
     pub cluster_dns: IpAddr,
+
+    /// Percent of the image file system's disk usage at or above which unused images are
+    /// garbage-collected (100 disables image garbage collection)
+    #[arg(long, env = "KEDGE_IMAGE_GC_HIGH_THRESHOLD", default_value_t = 85)]
+    pub image_gc_high_threshold: u8,
+
+    /// Percent of disk usage image garbage collection frees down to
+    #[arg(long, env = "KEDGE_IMAGE_GC_LOW_THRESHOLD", default_value_t = 80)]
+    pub image_gc_low_threshold: u8,
+
+    /// How often image garbage collection runs (e.g. 5m); for testing
+    #[arg(long, env = "KEDGE_IMAGE_GC_PERIOD", default_value = "5m", hide = true,
+          value_parser = crate::server::options::parse_duration)]
+    pub image_gc_period: Duration,
 }
 
 impl NodeOptions {
+    /// Checks what clap cannot check alone (upstream's kubelet config validation).
+    pub fn validate(&self) -> Result<(), String> {
+        let (high, low) = (self.image_gc_high_threshold, self.image_gc_low_threshold);
+        if high > 100 {
+            return Err(format!(
+                "--image-gc-high-threshold {high} must be between 0 and 100, inclusive"
+            ));
+        }
+        if low > 100 {
+            return Err(format!(
+                "--image-gc-low-threshold {low} must be between 0 and 100, inclusive"
+            ));
+        }
+        if low >= high {
+            return Err(format!(
+                "--image-gc-low-threshold {low} must be less than --image-gc-high-threshold {high}"
+            ));
+        }
+        if self.image_gc_period.is_zero() {
+            return Err("--image-gc-period must be longer than 0".to_string());
+        }
+        Ok(())
+    }
+
     /// `--node-name`, or the host name, lowercased (node names are DNS subdomains).
     pub fn node_name(&self) -> String {
         self.node_name
@@ -154,8 +193,33 @@ mod tests {
         let preferred = IpAddr::from([10, 0, 0, 5]);
         assert_eq!(cli.node_ip(Some(preferred)), preferred);
 
+        assert_eq!(
+            (cli.image_gc_high_threshold, cli.image_gc_low_threshold),
+            (85, 80)
+        );
+        assert_eq!(cli.image_gc_period, Duration::from_secs(300));
+        assert_eq!(cli.validate(), Ok(()));
+
         assert!(Cli::try_parse_from(["kedge", "--node-taint", "a=b:Sometimes"]).is_err());
         assert!(Cli::try_parse_from(["kedge", "--node-taint", "a=b"]).is_err());
         assert!(Cli::try_parse_from(["kedge", "--node-label", "novalue"]).is_err());
+    }
+
+    #[test]
+    fn image_gc_thresholds_are_checked() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["kedge"];
+            all.extend(args);
+            Cli::try_parse_from(all).unwrap().node.validate()
+        };
+        assert_eq!(parse(&["--image-gc-high-threshold", "100"]), Ok(()));
+        let error = parse(&["--image-gc-high-threshold", "101"]).unwrap_err();
+        assert!(error.contains("between 0 and 100"), "{error}");
+        let error = parse(&["--image-gc-low-threshold", "85"]).unwrap_err();
+        assert_eq!(
+            error,
+            "--image-gc-low-threshold 85 must be less than --image-gc-high-threshold 85"
+        );
+        assert!(parse(&["--image-gc-period", "0s"]).is_err());
     }
 }

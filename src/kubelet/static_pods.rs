@@ -1,10 +1,14 @@
 //! Static pods: every manifest in `<agent>/pod-manifests/` (`*.yaml`, `*.yml`, `*.json`,
-//! one Pod each; names starting with `.` are ignored, as upstream's file source does)
-//! becomes a mirror pod in the API, `<name>-<node>`, bound to this node and owned by the
-//! Node, with upstream's `kubernetes.io/config.*` annotations. The folder is read again
-//! every few seconds: a new file adds a mirror pod, a changed file replaces it (delete and
-//! create, as upstream), a removed file deletes it. Mirror pods deleted by hand come back.
-//! The pod workers run them like any pod bound to the node.
+//! one Pod each; names starting with `.` are ignored, as upstream's file source does) is a
+//! pod the kubelet runs on its own authority, named `<name>-<node>`, whose UID is a hash of
+//! the manifest, the node and the source (upstream's `kubernetes.io/config.hash`).
+//!
+//! The folder is read again every few seconds and the static pods handed to the pod
+//! workers ([`run`]'s channel): a changed file is a new pod (a new hash) that replaces the
+//! old one, a removed file stops its pod. Each static pod is reflected in the API by a
+//! mirror pod bound to this node and owned by the Node, annotated
+//! `kubernetes.io/config.mirror: <hash>`, that carries its status; a mirror pod deleted by
+//! hand comes back, and its containers are not touched (they belong to the file).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -15,6 +19,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use kube::ResourceExt;
 use sha2::{Digest, Sha256};
+use tokio::sync::watch;
 
 use super::node::NodeAgent;
 use super::{KubeletConfig, KubeletError};
@@ -24,12 +29,40 @@ pub const CONFIG_MIRROR: &str = "kubernetes.io/config.mirror";
 pub const CONFIG_HASH: &str = "kubernetes.io/config.hash";
 pub const CONFIG_SEEN: &str = "kubernetes.io/config.seen";
 
-/// A static pod read from a manifest, as its mirror pod is to look.
+/// A static pod read from a manifest.
 #[derive(Debug, Clone)]
 pub struct StaticPod {
     pub file: PathBuf,
     pub hash: String,
+    /// The pod as the kubelet runs it: its UID is `hash`.
     pub pod: Pod,
+}
+
+impl StaticPod {
+    /// Its mirror pod: the same pod for the API (which gives it its own UID), annotated
+    /// `config.mirror: <hash>` and owned by the Node (uid `node_uid`).
+    pub fn mirror(&self, node_uid: String) -> Pod {
+        let mut mirror = self.pod.clone();
+        let meta = &mut mirror.metadata;
+        meta.uid = None;
+        meta.annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(CONFIG_MIRROR.into(), self.hash.clone());
+        meta.owner_references = Some(vec![OwnerReference {
+            api_version: "v1".into(),
+            kind: "Node".into(),
+            name: self
+                .pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default(),
+            uid: node_uid,
+            controller: Some(true),
+            ..OwnerReference::default()
+        }]);
+        mirror
+    }
 }
 
 /// Whether `pod` is a mirror pod (of any node).
@@ -37,8 +70,22 @@ pub fn is_mirror(pod: &Pod) -> bool {
     pod.annotations().contains_key(CONFIG_MIRROR)
 }
 
-/// Reads one manifest into the mirror pod it stands for (name `<name>-<node>`, namespace
-/// `default` unless given, bound to `node`).
+/// Whether `pod` is a static pod as the kubelet runs it (from a file, not the API; not its
+/// mirror).
+pub fn is_static(pod: &Pod) -> bool {
+    pod.annotations()
+        .get(CONFIG_SOURCE)
+        .is_some_and(|source| source != "api")
+        && !is_mirror(pod)
+}
+
+/// The static pod a mirror pod stands for (its `config.mirror` hash, the static pod's UID).
+pub fn mirror_of(pod: &Pod) -> Option<&str> {
+    pod.annotations().get(CONFIG_MIRROR).map(String::as_str)
+}
+
+/// Reads one manifest into the static pod it stands for (name `<name>-<node>`, namespace
+/// `default` unless given, bound to `node`, UID the hash).
 pub fn read_manifest(file: &Path, node: &str) -> Result<StaticPod, String> {
     let text = std::fs::read_to_string(file).map_err(|e| e.to_string())?;
     let is_json = file.extension().is_some_and(|e| e == "json");
@@ -67,12 +114,12 @@ pub fn read_manifest(file: &Path, node: &str) -> Result<StaticPod, String> {
     if meta.namespace.as_deref().is_none_or(str::is_empty) {
         meta.namespace = Some("default".to_string());
     }
-    meta.uid = None;
+    meta.uid = Some(hash.clone());
     meta.resource_version = None;
     let annotations = meta.annotations.get_or_insert_with(BTreeMap::new);
     annotations.insert(CONFIG_SOURCE.into(), "file".into());
     annotations.insert(CONFIG_HASH.into(), hash.clone());
-    annotations.insert(CONFIG_MIRROR.into(), hash.clone());
+    annotations.remove(CONFIG_MIRROR);
     annotations.insert(CONFIG_SEEN.into(), Timestamp::now().to_string());
     let spec = pod.spec.get_or_insert_with(Default::default);
     spec.node_name = Some(node.to_string());
@@ -111,16 +158,58 @@ fn manifest_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// Keeps the mirror pods in line with `<agent>/pod-manifests`, forever.
-pub async fn run(config: KubeletConfig, node: NodeAgent) {
+/// The static pods of `dir` for `node`, by namespace and name, and the manifests that
+/// could not be read (file, error).
+fn read_all(dir: &Path, node: &str) -> (StaticPods, Vec<(PathBuf, String)>) {
+    let mut pods = HashMap::new();
+    let mut broken = Vec::new();
+    for file in manifest_files(dir) {
+        match read_manifest(&file, node) {
+            Ok(static_pod) => {
+                let key = (
+                    static_pod.pod.namespace().unwrap_or_default(),
+                    static_pod.pod.name_any(),
+                );
+                pods.insert(key, static_pod);
+            }
+            Err(error) => broken.push((file, error)),
+        }
+    }
+    (pods, broken)
+}
+
+type StaticPods = HashMap<(String, String), StaticPod>;
+
+/// The static pods of `config`'s manifest folder now: the pod workers' first set.
+pub fn initial(config: &KubeletConfig) -> Vec<Pod> {
+    read_all(&config.pod_manifests_dir(), &config.node_name)
+        .0
+        .into_values()
+        .map(|s| s.pod)
+        .collect()
+}
+
+/// Hands the static pods of `<agent>/pod-manifests` to the pod workers through `pods`
+/// (when their set of UIDs changes) and keeps their mirror pods in line, forever.
+pub async fn run(config: KubeletConfig, node: NodeAgent, pods: watch::Sender<Vec<Pod>>) {
     let mut mirrors = Mirrors {
         config,
         node,
         reported: HashSet::new(),
     };
     loop {
-        if let Err(error) = mirrors.sync().await {
-            tracing::warn!(%error, "syncing static pods failed; retrying");
+        let desired = mirrors.desired();
+        let latest: Vec<Pod> = desired.values().map(|s| s.pod.clone()).collect();
+        pods.send_if_modified(|current| {
+            let uids = |pods: &[Pod]| pods.iter().filter_map(|p| p.uid()).collect::<HashSet<_>>();
+            let changed = uids(current) != uids(&latest);
+            if changed {
+                *current = latest;
+            }
+            changed
+        });
+        if let Err(error) = mirrors.sync(desired).await {
+            tracing::warn!(%error, "syncing mirror pods failed; retrying");
         }
         tokio::time::sleep(mirrors.config.static_pod_poll).await;
     }
@@ -134,39 +223,18 @@ struct Mirrors {
 }
 
 impl Mirrors {
-    fn desired(&mut self) -> HashMap<(String, String), StaticPod> {
-        let node = &self.config.node_name;
-        let mut desired = HashMap::new();
-        for file in manifest_files(&self.config.pod_manifests_dir()) {
-            match read_manifest(&file, node) {
-                Ok(mut static_pod) => {
-                    static_pod.pod.metadata.owner_references = Some(vec![OwnerReference {
-                        api_version: "v1".into(),
-                        kind: "Node".into(),
-                        name: node.clone(),
-                        uid: self.node.uid(),
-                        controller: Some(true),
-                        ..OwnerReference::default()
-                    }]);
-                    let key = (
-                        static_pod.pod.namespace().unwrap_or_default(),
-                        static_pod.pod.name_any(),
-                    );
-                    desired.insert(key, static_pod);
-                }
-                Err(error) => {
-                    let modified = std::fs::metadata(&file).and_then(|m| m.modified()).ok();
-                    if self.reported.insert((file.clone(), modified)) {
-                        tracing::warn!(file = %file.display(), %error, "cannot read a static pod manifest");
-                    }
-                }
+    fn desired(&mut self) -> StaticPods {
+        let (pods, broken) = read_all(&self.config.pod_manifests_dir(), &self.config.node_name);
+        for (file, error) in broken {
+            let modified = std::fs::metadata(&file).and_then(|m| m.modified()).ok();
+            if self.reported.insert((file.clone(), modified)) {
+                tracing::warn!(file = %file.display(), %error, "cannot read a static pod manifest");
             }
         }
-        desired
+        pods
     }
 
-    async fn sync(&mut self) -> Result<(), KubeletError> {
-        let mut desired = self.desired();
+    async fn sync(&mut self, mut desired: StaticPods) -> Result<(), KubeletError> {
         let node = self.config.node_name.clone();
         let client = self.config.client.clone();
         let existing = Api::<Pod>::all(client.clone())
@@ -179,8 +247,8 @@ impl Mirrors {
             let namespace = pod.namespace().unwrap_or_default();
             let name = pod.name_any();
             let key = (namespace.clone(), name.clone());
-            let current = pod.annotations().get(CONFIG_MIRROR).cloned();
-            let wanted = desired.get(&key).map(|s| s.hash.clone());
+            let current = mirror_of(&pod);
+            let wanted = desired.get(&key).map(|s| s.hash.as_str());
             let deleting = pod.metadata.deletion_timestamp.is_some();
             if wanted.is_some() && wanted == current && !deleting {
                 desired.remove(&key);
@@ -214,8 +282,9 @@ impl Mirrors {
             desired.remove(&key);
         }
         for ((namespace, name), static_pod) in desired {
+            let mirror = static_pod.mirror(self.node.uid());
             match Api::<Pod>::namespaced(client.clone(), &namespace)
-                .create(&PostParams::default(), &static_pod.pod)
+                .create(&PostParams::default(), &mirror)
                 .await
             {
                 Ok(_) => tracing::info!(
@@ -258,16 +327,28 @@ mod tests {
         std::fs::write(dir.path().join("notes.txt"), "x").unwrap();
         assert_eq!(manifest_files(dir.path()), vec![file.clone()]);
 
-        let mirror = read_manifest(&file, "edge").unwrap();
-        assert_eq!(mirror.pod.name_any(), "web-edge");
-        assert_eq!(mirror.pod.namespace().as_deref(), Some("default"));
-        let annotations = mirror.pod.annotations();
+        let static_pod = read_manifest(&file, "edge").unwrap();
+        assert_eq!(static_pod.pod.name_any(), "web-edge");
+        assert_eq!(static_pod.pod.namespace().as_deref(), Some("default"));
+        // Upstream: the static pod's UID is its hash; its mirror has the API's own UID.
+        assert_eq!(
+            static_pod.pod.uid().as_deref(),
+            Some(static_pod.hash.as_str())
+        );
+        let annotations = static_pod.pod.annotations();
         assert_eq!(annotations[CONFIG_SOURCE], "file");
-        assert_eq!(annotations[CONFIG_MIRROR], mirror.hash);
-        assert_eq!(annotations[CONFIG_HASH], mirror.hash);
-        assert!(is_mirror(&mirror.pod));
-        let spec = mirror.pod.spec.as_ref().unwrap();
+        assert_eq!(annotations[CONFIG_HASH], static_pod.hash);
+        assert!(is_static(&static_pod.pod) && !is_mirror(&static_pod.pod));
+        let spec = static_pod.pod.spec.as_ref().unwrap();
         assert_eq!(spec.node_name.as_deref(), Some("edge"));
+        let mirror = static_pod.mirror("node-uid".into());
+        assert_eq!(mirror.uid(), None);
+        assert_eq!(mirror_of(&mirror), Some(static_pod.hash.as_str()));
+        assert!(is_mirror(&mirror) && !is_static(&mirror));
+        let owner = &mirror.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("Node", "edge"));
+        assert_eq!(owner.uid, "node-uid");
+        let mirror = static_pod;
 
         assert_eq!(read_manifest(&file, "edge").unwrap().hash, mirror.hash);
         std::fs::write(

@@ -26,7 +26,7 @@ pub struct KubeletPki {
 
 /// The names a kubelet's serving certificate covers: the node name (a DNS SAN) and each
 /// of its addresses.
-fn kubelet_sans(node_name: &str, addresses: &[IpAddr]) -> Vec<String> {
+pub fn kubelet_sans(node_name: &str, addresses: &[IpAddr]) -> Vec<String> {
     let mut sans = vec![node_name.to_string()];
     for address in addresses {
         let address = address.to_string();
@@ -55,6 +55,22 @@ pub fn ensure_kubelet_pki(
     })?;
     Ok(KubeletPki {
         ca_pem: ca.cert_pem().to_string(),
+        serving,
+    })
+}
+
+/// For a kubelet whose serving certificate a server issued at join (a `kedge agent`):
+/// writes the files [`ensure_kubelet_pki`] writes, from the CA certificate and the pair.
+pub fn save_kubelet_pki(
+    tls_dir: &Path,
+    ca_pem: &str,
+    serving: CertKeyPair,
+) -> Result<KubeletPki, PkiError> {
+    ensure_dir(tls_dir, 0o700)?;
+    write_atomic(&tls_dir.join("ca.crt"), ca_pem.as_bytes(), 0o644)?;
+    serving.save(tls_dir, "kubelet")?;
+    Ok(KubeletPki {
+        ca_pem: ca_pem.to_string(),
         serving,
     })
 }

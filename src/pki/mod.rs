@@ -22,7 +22,11 @@ use std::path::Path;
 
 pub use ca::{Ca, CA_VALIDITY};
 pub use kubeconfig::{parse_file_mode, write_kubeconfig};
-pub use kubelet::{ensure_kubelet_pki, kubelet_server_config, KubeletPki};
+pub use kubelet::{
+    ensure_kubelet_pki, kubelet_sans, kubelet_server_config, save_kubelet_pki, KubeletPki,
+};
+#[cfg(test)]
+pub(crate) use leaf::inspect;
 pub use leaf::CertKeyPair;
 pub use options::{host_addresses, PkiOptions};
 pub use server::{ensure_server_pki, ServerPki, LEAF_VALIDITY, RENEW_BEFORE};

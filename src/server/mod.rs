@@ -6,7 +6,7 @@
 //!
 //! Must not touch: how any of those work inside.
 
-mod options;
+pub(crate) mod options;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -102,6 +102,7 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
              to form a cluster of several servers now, start each with --raft-id and the same --raft-peers"
         );
     }
+    options.node.validate().map_err(anyhow::Error::msg)?;
     let kubeconfig_mode =
         pki::parse_file_mode(&options.write_kubeconfig_mode).with_context(|| {
             format!(

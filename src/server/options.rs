@@ -130,7 +130,7 @@ pub struct ServerOptions {
 }
 
 /// A duration as `90`, `90s`, `500ms`, `2m` or `1h`.
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (number, unit) = s.split_at(split);

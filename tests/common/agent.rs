@@ -1,7 +1,8 @@
 //! Test "hosts" for tests that run real containers (DESIGN.md, "Testing without leaking
 //! packets"): each is a network namespace the test creates itself (`kedge-t-<random>`, only
-//! `lo` up, its node address on `lo`, no route anywhere), and a [`Node`] is a `kedge server`
-//! with its node agent running inside one.
+//! `lo` up, its node address on `lo`, no route anywhere; [`TestHost::pair`] joins two with a
+//! veth pair), a [`Node`] is a `kedge server` with its node agent running inside one, and an
+//! [`Agent`] a `kedge agent` inside one, joined to a server in another.
 //!
 //! Processes join the namespace with `setns` in a `pre_exec` hook rather than through
 //! `ip netns exec`: the latter also makes a private mount namespace, and the agent's overlay
@@ -106,6 +107,47 @@ impl TestHost {
     /// The host's address (on its `lo`): the node's InternalIP.
     pub fn ip(&self) -> Ipv4Addr {
         self.ip
+    }
+
+    /// Two hosts with different addresses, joined by a veth pair with a route to each
+    /// other's address (and still none anywhere else).
+    pub fn pair() -> (TestHost, TestHost) {
+        let first = TestHost::new();
+        let mut second = TestHost::new();
+        while second.ip == first.ip {
+            second = TestHost::new();
+        }
+        let suffix = &first.name["kedge-t-".len()..];
+        let (a, b) = (format!("kva{suffix}"), format!("kvb{suffix}"));
+        ip(&[
+            "link",
+            "add",
+            &a,
+            "netns",
+            &first.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &b,
+            "netns",
+            &second.name,
+        ]);
+        for (host, link, peer) in [(&first, &a, &second), (&second, &b, &first)] {
+            ip(&["-n", &host.name, "link", "set", link, "up"]);
+            ip(&[
+                "-n",
+                &host.name,
+                "route",
+                "add",
+                &format!("{}/32", peer.ip),
+                "dev",
+                link,
+                "src",
+                &host.ip.to_string(),
+            ]);
+        }
+        (first, second)
     }
 
     /// A command that runs inside this host.
@@ -309,31 +351,87 @@ impl Node {
         self.server.start();
         self.wait_ready(Duration::from_secs(60)).await;
     }
-
-    /// Network namespaces of the node's pods (bind mounts under the data dir).
-    fn pod_namespaces(&self) -> Vec<PathBuf> {
-        mounts_under(&self.server.data_dir)
-            .into_iter()
-            .filter(|(_, fstype)| fstype == "nsfs")
-            .map(|(path, _)| path)
-            .collect()
-    }
 }
 
 impl Drop for Node {
     fn drop(&mut self) {
         self.server.kill();
-        // Shims live in the host's namespace, containers in their pods': kill them all.
-        let mut namespaces = self.pod_namespaces();
-        namespaces.push(self.host.netns().to_path_buf());
-        kill_in_namespaces(&namespaces);
-        remove_pod_cgroups(&self.agent_dir().join("pods"));
-        // Deepest first, detached: overlay rootfs, netns files, tmpfs volumes.
-        let mut mounts = mounts_under(&self.server.data_dir);
-        mounts.sort_by_key(|(path, _)| std::cmp::Reverse(path.components().count()));
-        for (path, _) in mounts {
-            let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
+        clean_up_agent(&self.server.data_dir, &self.host);
+    }
+}
+
+/// After an agent process in `host` with data dir `data_dir` is killed: kills its shims
+/// (in the host's namespace) and containers (in their pods'), removes its pod cgroups and
+/// unmounts everything under the data dir.
+fn clean_up_agent(data_dir: &Path, host: &TestHost) {
+    let mut namespaces: Vec<PathBuf> = mounts_under(data_dir)
+        .into_iter()
+        .filter(|(_, fstype)| fstype == "nsfs")
+        .map(|(path, _)| path)
+        .collect();
+    namespaces.push(host.netns().to_path_buf());
+    kill_in_namespaces(&namespaces);
+    remove_pod_cgroups(&data_dir.join("agent/pods"));
+    // Deepest first, detached: overlay rootfs, netns files, tmpfs volumes.
+    let mut mounts = mounts_under(data_dir);
+    mounts.sort_by_key(|(path, _)| std::cmp::Reverse(path.components().count()));
+    for (path, _) in mounts {
+        let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// A `kedge agent` joined to a server with its token, inside its own [`TestHost`] as node
+/// `host.name()` at `host.ip()`, with the busybox test image. Its log is printed if the test
+/// fails; on drop it is killed and cleaned up like a [`Node`].
+pub struct Agent {
+    pub host: TestHost,
+    pub data_dir: PathBuf,
+    child: std::process::Child,
+    _logs: LogDump,
+}
+
+impl Agent {
+    /// Starts `kedge agent --server server_url --token token` in `host`.
+    pub fn start(data_dir: &Path, host: TestHost, server_url: &str, token: &str) -> Agent {
+        super::image::busybox_oci_archive(&data_dir.join("agent/images"));
+        let log_path = data_dir.join("agent.log");
+        let log = File::create(&log_path).unwrap();
+        let child = host
+            .command(super::KEDGE)
+            .args(["agent", "--server", server_url, "--token", token.trim()])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args([
+                "--node-name",
+                host.name(),
+                "--node-ip",
+                &host.ip().to_string(),
+            ])
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("kedge agent starts");
+        Agent {
+            host,
+            data_dir: data_dir.to_path_buf(),
+            child,
+            _logs: LogDump(vec![log_path]),
         }
+    }
+
+    /// The node's name (that of its host).
+    pub fn name(&self) -> &str {
+        self.host.name()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        clean_up_agent(&self.data_dir, &self.host);
     }
 }
 

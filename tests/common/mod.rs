@@ -76,6 +76,15 @@ impl Server {
         self
     }
 
+    /// Listens on every address of its host instead of only 127.0.0.1 (for agents in other
+    /// test hosts, [`agent::TestHost::pair`]).
+    pub fn listening_on_all(mut self) -> Server {
+        if let Some(at) = self.args.iter().position(|a| a == "--bind-address") {
+            self.args[at + 1] = "0.0.0.0".into();
+        }
+        self
+    }
+
     /// Runs the server with its node agent in the test's own network namespace (for tests of
     /// the agent's API side that start no container; anything that runs pods uses
     /// [`Server::with_agent`]).

@@ -216,7 +216,7 @@ impl NodeAgent {
     }
 
     /// An event about this node, referenced as upstream's kubelet does (uid = node name).
-    async fn event(&self, kind: EventType, reason: &str, message: &str) {
+    pub(crate) async fn event(&self, kind: EventType, reason: &str, message: &str) {
         let name = &self.config().node_name;
         let reference = ObjectReference {
             kind: Some("Node".into()),

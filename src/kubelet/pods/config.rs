@@ -76,7 +76,7 @@ pub fn build(
     inputs: Inputs,
 ) -> Result<ContainerConfig, ConfigError> {
     let image_config = &inputs.image.config;
-    let (pod_env, _skipped) = env::build(pod, container, service_env, lookups, inputs.facts)?;
+    let pod_env = env::build(pod, container, service_env, lookups, inputs.facts)?;
 
     // Image env first, the pod's over it; HOSTNAME as containerd sets it.
     let mut all = Env::default();

@@ -1,5 +1,5 @@
 //! A container's environment as upstream's `makeEnvironmentVariables` builds it: service
-//! link variables, then `envFrom` (with prefix; invalid names skipped), then `env` in
+//! link variables, then `envFrom` (with prefix; every key, see [`build`]), then `env` in
 //! order with `$(VAR)` expansion over what came before, `valueFrom` configMapKeyRef /
 //! secretKeyRef (optional or not), fieldRef and resourceFieldRef (limits defaulting to the
 //! node's allocatable, with divisor).
@@ -100,73 +100,48 @@ impl Env {
     }
 }
 
-/// Names skipped from an envFrom source because they are not valid variable names, for
-/// the `InvalidEnvironmentVariableNames` warning.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Skipped {
-    pub kind: &'static str,
-    pub source: String,
-    pub keys: Vec<String>,
-}
-
 /// Builds the environment of `container` in `pod` (service links first).
+///
+/// Every key of an `envFrom` ConfigMap or Secret becomes a variable, as upstream's kubelet
+/// does since KEP-4369 (1.30, `RelaxedEnvironmentVariableValidation`): it no longer skips
+/// keys that are not C-like names, so it no longer records `InvalidEnvironmentVariableNames`
+/// either. The API server has validated the keys and the prefix.
 pub fn build(
     pod: &Pod,
     container: &Container,
     service_env: &Env,
     lookups: &Lookups,
     facts: &Facts,
-) -> Result<(Env, Vec<Skipped>), ConfigError> {
+) -> Result<Env, ConfigError> {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
     let mut env = Env::default();
-    let mut skipped = Vec::new();
 
     for from in container.env_from.iter().flatten() {
         let prefix = from.prefix.as_deref().unwrap_or_default();
-        let (kind, name, data): (&'static str, &str, Option<BTreeMap<String, String>>) =
-            if let Some(r) = &from.config_map_ref {
-                let optional = r.optional.unwrap_or(false);
-                match lookups.config_maps.get(&r.name).cloned().flatten() {
-                    Some(cm) => ("configMap", &r.name, Some(cm.data.unwrap_or_default())),
-                    None if optional => continue,
-                    None => return Err(not_found("configmaps", &r.name)),
-                }
-            } else if let Some(r) = &from.secret_ref {
-                let optional = r.optional.unwrap_or(false);
-                match lookups.secrets.get(&r.name).cloned().flatten() {
-                    Some(s) => (
-                        "secret",
-                        &r.name,
-                        Some(
-                            s.data
-                                .unwrap_or_default()
-                                .into_iter()
-                                .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
-                                .collect(),
-                        ),
-                    ),
-                    None if optional => continue,
-                    None => return Err(not_found("secrets", &r.name)),
-                }
-            } else {
-                continue;
-            };
-        let mut invalid = Vec::new();
-        for (key, value) in data.unwrap_or_default() {
-            let key = format!("{prefix}{key}");
-            if !is_env_var_name(&key) {
-                invalid.push(key);
-                continue;
+        let data: BTreeMap<String, String> = if let Some(r) = &from.config_map_ref {
+            let optional = r.optional.unwrap_or(false);
+            match lookups.config_maps.get(&r.name).cloned().flatten() {
+                Some(cm) => cm.data.unwrap_or_default(),
+                None if optional => continue,
+                None => return Err(not_found("configmaps", &r.name)),
             }
-            env.set(&key, value);
-        }
-        if !invalid.is_empty() {
-            invalid.sort();
-            skipped.push(Skipped {
-                kind,
-                source: format!("{namespace}/{name}"),
-                keys: invalid,
-            });
+        } else if let Some(r) = &from.secret_ref {
+            let optional = r.optional.unwrap_or(false);
+            match lookups.secrets.get(&r.name).cloned().flatten() {
+                Some(s) => s
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+                    .collect(),
+                None if optional => continue,
+                None => return Err(not_found("secrets", &r.name)),
+            }
+        } else {
+            continue;
+        };
+        for (key, value) in data {
+            env.set(&format!("{prefix}{key}"), value);
         }
     }
 
@@ -236,22 +211,12 @@ pub fn build(
     for (name, value) in env.0 {
         all.set(&name, value);
     }
-    Ok((all, skipped))
+    Ok(all)
 }
 
 /// The API server's NotFound message, which upstream passes through unchanged.
 fn not_found(resource: &str, name: &str) -> ConfigError {
     ConfigError(format!("{resource} \"{name}\" not found"))
-}
-
-/// `IsEnvVarName`: `[-._a-zA-Z][-._a-zA-Z0-9]*`.
-pub fn is_env_var_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    match chars.next() {
-        Some(c) if c.is_ascii_alphabetic() || "-._".contains(c) => {}
-        _ => return false,
-    }
-    chars.all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
 }
 
 /// `podFieldSelectorRuntimeValue`.
@@ -473,7 +438,7 @@ mod tests {
             host_ips: vec!["10.0.0.1".into()],
             ..Facts::default()
         };
-        let (env, _) = build(&pod, &c, &Env::default(), &Lookups::default(), &facts).unwrap();
+        let env = build(&pod, &c, &Env::default(), &Lookups::default(), &facts).unwrap();
         assert_eq!(env.get("B"), Some("a-$(NOPE)-$(A)"));
         assert_eq!(env.get("POD"), Some("p"));
         assert_eq!(env.get("APP"), Some("web"));
@@ -505,7 +470,7 @@ mod tests {
         assert_eq!(err.0, "couldn't find key k in ConfigMap ns/cm");
 
         let (pod, c) = pod_optional();
-        let (env, _) = build(
+        let env = build(
             &pod,
             &c,
             &Env::default(),
@@ -523,22 +488,37 @@ mod tests {
     }
 
     #[test]
-    fn env_from_with_prefix_skips_invalid_names() {
+    fn env_from_takes_every_key_with_its_prefix() {
+        // Upstream 1.30+ (KEP-4369): keys that are not C-like names are kept, with no
+        // InvalidEnvironmentVariableNames event; a prefix may start with a digit.
         let (pod, c) = pod(serde_json::json!({"name": "c",
-            "envFrom": [{"prefix": "P_", "configMapRef": {"name": "cm"}}],
+            "envFrom": [
+                {"prefix": "P_", "configMapRef": {"name": "cm"}},
+                {"configMapRef": {"name": "cm"}},
+                {"prefix": "1_", "secretRef": {"name": "s"}},
+            ],
             "env": [{"name": "Y", "value": "$(P_a)"}]}));
         let mut lookups = Lookups::default();
         lookups.config_maps.insert(
             "cm".into(),
             Some(
-                serde_json::from_value(serde_json::json!({"data": {"a": "1", "b c": "2"}}))
-                    .unwrap(),
+                serde_json::from_value(
+                    serde_json::json!({"data": {"a": "1", "1badkey": "2", "app.properties": "3"}}),
+                )
+                .unwrap(),
             ),
         );
-        let (env, skipped) = build(&pod, &c, &Env::default(), &lookups, &Facts::default()).unwrap();
+        lookups.secrets.insert(
+            "s".into(),
+            Some(serde_json::from_value(serde_json::json!({"data": {"k-1": "c2Vj"}})).unwrap()),
+        );
+        let env = build(&pod, &c, &Env::default(), &lookups, &Facts::default()).unwrap();
         assert_eq!(env.get("P_a"), Some("1"));
         assert_eq!(env.get("Y"), Some("1"));
-        assert_eq!(skipped[0].keys, vec!["P_b c".to_string()]);
+        assert_eq!(env.get("1badkey"), Some("2"));
+        assert_eq!(env.get("P_1badkey"), Some("2"));
+        assert_eq!(env.get("app.properties"), Some("3"));
+        assert_eq!(env.get("1_k-1"), Some("sec"));
     }
 
     #[test]

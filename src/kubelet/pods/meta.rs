@@ -77,6 +77,18 @@ pub fn scan(agent_dir: &Path) -> Vec<(PathBuf, ContainerMeta)> {
     found
 }
 
+/// The images of every container the kubelet created, running or exited (their
+/// `status.imageID`: a repo digest or image id): what image garbage collection keeps.
+pub fn images_in_use(agent_dir: &Path) -> Vec<String> {
+    let mut images: Vec<String> = scan(agent_dir)
+        .into_iter()
+        .map(|(_, meta)| meta.image_id)
+        .collect();
+    images.sort();
+    images.dedup();
+    images
+}
+
 /// `<agent>/logs/<ns>_<pod>_<uid>/<container>/<restartCount>.log`.
 pub fn log_path(
     agent_dir: &Path,

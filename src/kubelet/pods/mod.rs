@@ -1,5 +1,6 @@
 //! Pod workers (upstream's pod workers, kuberuntime manager, prober and status manager, in
-//! one place): watch the pods bound to this node, run one worker per pod uid that
+//! one place): watch the pods bound to this node (and take the static pods from their
+//! files, writing their status to their mirror pods), run one worker per pod uid that
 //! reconciles the pod's sandbox and containers with its spec (init containers in order,
 //! sidecars, restart policy with crash-loop back-off, probes, hooks, graceful deletion),
 //! and write the pod's status as upstream does.
@@ -33,10 +34,14 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use k8s_openapi::api::core::v1::Pod;
+use tokio::sync::watch;
+
 use crate::controllers::events::Recorder;
+use crate::kubelet::image_gc::ImagePins;
 use crate::runtime::images::ImageStore;
 
-pub use meta::ContainerMeta;
+pub use meta::{images_in_use, ContainerMeta};
 pub use registry::PodRegistry;
 
 /// What the pod workers need from the agent.
@@ -56,6 +61,10 @@ pub struct PodsContext {
     pub resolv_conf: PathBuf,
     /// Shared with the kubelet API.
     pub registry: PodRegistry,
+    /// Images workers are about to use, kept from garbage collection.
+    pub image_pins: ImagePins,
+    /// The static pods (from files, UID = their hash; see `kubelet::static_pods`).
+    pub static_pods: watch::Receiver<Vec<Pod>>,
 }
 
 impl PodsContext {
@@ -78,6 +87,8 @@ impl PodsContext {
             cluster_dns: vec![IpAddr::from([10, 43, 0, 10])],
             cluster_domain: "cluster.local".to_string(),
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            image_pins: ImagePins::default(),
+            static_pods: watch::channel(Vec::new()).1,
         }
     }
 }

@@ -28,7 +28,7 @@ use super::sandbox::{self, Sandbox, SandboxInputs};
 use super::status::{self, ContainerView, Instance, InstanceState, Kind, Terminated};
 use super::{config, events, format, hooks, pull, qos, PodsContext};
 use crate::controllers::events::Recorder;
-use crate::kubelet::volumes;
+use crate::kubelet::{static_pods, volumes};
 use crate::runtime::cgroups;
 use crate::runtime::images::ImageStore;
 use crate::runtime::shim::{self, ContainerStatus, ExitReason, ShimOptions};
@@ -61,6 +61,14 @@ impl Shared {
     }
 }
 
+/// What a worker is fed: the pod's latest version and, for a static pod, the UID of its
+/// mirror pod (where its status is written; None while there is none).
+#[derive(Clone, Debug)]
+pub struct PodUpdate {
+    pub pod: Pod,
+    pub mirror_uid: Option<String>,
+}
+
 /// The current instance of one container.
 struct Current {
     dir: PathBuf,
@@ -85,6 +93,9 @@ pub struct Worker {
     volumes: Option<(Arc<volumes::PodVolumes>, Instant)>,
     /// Whether the pod's cgroup exists with its limits.
     pod_cgroup_ready: bool,
+    /// A static pod's mirror pod's UID, and the UID `last_written` went to.
+    mirror_uid: Option<String>,
+    written_to: Option<String>,
 }
 
 /// How often mounted configMaps, secrets, downward API files and tokens are rewritten.
@@ -216,20 +227,28 @@ impl Worker {
             retry_at: HashMap::new(),
             volumes: None,
             pod_cgroup_ready: false,
+            mirror_uid: None,
+            written_to: None,
         }
     }
 
     /// Runs until the pod is gone and cleaned up.
-    pub async fn run(mut self, mut updates: watch::Receiver<Option<Pod>>) {
+    pub async fn run(mut self, mut updates: watch::Receiver<Option<PodUpdate>>) {
         loop {
             let latest = updates.borrow_and_update().clone();
-            let Some(pod) = latest else {
+            let Some(update) = latest else {
                 // Gone from the API (force-deleted): stop what runs, quickly.
                 self.terminate(Some(0)).await;
                 self.cleanup().await;
                 return;
             };
-            self.pod = pod;
+            let previous = self.pod.status.take();
+            self.pod = update.pod;
+            self.mirror_uid = update.mirror_uid;
+            // A static pod without a mirror pod keeps the status it had.
+            if self.pod.status.is_none() {
+                self.pod.status = previous;
+            }
             if self.pod.metadata.deletion_timestamp.is_some() {
                 let grace = self.pod.metadata.deletion_grace_period_seconds;
                 self.terminate(grace).await;
@@ -624,6 +643,13 @@ impl Worker {
         });
         let previous_log_path = previous.map(|p| p.meta.log_path.clone());
 
+        // From finding the image until the container's meta.json names it, image garbage
+        // collection must leave the image alone.
+        let _pin = shared
+            .ctx
+            .image_pins
+            .pin(container.image.as_deref().unwrap_or_default())
+            .await;
         let image = match pull::ensure(&shared, &pod, container, kind, &mut self.backoff).await {
             Ok(image) => image,
             Err(waiting) => {
@@ -1007,8 +1033,12 @@ impl Worker {
             .remove_pod(&namespace(&self.pod), &pod_name(&self.pod), &uid);
     }
 
-    /// The final step of a graceful deletion: remove the object (this uid only).
+    /// The final step of a graceful deletion: remove the object (this uid only). A static
+    /// pod's mirror pod is not the worker's: `static_pods` removes it with its file.
     async fn delete_object(&self) {
+        if static_pods::is_static(&self.pod) {
+            return;
+        }
         let api: Api<Pod> = Api::namespaced(self.shared.client.clone(), &namespace(&self.pod));
         let params = DeleteParams {
             grace_period_seconds: Some(0),
@@ -1078,12 +1108,22 @@ impl Worker {
             });
         }
         let status = status::generate(&pod, &self.views(), &facts, &Time(Timestamp::now()));
-        if self.last_written.as_ref() == Some(&status) {
+        // A static pod's status goes to its mirror pod, once there is one.
+        let target = if static_pods::is_static(&self.pod) {
+            self.mirror_uid.clone()
+        } else {
+            Some(uid(&self.pod))
+        };
+        let Some(target) = target else {
+            return;
+        };
+        if self.last_written.as_ref() == Some(&status) && self.written_to.as_ref() == Some(&target)
+        {
             return;
         }
         let api: Api<Pod> = Api::namespaced(self.shared.client.clone(), &namespace(&self.pod));
         let patch = serde_json::json!({
-            "metadata": {"uid": uid(&self.pod)},
+            "metadata": {"uid": target},
             "status": status,
         });
         match api
@@ -1096,9 +1136,10 @@ impl Worker {
         {
             Ok(updated) => {
                 self.last_written = Some(status);
-                if updated.metadata.uid == self.pod.metadata.uid {
+                if updated.metadata.uid.as_ref() == Some(&target) {
                     self.pod.status = updated.status;
                 }
+                self.written_to = Some(target);
             }
             Err(error) => {
                 tracing::debug!(pod = %format::pod(&self.pod), %error, "pod status not written")

@@ -29,49 +29,71 @@ fn last_used(store: &ImageStore, image: &Image) -> SystemTime {
     .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
-/// Used and total bytes of the file system holding `path` (as `df`: used excludes the
-/// blocks reserved for root from the total).
-fn usage(path: &Path) -> Result<(u64, u64), ImageError> {
+/// Capacity and available bytes of the file system holding `path`, as the kubelet's image
+/// file system stats have them (blocks reserved for root count as used).
+fn capacity_available(path: &Path) -> Result<(u64, u64), ImageError> {
     let stat = nix::sys::statvfs::statvfs(path).map_err(|e| ImageError::io(path)(e.into()))?;
     let fragment = stat.fragment_size() as u64;
-    let used = (stat.blocks() as u64).saturating_sub(stat.blocks_free() as u64) * fragment;
-    let total = used + stat.blocks_available() as u64 * fragment;
-    Ok((used, total))
+    Ok((
+        stat.blocks() as u64 * fragment,
+        stat.blocks_available() as u64 * fragment,
+    ))
+}
+
+/// What one garbage collection pass saw and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Percent of the image file system in use when the pass began.
+    pub usage_percent: u8,
+    /// Bytes the pass had to free to get down to the low threshold (0: below the high one).
+    pub to_free: u64,
+    /// Bytes of the removed images (their blobs; shared layers may free less, unpacked
+    /// layers more).
+    pub freed: u64,
+    pub removed: Vec<Image>,
 }
 
 pub(super) fn garbage_collect(
     store: &ImageStore,
-    in_use: &HashSet<String>,
+    in_use: &[String],
     high_percent: u8,
     low_percent: u8,
-) -> Result<Vec<Image>, ImageError> {
-    let (used, total) = usage(store.root())?;
-    if total == 0 || used * 100 <= u64::from(high_percent) * total {
-        return Ok(Vec::new());
+) -> Result<GcReport, ImageError> {
+    let (capacity, available) = capacity_available(store.root())?;
+    if capacity == 0 {
+        return Ok(GcReport::default());
     }
-    // Bytes to free to get down to the low threshold; an image frees about its blob size
-    // (its unpacked layers usually free more, so this errs on removing fewer images).
-    let target = used.saturating_sub(u64::from(low_percent) * total / 100);
+    // Upstream's arithmetic (image_gc_manager.go), in whole percent.
+    let usage_percent = (100 - available * 100 / capacity) as u8;
+    let mut report = GcReport {
+        usage_percent,
+        ..GcReport::default()
+    };
+    if usage_percent < high_percent {
+        return Ok(report);
+    }
+    report.to_free =
+        (capacity * u64::from(100 - low_percent.min(100)) / 100).saturating_sub(available);
+    // The in-use check runs under the index lock, so an image recorded meanwhile (a pull
+    // that finished) is judged with the rest.
     let _lock = store.lock()?;
     let mut candidates: Vec<(SystemTime, Image)> = index::list(&store.index_dir())?
         .into_iter()
-        .filter(|i| !in_use.contains(&i.id))
+        .filter(|image| !in_use.iter().any(|r| image.answers_to(r)))
         .map(|i| (last_used(store, &i), i))
         .collect();
     candidates.sort_by_key(|(t, _)| *t);
-    let mut freed = 0;
-    let mut removed = Vec::new();
     for (_, image) in candidates {
-        if freed >= target {
+        if report.freed >= report.to_free {
             break;
         }
         index::delete(&store.index_dir(), &image.id)?;
-        freed += image.size;
+        report.freed += image.size;
         tracing::info!(image = %image.id, names = ?image.names, "image garbage-collected");
-        removed.push(image);
+        report.removed.push(image);
     }
     prune_unreferenced(store)?;
-    Ok(removed)
+    Ok(report)
 }
 
 /// Removes blobs, layers and last-use marks of no image. The caller holds the index lock.
@@ -138,7 +160,7 @@ mod tests {
     #[test]
     fn usage_is_sane() {
         let dir = tempfile::tempdir().unwrap();
-        let (used, total) = usage(dir.path()).unwrap();
-        assert!(used > 0 && used <= total, "{used} {total}");
+        let (capacity, available) = capacity_available(dir.path()).unwrap();
+        assert!(available < capacity, "{available} {capacity}");
     }
 }

@@ -31,13 +31,13 @@ mod pull;
 mod reference;
 pub mod registries;
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 pub use error::ImageError;
+pub use gc::GcReport;
 pub use reference::{normalize, Reference};
 
 /// One image in the store.
@@ -59,6 +59,13 @@ pub struct Image {
     /// collection keeps.
     #[serde(default)]
     pub blobs: Vec<String>,
+}
+
+impl Image {
+    /// Whether `reference` (a name, `name@digest`, id or id prefix) names this image.
+    pub fn answers_to(&self, reference: &str) -> bool {
+        index::resolve(std::slice::from_ref(self), reference).is_ok_and(|found| found.is_some())
+    }
 }
 
 /// The runtime part of an image config (what the kubelet needs to start a container).
@@ -142,16 +149,16 @@ impl ImageStore {
         gc::mark_used(self, id)
     }
 
-    /// When the file system holding the store is more than `high_percent` full, removes
-    /// images not in `in_use` (image ids), least recently used first, until it is below
-    /// `low_percent` (upstream kubelet defaults: 85 and 80); then removes blobs and layers
-    /// no image needs. Returns the removed images.
+    /// When the file system holding the store is at least `high_percent` full, removes
+    /// images none of `in_use` names (names, ids or digests, as [`resolve`](Self::resolve)
+    /// takes them), least recently used first, until about `low_percent` is reached
+    /// (upstream kubelet defaults: 85 and 80); then removes blobs and layers no image needs.
     pub fn garbage_collect(
         &self,
-        in_use: &HashSet<String>,
+        in_use: &[String],
         high_percent: u8,
         low_percent: u8,
-    ) -> Result<Vec<Image>, ImageError> {
+    ) -> Result<GcReport, ImageError> {
         gc::garbage_collect(self, in_use, high_percent, low_percent)
     }
 
