@@ -58,19 +58,25 @@ fn apply_ready(kubectl: &Kubectl<'_>, pods: &[(&str, bool)]) {
     }
 }
 
-/// Pod name → IP, from the IP column of `kubectl get pods -o wide`.
+/// Pod name → IP, from the IP column of `kubectl get pods -o wide` (found by the header's
+/// offset: cells such as `1 (5s ago)` hold spaces).
 fn wide_ips(kubectl: &Kubectl<'_>) -> Vec<(String, String)> {
     let table = kubectl.ok(&["get", "pods", "-o", "wide"]);
     let mut lines = table.lines();
     let header = lines.next().unwrap_or_default();
-    let column = header
-        .split_whitespace()
-        .position(|h| h == "IP")
+    let offset = header
+        .find(" IP ")
+        .map(|at| at + 1)
         .unwrap_or_else(|| panic!("no IP column: {table}"));
     lines
         .map(|l| {
-            let fields: Vec<&str> = l.split_whitespace().collect();
-            (fields[0].to_string(), fields[column].to_string())
+            let name = l.split_whitespace().next().unwrap_or_default();
+            let ip = l
+                .get(offset..)
+                .unwrap_or_default()
+                .split_whitespace()
+                .next();
+            (name.to_string(), ip.unwrap_or_default().to_string())
         })
         .collect()
 }
@@ -122,19 +128,45 @@ fn allocations(node: &Node) -> Vec<Ipv4Addr> {
     found
 }
 
-/// `wget` from `from` to `http://ip:8080/`; the body.
+/// `wget` from `from` to `http://ip:8080/`; the body. (busybox's own `wget -T` crashes,
+/// hence `timeout`.)
 fn fetch(kubectl: &Kubectl<'_>, from: &str, ip: &str) -> String {
     let url = format!("http://{ip}:8080/");
-    kubectl.ok(&["exec", from, "--", "wget", "-qO-", "-T", "5", &url])
+    kubectl.ok(&["exec", from, "--", "timeout", "10", "wget", "-qO-", &url])
 }
 
-/// Polls until `done()` or panics with `what` after `timeout`.
-async fn until(timeout: Duration, what: &str, mut done: impl FnMut() -> bool) {
+/// Polls `check` until it passes; after `timeout`, panics with `what` and its last answer.
+async fn until(timeout: Duration, what: &str, mut check: impl FnMut() -> Result<(), String>) {
     let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+    loop {
+        let last = match check() {
+            Ok(()) => return,
+            Err(last) => last,
+        };
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; last seen:\n{last}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Ok when `done`, else the node's ports, allocations and pods as the failure context.
+fn state(node: &Node, done: bool) -> Result<(), String> {
+    if done {
+        return Ok(());
+    }
+    Err(format!(
+        "bridge ports {:?}\nallocations {:?}\n{}",
+        bridge_ports(node),
+        allocations(node),
+        String::from_utf8_lossy(
+            &node
+                .kubectl()
+                .run(&["get", "pods", "-o", "wide"], None)
+                .stdout
+        )
+    ))
 }
 
 #[tokio::test]
@@ -199,7 +231,12 @@ async fn pods_get_addresses_from_the_node_range_and_reach_each_other() {
     until(
         Duration::from_secs(30),
         "the pods' veths and addresses to go",
-        || bridge_ports(&node).is_empty() && allocations(&node).is_empty(),
+        || {
+            state(
+                &node,
+                bridge_ports(&node).is_empty() && allocations(&node).is_empty(),
+            )
+        },
     )
     .await;
 }
@@ -236,7 +273,12 @@ async fn pods_keep_their_addresses_across_an_agent_crash_and_free_them_when_dele
     until(
         Duration::from_secs(30),
         "web's veth and address to go",
-        || bridge_ports(&node).len() == 1 && allocations(&node) == [client],
+        || {
+            state(
+                &node,
+                bridge_ports(&node).len() == 1 && allocations(&node) == [client],
+            )
+        },
     )
     .await;
 }
@@ -263,7 +305,7 @@ async fn after_a_node_crash_the_pods_old_addresses_are_reclaimed() {
         nix::mount::umount2(netns, nix::mount::MntFlags::MNT_DETACH).unwrap();
     }
     until(Duration::from_secs(10), "the pods' veths to vanish", || {
-        bridge_ports(&node).is_empty()
+        state(&node, bridge_ports(&node).is_empty())
     })
     .await;
     assert_eq!(allocations(&node), before, "allocations outlive the crash");
@@ -277,10 +319,11 @@ async fn after_a_node_crash_the_pods_old_addresses_are_reclaimed() {
         "both pods back with new addresses",
         || {
             let ips = wide_ips(&kubectl);
-            ips.len() == 2
+            let back = ips.len() == 2
                 && ips
                     .iter()
-                    .all(|(_, ip)| ip.parse::<Ipv4Addr>().is_ok_and(|ip| !before.contains(&ip)))
+                    .all(|(_, ip)| ip.parse::<Ipv4Addr>().is_ok_and(|ip| !before.contains(&ip)));
+            state(&node, back)
         },
     )
     .await;
