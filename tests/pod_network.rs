@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 use common::agent::Node;
 use common::kubectl::Kubectl;
 
-/// A busybox pod running `script`; `server` ones answer HTTP on 8080 (busybox httpd) with
-/// their own name, and are Ready once the port accepts connections.
+/// A busybox pod; `server` ones answer HTTP on 8080 (busybox httpd, logging each client's
+/// address) with their own name, and are Ready once the port accepts connections.
 fn pod(name: &str, server: bool) -> String {
     let (script, probe) = if server {
         (
-            format!("mkdir -p /www && echo hello from {name} > /www/index.html && exec httpd -f -p 8080 -h /www"),
+            format!("mkdir -p /www && echo hello from {name} > /www/index.html && exec httpd -f -v -p 8080 -h /www"),
             "    readinessProbe:\n      tcpSocket:\n        port: 8080\n      periodSeconds: 1\n",
         )
     } else {
@@ -199,6 +199,8 @@ async fn pods_get_addresses_from_the_node_range_and_reach_each_other() {
 
     // Pod to pod over the bridge, no NAT: the server sees the client's own address.
     assert_eq!(fetch(&kubectl, "client", &web), "hello from web\n");
+    let log = kubectl.ok(&["logs", "web"]);
+    assert!(log.contains(&format!("[::ffff:{client}]:")), "{log}");
     // Inside the pod: eth0 with the address, the MTU for the overlay, the default route
     // via the bridge; /etc/hosts names the pod's own address.
     let eth0 = kubectl.ok(&["exec", "client", "--", "ip", "addr", "show", "eth0"]);
@@ -339,4 +341,43 @@ async fn after_a_node_crash_the_pods_old_addresses_are_reclaimed() {
     assert_eq!(bridge_ports(&node).len(), 2);
     let web = &now.iter().find(|(n, _)| n == "web").unwrap().1;
     assert_eq!(fetch(&kubectl, "client", web), "hello from web\n");
+}
+
+/// A pod that ran to completion gives its address back at once (as upstream stops a
+/// finished pod's sandbox) while its status still shows the address it had.
+#[tokio::test]
+async fn a_finished_pod_gives_its_address_back_and_still_shows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]).await;
+    let kubectl = node.kubectl();
+    let manifest = r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: once
+spec:
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: busybox:1.35
+    command: ["sh", "-c", "ip -4 -o addr show eth0"]
+"#;
+    kubectl.ok_with(&["apply", "-f", "-"], Some(manifest));
+    until(
+        Duration::from_secs(60),
+        "the pod to succeed and its address to go back",
+        || {
+            let phase = kubectl.ok(&["get", "pod", "once", "-o", "jsonpath={.status.phase}"]);
+            state(
+                &node,
+                phase == "Succeeded"
+                    && allocations(&node).is_empty()
+                    && bridge_ports(&node).is_empty(),
+            )
+        },
+    )
+    .await;
+    let ip = kubectl.ok(&["get", "pod", "once", "-o", "jsonpath={.status.podIP}"]);
+    assert!(ip.starts_with("10.42."), "podIP {ip:?}");
+    let log = kubectl.ok(&["logs", "once"]);
+    assert!(log.contains(&format!("inet {ip}/24")), "{log}");
 }
