@@ -104,8 +104,15 @@ fn ip_in_host(node: &Node, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Names of the ports of the bridge `kedge0` on the node.
+/// Names of the ports of the bridge `kedge0` on the node (none without a bridge).
 fn bridge_ports(node: &Node) -> Vec<String> {
+    let bridge = Command::new("ip")
+        .args(["-n", node.name(), "link", "show", "kedge0"])
+        .output()
+        .expect("iproute2's ip runs");
+    if !bridge.status.success() {
+        return Vec::new();
+    }
     let mut ports: Vec<String> = ip_in_host(node, &["-o", "link", "show", "master", "kedge0"])
         .lines()
         .filter_map(|l| l.split(": ").nth(1))
@@ -380,4 +387,51 @@ spec:
     assert!(ip.starts_with("10.42."), "podIP {ip:?}");
     let log = kubectl.ok(&["logs", "once"]);
     assert!(log.contains(&format!("inet {ip}/24")), "{log}");
+}
+
+/// `hostNetwork: true`: the pod shares the node's namespace and address; the pod network
+/// gives it nothing (no veth, no allocation).
+#[tokio::test]
+async fn a_host_network_pod_uses_the_node_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]).await;
+    let kubectl = node.kubectl();
+    let manifest = r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: on-host
+spec:
+  hostNetwork: true
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: busybox:1.35
+    command: ["sleep", "3600"]
+"#;
+    kubectl.ok_with(&["apply", "-f", "-"], Some(manifest));
+    let out = kubectl.run(
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "pod/on-host",
+            "--timeout=90s",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        wide_ips(&kubectl),
+        [("on-host".to_string(), node.host.ip().to_string())]
+    );
+    let addresses = kubectl.ok(&["exec", "on-host", "--", "ip", "-4", "-o", "addr"]);
+    assert!(
+        addresses.contains(&format!("inet {}/32", node.host.ip())),
+        "{addresses}"
+    );
+    assert!(allocations(&node).is_empty());
+    assert!(bridge_ports(&node).is_empty());
 }

@@ -171,6 +171,7 @@ impl PodNetwork {
             let _ = self.with_ipam(move |ipam| ipam.release(&uid)).await;
             return Err(error);
         }
+        tracing::debug!(pod_uid, %ip, veth, "pod connected to the pod network");
         Ok(ip)
     }
 
@@ -180,7 +181,11 @@ impl PodNetwork {
         let host = self.host().await?;
         link::delete(&host, &host_veth(pod_uid)).await?;
         let uid = pod_uid.to_string();
-        self.with_ipam(move |ipam| ipam.release(&uid)).await
+        let released = self.with_ipam(move |ipam| ipam.release(&uid)).await?;
+        if !released.is_empty() {
+            tracing::debug!(pod_uid, addresses = ?released, "pod disconnected from the pod network");
+        }
+        Ok(released)
     }
 
     /// At agent start, before any pod is set up: releases the addresses (and deletes the
