@@ -13,6 +13,7 @@ pub mod auth;
 pub mod client;
 pub mod controllers;
 pub mod kubelet;
+pub mod net;
 pub mod pki;
 pub mod raft;
 pub mod runtime;

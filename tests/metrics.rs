@@ -83,7 +83,9 @@ async fn kubectl_top_shows_the_node_and_a_busy_pod() {
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": "busy", "labels": {"app": "busy"}},
-        "spec": {"nodeName": node_name, "containers": [{"name": "spin", "image": "busybox"}]}
+        // Host network: this agent runs in the test's own namespace, where the pod network
+        // must not set up its bridge.
+        "spec": {"nodeName": node_name, "hostNetwork": true, "containers": [{"name": "spin", "image": "busybox"}]}
     }))
     .unwrap();
     let pod = pods.create(&PostParams::default(), &pod).await.unwrap();

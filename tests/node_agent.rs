@@ -203,9 +203,11 @@ async fn static_pods_get_mirror_pods() {
 
     let manifests = dir.path().join("agent/pod-manifests");
     let manifest = manifests.join("web.yaml");
+    // Host network: this agent runs in the test's own namespace, where the pod network
+    // must not set up its bridge (tests that run pods use a test host).
     let pod = |image: &str| {
         format!(
-            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  namespace: kube-system\nspec:\n  containers:\n  - name: web\n    image: {image}\n"
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  namespace: kube-system\nspec:\n  hostNetwork: true\n  containers:\n  - name: web\n    image: {image}\n"
         )
     };
     std::fs::write(&manifest, pod("busybox")).unwrap();

@@ -55,10 +55,15 @@ impl PkiOptions {
 
 /// The addresses of this host's interfaces, loopback included, sorted. IPv6 link-local
 /// addresses are left out: they need a zone to be used and cannot be put in a certificate
-/// usefully.
+/// usefully; so is the pod bridge's gateway address (it is the pods' router, and appears
+/// only once pods run: it would re-issue the certificates at the next start).
 pub fn host_addresses() -> Vec<IpAddr> {
     let mut addresses: Vec<IpAddr> = match if_addrs::get_if_addrs() {
-        Ok(interfaces) => interfaces.into_iter().map(|i| i.ip()).collect(),
+        Ok(interfaces) => interfaces
+            .into_iter()
+            .filter(|i| i.name != crate::net::cni::BRIDGE)
+            .map(|i| i.ip())
+            .collect(),
         Err(e) => {
             tracing::warn!(error = %e, "listing network interfaces; certificates will only cover loopback and configured names");
             Vec::new()

@@ -39,6 +39,7 @@ use tokio::sync::watch;
 
 use crate::controllers::events::Recorder;
 use crate::kubelet::image_gc::ImagePins;
+use crate::net::cni::PodNetwork;
 use crate::runtime::images::ImageStore;
 
 pub use meta::{images_in_use, ContainerMeta};
@@ -65,6 +66,8 @@ pub struct PodsContext {
     pub image_pins: ImagePins,
     /// The static pods (from files, UID = their hash; see `kubelet::static_pods`).
     pub static_pods: watch::Receiver<Vec<Pod>>,
+    /// The pod network (`<agent>/net`): pods with their own namespace get an address there.
+    pub network: PodNetwork,
 }
 
 impl PodsContext {
@@ -78,6 +81,7 @@ impl PodsContext {
         images: ImageStore,
     ) -> PodsContext {
         PodsContext {
+            network: PodNetwork::new(client.clone(), node_name, node_ip, &agent_dir.join("net")),
             client,
             node_name: node_name.to_string(),
             node_ip,
@@ -98,6 +102,7 @@ impl PodsContext {
 pub async fn run(ctx: PodsContext) {
     // Probes over HTTPS use rustls; the process may have installed the provider already.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    reclaim_network(&ctx).await;
     let shared = Arc::new(worker::Shared {
         client: ctx.client.clone(),
         images: ctx.images.clone(),
@@ -107,6 +112,25 @@ pub async fn run(ctx: PodsContext) {
         ctx,
     });
     source::run(shared).await
+}
+
+/// Frees the addresses and veths of pods whose sandbox is gone (a crash, a reboot) before
+/// any pod is set up; pods whose sandbox remains are handled by their worker or, when the
+/// API no longer has them, by the orphan cleanup.
+async fn reclaim_network(ctx: &PodsContext) {
+    let agent_dir = ctx.agent_dir.clone();
+    let alive = move |uid: &str| {
+        crate::runtime::netns::is_namespace(&sandbox::pod_dir(&agent_dir, uid).join("netns"))
+    };
+    match ctx.network.reclaim(alive).await {
+        Ok(r) if !r.addresses.is_empty() || !r.veths.is_empty() => {
+            tracing::info!(addresses = ?r.addresses, veths = ?r.veths, "reclaimed the pod network of pods that are gone")
+        }
+        Ok(_) => {}
+        Err(error) => {
+            tracing::warn!(%error, "reclaiming the pod network of pods that are gone failed")
+        }
+    }
 }
 
 /// MemTotal in bytes (for Burstable containers' OOM score).

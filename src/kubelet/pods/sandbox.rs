@@ -3,8 +3,9 @@
 //! every container of the pod gets bind-mounted at /etc/hostname, /etc/hosts and
 //! /etc/resolv.conf. Creating it is idempotent; it survives agent restarts.
 //!
-//! Pod IPs: until the network issue's CNI assigns them, pods with their own namespace have
-//! loopback only and no IP; status.podIP stays unset (host-network pods get the node IP).
+//! Pod IPs: the worker connects a pod with its own namespace to the pod network
+//! ([`crate::net::cni`]) once the namespace exists, and writes the hosts file again with the
+//! address; host-network pods share the node's namespace and address.
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -327,6 +327,9 @@ async fn remove_orphans(shared: Arc<Shared>, uid: String, found: Vec<(PathBuf, C
         ));
         remove_instance(dir).await;
     }
+    if let Err(error) = shared.ctx.network.del(&uid).await {
+        tracing::warn!(%error, pod_uid = uid, "releasing an orphaned pod's network failed");
+    }
     let pod_dir = super::sandbox::pod_dir(&shared.ctx.agent_dir, &uid);
     if let Err(error) = crate::kubelet::volumes::cleanup(&pod_dir).await {
         tracing::warn!(%error, "cleaning up an orphaned pod's volumes failed");

@@ -8,6 +8,7 @@
 //! SIGTERM, the grace period, SIGKILL, sidecars last, then cleanup and the final delete.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -96,6 +97,11 @@ pub struct Worker {
     /// A static pod's mirror pod's UID, and the UID `last_written` went to.
     mirror_uid: Option<String>,
     written_to: Option<String>,
+    /// The pod's address on the pod network (pods with their own namespace), kept after
+    /// the sandbox is gone as upstream keeps status.podIPs.
+    pod_ip: Option<IpAddr>,
+    /// A finished pod's address went back to the pool.
+    network_released: bool,
 }
 
 /// How often mounted configMaps, secrets, downward API files and tokens are rewritten.
@@ -229,6 +235,8 @@ impl Worker {
             pod_cgroup_ready: false,
             mirror_uid: None,
             written_to: None,
+            pod_ip: None,
+            network_released: false,
         }
     }
 
@@ -283,22 +291,69 @@ impl Worker {
             pod_ip: if sandbox::is_host_network(&self.pod) {
                 Some(self.shared.ctx.node_ip)
             } else {
-                None
+                self.pod_ip
             },
         }
     }
 
     fn pod_ips(&self) -> Vec<String> {
-        // TODO(issue 5): pod IPs come from the network issue's CNI; until then only
-        // host-network pods have one.
         if sandbox::is_host_network(&self.pod) {
             self.shared.host_ips()
         } else {
-            Vec::new()
+            self.pod_ip.iter().map(IpAddr::to_string).collect()
         }
     }
 
+    /// The sandbox (namespace, hostname, hosts and resolv.conf files) and, for a pod with its
+    /// own namespace, its place on the pod network.
     async fn ensure_sandbox(&mut self) -> bool {
+        let made = match self.write_sandbox().await {
+            Ok(sandbox) => self.connect_network(sandbox).await,
+            Err(error) => Err(error),
+        };
+        match made {
+            Ok(s) => {
+                self.sandbox = Some(s);
+                true
+            }
+            Err(error) => {
+                self.shared
+                    .recorder
+                    .warning(
+                        &self.pod,
+                        events::FAILED_CREATE_POD_SANDBOX,
+                        &format!("Failed to create pod sandbox: {error}"),
+                    )
+                    .await;
+                false
+            }
+        }
+    }
+
+    /// Gives the pod its address (the same one after an agent restart); the hosts file,
+    /// which names it, is rewritten when it is new.
+    async fn connect_network(&mut self, sandbox: Sandbox) -> Result<Sandbox, String> {
+        let Some(netns) = sandbox.netns.clone() else {
+            return Ok(sandbox);
+        };
+        let ip = self
+            .shared
+            .ctx
+            .network
+            .add(&uid(&self.pod), &netns)
+            .await
+            .map_err(|e| format!("failed to set up the pod network: {e}"))?;
+        let known = self.pod_ip == Some(IpAddr::V4(ip));
+        self.pod_ip = Some(IpAddr::V4(ip));
+        self.network_released = false;
+        if known {
+            Ok(sandbox)
+        } else {
+            self.write_sandbox().await
+        }
+    }
+
+    async fn write_sandbox(&self) -> Result<Sandbox, String> {
         let pod = self.pod.clone();
         let shared = self.shared.clone();
         let pod_ips = self.pod_ips();
@@ -320,22 +375,17 @@ impl Worker {
         })
         .await;
         match made {
-            Ok(Ok(s)) => {
-                self.sandbox = Some(s);
-                true
-            }
-            Ok(Err(error)) => {
-                self.shared
-                    .recorder
-                    .warning(
-                        &self.pod,
-                        events::FAILED_CREATE_POD_SANDBOX,
-                        &format!("Failed to create pod sandbox: {error}"),
-                    )
-                    .await;
-                false
-            }
-            Err(_) => false,
+            Ok(made) => made.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Disconnects the pod from the pod network (idempotent).
+    async fn release_network(&mut self) {
+        if let Err(error) = self.shared.ctx.network.del(&uid(&self.pod)).await {
+            tracing::warn!(pod = %format::pod(&self.pod), %error, "releasing the pod's network failed");
+        } else {
+            self.network_released = true;
         }
     }
 
@@ -411,6 +461,16 @@ impl Worker {
                 .any(|c| !matches!(c.state, InstanceState::Exited(_)))
             {
                 self.terminate(None).await;
+            }
+            // As upstream stops a finished pod's sandbox: its address goes back to the pool
+            // (status.podIP keeps showing it).
+            if !self.network_released
+                && self
+                    .current
+                    .values()
+                    .all(|c| matches!(c.state, InstanceState::Exited(_)))
+            {
+                self.release_network().await;
             }
             self.publish_registry();
             return RELIST * 10;
@@ -1011,6 +1071,7 @@ impl Worker {
         }
         let cgroup = qos::pod_cgroup(&self.pod);
         let _ = tokio::task::spawn_blocking(move || cgroups::remove_pod_cgroup(&cgroup)).await;
+        self.release_network().await;
         self.volumes = None;
         self.pod_cgroup_ready = false;
         let logs = meta::pod_log_dir(
