@@ -22,6 +22,7 @@
 
 mod archive;
 pub mod cli;
+mod distribution;
 mod error;
 mod gc;
 mod index;
