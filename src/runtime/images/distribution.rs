@@ -12,6 +12,7 @@ use std::time::Duration;
 use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, WWW_AUTHENTICATE};
 use reqwest::StatusCode;
 
+use super::error::chain;
 use super::registries::{Credentials, Endpoint, TlsConfig};
 
 /// A client for one repository on one endpoint.
@@ -215,22 +216,6 @@ fn basic(user: &str, password: &str) -> String {
     use base64::Engine;
     let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
     format!("Basic {encoded}")
-}
-
-/// An error and its causes on one line: reqwest's own message ("error sending request")
-/// hides what failed (the TLS alert, the unknown issuer) in its sources.
-pub(super) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = cause.source();
-    }
-    message
 }
 
 /// `<status>: <code>: <message>` for each error in the registry's JSON body (the spec's

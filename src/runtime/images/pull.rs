@@ -186,7 +186,7 @@ async fn fetch_blob(
         while let Some(chunk) = response
             .chunk()
             .await
-            .map_err(|e| format!("blob {digest}: {}", super::distribution::chain(&e)))?
+            .map_err(|e| format!("blob {digest}: {}", super::error::chain(&e)))?
         {
             hasher.update(&chunk);
             size += chunk.len() as u64;
