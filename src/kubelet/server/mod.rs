@@ -40,6 +40,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use crate::kubelet::pods::PodRegistry;
 use crate::runtime::shim;
 
 pub use containers::{ContainerRecord, Containers};
@@ -56,7 +57,7 @@ pub trait StatsProvider: Send + Sync {
 pub struct KubeletApiState {
     /// This node's name (the `/pods` filter, messages).
     pub node_name: String,
-    /// The containers under `<data-dir>/agent`.
+    /// This node's containers (from the pod workers' registry).
     pub containers: Containers,
     /// Opens exec and attach sessions.
     pub streams: Arc<dyn StreamBackend>,
@@ -67,12 +68,13 @@ pub struct KubeletApiState {
 }
 
 impl KubeletApiState {
-    /// The API for `node_name`'s containers under `agent_dir`, with exec/attach through the
-    /// container shim.
+    /// The API for `node_name`'s containers under `agent_dir` (as recorded on disk until
+    /// [`Self::with_registry`] gives the pod workers' registry), with exec/attach through
+    /// the container shim.
     pub fn new(node_name: &str, agent_dir: &Path) -> KubeletApiState {
         KubeletApiState {
             node_name: node_name.to_string(),
-            containers: Containers::new(agent_dir),
+            containers: Containers::new(PodRegistry::new(agent_dir)),
             streams: Arc::new(ShimStreams),
             pods: None,
             stats: Some(Arc::new(AgentStats {
@@ -81,6 +83,12 @@ impl KubeletApiState {
                 sampler: crate::kubelet::stats::CpuSampler::new(),
             })),
         }
+    }
+
+    /// Finds containers through the pod workers' `registry`.
+    pub fn with_registry(mut self, registry: PodRegistry) -> KubeletApiState {
+        self.containers = Containers::new(registry);
+        self
     }
 
     /// Serves `/pods` from `client` (pods whose `spec.nodeName` is this node).
