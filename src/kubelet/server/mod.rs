@@ -32,21 +32,17 @@ pub mod spdy;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::future::BoxFuture;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 
 use crate::kubelet::pods::PodRegistry;
 use crate::runtime::shim;
 
 pub use containers::{ContainerRecord, Containers};
 pub use remotecommand::{Session, StreamBackend, StreamError, StreamOptions, TerminalSize};
-
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `/stats/summary`'s source (the node's and pods' cgroup stats, upstream's Summary shape).
 pub trait StatsProvider: Send + Sync {
@@ -234,38 +230,9 @@ pub async fn serve(
     state: Arc<KubeletApiState>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "kubelet API: accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => return,
-        };
-        let _ = stream.set_nodelay(true);
-        let acceptor = acceptor.clone();
+    crate::tls::accept_tls(listener, tls, "kubelet API: ", shutdown, || {
         let state = state.clone();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "kubelet API: TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let client_cert: Option<Arc<Vec<u8>>> = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .map(|cert| Arc::new(cert.as_ref().to_vec()));
+        move |tls, peer, client_cert| async move {
             let service = service_fn(move |request| {
                 let state = state.clone();
                 let client_cert = client_cert.clone();
@@ -283,6 +250,7 @@ pub async fn serve(
             if let Err(e) = connection.await {
                 tracing::debug!(%peer, error = %e, "kubelet API connection ended with an error");
             }
-        });
-    }
+        }
+    })
+    .await;
 }
