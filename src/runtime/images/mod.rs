@@ -22,7 +22,6 @@
 
 mod archive;
 pub mod cli;
-mod distribution;
 mod error;
 mod gc;
 mod index;

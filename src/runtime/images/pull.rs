@@ -1,13 +1,16 @@
-//! Pulling from registries: endpoints from registries.yaml in order, then the registry's
-//! own, each through a `distribution` client; every manifest and blob is checked against its
-//! digest here, then stored and unpacked by the same code as an import.
+//! Pulling from registries with oci-client: endpoints from registries.yaml in order, then the
+//! registry's own; the token dance is oci-client's; every manifest and blob is checked
+//! against its digest here, then stored and unpacked by the same code as an import.
 
+use std::time::Duration;
+
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth as OciAuth;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use super::archive::{self, Manifest};
-use super::distribution::RegistryClient;
-use super::registries::{Endpoint, Registries};
+use super::registries::{Credentials, Endpoint, Registries};
 use super::{Image, ImageError, ImageStore, Reference, RegistryAuth};
 
 const MANIFEST_TYPES: &[&str] = &[
@@ -23,7 +26,7 @@ pub(super) async fn pull(
     reference: &str,
     secrets: &[RegistryAuth],
 ) -> Result<Image, ImageError> {
-    // reqwest is built without a crypto provider; the process's is ring.
+    // oci-client's reqwest is built without a crypto provider; the process's is ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let parsed = Reference::parse(reference)?;
     let canonical = parsed.canonical();
@@ -51,18 +54,31 @@ async fn pull_from(
     endpoint: &Endpoint,
     secrets: &[RegistryAuth],
 ) -> Result<Image, String> {
-    let credentials = registries
+    let client = client(registries, endpoint)?;
+    let auth = match registries
         .credentials(&reference.registry, endpoint, secrets)
-        .map_err(|e| e.to_string())?;
-    let client = RegistryClient::new(endpoint, registries.tls(&endpoint.host), credentials)?;
-    let tag_or_digest = match (&reference.digest, &reference.tag) {
-        (Some(digest), _) => digest.clone(),
-        (None, tag) => tag.clone().unwrap_or_else(|| "latest".into()),
+        .map_err(|e| e.to_string())?
+    {
+        Some(Credentials::Basic(user, password)) => OciAuth::Basic(user, password),
+        Some(Credentials::Bearer(token)) => OciAuth::Bearer(token),
+        None => OciAuth::Anonymous,
+    };
+    let oci_ref = match (&reference.digest, &reference.tag) {
+        (Some(digest), _) => oci_client::Reference::with_digest(
+            endpoint.host.clone(),
+            endpoint.repository.clone(),
+            digest.clone(),
+        ),
+        (None, tag) => oci_client::Reference::with_tag(
+            endpoint.host.clone(),
+            endpoint.repository.clone(),
+            tag.clone().unwrap_or_else(|| "latest".into()),
+        ),
     };
     let _ingest = store.lock_ingest_shared().map_err(|e| e.to_string())?;
 
     // What the tag (or digest) names: an image manifest or an index.
-    let (top, top_digest) = manifest(&client, &tag_or_digest, reference.digest.as_deref()).await?;
+    let (top, top_digest) = manifest(&client, &oci_ref, &auth, reference.digest.as_deref()).await?;
     let parsed: Manifest =
         serde_json::from_slice(&top).map_err(|e| format!("manifest {top_digest}: {e}"))?;
     let (manifest_bytes, manifest_digest, manifest) = if parsed.is_index("") {
@@ -72,7 +88,8 @@ async fn pull_from(
                 archive::node_arch()
             )
         })?;
-        let (bytes, digest) = manifest(&client, &chosen.digest, Some(&chosen.digest)).await?;
+        let child = oci_ref.clone_with_digest(chosen.digest.clone());
+        let (bytes, digest) = manifest(&client, &child, &auth, Some(&chosen.digest)).await?;
         let parsed: Manifest =
             serde_json::from_slice(&bytes).map_err(|e| format!("manifest {digest}: {e}"))?;
         if parsed.is_index(&chosen.media_type) {
@@ -91,7 +108,7 @@ async fn pull_from(
     let mut size = manifest_bytes.len() as u64;
     let mut blobs = vec![manifest_digest.clone()];
     for descriptor in std::iter::once(config).chain(&manifest.layers) {
-        size += fetch_blob(store, &client, &descriptor.digest).await?;
+        size += fetch_blob(store, &client, &oci_ref, &descriptor.digest).await?;
         blobs.push(descriptor.digest.clone());
     }
     let config_path = store.blob_path(&config.digest);
@@ -126,18 +143,52 @@ async fn pull_from(
     .map_err(|e| e.to_string())
 }
 
+fn client(registries: &Registries, endpoint: &Endpoint) -> Result<oci_client::Client, String> {
+    let mut config = ClientConfig {
+        protocol: if endpoint.plain_http {
+            ClientProtocol::Http
+        } else {
+            ClientProtocol::Https
+        },
+        // Platforms are chosen here (with arm variants), not by oci-client.
+        platform_resolver: None,
+        connect_timeout: Some(Duration::from_secs(10)),
+        read_timeout: Some(Duration::from_secs(60)),
+        user_agent: concat!("kedge/", env!("CARGO_PKG_VERSION")),
+        ..Default::default()
+    };
+    if let Some(tls) = registries.tls(&endpoint.host) {
+        config.accept_invalid_certificates = tls.insecure_skip_verify;
+        if let Some(ca) = &tls.ca_file {
+            let data = std::fs::read(ca).map_err(|e| format!("ca_file {}: {e}", ca.display()))?;
+            config.extra_root_certificates.push(Certificate {
+                encoding: CertificateEncoding::Pem,
+                data,
+            });
+        }
+        if tls.cert_file.is_some() || tls.key_file.is_some() {
+            // oci-client's configuration has no client identity; pulling without the
+            // certificate the registry asks for would only fail later and less clearly.
+            return Err(format!(
+                "registries.yaml configs.{}.tls: client certificates (cert_file, key_file) are not supported",
+                endpoint.host
+            ));
+        }
+    }
+    oci_client::Client::try_from(config).map_err(|e| e.to_string())
+}
+
 /// Fetches a manifest and checks it hashes to `expected` (when the reference pins one).
 async fn manifest(
-    client: &RegistryClient,
-    reference: &str,
+    client: &oci_client::Client,
+    reference: &oci_client::Reference,
+    auth: &OciAuth,
     expected: Option<&str>,
 ) -> Result<(Vec<u8>, String), String> {
-    // Digests from an index go into a URL path: only well-formed ones (tags were checked
-    // when the reference was parsed).
-    if let Some(expected) = expected {
-        super::reference::validate_digest(expected)?;
-    }
-    let bytes = client.manifest(reference, MANIFEST_TYPES).await?;
+    let (bytes, _) = client
+        .pull_manifest_raw(reference, auth, MANIFEST_TYPES)
+        .await
+        .map_err(|e| e.to_string())?;
     let digest = sha256(&bytes);
     if let Some(expected) = expected {
         if expected != digest {
@@ -146,7 +197,7 @@ async fn manifest(
             ));
         }
     }
-    Ok((bytes, digest))
+    Ok((bytes.to_vec(), digest))
 }
 
 fn sha256(data: &[u8]) -> String {
@@ -162,7 +213,8 @@ fn store_bytes(store: &ImageStore, data: &[u8], digest: &str) -> Result<(), Stri
 /// Downloads blob `digest` into the store unless it is there; returns its size.
 async fn fetch_blob(
     store: &ImageStore,
-    client: &RegistryClient,
+    client: &oci_client::Client,
+    reference: &oci_client::Reference,
     digest: &str,
 ) -> Result<u64, String> {
     super::reference::validate_digest(digest)?;
@@ -174,8 +226,8 @@ async fn fetch_blob(
         .tmp_dir()
         .join(format!("pull-{}", uuid::Uuid::new_v4().simple()));
     let result = async {
-        let mut response = client
-            .blob(digest)
+        let mut stream = client
+            .pull_blob_stream(reference, digest)
             .await
             .map_err(|e| format!("blob {digest}: {e}"))?;
         let mut file = tokio::fs::File::create(&tmp)
@@ -183,11 +235,9 @@ async fn fetch_blob(
             .map_err(|e| format!("{}: {e}", tmp.display()))?;
         let mut hasher = Sha256::new();
         let mut size = 0u64;
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| format!("blob {digest}: {}", super::error::chain(&e)))?
-        {
+        use futures::StreamExt;
+        while let Some(chunk) = stream.stream.next().await {
+            let chunk = chunk.map_err(|e| format!("blob {digest}: {e}"))?;
             hasher.update(&chunk);
             size += chunk.len() as u64;
             file.write_all(&chunk)

@@ -1,9 +1,7 @@
 //! `registries.yaml` in the k3s format (<https://docs.k3s.io/installation/private-registry>):
 //! mirrors (endpoints tried in order, then the registry's default endpoint; optional
-//! repository rewrites) and per-host configs (credentials, TLS: CA, client certificate,
-//! insecure_skip_verify). Endpoints read as k3s reads them: `http://` is plain HTTP, a
-//! scheme-less loopback `host:port` too; a path other than `/` or `/v2` is the registry's
-//! API root in place of `/v2` (containerd's `override_path`).
+//! repository rewrites) and per-host configs (credentials, TLS). An `http://` endpoint is
+//! plain HTTP.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -56,34 +54,21 @@ pub struct TlsConfig {
     pub insecure_skip_verify: bool,
 }
 
-/// One place to try: a host, whether it speaks plain HTTP, and its API root.
+/// One place to try: a host and whether it speaks plain HTTP.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
     /// `host[:port]`, e.g. `registry-1.docker.io`, `127.0.0.1:5000`.
     pub host: String,
     pub plain_http: bool,
-    /// The API root requests go under: `/v2`, or an endpoint's own path
-    /// (`https://mirror/some/prefix` → `/some/prefix/<repository>/manifests/<tag>`).
-    pub path: String,
     /// The repository on this endpoint (after rewrites).
     pub repository: String,
 }
 
 impl Endpoint {
-    /// The API root's URL, e.g. `https://registry-1.docker.io/v2`.
     pub fn url(&self) -> String {
         let scheme = if self.plain_http { "http" } else { "https" };
-        format!("{scheme}://{}{}", self.host, self.path)
+        format!("{scheme}://{}", self.host)
     }
-}
-
-/// An endpoint URL as k3s normalizes it (its `normalizeEndpointAddress`, which follows
-/// containerd's hosts.go).
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct ParsedEndpoint {
-    host: String,
-    plain_http: bool,
-    path: String,
 }
 
 /// Credentials in the form the registry client wants.
@@ -136,11 +121,10 @@ impl Registries {
         if let Some(mirror) = mirror {
             let rewritten = rewrite(&mirror.rewrite, repository);
             for endpoint in &mirror.endpoint {
-                if let Ok(parsed) = parse_endpoint(endpoint) {
+                if let Ok((host, plain_http)) = parse_endpoint(endpoint) {
                     let endpoint = Endpoint {
-                        host: parsed.host,
-                        plain_http: parsed.plain_http,
-                        path: parsed.path,
+                        host,
+                        plain_http,
                         repository: rewritten.clone(),
                     };
                     if !endpoints.contains(&endpoint) {
@@ -149,17 +133,13 @@ impl Registries {
                 }
             }
         }
-        // The registry's own endpoint: HTTPS under /v2, plain HTTP for a loopback registry
-        // on a port of its own (as containerd's default hosts).
-        let parsed = parse_endpoint(registry).unwrap_or_else(|_| ParsedEndpoint {
-            host: registry.to_string(),
-            plain_http: false,
-            path: "/v2".into(),
-        });
         let default = Endpoint {
-            host: parsed.host,
-            plain_http: parsed.plain_http,
-            path: "/v2".into(),
+            host: if registry == super::reference::DEFAULT_REGISTRY {
+                "registry-1.docker.io".to_string()
+            } else {
+                registry.to_string()
+            },
+            plain_http: false,
             repository: repository.to_string(),
         };
         // A mirror listing the registry itself over plain HTTP replaces the HTTPS default.
@@ -234,60 +214,29 @@ impl Registries {
     }
 }
 
-/// `[scheme://]host[:port][/path]` → host (`docker.io` → `registry-1.docker.io`), plain
-/// HTTP or not (no scheme: HTTPS, but plain HTTP for a loopback host on a port other than
-/// 443), and the API root (`/v2` for no path, `/` or `/v2`; else the path itself).
-fn parse_endpoint(endpoint: &str) -> Result<ParsedEndpoint, String> {
-    let (rest, scheme) = match endpoint.split_once("://") {
-        Some(("http", rest)) => (rest, Some(true)),
-        Some(("https", rest)) => (rest, Some(false)),
-        Some(_) => {
-            return Err(format!(
-                "{endpoint:?}: only http:// and https:// are supported"
-            ))
-        }
-        None => (endpoint, None),
+/// `https://host:port[/path]` → (`host:port`, plain HTTP?). A bare host means HTTPS.
+fn parse_endpoint(endpoint: &str) -> Result<(String, bool), String> {
+    let (rest, plain_http) = if let Some(rest) = endpoint.strip_prefix("http://") {
+        (rest, true)
+    } else if let Some(rest) = endpoint.strip_prefix("https://") {
+        (rest, false)
+    } else if endpoint.contains("://") {
+        return Err(format!(
+            "{endpoint:?}: only http:// and https:// are supported"
+        ));
+    } else {
+        (endpoint, false)
     };
-    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = rest.split('/').next().unwrap_or("");
+    let path = rest[host.len()..].trim_matches('/');
     if host.is_empty() {
         return Err(format!("{endpoint:?}: no host"));
     }
-    let path = rest[host.len()..]
-        .split(['?', '#'])
-        .next()
-        .unwrap_or("")
-        .trim_end_matches('/');
-    let plain_http = scheme.unwrap_or_else(|| is_loopback_with_port(host));
-    let host = if host == super::reference::DEFAULT_REGISTRY {
-        "registry-1.docker.io"
-    } else {
-        host
-    };
-    let path = match path {
-        "" | "/v2" => "/v2".to_string(),
-        path => path.to_string(),
-    };
-    Ok(ParsedEndpoint {
-        host: host.to_string(),
-        plain_http,
-        path,
-    })
-}
-
-/// `localhost:5000`, `127.0.0.1:5000`, `[::1]:5000`: a local registry on its own port, which
-/// containerd and k3s reach over plain HTTP when no scheme says otherwise.
-fn is_loopback_with_port(host: &str) -> bool {
-    let Some((name, port)) = host.rsplit_once(':') else {
-        return false;
-    };
-    if port == "443" || port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
-        return false;
+    // TODO(issue 5): endpoints with a path prefix (k3s accepts `https://host/v2/prefix`).
+    if !path.is_empty() && path != "v2" {
+        return Err(format!("{endpoint:?}: endpoint paths are not supported"));
     }
-    let name = name.trim_start_matches('[').trim_end_matches(']');
-    name == "localhost"
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    Ok((host.to_string(), plain_http))
 }
 
 /// The host an imagePullSecret's registry key names (`https://index.docker.io/v1/` →
@@ -406,67 +355,8 @@ configs:
             vec![Endpoint {
                 host: "quay.io".into(),
                 plain_http: false,
-                path: "/v2".into(),
                 repository: "a/b".into()
             }]
-        );
-    }
-
-    /// Endpoint URLs read as k3s' normalizeEndpointAddress reads them.
-    #[test]
-    fn endpoint_urls() {
-        let parsed = |e: &str| {
-            let p = parse_endpoint(e).unwrap();
-            (p.host, p.plain_http, p.path)
-        };
-        let t = |h: &str, plain: bool, p: &str| (h.to_string(), plain, p.to_string());
-        assert_eq!(parsed("mirror.example"), t("mirror.example", false, "/v2"));
-        assert_eq!(parsed("https://m:5000/"), t("m:5000", false, "/v2"));
-        assert_eq!(parsed("http://m:5000/v2/"), t("m:5000", true, "/v2"));
-        assert_eq!(
-            parsed("https://m:5000/some/prefix"),
-            t("m:5000", false, "/some/prefix")
-        );
-        assert_eq!(
-            parsed("https://m/v2/registry-k8s.io/"),
-            t("m", false, "/v2/registry-k8s.io")
-        );
-        assert_eq!(parsed("localhost:5000"), t("localhost:5000", true, "/v2"));
-        assert_eq!(parsed("127.0.0.1:5000"), t("127.0.0.1:5000", true, "/v2"));
-        assert_eq!(parsed("[::1]:5000"), t("[::1]:5000", true, "/v2"));
-        assert_eq!(parsed("127.0.0.1:443"), t("127.0.0.1:443", false, "/v2"));
-        assert_eq!(parsed("localhost"), t("localhost", false, "/v2"));
-        assert_eq!(parsed("docker.io"), t("registry-1.docker.io", false, "/v2"));
-        assert!(parse_endpoint("ftp://m").is_err());
-        assert!(parse_endpoint("https:///v2").is_err());
-
-        let registries = Registries {
-            mirrors: [(
-                "docker.io".to_string(),
-                Mirror {
-                    endpoint: vec!["https://mirror.example:5000/some/prefix".into()],
-                    rewrite: HashMap::new(),
-                },
-            )]
-            .into(),
-            configs: HashMap::new(),
-        };
-        let urls: Vec<String> = registries
-            .endpoints("docker.io", "library/busybox")
-            .iter()
-            .map(|e| format!("{}/{}", e.url(), e.repository))
-            .collect();
-        assert_eq!(
-            urls,
-            vec![
-                "https://mirror.example:5000/some/prefix/library/busybox",
-                "https://registry-1.docker.io/v2/library/busybox"
-            ]
-        );
-        // A loopback registry of its own is reached over plain HTTP.
-        assert_eq!(
-            Registries::default().endpoints("127.0.0.1:5000", "a")[0].url(),
-            "http://127.0.0.1:5000/v2"
         );
     }
 
