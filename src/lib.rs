@@ -20,3 +20,4 @@ pub mod runtime;
 pub mod scheduler;
 pub mod server;
 pub mod store;
+pub mod tls;

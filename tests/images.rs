@@ -322,12 +322,27 @@ fn cli_import_ls_rm() {
 struct Registry {
     child: std::process::Child,
     port: u16,
+    storage: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Registry {
     fn start() -> Registry {
         let dir = tempfile::tempdir().unwrap();
+        Registry::serve(dir.path().join("storage"), "", dir)
+    }
+
+    /// Another registry over HTTPS on the same storage (what was pushed to `self` is there),
+    /// `http.tls` being `tls` (YAML lines indented under `tls:`).
+    fn serve_tls(&self, tls: &str) -> Registry {
+        Registry::serve(
+            self.storage.clone(),
+            &format!("  tls:\n{tls}"),
+            tempfile::tempdir().unwrap(),
+        )
+    }
+
+    fn serve(storage: std::path::PathBuf, http: &str, dir: tempfile::TempDir) -> Registry {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -337,8 +352,8 @@ impl Registry {
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                dir.path().join("storage").display()
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{http}",
+                storage.display()
             ),
         )
         .unwrap();
@@ -352,6 +367,7 @@ impl Registry {
         let registry = Registry {
             child,
             port,
+            storage,
             _dir: dir,
         };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -477,20 +493,7 @@ fn pull_from_a_registry_on_loopback() {
         ),
     )
     .unwrap();
-    let pull = |reference: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_kedge"))
-            .args(["images", "pull", reference, "--data-dir"])
-            .arg(&data)
-            .arg("--registries")
-            .arg(&registries)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let pull = |reference: &str| kedge_pull(&data, &registries, reference);
 
     let reference = format!("{host}/library/busybox:1.35");
     let (ok, out, err) = pull(&reference);
@@ -551,6 +554,108 @@ fn pull_from_a_registry_on_loopback() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains(&missing), "{err}");
     assert!(err.to_lowercase().contains("unknown"), "{err}");
+}
+
+/// `kedge images pull REFERENCE` with `registries` as registries.yaml: (ok, stdout, stderr).
+fn kedge_pull(
+    data: &std::path::Path,
+    registries: &std::path::Path,
+    reference: &str,
+) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kedge"))
+        .args(["images", "pull", reference, "--data-dir"])
+        .arg(data)
+        .arg("--registries")
+        .arg(registries)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// registries.yaml `configs.<host>.tls`: the registry's CA (`ca_file`) and
+/// `insecure_skip_verify`, for a mirror over HTTPS; client certificates are refused with a
+/// clear error (oci-client has no client identity).
+#[test]
+fn pull_over_tls_with_the_registry_ca() {
+    use kedge::pki::Ca;
+    let week = std::time::Duration::from_secs(7 * 24 * 3600);
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, contents: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, contents).unwrap();
+        path
+    };
+    let ca = Ca::generate().unwrap();
+    let server = ca
+        .issue_serving("registry", &["127.0.0.1".to_string()], week)
+        .unwrap();
+    let ca_file = file("ca.crt", ca.cert_pem());
+    let other_ca_file = file("other-ca.crt", Ca::generate().unwrap().cert_pem());
+    let server_cert = file("server.crt", &server.cert_pem);
+    let server_key = file("server.key", &server.key_pem);
+
+    let plain = Registry::start();
+    let busybox = image::busybox_image();
+    plain.push(&busybox, "library/busybox", "1.35");
+    let registry = plain.serve_tls(&format!(
+        "    certificate: {}\n    key: {}\n",
+        server_cert.display(),
+        server_key.display(),
+    ));
+    let host = format!("127.0.0.1:{}", registry.port);
+
+    let data = dir.path().join("data");
+    // `localhost:1` (nothing listens there) is mirrored by the registry over HTTPS.
+    let pull = |tls: &str| {
+        let registries = file(
+            "registries.yaml",
+            &format!(
+                "mirrors:\n  \"localhost:1\":\n    endpoint: [\"https://{host}\"]\nconfigs:\n  \"{host}\":\n    tls:\n{tls}"
+            ),
+        );
+        kedge_pull(&data, &registries, "localhost:1/library/busybox:1.35")
+    };
+    let ca = format!("      ca_file: {}\n", ca_file.display());
+    let other_ca = format!("      ca_file: {}\n", other_ca_file.display());
+
+    // The wrong CA: the registry's certificate is not trusted, and nothing is pulled.
+    let (ok, _, err) = pull(&other_ca);
+    assert!(!ok, "pulled through an untrusted certificate");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(&host), "{err}");
+    // A client certificate cannot be presented: said before any request.
+    let (ok, _, err) = pull(&format!(
+        "{ca}      cert_file: /nonexistent.crt\n      key_file: /nonexistent.key\n"
+    ));
+    assert!(!ok);
+    assert!(
+        err.contains("client certificates (cert_file, key_file) are not supported"),
+        "{err}"
+    );
+    // insecure_skip_verify trusts it anyway.
+    let (ok, _, err) = pull(&format!("{other_ca}      insecure_skip_verify: true\n"));
+    assert!(ok, "{err}");
+    let store = ImageStore::open(&data.join("agent/images")).unwrap();
+    store.remove("localhost:1/library/busybox:1.35").unwrap();
+
+    let (ok, out, err) = pull(&ca);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out,
+        format!(
+            "pulled localhost:1/library/busybox:1.35 ({})\n",
+            busybox.id()
+        )
+    );
+    let image = store
+        .resolve("localhost:1/library/busybox:1.35")
+        .unwrap()
+        .unwrap();
+    assert_eq!(image.id, busybox.id());
 }
 
 /// Garbage collection with thresholds forced: unused images go, images in use stay, and

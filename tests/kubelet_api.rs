@@ -72,11 +72,16 @@ impl Kubelet {
         std::fs::create_dir_all(&log_dir).unwrap();
         let log_path = log_dir.join(format!("{restart_count}.log"));
         std::fs::write(&log_path, log).unwrap();
+        let previous = restart_count
+            .checked_sub(1)
+            .map(|n| log_dir.join(format!("{n}.log")));
         std::fs::write(
             dir.join("meta.json"),
             json!({
-                "podUid": UID, "namespace": "default", "pod": "web", "container": name,
-                "restartCount": restart_count, "logPath": log_path,
+                "id": id, "podUid": UID, "namespace": "default", "pod": "web", "container": name,
+                "kind": "regular", "restartCount": restart_count, "logPath": log_path,
+                "previousLogPath": previous, "specImage": "busybox",
+                "image": "docker.io/library/busybox:latest", "imageId": "sha256:0",
             })
             .to_string(),
         )

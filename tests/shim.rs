@@ -2,6 +2,8 @@
 //! the agent's client, libcontainer underneath. Needs root (skipped with a note otherwise)
 //! and Debian's busybox-static at /bin/busybox.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -23,11 +25,26 @@ fn root_or_skip(test: &str) -> bool {
     false
 }
 
-/// `<tmp>/agent/containers/<id>` with a busybox rootfs; the tempdir lives as long as the test.
+/// `<tmp>/agent/containers/<id>` with a busybox rootfs; the tempdir lives as long as the test,
+/// the container's cgroup ([`cgroup_path`]) and its parent too.
 struct Fixture {
     _tmp: tempfile::TempDir,
     agent: PathBuf,
     id: String,
+}
+
+/// The cgroup of test container `id`, under a parent of its own (tests run in parallel, so
+/// a shared parent could not be removed by each).
+fn cgroup_path(id: &str) -> String {
+    format!("kedge-test-{id}/{id}")
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let path = cgroup_path(&self.id);
+        let parent = path.rsplit_once('/').map_or("", |(p, _)| p);
+        common::agent::remove_empty_cgroups(&[&path, parent]);
+    }
 }
 
 impl Fixture {
@@ -71,7 +88,7 @@ impl Fixture {
             cwd: "/".into(),
             hostname: "shim-test".into(),
             rootfs: self.dir().join("rootfs"),
-            cgroups_path: format!("kedge-test/{}", self.id),
+            cgroups_path: cgroup_path(&self.id),
             security: Security {
                 capabilities: DEFAULT_CAPABILITIES.iter().map(|c| c.to_string()).collect(),
                 no_new_privileges: true,
@@ -305,7 +322,7 @@ async fn helper_agent_process() {
             env: vec!["PATH=/bin".into()],
             cwd: "/".into(),
             rootfs: dir.join("rootfs"),
-            cgroups_path: format!("kedge-test/{id}"),
+            cgroups_path: cgroup_path(&id),
             ..ContainerConfig::default()
         }
     };
@@ -360,6 +377,28 @@ async fn the_container_outlives_the_agent() {
         .unwrap();
     assert_eq!(exit_of(&status).1, Some(9));
     shim::remove(&f.dir()).await.unwrap();
+}
+
+/// A test leaves no cgroup behind: the container's goes with it, and the parent the
+/// runtime made for it (in every v1 controller, or v2) goes with the fixture.
+#[tokio::test]
+async fn no_cgroup_is_left_behind() {
+    if !root_or_skip("no_cgroup_is_left_behind") {
+        return;
+    }
+    let f = Fixture::new();
+    let parent = format!("kedge-test-{}", f.id);
+    f.start(&f.config(&["sleep", "3600"])).await;
+    let created: Vec<PathBuf> = common::agent::cgroup_hierarchies()
+        .into_iter()
+        .map(|h| h.join(&parent))
+        .filter(|dir| dir.is_dir())
+        .collect();
+    assert!(!created.is_empty(), "no cgroup {parent} was made");
+    stop(&f).await;
+    drop(f);
+    let left: Vec<&PathBuf> = created.iter().filter(|dir| dir.exists()).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
 
 /// Stops and removes a container a test left running.

@@ -770,3 +770,87 @@ async fn kubectl_top_pod_shows_usage() {
     let nodes = kubectl.ok(&["top", "node", "--no-headers"]);
     assert!(nodes.starts_with(node.name()), "{nodes}");
 }
+
+/// `kubectl exec -it` whose input ends (its terminal closed while it reads it): as with
+/// containerd, which closes the exec's console when its stdin ends, the shell's terminal is
+/// hung up, the shell exits on the SIGHUP, and kubectl with it.
+#[tokio::test]
+async fn exec_with_a_terminal_ends_when_its_input_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]).await;
+    let kubectl = node.kubectl();
+    kubectl.ok_with(
+        &["apply", "-f", "-"],
+        Some(&busybox_pod("shell", "sleep 3600")),
+    );
+    wait_ready(&kubectl, "shell");
+
+    let pty = nix::pty::openpty(None, None).expect("a pseudo-terminal");
+    let (master, slave): (OwnedFd, OwnedFd) = (pty.master, pty.slave);
+    // kubectl must not hold the master too, or closing it here would end nothing.
+    nix::fcntl::fcntl(
+        std::os::fd::AsRawFd::as_raw_fd(&master),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .unwrap();
+    // The terminal is kubectl's stdin (so -t holds) but not its controlling terminal:
+    // closing it ends kubectl's input without hanging kubectl itself up.
+    let mut command = kubectl.command(&["exec", "-it", "shell", "--", "sh"]);
+    command
+        .stdin(Stdio::from(slave))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("kubectl runs");
+    drop(command);
+    let mut stdout = child.stdout.take().unwrap();
+    let (sender, output) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buffer) {
+            if n == 0 || sender.send(buffer[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut writer = std::fs::File::from(master);
+    std::thread::sleep(Duration::from_secs(2));
+    writer.write_all(b"echo typed-$((6 * 7))\n").unwrap();
+    let mut text = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !String::from_utf8_lossy(&text).contains("typed-42") {
+        assert!(
+            Instant::now() < deadline,
+            "no answer from the shell: {}",
+            String::from_utf8_lossy(&text)
+        );
+        if let Ok(chunk) = output.recv_timeout(Duration::from_millis(100)) {
+            text.extend(chunk);
+        }
+    }
+
+    // kubectl's input ends.
+    drop(writer);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("kubectl exec -it still runs 20 s after its input ended");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    // The shell ended on the hangup: 128 + SIGHUP.
+    assert_eq!(status.code(), Some(129), "{stderr}");
+    // No shell is left behind in the container.
+    let processes = kubectl.ok(&["exec", "shell", "--", "ps", "-o", "args"]);
+    assert!(!processes.lines().any(|l| l.trim() == "sh"), "{processes}");
+}

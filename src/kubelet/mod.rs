@@ -216,6 +216,7 @@ pub async fn run(mut config: KubeletConfig) -> Result<(), KubeletError> {
     if let (Some(listener), Some(tls)) = (api_listener, config.kubelet_tls.clone()) {
         let state = std::sync::Arc::new(
             server::KubeletApiState::new(&config.node_name, &config.agent_dir)
+                .with_registry(registry.clone())
                 .with_pods(config.client.clone()),
         );
         tasks.spawn(server::serve(listener, tls, state, std::future::pending()));

@@ -372,6 +372,7 @@ fn clean_up_agent(data_dir: &Path, host: &TestHost) {
     namespaces.push(host.netns().to_path_buf());
     kill_in_namespaces(&namespaces);
     remove_pod_cgroups(&data_dir.join("agent/pods"));
+    remove_agent_cgroup_parents();
     // Deepest first, detached: overlay rootfs, netns files, tmpfs volumes.
     let mut mounts = mounts_under(data_dir);
     mounts.sort_by_key(|(path, _)| std::cmp::Reverse(path.components().count()));
@@ -481,14 +482,7 @@ fn remove_pod_cgroups(pods_dir: &Path) {
     let uids: Vec<String> = pods
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .collect();
-    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
-        return;
-    };
-    let mut roots: Vec<PathBuf> = hierarchies
-        .filter_map(|e| e.ok())
-        .map(|e| e.path().join("kedge"))
-        .collect();
-    roots.push(PathBuf::from("/sys/fs/cgroup/kedge"));
+    let roots = cgroup_hierarchies().into_iter().map(|h| h.join("kedge"));
     for root in roots {
         for uid in &uids {
             for class in ["", "burstable", "besteffort"] {
@@ -496,6 +490,64 @@ fn remove_pod_cgroups(pods_dir: &Path) {
             }
         }
     }
+}
+
+/// The agent's cgroup parents (`kedge`, `kedge/burstable`, `kedge/besteffort`), deepest
+/// first, relative to a hierarchy.
+const AGENT_CGROUP_PARENTS: &[&str] = &["kedge/burstable", "kedge/besteffort", "kedge"];
+
+/// Those of the agent's cgroup parents that existed before this test process started an
+/// agent (the first call tells): a kedge running on this machine made them, and they stay.
+pub fn preexisting_agent_cgroups() -> &'static Vec<PathBuf> {
+    static PREEXISTING: std::sync::OnceLock<Vec<PathBuf>> = std::sync::OnceLock::new();
+    PREEXISTING.get_or_init(|| {
+        cgroup_hierarchies()
+            .into_iter()
+            .flat_map(|h| AGENT_CGROUP_PARENTS.iter().map(move |p| h.join(p)))
+            .filter(|p| p.is_dir())
+            .collect()
+    })
+}
+
+/// Removes the agent's cgroup parents that this test process's nodes created, once empty:
+/// rmdir fails on a cgroup with children or processes, so those of nodes still running
+/// stay, and the last node to stop removes them.
+pub fn remove_agent_cgroup_parents() {
+    let preexisting = preexisting_agent_cgroups();
+    for hierarchy in cgroup_hierarchies() {
+        for parent in AGENT_CGROUP_PARENTS {
+            let dir = hierarchy.join(parent);
+            if !preexisting.contains(&dir) {
+                let _ = std::fs::remove_dir(&dir);
+            }
+        }
+    }
+}
+
+/// Removes the cgroups at `paths` (relative to a hierarchy, deepest first) in every
+/// hierarchy where they are empty; for cgroups only tests create (`kedge-test-<id>/<id>`,
+/// then `kedge-test-<id>`): a cgroup still in use fails rmdir and stays.
+pub fn remove_empty_cgroups(paths: &[&str]) {
+    for hierarchy in cgroup_hierarchies() {
+        for path in paths {
+            let _ = std::fs::remove_dir(hierarchy.join(path));
+        }
+    }
+}
+
+/// The cgroup hierarchies' roots: each v1 controller's mount and the v2 unified one.
+pub fn cgroup_hierarchies() -> Vec<PathBuf> {
+    let mut roots: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    roots.push(PathBuf::from("/sys/fs/cgroup"));
+    roots
 }
 
 fn remove_cgroup_tree(dir: &Path) {

@@ -89,6 +89,8 @@ impl Server {
     /// the agent's API side that start no container; anything that runs pods uses
     /// [`Server::with_agent`]).
     pub fn with_local_agent(mut self) -> Server {
+        // Before the agent creates its cgroup parents, to know whether it did.
+        agent::preexisting_agent_cgroups();
         self.args.retain(|a| a != "--disable-agent");
         self
     }
@@ -281,6 +283,9 @@ impl Drop for Server {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if !self.args.iter().any(|a| a == "--disable-agent") {
+            agent::remove_agent_cgroup_parents();
         }
     }
 }

@@ -56,12 +56,22 @@ impl PodRegistry {
 
     /// The pod's network namespace file (None for host-network pods).
     pub fn netns(&self, namespace: &str, pod: &str) -> Option<PathBuf> {
-        let pods = self.pods.read().ok()?;
-        pods.get(&(namespace.to_string(), pod.to_string()))
-            .and_then(|e| e.netns.clone())
+        if let Ok(pods) = self.pods.read() {
+            if let Some(entry) = pods.get(&(namespace.to_string(), pod.to_string())) {
+                return entry.netns.clone();
+            }
+        }
+        // Not (yet) known to a worker: the sandbox on disk of the pod's newest container.
+        let (_, meta) = meta::scan(&self.agent_dir)
+            .into_iter()
+            .filter(|(_, m)| m.namespace == namespace && m.pod == pod)
+            .max_by_key(|(_, m)| m.restart_count)?;
+        let path = super::sandbox::pod_dir(&self.agent_dir, &meta.pod_uid).join("netns");
+        path.exists().then_some(path)
     }
 
-    fn current(
+    /// The container's current instance: its dir and meta.json.
+    pub fn current(
         &self,
         namespace: &str,
         pod: &str,

@@ -393,10 +393,7 @@ fn port_forward(
     pod: &str,
     uid: Option<&str>,
 ) -> Response<Body> {
-    let uid = uid
-        .map(str::to_string)
-        .or_else(|| state.containers.pod_uid(namespace, pod));
-    let Some(netns) = uid.as_deref().and_then(|uid| state.containers.netns(uid)) else {
+    let Some(netns) = state.containers.netns(namespace, pod, uid) else {
         return plain(
             StatusCode::NOT_FOUND,
             format!("pod \"{namespace}/{pod}\" has no network namespace on this node"),

@@ -217,7 +217,8 @@ pub async fn stream(
 ) -> Result<mpsc::Receiver<io::Result<Bytes>>, LogError> {
     let path = if options.previous {
         record
-            .previous_log_path()
+            .previous_log_path
+            .clone()
             .filter(|p| p.exists())
             .ok_or_else(|| LogError::NoPrevious {
                 container: record.container.clone(),
@@ -495,8 +496,8 @@ garbage
             namespace: "ns".into(),
             pod: "web".into(),
             container: "app".into(),
-            restart_count: 1,
             log_path: dir.join("logs/1.log"),
+            previous_log_path: Some(dir.join("logs/0.log")),
         }
     }
 

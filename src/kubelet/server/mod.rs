@@ -32,20 +32,17 @@ pub mod spdy;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::future::BoxFuture;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 
+use crate::kubelet::pods::PodRegistry;
 use crate::runtime::shim;
 
 pub use containers::{ContainerRecord, Containers};
 pub use remotecommand::{Session, StreamBackend, StreamError, StreamOptions, TerminalSize};
-
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `/stats/summary`'s source (the node's and pods' cgroup stats, upstream's Summary shape).
 pub trait StatsProvider: Send + Sync {
@@ -56,7 +53,7 @@ pub trait StatsProvider: Send + Sync {
 pub struct KubeletApiState {
     /// This node's name (the `/pods` filter, messages).
     pub node_name: String,
-    /// The containers under `<data-dir>/agent`.
+    /// This node's containers (from the pod workers' registry).
     pub containers: Containers,
     /// Opens exec and attach sessions.
     pub streams: Arc<dyn StreamBackend>,
@@ -67,12 +64,13 @@ pub struct KubeletApiState {
 }
 
 impl KubeletApiState {
-    /// The API for `node_name`'s containers under `agent_dir`, with exec/attach through the
-    /// container shim.
+    /// The API for `node_name`'s containers under `agent_dir` (as recorded on disk until
+    /// [`Self::with_registry`] gives the pod workers' registry), with exec/attach through
+    /// the container shim.
     pub fn new(node_name: &str, agent_dir: &Path) -> KubeletApiState {
         KubeletApiState {
             node_name: node_name.to_string(),
-            containers: Containers::new(agent_dir),
+            containers: Containers::new(PodRegistry::new(agent_dir)),
             streams: Arc::new(ShimStreams),
             pods: None,
             stats: Some(Arc::new(AgentStats {
@@ -81,6 +79,12 @@ impl KubeletApiState {
                 sampler: crate::kubelet::stats::CpuSampler::new(),
             })),
         }
+    }
+
+    /// Finds containers through the pod workers' `registry`.
+    pub fn with_registry(mut self, registry: PodRegistry) -> KubeletApiState {
+        self.containers = Containers::new(registry);
+        self
     }
 
     /// Serves `/pods` from `client` (pods whose `spec.nodeName` is this node).
@@ -226,38 +230,9 @@ pub async fn serve(
     state: Arc<KubeletApiState>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "kubelet API: accepting a connection failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => return,
-        };
-        let _ = stream.set_nodelay(true);
-        let acceptor = acceptor.clone();
+    crate::tls::accept_tls(listener, tls, "kubelet API: ", shutdown, || {
         let state = state.clone();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "kubelet API: TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let client_cert: Option<Arc<Vec<u8>>> = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .map(|cert| Arc::new(cert.as_ref().to_vec()));
+        move |tls, peer, client_cert| async move {
             let service = service_fn(move |request| {
                 let state = state.clone();
                 let client_cert = client_cert.clone();
@@ -275,6 +250,7 @@ pub async fn serve(
             if let Err(e) = connection.await {
                 tracing::debug!(%peer, error = %e, "kubelet API connection ended with an error");
             }
-        });
-    }
+        }
+    })
+    .await;
 }

@@ -61,3 +61,19 @@ impl ImageError {
         }
     }
 }
+
+/// An error and its causes on one line: some errors (reqwest's "error sending request",
+/// tar's "failed to unpack") keep what failed (the TLS alert, the errno) in their sources.
+pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}

@@ -326,17 +326,30 @@ impl ImageStore {
     /// Unpacks the image's layers (if not yet) and records it, taking its names from any
     /// other image (a name points at one image).
     fn commit(&self, mut image: Image, layer_blobs: &[String]) -> Result<Image, ImageError> {
-        for (diff_id, blob) in image.layers.iter().zip(layer_blobs) {
+        for (i, (diff_id, blob)) in image.layers.iter().zip(layer_blobs).enumerate() {
             let dir = self.layer_dir(diff_id);
             if dir.is_dir() {
                 continue;
             }
-            layer::unpack(&self.blob_path(blob), diff_id, &dir, &self.tmp_dir()).map_err(|e| {
-                ImageError::Layer {
-                    image: image.id.clone(),
-                    diff_id: diff_id.clone(),
-                    source: Box::new(e),
-                }
+            // Dirs the layer needs but does not list are copied from these (nearest first).
+            // Layers are shared by diff_id, so a layer first unpacked over other lowers keeps
+            // what those had.
+            let lowers: Vec<PathBuf> = image.layers[..i]
+                .iter()
+                .rev()
+                .map(|d| self.layer_dir(d))
+                .collect();
+            let unpacked = layer::unpack(
+                &self.blob_path(blob),
+                diff_id,
+                &dir,
+                &self.tmp_dir(),
+                &lowers,
+            );
+            unpacked.map_err(|e| ImageError::Layer {
+                image: image.id.clone(),
+                diff_id: diff_id.clone(),
+                source: Box::new(e),
             })?;
         }
         let index_dir = self.index_dir();

@@ -167,8 +167,12 @@ fn client(registries: &Registries, endpoint: &Endpoint) -> Result<oci_client::Cl
             });
         }
         if tls.cert_file.is_some() || tls.key_file.is_some() {
-            // TODO(issue 5): client certificates (oci-client's config has no identity).
-            tracing::warn!(host = %endpoint.host, "registries.yaml: client certificates are not supported yet");
+            // oci-client's configuration has no client identity; pulling without the
+            // certificate the registry asks for would only fail later and less clearly.
+            return Err(format!(
+                "registries.yaml configs.{}.tls: client certificates (cert_file, key_file) are not supported",
+                endpoint.host
+            ));
         }
     }
     oci_client::Client::try_from(config).map_err(|e| e.to_string())

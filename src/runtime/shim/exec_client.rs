@@ -38,7 +38,8 @@ pub type ExecReader = Box<dyn AsyncRead + Send + Unpin>;
 /// A running exec. Dropping it before [`ExecProcess::wait`] kills the process (SIGTERM to
 /// `kedge shim exec`, which SIGKILLs the process in the container).
 pub struct ExecProcess {
-    /// Closing (dropping or shutting down) it is EOF for a non-tty process.
+    /// Closing (dropping or shutting down) it is EOF for a non-tty process; with a tty,
+    /// shutting it down hangs the terminal up (SIGHUP), as containerd does.
     pub stdin: Option<ExecWriter>,
     /// With a tty: the terminal's output (stdout and stderr both).
     pub stdout: ExecReader,

@@ -1,5 +1,5 @@
 //! Pseudo-terminals: the pty master libcontainer sends over a console socket (SCM_RIGHTS),
-//! resizing it (TIOCSWINSZ), and an async reader/writer over it for the agent.
+//! resizing it (TIOCSWINSZ), hanging it up, and an async reader/writer over it for the agent.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -77,6 +77,28 @@ impl Pty {
     pub fn resize(&self, cols: u16, rows: u16) -> io::Result<()> {
         resize(self.fd.get_ref().as_raw_fd(), cols, rows)
     }
+
+    /// Hangs the terminal up, as closing its master would: the session's leader and
+    /// foreground processes get SIGHUP, their reads of it end. What containerd's shim does
+    /// (closing the console) when a tty exec's stdin ends; done here on the slave
+    /// (TIOCGPTPEER, then TIOCVHANGUP) so that the master, shared with the output reader,
+    /// stays open until that output is drained.
+    pub fn hangup(&self) -> io::Result<()> {
+        let master = self.fd.get_ref().as_raw_fd();
+        // SAFETY: plain ioctls on fds this process owns; the peer fd is owned right away.
+        let slave = unsafe {
+            let fd = libc::ioctl(master, libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY);
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            OwnedFd::from_raw_fd(fd)
+        };
+        // SAFETY: as above.
+        if unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCVHANGUP) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
 }
 
 impl AsyncRead for Pty {
@@ -124,7 +146,53 @@ impl AsyncWrite for Pty {
         Poll::Ready(Ok(()))
     }
 
+    /// The end of the terminal's input (an exec's stdin closed): the terminal is hung up.
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+        Poll::Ready(self.hangup())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+
+    /// A shell on the terminal ends when it is hung up (128 + SIGHUP), and the master's
+    /// reader sees the end.
+    #[tokio::test]
+    async fn hangup_ends_the_session() {
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let mut command = std::process::Command::new("sh");
+        command
+            .args(["-c", "read line; echo got $line"])
+            .stdin(std::process::Stdio::from(pty.slave.try_clone().unwrap()))
+            .stdout(std::process::Stdio::from(pty.slave.try_clone().unwrap()))
+            .stderr(std::process::Stdio::null());
+        // SAFETY: setsid and TIOCSCTTY are async-signal-safe; fd 0 is the pty's slave.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().unwrap();
+        drop(command);
+        drop(pty.slave);
+        let master = Pty::new(pty.master).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        master.hangup().unwrap();
+        let status = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGHUP), "{status:?}");
+        let mut reader = master.clone();
+        let mut rest = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut rest)
+            .await
+            .unwrap();
     }
 }
