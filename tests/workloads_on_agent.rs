@@ -12,71 +12,8 @@ use std::time::{Duration, Instant};
 
 use common::agent::{Node, TestHost, API_PORT};
 use common::kubectl::Kubectl;
+use common::workloads::{busybox_pod, pod_field, restarts, until, wait_ready};
 use common::Server;
-
-/// Polls `kubectl args` until `done(stdout)` holds; returns that stdout.
-async fn until(
-    kubectl: &Kubectl<'_>,
-    args: &[&str],
-    timeout: Duration,
-    what: &str,
-    done: impl Fn(&str) -> bool,
-) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let out = kubectl.run(args, None);
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        if out.status.success() && done(&stdout) {
-            return stdout;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}; last `kubectl {}`:\n{stdout}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// `kubectl get pod NAME -o jsonpath=EXPR`.
-fn pod_field(kubectl: &Kubectl<'_>, pod: &str, expr: &str) -> String {
-    kubectl.ok(&["get", "pod", pod, "-o", &format!("jsonpath={expr}")])
-}
-
-/// Waits until pod `name` is Ready (through `kubectl wait`, as a user would).
-fn wait_ready(kubectl: &Kubectl<'_>, name: &str) {
-    let pod = format!("pod/{name}");
-    let out = kubectl.run(
-        &["wait", "--for=condition=Ready", &pod, "--timeout=90s"],
-        None,
-    );
-    if !out.status.success() {
-        let described = kubectl.run(&["describe", &pod], None);
-        panic!(
-            "{pod} not Ready: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&described.stdout)
-        );
-    }
-}
-
-/// A pod of the busybox test image running `script` with `sh -c`.
-fn busybox_pod(name: &str, script: &str) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-spec:
-  terminationGracePeriodSeconds: 2
-  containers:
-  - name: main
-    image: busybox:1.35
-    command: ["sh", "-c", {script:?}]
-"#
-    )
-}
 
 /// The harness itself: a server inside a test host runs in that host's network namespace
 /// but the test's own mount namespace, and kubectl reaches it from inside.
@@ -322,13 +259,6 @@ async fn kubectl_cp_both_ways() {
         std::fs::read_to_string(back_dir.join("sub/out.txt")).unwrap(),
         "from the pod\n"
     );
-}
-
-/// restartCount of a pod's first container, 0 if not reported yet.
-fn restarts(kubectl: &Kubectl<'_>, pod: &str) -> u32 {
-    pod_field(kubectl, pod, "{.status.containerStatuses[0].restartCount}")
-        .parse()
-        .unwrap_or(0)
 }
 
 #[tokio::test]
