@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::agent::{in_netns, Node};
 use common::kubectl::Kubectl;
-use common::workloads::{busybox_pod, pod_field, until, wait_ready, Streaming};
+use common::workloads::{busybox_pod, in_terminal, pod_field, until, wait_ready, Streaming};
 
 /// The rows of `kubectl get KIND NAME` (headers left out), split into columns.
 fn row(kubectl: &Kubectl<'_>, kind: &str, name: &str) -> Vec<String> {
@@ -143,29 +143,67 @@ async fn a_job_runs_to_completion_and_a_failing_one_exceeds_its_backoff_limit() 
     );
 }
 
-/// Names of the pods `app=web` that exist, and those of them that are Ready.
-fn web_pods(kubectl: &Kubectl<'_>) -> (Vec<String>, Vec<String>) {
+/// A pod of the StatefulSet `web` as the tests follow it.
+#[derive(Debug)]
+struct WebPod {
+    ordinal: usize,
+    revision: String,
+    ready: bool,
+    terminating: bool,
+}
+
+/// The pods `app=web` that exist, by ordinal.
+fn web_pods(kubectl: &Kubectl<'_>) -> Vec<WebPod> {
     let out = kubectl.ok(&[
         "get",
         "pods",
         "-l",
         "app=web",
         "-o",
-        "jsonpath={range .items[*]}{.metadata.name} {.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
+        "jsonpath={range .items[*]}{.metadata.name} {.metadata.labels.controller-revision-hash} {.status.conditions[?(@.type==\"Ready\")].status} {.metadata.deletionTimestamp}{\"\\n\"}{end}",
     ]);
-    let mut names = Vec::new();
-    let mut ready = Vec::new();
-    for line in out.lines() {
-        let mut fields = line.split_whitespace();
-        let name = fields.next().unwrap_or_default().to_string();
-        if fields.next() == Some("True") {
-            ready.push(name.clone());
+    let mut pods: Vec<WebPod> = out
+        .lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            WebPod {
+                ordinal: fields[0]
+                    .strip_prefix("web-")
+                    .and_then(|o| o.parse().ok())
+                    .unwrap_or_else(|| panic!("a pod not of the set: {line}")),
+                revision: fields[1].to_string(),
+                ready: fields[2] == "True",
+                terminating: !fields[3].is_empty(),
+            }
+        })
+        .collect();
+    pods.sort_by_key(|p| p.ordinal);
+    pods
+}
+
+/// Polls the pods of `web` until `done`, checking `invariant` on every look.
+async fn follow_web(
+    kubectl: &Kubectl<'_>,
+    what: &str,
+    invariant: impl Fn(&[WebPod]) -> Result<(), String>,
+    done: impl Fn(&[WebPod]) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let pods = web_pods(kubectl);
+        if let Err(broken) = invariant(&pods) {
+            panic!("{what}: {broken}: {pods:?}");
         }
-        names.push(name);
+        if done(&pods) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {pods:?}\n{}",
+            kubectl.ok(&["describe", "pods", "-l", "app=web"])
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    names.sort();
-    ready.sort();
-    (names, ready)
 }
 
 const STATEFUL_SET: &str = r#"apiVersion: v1
@@ -224,29 +262,23 @@ async fn a_stateful_set_starts_in_order_and_keeps_a_pods_volume() {
     kubectl.ok_with(&["apply", "-f", "-"], Some(STATEFUL_SET));
 
     // OrderedReady: web-N is created only once web-0..web-N-1 are Ready.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let (names, ready) = web_pods(&kubectl);
-        for (ordinal, name) in names.iter().enumerate() {
-            assert_eq!(name, &format!("web-{ordinal}"), "pods {names:?}");
-            if ordinal > 0 {
-                let before = format!("web-{}", ordinal - 1);
-                assert!(
-                    ready.contains(&before),
-                    "{name} exists while {before} is not Ready (pods {names:?}, ready {ready:?})"
-                );
+    follow_web(
+        &kubectl,
+        "the set to start in order",
+        |pods| {
+            for (at, pod) in pods.iter().enumerate() {
+                if pod.ordinal != at {
+                    return Err(format!("web-{} without web-{at}", pod.ordinal));
+                }
+                if at > 0 && !pods[at - 1].ready {
+                    return Err(format!("web-{at} created before web-{} was Ready", at - 1));
+                }
             }
-        }
-        if ready.len() == 3 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "pods {names:?}, ready {ready:?}: {}",
-            kubectl.ok(&["describe", "pods", "-l", "app=web"])
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+            Ok(())
+        },
+        |pods| pods.len() == 3 && pods.iter().all(|p| p.ready),
+    )
+    .await;
     kubectl.ok(&["rollout", "status", "statefulset/web", "--timeout=60s"]);
     let pods = kubectl.ok(&["get", "pods", "-l", "app=web", "--no-headers"]);
     assert!(
@@ -295,6 +327,109 @@ async fn a_stateful_set_starts_in_order_and_keeps_a_pods_volume() {
             "{.spec.volumes[?(@.name==\"data\")].persistentVolumeClaim.claimName}"
         ),
         "data-web-1"
+    );
+
+    // A rolling update goes from the highest ordinal down, one Ready pod at a time.
+    let revision = |field: &str| {
+        kubectl.ok(&[
+            "get",
+            "statefulset",
+            "web",
+            "-o",
+            &format!("jsonpath={{.status.{field}}}"),
+        ])
+    };
+    let old = revision("currentRevision");
+    kubectl.ok(&["set", "env", "statefulset/web", "STAMP=2"]);
+    let new = until(
+        &kubectl,
+        &[
+            "get",
+            "statefulset",
+            "web",
+            "-o",
+            "jsonpath={.status.updateRevision}",
+        ],
+        Duration::from_secs(30),
+        "the new revision",
+        |r| !r.is_empty() && r != old,
+    )
+    .await;
+    follow_web(
+        &kubectl,
+        "the rolling update",
+        |pods| {
+            for pod in pods {
+                let touched = pod.terminating || pod.revision == new;
+                let above = pods.iter().filter(|p| p.ordinal > pod.ordinal);
+                if touched && above.clone().count() != 2 - pod.ordinal {
+                    return Err(format!(
+                        "web-{} updated with a pod above it missing",
+                        pod.ordinal
+                    ));
+                }
+                if touched
+                    && !above
+                        .clone()
+                        .all(|p| p.revision == new && p.ready && !p.terminating)
+                {
+                    return Err(format!(
+                        "web-{} updated before the pods above it were updated and Ready",
+                        pod.ordinal
+                    ));
+                }
+            }
+            Ok(())
+        },
+        |pods| {
+            pods.len() == 3
+                && pods
+                    .iter()
+                    .all(|p| p.revision == new && p.ready && !p.terminating)
+        },
+    )
+    .await;
+    kubectl.ok(&["rollout", "status", "statefulset/web", "--timeout=60s"]);
+    assert_eq!(revision("currentRevision"), new);
+    assert_eq!(
+        kubectl.ok(&[
+            "exec",
+            "web-1",
+            "--",
+            "sh",
+            "-c",
+            "echo $STAMP; cat /data/note"
+        ]),
+        "2\nkept\n"
+    );
+
+    // Scaling down removes the highest ordinal first, each gone before the next goes; the
+    // claims stay, and scaling up again brings web-1 back to its data.
+    kubectl.ok(&["scale", "statefulset/web", "--replicas=1"]);
+    follow_web(
+        &kubectl,
+        "the scale-down",
+        |pods| {
+            let has = |o: usize| pods.iter().any(|p| p.ordinal == o);
+            let leaving = |o: usize| pods.iter().any(|p| p.ordinal == o && p.terminating);
+            if (!has(1) || leaving(1)) && has(2) {
+                return Err("web-1 went before web-2 was gone".into());
+            }
+            Ok(())
+        },
+        |pods| pods.len() == 1,
+    )
+    .await;
+    let claims = kubectl.ok(&["get", "pvc", "-o", "name"]);
+    assert_eq!(
+        claims,
+        "persistentvolumeclaim/data-web-0\npersistentvolumeclaim/data-web-1\npersistentvolumeclaim/data-web-2\n"
+    );
+    kubectl.ok(&["scale", "statefulset/web", "--replicas=2"]);
+    kubectl.ok(&["rollout", "status", "statefulset/web", "--timeout=60s"]);
+    assert_eq!(
+        kubectl.ok(&["exec", "web-1", "--", "cat", "/data/note"]),
+        "kept\n"
     );
 }
 
@@ -447,6 +582,35 @@ async fn kubectl_attach_follows_output_and_feeds_stdin() {
     assert!(out.starts_with("typed\nend\n"), "{out}");
     let gone = kubectl.fails(&["get", "pod", "once"], None);
     assert!(gone.contains("NotFound"), "{gone}");
+
+    // -it: a container with a terminal, kubectl on one of the test's (40x100).
+    let term = busybox_pod("term", "sh")
+        .replace("  containers:", "  restartPolicy: Never\n  containers:")
+        + "    stdin: true\n    tty: true\n";
+    kubectl.ok_with(&["apply", "-f", "-"], Some(&term));
+    wait_ready(&kubectl, "term");
+    let transcript = in_terminal(
+        &kubectl,
+        &["attach", "-it", "pod/term"],
+        "tty; stty size; echo answer-$((6 * 7)); exit 4\n",
+        "answer-42",
+    );
+    assert!(transcript.contains("/dev/pts/"), "{transcript}");
+    assert!(transcript.contains("40 100"), "{transcript}");
+    until(
+        &kubectl,
+        &[
+            "get",
+            "pod",
+            "term",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].state.terminated.exitCode}",
+        ],
+        Duration::from_secs(30),
+        "the shell to exit",
+        |code| code == "4",
+    )
+    .await;
 }
 
 /// `GET /` from `127.0.0.1:port` inside the node's host; the whole response.
