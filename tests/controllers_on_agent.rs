@@ -708,3 +708,73 @@ async fn kubectl_port_forward_reaches_a_pods_port() {
         .unwrap_or_else(|| panic!("no local port in {out:?}"));
     assert_eq!(http_get(&node, port), "served by the pod\n");
 }
+
+#[tokio::test]
+async fn kubectl_debug_runs_an_ephemeral_container_in_the_pod() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]).await;
+    let kubectl = node.kubectl();
+    let app = busybox_pod(
+        "app",
+        "echo app-data > /tmp/app.txt; trap 'exit 0' TERM; while true; do sleep 1; done",
+    );
+    kubectl.ok_with(&["apply", "-f", "-"], Some(&app));
+    wait_ready(&kubectl, "app");
+
+    // -i: kubectl adds the container, waits for it to run and attaches to it.
+    let out = kubectl.ok_with(
+        &[
+            "debug",
+            "app",
+            "-i",
+            "--image=busybox:1.35",
+            "--container=debugger",
+            "--",
+            "sh",
+            "-c",
+            "cat; hostname",
+        ],
+        Some("typed\n"),
+    );
+    assert!(out.ends_with("typed\napp\n"), "{out}");
+    let status = "{.status.ephemeralContainerStatuses[?(@.name==\"debugger\")]";
+    until(
+        &kubectl,
+        &[
+            "get",
+            "pod",
+            "app",
+            "-o",
+            &format!("jsonpath={status}.state.terminated.reason}}"),
+        ],
+        Duration::from_secs(30),
+        "the debug container to finish",
+        |reason| reason == "Completed",
+    )
+    .await;
+    assert_eq!(
+        kubectl.ok(&["logs", "app", "-c", "debugger"]),
+        "typed\napp\n"
+    );
+    // The pod's own container is untouched, and the finished debug container is not
+    // restarted.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        pod_field(&kubectl, "app", &format!("{status}.restartCount}}")),
+        "0"
+    );
+    assert_eq!(
+        pod_field(
+            &kubectl,
+            "app",
+            "{.status.containerStatuses[0].restartCount}"
+        ),
+        "0"
+    );
+    wait_ready(&kubectl, "app");
+    let table = kubectl.ok(&["get", "pod", "app"]);
+    assert!(
+        table.contains("1/1") && table.contains("Running"),
+        "{table}"
+    );
+}
