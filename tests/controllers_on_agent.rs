@@ -721,8 +721,10 @@ async fn kubectl_debug_runs_an_ephemeral_container_in_the_pod() {
     kubectl.ok_with(&["apply", "-f", "-"], Some(&app));
     wait_ready(&kubectl, "app");
 
-    // -i: kubectl adds the container, waits for it to run and attaches to it.
-    let out = kubectl.ok_with(
+    // -i: kubectl adds the container, waits for it to run and attaches to its stdin (not
+    // stdinOnce: kubectl leaving does not end it).
+    let mut debug = Streaming::start(
+        &kubectl,
         &[
             "debug",
             "app",
@@ -732,12 +734,40 @@ async fn kubectl_debug_runs_an_ephemeral_container_in_the_pod() {
             "--",
             "sh",
             "-c",
-            "cat; hostname",
+            "while read l; do echo debug:$l; done",
         ],
-        Some("typed\n"),
     );
-    assert!(out.ends_with("typed\napp\n"), "{out}");
+    debug.write("one\n");
+    debug
+        .wait_for(
+            Duration::from_secs(30),
+            "the debug container's answer",
+            |out| out.contains("debug:one"),
+        )
+        .await;
+    drop(debug);
     let status = "{.status.ephemeralContainerStatuses[?(@.name==\"debugger\")]";
+    assert!(pod_field(
+        &kubectl,
+        "app",
+        &format!("{status}.state.running.startedAt}}")
+    )
+    .contains('T'));
+    assert_eq!(
+        pod_field(&kubectl, "app", &format!("{status}.ready}}")),
+        "false"
+    );
+
+    // Without -i: it runs to its end, its logs stay, and it is never restarted.
+    kubectl.ok(&[
+        "debug",
+        "app",
+        "--image=busybox:1.35",
+        "--container=once",
+        "--",
+        "hostname",
+    ]);
+    let once = "{.status.ephemeralContainerStatuses[?(@.name==\"once\")]";
     until(
         &kubectl,
         &[
@@ -745,24 +775,20 @@ async fn kubectl_debug_runs_an_ephemeral_container_in_the_pod() {
             "pod",
             "app",
             "-o",
-            &format!("jsonpath={status}.state.terminated.reason}}"),
+            &format!("jsonpath={once}.state.terminated.reason}}"),
         ],
         Duration::from_secs(30),
         "the debug container to finish",
         |reason| reason == "Completed",
     )
     .await;
-    assert_eq!(
-        kubectl.ok(&["logs", "app", "-c", "debugger"]),
-        "typed\napp\n"
-    );
-    // The pod's own container is untouched, and the finished debug container is not
-    // restarted.
+    assert_eq!(kubectl.ok(&["logs", "app", "-c", "once"]), "app\n");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
-        pod_field(&kubectl, "app", &format!("{status}.restartCount}}")),
+        pod_field(&kubectl, "app", &format!("{once}.restartCount}}")),
         "0"
     );
+    // The pod's own container is untouched.
     assert_eq!(
         pod_field(
             &kubectl,
@@ -771,10 +797,26 @@ async fn kubectl_debug_runs_an_ephemeral_container_in_the_pod() {
         ),
         "0"
     );
-    wait_ready(&kubectl, "app");
     let table = kubectl.ok(&["get", "pod", "app"]);
     assert!(
         table.contains("1/1") && table.contains("Running"),
         "{table}"
+    );
+    // Ephemeral containers are only ever added.
+    let removed = kubectl.fails(
+        &[
+            "patch",
+            "pod",
+            "app",
+            "--subresource=ephemeralcontainers",
+            "--type=json",
+            "-p",
+            r#"[{"op": "remove", "path": "/spec/ephemeralContainers/0"}]"#,
+        ],
+        None,
+    );
+    assert!(
+        removed.contains("existing ephemeral containers \"debugger\" may not be removed"),
+        "{removed}"
     );
 }

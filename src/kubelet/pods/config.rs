@@ -28,6 +28,8 @@ pub struct Inputs<'a> {
     pub volume_mounts: Vec<Mount>,
     pub facts: &'a Facts,
     pub memory_capacity: i64,
+    /// The PID namespace to join (an ephemeral container's target's).
+    pub pid_ns: Option<PathBuf>,
 }
 
 /// Fetches what the environment refers to: ConfigMaps, Secrets and, with service links,
@@ -184,6 +186,7 @@ pub fn build(
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(format!("/proc/{}/ns/net", std::process::id()))),
         ),
+        pid_ns: inputs.pid_ns,
         cgroups_path,
         resources: Resources {
             cpu_shares: Some(resources.cpu_shares),

@@ -180,6 +180,9 @@ pub struct ContainerConfig {
     pub mounts: Vec<Mount>,
     /// Join this network namespace (the pod sandbox's); `None` = a new, empty one.
     pub netns: Option<PathBuf>,
+    /// Join this PID namespace (that of the container an ephemeral container targets, to
+    /// see its processes); `None` = a new one.
+    pub pid_ns: Option<PathBuf>,
     /// Relative to the cgroup root, e.g. `kedge/burstable/pod<uid>/<id>`.
     pub cgroups_path: String,
     pub resources: Resources,
@@ -359,7 +362,10 @@ fn spec_json(config: &ContainerConfig, host: Host) -> Result<Value, SpecError> {
     }
 
     let mut namespaces = vec![
-        json!({"type": "pid"}),
+        match &config.pid_ns {
+            Some(path) => json!({"type": "pid", "path": path}),
+            None => json!({"type": "pid"}),
+        },
         json!({"type": "ipc"}),
         json!({"type": "uts"}),
         json!({"type": "mount"}),
