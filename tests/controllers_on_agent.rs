@@ -820,3 +820,45 @@ async fn kubectl_debug_runs_an_ephemeral_container_in_the_pod() {
         "{removed}"
     );
 }
+
+#[tokio::test]
+async fn kubectl_debug_node_sees_the_nodes_processes_and_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]).await;
+    let kubectl = node.kubectl();
+    // A pod on the node with its host's PID, IPC and network namespaces and its root at
+    // /host: the server (this node's agent) is one of the processes it sees.
+    let server = node.server.pid().unwrap();
+    let marker = dir.path().join("marker.txt");
+    std::fs::write(&marker, "on the node\n").unwrap();
+    let script = format!(
+        "cat /proc/{server}/comm; cat /host{}; ip -o addr show lo",
+        marker.display()
+    );
+    let node_ref = format!("node/{}", node.name());
+    let out = kubectl.ok(&[
+        "debug",
+        &node_ref,
+        "--image=busybox:1.35",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let pod = out
+        .split_whitespace()
+        .find(|w| w.starts_with("node-debugger-"))
+        .unwrap_or_else(|| panic!("no pod named in {out:?}"))
+        .to_string();
+    until(
+        &kubectl,
+        &["get", "pod", &pod, "-o", "jsonpath={.status.phase}"],
+        Duration::from_secs(60),
+        "the node debugger to finish",
+        |phase| phase == "Succeeded",
+    )
+    .await;
+    let logs = kubectl.ok(&["logs", &pod]);
+    assert!(logs.starts_with("kedge\non the node\n"), "{logs}");
+    assert!(logs.contains(&node.host.ip().to_string()), "{logs}");
+}

@@ -37,6 +37,7 @@ fn config() -> ContainerConfig {
         ],
         netns: Some("/run/netns/pod".into()),
         pid_ns: None,
+        ipc_ns: None,
         cgroups_path: "kedge/burstable/podabc/0123456789abcdef0123456789abcdef".into(),
         resources: Resources {
             cpu_shares: Some(512),
