@@ -4,79 +4,13 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
-use std::os::unix::process::CommandExt;
+use std::io::Read;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::agent::{Node, TestHost, API_PORT};
-use common::kubectl::Kubectl;
+use common::workloads::{busybox_pod, in_terminal, pod_field, restarts, until, wait_ready};
 use common::Server;
-
-/// Polls `kubectl args` until `done(stdout)` holds; returns that stdout.
-async fn until(
-    kubectl: &Kubectl<'_>,
-    args: &[&str],
-    timeout: Duration,
-    what: &str,
-    done: impl Fn(&str) -> bool,
-) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let out = kubectl.run(args, None);
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        if out.status.success() && done(&stdout) {
-            return stdout;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}; last `kubectl {}`:\n{stdout}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// `kubectl get pod NAME -o jsonpath=EXPR`.
-fn pod_field(kubectl: &Kubectl<'_>, pod: &str, expr: &str) -> String {
-    kubectl.ok(&["get", "pod", pod, "-o", &format!("jsonpath={expr}")])
-}
-
-/// Waits until pod `name` is Ready (through `kubectl wait`, as a user would).
-fn wait_ready(kubectl: &Kubectl<'_>, name: &str) {
-    let pod = format!("pod/{name}");
-    let out = kubectl.run(
-        &["wait", "--for=condition=Ready", &pod, "--timeout=90s"],
-        None,
-    );
-    if !out.status.success() {
-        let described = kubectl.run(&["describe", &pod], None);
-        panic!(
-            "{pod} not Ready: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&described.stdout)
-        );
-    }
-}
-
-/// A pod of the busybox test image running `script` with `sh -c`.
-fn busybox_pod(name: &str, script: &str) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-spec:
-  terminationGracePeriodSeconds: 2
-  containers:
-  - name: main
-    image: busybox:1.35
-    command: ["sh", "-c", {script:?}]
-"#
-    )
-}
 
 /// The harness itself: a server inside a test host runs in that host's network namespace
 /// but the test's own mount namespace, and kubectl reaches it from inside.
@@ -214,74 +148,6 @@ async fn exec_with_piped_stdin_and_with_a_terminal() {
     assert!(transcript.contains("40 100"), "{transcript}");
 }
 
-/// Runs `kubectl args` with a new pseudo-terminal (40 rows, 100 columns) as its controlling
-/// terminal, types `input`, and returns everything it printed once `expect` has appeared and
-/// kubectl has exited.
-fn in_terminal(kubectl: &Kubectl<'_>, args: &[&str], input: &str, expect: &str) -> String {
-    let size = nix::pty::Winsize {
-        ws_row: 40,
-        ws_col: 100,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    let pty = nix::pty::openpty(Some(&size), None).expect("a pseudo-terminal");
-    let (master, slave): (OwnedFd, OwnedFd) = (pty.master, pty.slave);
-    let mut command = kubectl.command(args);
-    command
-        .stdin(Stdio::from(slave.try_clone().unwrap()))
-        .stdout(Stdio::from(slave.try_clone().unwrap()))
-        .stderr(Stdio::from(slave));
-    // SAFETY: setsid and TIOCSCTTY are async-signal-safe; fd 0 is the pty's slave end.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = command.spawn().expect("kubectl runs");
-    drop(command);
-    let mut writer = std::fs::File::from(master.try_clone().unwrap());
-    let mut reader = std::fs::File::from(master);
-    let (sender, output) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut buffer = [0u8; 4096];
-        // EIO once every slave end is closed (kubectl exited).
-        while let Ok(n) = reader.read(&mut buffer) {
-            if n == 0 || sender.send(buffer[..n].to_vec()).is_err() {
-                break;
-            }
-        }
-    });
-    // Let the remote shell start before typing, as a person would.
-    std::thread::sleep(Duration::from_secs(2));
-    writer.write_all(input.as_bytes()).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut text = Vec::new();
-    loop {
-        if let Ok(chunk) = output.recv_timeout(Duration::from_millis(100)) {
-            text.extend(chunk);
-        }
-        let exited = child.try_wait().unwrap().is_some();
-        if exited && String::from_utf8_lossy(&text).contains(expect) {
-            while let Ok(chunk) = output.recv_timeout(Duration::from_millis(200)) {
-                text.extend(chunk);
-            }
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!(
-                "kubectl {args:?} on a terminal: no {expect:?} (or no exit) in 30 s:\n{}",
-                String::from_utf8_lossy(&text)
-            );
-        }
-    }
-    drop(writer);
-    String::from_utf8_lossy(&text).into_owned()
-}
-
 #[tokio::test]
 async fn kubectl_cp_both_ways() {
     let dir = tempfile::tempdir().unwrap();
@@ -322,13 +188,6 @@ async fn kubectl_cp_both_ways() {
         std::fs::read_to_string(back_dir.join("sub/out.txt")).unwrap(),
         "from the pod\n"
     );
-}
-
-/// restartCount of a pod's first container, 0 if not reported yet.
-fn restarts(kubectl: &Kubectl<'_>, pod: &str) -> u32 {
-    pod_field(kubectl, pod, "{.status.containerStatuses[0].restartCount}")
-        .parse()
-        .unwrap_or(0)
 }
 
 #[tokio::test]

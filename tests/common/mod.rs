@@ -6,6 +6,7 @@ pub mod agent;
 pub mod image;
 pub mod kubectl;
 pub mod nodes;
+pub mod workloads;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -327,6 +327,10 @@ async fn serve(
         }
         let verbs: &[Verb] = match sub.as_str() {
             "status" | "scale" => &[Verb::Get, Verb::Update, Verb::Patch],
+            // Where `kubectl debug` adds a pod's ephemeral containers.
+            "ephemeralcontainers" if resource.plural == "pods" => {
+                &[Verb::Get, Verb::Update, Verb::Patch]
+            }
             "binding" | "eviction" | "token" => &[Verb::Create],
             "finalize" => &[Verb::Update],
             // Served by the node's kubelet; the body (none) and upgrades go through as they are.
@@ -504,8 +508,11 @@ fn validate(call: &Call<'_>, object: &mut Value) -> Result<(), ApiError> {
 /// Checks that changing `current` into `new` touches nothing the kind forbids changing.
 fn validate_update(call: &Call<'_>, current: &Value, new: &Value) -> Result<(), ApiError> {
     let resource = &call.resource;
-    let causes =
-        validation::immutable::validate_update(&resource.group, &resource.kind, current, new);
+    let causes = if call.path.subresource.as_deref() == Some("ephemeralcontainers") {
+        validation::immutable::validate_ephemeral_containers_update(current, new)
+    } else {
+        validation::immutable::validate_update(&resource.group, &resource.kind, current, new)
+    };
     if causes.is_empty() {
         return Ok(());
     }

@@ -49,6 +49,11 @@ fn is_status(call: &Call<'_>) -> bool {
     call.path.subresource.as_deref() == Some("status")
 }
 
+/// `pods/<name>/ephemeralcontainers`: where `kubectl debug` adds containers to a pod.
+fn is_ephemeral_containers(call: &Call<'_>) -> bool {
+    call.path.subresource.as_deref() == Some("ephemeralcontainers")
+}
+
 /// `namespaces/<name>/finalize`: where the namespace controller says its part is done.
 fn is_finalize(call: &Call<'_>) -> bool {
     call.path.subresource.as_deref() == Some("finalize")
@@ -132,6 +137,18 @@ fn reconcile(call: &Call<'_>, current: &Value, mut new: Value) -> Result<Value, 
             None => {
                 merged.as_object_mut().expect("an object").remove("status");
             }
+        }
+        return Ok(merged);
+    }
+    if is_ephemeral_containers(call) {
+        // The ephemeralcontainers endpoint changes spec.ephemeralContainers and nothing else.
+        let mut merged = current.clone();
+        let ephemeral = new.pointer("/spec/ephemeralContainers").cloned();
+        if let Some(spec) = merged.get_mut("spec").and_then(Value::as_object_mut) {
+            match ephemeral {
+                Some(list) => spec.insert("ephemeralContainers".into(), list),
+                None => spec.remove("ephemeralContainers"),
+            };
         }
         return Ok(merged);
     }

@@ -1,5 +1,6 @@
 //! What an update may not change, per kind, with upstream's messages: a pod's spec beyond
-//! images and a few fields (scheduling gates may be removed), workload selectors, Job templates, immutable ConfigMaps and
+//! images and a few fields (scheduling gates may be removed; ephemeral containers only added,
+//! through their own subresource), workload selectors, Job templates, immutable ConfigMaps and
 //! Secrets, a RoleBinding's roleRef, a bound claim's spec.
 
 use serde_json::{Map, Value};
@@ -239,6 +240,57 @@ fn pod_spec_update_allowed(current: Option<&Value>, new: Option<&Value>) -> bool
     &patched == current
 }
 
+/// An update through `pods/<name>/ephemeralcontainers` (the only way to change them): the
+/// pod's ephemeral containers may be added to, never removed or changed, and a new one may
+/// not take the name of another container of the pod.
+pub fn validate_ephemeral_containers_update(current: &Value, new: &Value) -> Vec<FieldError> {
+    let list = |pod: &Value, field: &str| -> Vec<Value> {
+        pod.pointer(&format!("/spec/{field}"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let name = |c: &Value| {
+        c.get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let old = list(current, "ephemeralContainers");
+    let new_list = list(new, "ephemeralContainers");
+    let mut errors = Vec::new();
+    for existing in &old {
+        let existing_name = name(existing);
+        match new_list.iter().find(|c| name(c) == existing_name) {
+            None => errors.push(FieldError::forbidden(
+                "spec.ephemeralContainers",
+                &format!("existing ephemeral containers {existing_name:?} may not be removed\n"),
+            )),
+            Some(changed) if changed != existing => errors.push(FieldError::forbidden(
+                &format!("spec.ephemeralContainers[{existing_name}]"),
+                &format!("existing ephemeral containers {existing_name:?} may not be changed\n"),
+            )),
+            Some(_) => {}
+        }
+    }
+    let mut taken: Vec<String> = ["initContainers", "containers"]
+        .iter()
+        .flat_map(|field| list(new, field))
+        .map(|c| name(&c))
+        .collect();
+    for (i, container) in new_list.iter().enumerate() {
+        let container_name = name(container);
+        if taken.contains(&container_name) {
+            errors.push(FieldError::duplicate(
+                &format!("spec.ephemeralContainers[{i}].name"),
+                &container_name,
+            ));
+        }
+        taken.push(container_name);
+    }
+    errors
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -260,6 +312,29 @@ mod tests {
         assert!(errors[0]
             .message
             .starts_with("Forbidden: pod updates may not change fields"));
+    }
+
+    #[test]
+    fn ephemeral_containers_are_only_added_and_only_through_their_subresource() {
+        let pod = json!({"spec": {"containers": [{"name": "main", "image": "x:1"}]}});
+        let mut debugged = pod.clone();
+        debugged["spec"]["ephemeralContainers"] = json!([{"name": "debugger", "image": "b"}]);
+        assert!(validate_ephemeral_containers_update(&pod, &debugged).is_empty());
+        // Not through a plain update.
+        assert_eq!(validate_update("", "Pod", &pod, &debugged).len(), 1);
+        let errors = validate_ephemeral_containers_update(&debugged, &pod);
+        assert_eq!(
+            errors[0].message,
+            "Forbidden: existing ephemeral containers \"debugger\" may not be removed\n"
+        );
+        let mut changed = debugged.clone();
+        changed["spec"]["ephemeralContainers"][0]["image"] = json!("c");
+        let errors = validate_ephemeral_containers_update(&debugged, &changed);
+        assert_eq!(errors[0].field, "spec.ephemeralContainers[debugger]");
+        let mut clash = pod.clone();
+        clash["spec"]["ephemeralContainers"] = json!([{"name": "main", "image": "b"}]);
+        let errors = validate_ephemeral_containers_update(&pod, &clash);
+        assert_eq!(errors[0].field, "spec.ephemeralContainers[0].name");
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub struct Inputs<'a> {
     pub volume_mounts: Vec<Mount>,
     pub facts: &'a Facts,
     pub memory_capacity: i64,
+    /// The PID namespace to join (an ephemeral container's target's).
+    pub pid_ns: Option<PathBuf>,
 }
 
 /// Fetches what the environment refers to: ConfigMaps, Secrets and, with service links,
@@ -159,6 +161,9 @@ pub fn build(
     }
     let resources = qos::container_resources(container);
     let cgroups_path = format!("{}/{}", qos::pod_cgroup(pod), inputs.id);
+    let spec = pod.spec.as_ref();
+    let host_pid = spec.and_then(|s| s.host_pid).unwrap_or(false);
+    let host_ipc = spec.and_then(|s| s.host_ipc).unwrap_or(false);
     Ok(ContainerConfig {
         id: inputs.id.to_string(),
         args: argv,
@@ -182,8 +187,12 @@ pub fn build(
                 .sandbox
                 .netns
                 .clone()
-                .unwrap_or_else(|| PathBuf::from(format!("/proc/{}/ns/net", std::process::id()))),
+                .unwrap_or_else(|| agent_namespace("net")),
         ),
+        pid_ns: inputs
+            .pid_ns
+            .or_else(|| host_pid.then(|| agent_namespace("pid"))),
+        ipc_ns: host_ipc.then(|| agent_namespace("ipc")),
         cgroups_path,
         resources: Resources {
             cpu_shares: Some(resources.cpu_shares),
@@ -201,4 +210,10 @@ pub fn build(
         },
         oom_score_adj: Some(qos::oom_score_adj(pod, container, inputs.memory_capacity)),
     })
+}
+
+/// The agent's own (the node's) namespace of `kind`, which host-network, `hostPID` and
+/// `hostIPC` pods join.
+fn agent_namespace(kind: &str) -> PathBuf {
+    PathBuf::from(format!("/proc/{}/ns/{kind}", std::process::id()))
 }

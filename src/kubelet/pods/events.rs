@@ -27,6 +27,7 @@ pub fn container_ref(pod: &Pod, kind: Kind, name: &str) -> ObjectReference {
     let list = match kind {
         Kind::Regular => "containers",
         Kind::Init | Kind::Sidecar => "initContainers",
+        Kind::Ephemeral => "ephemeralContainers",
     };
     ObjectReference {
         field_path: Some(format!("spec.{list}{{{name}}}")),

@@ -20,6 +20,8 @@ pub enum Kind {
     /// An init container with `restartPolicy: Always`.
     Sidecar,
     Regular,
+    /// Added to a running pod by `kubectl debug`; run once, never restarted, never probed.
+    Ephemeral,
 }
 
 /// How a container instance ended (also kept in the next instance's meta.json as its
@@ -185,6 +187,11 @@ pub fn container_status(view: &ContainerView, has_init_containers: bool) -> Cont
     }
     if status.last_state.is_none() {
         status.last_state = Some(ContainerState::default());
+    }
+    if view.kind == Kind::Ephemeral {
+        // Neither probed nor counted for readiness: upstream leaves both unset.
+        status.ready = false;
+        status.started = None;
     }
     status
 }
@@ -484,14 +491,14 @@ pub fn generate(pod: &Pod, views: &[ContainerView], facts: &Facts, now: &Time) -
         qos_class: Some(qos::qos_class(pod).to_string()),
         ..PodStatus::default()
     };
-    let view = |name: &str, kind_init: bool| {
+    let view = |name: &str, kinds: &[Kind]| {
         views
             .iter()
-            .find(|v| v.name == name && (v.kind != Kind::Regular) == kind_init)
+            .find(|v| v.name == name && kinds.contains(&v.kind))
     };
     let mut containers = Vec::new();
     for c in spec.map(|s| s.containers.as_slice()).unwrap_or_default() {
-        if let Some(v) = view(&c.name, false) {
+        if let Some(v) = view(&c.name, &[Kind::Regular]) {
             containers.push(container_status(v, has_init));
         }
     }
@@ -500,8 +507,17 @@ pub fn generate(pod: &Pod, views: &[ContainerView], facts: &Facts, now: &Time) -
         .and_then(|s| s.init_containers.as_deref())
         .unwrap_or_default()
     {
-        if let Some(v) = view(&c.name, true) {
+        if let Some(v) = view(&c.name, &[Kind::Init, Kind::Sidecar]) {
             inits.push(container_status(v, has_init));
+        }
+    }
+    let mut ephemeral = Vec::new();
+    for c in spec
+        .and_then(|s| s.ephemeral_containers.as_deref())
+        .unwrap_or_default()
+    {
+        if let Some(v) = view(&c.name, &[Kind::Ephemeral]) {
+            ephemeral.push(container_status(v, false));
         }
     }
     let regular_started = views.iter().any(|v| {
@@ -525,6 +541,9 @@ pub fn generate(pod: &Pod, views: &[ContainerView], facts: &Facts, now: &Time) -
     status.container_statuses = Some(containers);
     if has_init {
         status.init_container_statuses = Some(inits.clone());
+    }
+    if !ephemeral.is_empty() {
+        status.ephemeral_container_statuses = Some(ephemeral);
     }
 
     let mut conditions: Vec<PodCondition> = old
@@ -646,6 +665,36 @@ mod tests {
             .iter()
             .find(|c| c.type_ == t)
             .unwrap()
+    }
+
+    #[test]
+    fn ephemeral_containers_have_their_own_list_and_leave_the_phase_alone() {
+        let p = pod(serde_json::json!({
+            "containers": [{"name": "main", "image": "busybox"}],
+            "ephemeralContainers": [{"name": "main-debug", "image": "busybox"}]}));
+        let facts = Facts {
+            sandbox_ready: true,
+            ..Facts::default()
+        };
+        let running = InstanceState::Running { started_at: now() };
+        let s = generate(
+            &p,
+            &[
+                view("main", Kind::Regular, Some(running)),
+                view("main-debug", Kind::Ephemeral, Some(exited(1))),
+            ],
+            &facts,
+            &now(),
+        );
+        assert_eq!(s.phase.as_deref(), Some("Running"));
+        assert_eq!(cond(&s, "Ready").status, "True");
+        assert_eq!(s.container_statuses.as_ref().unwrap().len(), 1);
+        let debug = &s.ephemeral_container_statuses.as_ref().unwrap()[0];
+        assert_eq!(debug.name, "main-debug");
+        assert!(!debug.ready);
+        assert_eq!(debug.started, None);
+        let terminated = debug.state.as_ref().unwrap().terminated.as_ref().unwrap();
+        assert_eq!(terminated.exit_code, 1);
     }
 
     #[test]

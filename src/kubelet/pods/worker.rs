@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
+use k8s_openapi::api::core::v1::{Container, EphemeralContainer, Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
@@ -120,7 +120,8 @@ fn pod_name(pod: &Pod) -> String {
     pod.metadata.name.clone().unwrap_or_default()
 }
 
-/// The pod's containers in start order: init containers (and sidecars), then regular ones.
+/// The pod's containers in start order: init containers (and sidecars), then regular ones,
+/// then the ephemeral ones `kubectl debug` added.
 pub fn spec_containers(pod: &Pod) -> Vec<(Container, Kind)> {
     let Some(spec) = &pod.spec else {
         return Vec::new();
@@ -139,7 +140,21 @@ pub fn spec_containers(pod: &Pod) -> Vec<(Container, Kind)> {
         })
         .collect();
     out.extend(spec.containers.iter().map(|c| (c.clone(), Kind::Regular)));
+    out.extend(
+        spec.ephemeral_containers
+            .iter()
+            .flatten()
+            .filter_map(|c| Some((ephemeral_as_container(c)?, Kind::Ephemeral))),
+    );
     out
+}
+
+/// An ephemeral container as the runtime runs it: the same fields as a container's
+/// (targetContainerName aside, which only names whose processes it wants to see).
+fn ephemeral_as_container(ephemeral: &EphemeralContainer) -> Option<Container> {
+    let mut value = serde_json::to_value(ephemeral).ok()?;
+    value.as_object_mut()?.remove("targetContainerName");
+    serde_json::from_value(value).ok()
 }
 
 fn time(t: SystemTime) -> Time {
@@ -494,7 +509,10 @@ impl Worker {
 
         // Init containers, in order; each regular one must succeed before the next.
         let mut initialized = true;
-        for (container, kind) in containers.iter().filter(|(_, k)| *k != Kind::Regular) {
+        for (container, kind) in containers
+            .iter()
+            .filter(|(_, k)| matches!(k, Kind::Init | Kind::Sidecar))
+        {
             let state = self.current.get(&container.name).map(|c| c.state.clone());
             match (kind, state) {
                 (_, None) => {
@@ -578,6 +596,13 @@ impl Worker {
                     });
             if all_done {
                 self.stop_sidecars(None).await;
+            }
+        }
+        // Ephemeral containers start whether or not the pod is initialized (one may be
+        // what debugs a stuck init container), once each: they are never restarted.
+        for (container, kind) in containers.iter().filter(|(_, k)| *k == Kind::Ephemeral) {
+            if !self.current.contains_key(&container.name) {
+                self.start(container, *kind).await;
             }
         }
         self.refresh();
@@ -788,6 +813,7 @@ impl Worker {
                 volume_mounts,
                 facts: &facts,
                 memory_capacity: shared.memory_capacity,
+                pid_ns: self.target_pid_namespace(&name),
             },
         );
         let config = match built {
@@ -924,6 +950,27 @@ impl Worker {
                     .await;
                 }
             }
+        }
+    }
+
+    /// For an ephemeral container with `targetContainerName`: the PID namespace of that
+    /// container's running instance, so that it sees (and can debug) its processes.
+    fn target_pid_namespace(&self, name: &str) -> Option<PathBuf> {
+        let target = self
+            .pod
+            .spec
+            .as_ref()?
+            .ephemeral_containers
+            .iter()
+            .flatten()
+            .find(|c| c.name == name)?
+            .target_container_name
+            .as_deref()?;
+        match shim::status(&self.current.get(target)?.dir) {
+            ContainerStatus::Running { pid, .. } => {
+                Some(PathBuf::from(format!("/proc/{pid}/ns/pid")))
+            }
+            _ => None,
         }
     }
 

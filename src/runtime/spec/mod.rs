@@ -180,6 +180,11 @@ pub struct ContainerConfig {
     pub mounts: Vec<Mount>,
     /// Join this network namespace (the pod sandbox's); `None` = a new, empty one.
     pub netns: Option<PathBuf>,
+    /// Join this PID namespace (the node's for `hostPID` pods, or that of the container an
+    /// ephemeral container targets, to see its processes); `None` = a new one.
+    pub pid_ns: Option<PathBuf>,
+    /// Join this IPC namespace (the node's for `hostIPC` pods); `None` = a new one.
+    pub ipc_ns: Option<PathBuf>,
     /// Relative to the cgroup root, e.g. `kedge/burstable/pod<uid>/<id>`.
     pub cgroups_path: String,
     pub resources: Resources,
@@ -359,8 +364,14 @@ fn spec_json(config: &ContainerConfig, host: Host) -> Result<Value, SpecError> {
     }
 
     let mut namespaces = vec![
-        json!({"type": "pid"}),
-        json!({"type": "ipc"}),
+        match &config.pid_ns {
+            Some(path) => json!({"type": "pid", "path": path}),
+            None => json!({"type": "pid"}),
+        },
+        match &config.ipc_ns {
+            Some(path) => json!({"type": "ipc", "path": path}),
+            None => json!({"type": "ipc"}),
+        },
         json!({"type": "uts"}),
         json!({"type": "mount"}),
     ];

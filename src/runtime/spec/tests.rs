@@ -36,6 +36,8 @@ fn config() -> ContainerConfig {
             },
         ],
         netns: Some("/run/netns/pod".into()),
+        pid_ns: None,
+        ipc_ns: None,
         cgroups_path: "kedge/burstable/podabc/0123456789abcdef0123456789abcdef".into(),
         resources: Resources {
             cpu_shares: Some(512),
@@ -131,6 +133,21 @@ fn mounts_defaults_and_config() {
         .find(|m| m.destination() == Path::new("/sys"))
         .unwrap();
     assert!(sys.options().as_ref().unwrap().contains(&"ro".to_string()));
+}
+
+#[test]
+fn a_target_pid_namespace_is_joined() {
+    let spec = oci_spec(&ContainerConfig {
+        pid_ns: Some("/proc/42/ns/pid".into()),
+        ..config()
+    })
+    .unwrap();
+    let namespaces = spec.linux().as_ref().unwrap().namespaces().clone().unwrap();
+    let pid = namespaces
+        .iter()
+        .find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Pid)
+        .unwrap();
+    assert_eq!(pid.path().as_deref(), Some(Path::new("/proc/42/ns/pid")));
 }
 
 #[test]

@@ -1,0 +1,243 @@
+//! Helpers of the end-to-end tests that run workloads on a real node (`agent::Node`): a
+//! busybox pod manifest, polling kubectl until what a user waits for shows, and reading pod
+//! fields as kubectl prints them, following a long-running kubectl's output, and
+//! kubectl on a terminal.
+
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::kubectl::Kubectl;
+
+/// Polls `kubectl args` until `done(stdout)` holds; returns that stdout.
+pub async fn until(
+    kubectl: &Kubectl<'_>,
+    args: &[&str],
+    timeout: Duration,
+    what: &str,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let out = kubectl.run(args, None);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && done(&stdout) {
+            return stdout;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}; last `kubectl {}`:\n{stdout}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// `kubectl get pod NAME -o jsonpath=EXPR`.
+pub fn pod_field(kubectl: &Kubectl<'_>, pod: &str, expr: &str) -> String {
+    kubectl.ok(&["get", "pod", pod, "-o", &format!("jsonpath={expr}")])
+}
+
+/// Waits until pod `name` is Ready (through `kubectl wait`, as a user would).
+pub fn wait_ready(kubectl: &Kubectl<'_>, name: &str) {
+    let pod = format!("pod/{name}");
+    let out = kubectl.run(
+        &["wait", "--for=condition=Ready", &pod, "--timeout=90s"],
+        None,
+    );
+    if !out.status.success() {
+        let described = kubectl.run(&["describe", &pod], None);
+        panic!(
+            "{pod} not Ready: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&described.stdout)
+        );
+    }
+}
+
+/// A pod of the busybox test image running `script` with `sh -c`.
+pub fn busybox_pod(name: &str, script: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: main
+    image: busybox:1.35
+    command: ["sh", "-c", {script:?}]
+"#
+    )
+}
+
+/// restartCount of a pod's first container, 0 if not reported yet.
+pub fn restarts(kubectl: &Kubectl<'_>, pod: &str) -> u32 {
+    pod_field(kubectl, pod, "{.status.containerStatuses[0].restartCount}")
+        .parse()
+        .unwrap_or(0)
+}
+
+/// A long-running kubectl (`attach`, `port-forward`, `logs -f`) whose output the test reads
+/// as it comes; killed on drop.
+pub struct Streaming {
+    child: Child,
+    /// stdout and stderr as read so far.
+    output: Arc<Mutex<String>>,
+}
+
+impl Streaming {
+    /// Starts `kubectl args`, its stdin a pipe (see [`Streaming::write`]).
+    pub fn start(kubectl: &Kubectl<'_>, args: &[&str]) -> Streaming {
+        let mut child = kubectl
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl runs");
+        let output = Arc::new(Mutex::new(String::new()));
+        let stdout: Box<dyn Read + Send> = Box::new(child.stdout.take().unwrap());
+        let stderr: Box<dyn Read + Send> = Box::new(child.stderr.take().unwrap());
+        for mut stream in [stdout, stderr] {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                let mut buffer = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buffer) {
+                    if n == 0 {
+                        break;
+                    }
+                    output
+                        .lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buffer[..n]));
+                }
+            });
+        }
+        Streaming { child, output }
+    }
+
+    /// Writes `text` to kubectl's stdin (kept open).
+    pub fn write(&mut self, text: &str) {
+        let stdin = self.child.stdin.as_mut().expect("stdin is a pipe");
+        stdin.write_all(text.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Everything kubectl printed so far.
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// Waits until kubectl's output satisfies `done`; returns it. Fails the test, with the
+    /// output, on timeout or if kubectl exits first.
+    pub async fn wait_for(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let output = self.output();
+            if done(&output) {
+                return output;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Let the readers drain what is left before judging.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let output = self.output();
+                assert!(
+                    done(&output),
+                    "kubectl exited ({status}) before {what}:\n{output}"
+                );
+                return output;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what}; kubectl printed:\n{output}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `kubectl args` with a new pseudo-terminal (40 rows, 100 columns) as its controlling
+/// terminal, types `input`, and returns everything it printed once `expect` has appeared and
+/// kubectl has exited.
+pub fn in_terminal(kubectl: &Kubectl<'_>, args: &[&str], input: &str, expect: &str) -> String {
+    let size = nix::pty::Winsize {
+        ws_row: 40,
+        ws_col: 100,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&size), None).expect("a pseudo-terminal");
+    let (master, slave): (OwnedFd, OwnedFd) = (pty.master, pty.slave);
+    let mut command = kubectl.command(args);
+    command
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave));
+    // SAFETY: setsid and TIOCSCTTY are async-signal-safe; fd 0 is the pty's slave end.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().expect("kubectl runs");
+    drop(command);
+    let mut writer = std::fs::File::from(master.try_clone().unwrap());
+    let mut reader = std::fs::File::from(master);
+    let (sender, output) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 4096];
+        // EIO once every slave end is closed (kubectl exited).
+        while let Ok(n) = reader.read(&mut buffer) {
+            if n == 0 || sender.send(buffer[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    // Let the remote shell start before typing, as a person would.
+    std::thread::sleep(Duration::from_secs(2));
+    writer.write_all(input.as_bytes()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut text = Vec::new();
+    loop {
+        if let Ok(chunk) = output.recv_timeout(Duration::from_millis(100)) {
+            text.extend(chunk);
+        }
+        let exited = child.try_wait().unwrap().is_some();
+        if exited && String::from_utf8_lossy(&text).contains(expect) {
+            while let Ok(chunk) = output.recv_timeout(Duration::from_millis(200)) {
+                text.extend(chunk);
+            }
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "kubectl {args:?} on a terminal: no {expect:?} (or no exit) in 30 s:\n{}",
+                String::from_utf8_lossy(&text)
+            );
+        }
+    }
+    drop(writer);
+    String::from_utf8_lossy(&text).into_owned()
+}
