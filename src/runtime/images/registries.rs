@@ -232,7 +232,8 @@ fn parse_endpoint(endpoint: &str) -> Result<(String, bool), String> {
     if host.is_empty() {
         return Err(format!("{endpoint:?}: no host"));
     }
-    // TODO(issue 5): endpoints with a path prefix (k3s accepts `https://host/v2/prefix`).
+    // oci-client puts `/v2` right after the host, so a path (containerd's override_path,
+    // which k3s accepts) cannot be honoured: refused rather than silently ignored.
     if !path.is_empty() && path != "v2" {
         return Err(format!("{endpoint:?}: endpoint paths are not supported"));
     }
