@@ -201,13 +201,7 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
         )
         .with_open_service(Arc::new(kubelet::join::JoinService::new(join_ca, &token))),
     );
-    let tls = Arc::new(pki::server_config(&certs.ca, &certs.serving).context("server TLS")?);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(api::server::serve(listener, tls, router.clone(), async {
-        let _ = stop_rx.await;
-    }));
-    tracing::info!(%addr, port, "kedge API listening");
-
+    // Written before the API answers: whoever sees it ready can use the kubeconfig.
     let kubeconfig_url = local_url(&options, port);
     pki::write_kubeconfig(
         &options.write_kubeconfig,
@@ -223,6 +217,13 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
         )
     })?;
     tracing::info!(path = %options.write_kubeconfig.display(), "wrote the admin kubeconfig");
+
+    let tls = Arc::new(pki::server_config(&certs.ca, &certs.serving).context("server TLS")?);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(api::server::serve(listener, tls, router.clone(), async {
+        let _ = stop_rx.await;
+    }));
+    tracing::info!(%addr, port, "kedge API listening");
 
     let background = {
         let api = api.clone();
