@@ -87,6 +87,9 @@ pub async fn run(config: DnsConfig) -> Result<(), DnsError> {
     );
     tokio::spawn(drive("services", services.default_backoff()));
     tokio::spawn(drive("endpointslices", slices.default_backoff()));
+    // As CoreDNS: no answers before the caches hold the cluster (a missing Service would
+    // be NXDOMAIN, and negative answers are cached by clients).
+    let _ = zone.wait_until_ready().await;
 
     let gateway = loop {
         match config.network.pod_cidr().await {
@@ -98,10 +101,13 @@ pub async fn run(config: DnsConfig) -> Result<(), DnsError> {
         }
     };
     let address = SocketAddr::new(IpAddr::V4(gateway), PORT);
+    let serve_error = |source| DnsError::Serve { address, source };
+    let (udp, tcp) = server::listen(address).map_err(serve_error)?;
+    tracing::info!(%address, "cluster DNS listening");
     let upstream = server::upstream(&config.resolv_conf, &[config.cluster_dns, address.ip()]);
-    server::serve(server::Handler::new(zone, upstream), address)
+    server::serve(server::Handler::new(zone, upstream), udp, tcp)
         .await
-        .map_err(|source| DnsError::Serve { address, source })
+        .map_err(serve_error)
 }
 
 /// Polls a reflector stream forever, logging its errors (the watcher retries on its own).

@@ -94,6 +94,14 @@ impl Zone {
         &self.domain
     }
 
+    /// Waits until both caches have listed the cluster once.
+    pub async fn wait_until_ready(
+        &self,
+    ) -> Result<(), kube::runtime::reflector::store::WriterDropped> {
+        self.services.wait_until_ready().await?;
+        self.slices.wait_until_ready().await
+    }
+
     /// The answer to `name` (any case) of type `kind`.
     pub fn answer(&self, name: &Name, kind: RecordType) -> Outcome {
         let name = name.to_lowercase();
@@ -569,4 +577,4 @@ fn reverse_ip(name: &Name) -> Option<IpAddr> {
 
 #[cfg(test)]
 #[path = "records_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -5,7 +5,7 @@ use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher::Event;
 use serde_json::json;
 
-fn zone(services: Vec<serde_json::Value>, slices: Vec<serde_json::Value>) -> Zone {
+pub(crate) fn zone(services: Vec<serde_json::Value>, slices: Vec<serde_json::Value>) -> Zone {
     let mut s: Writer<Service> = Writer::default();
     for svc in services {
         s.apply_watcher_event(&Event::Apply(serde_json::from_value(svc).unwrap()));
@@ -17,7 +17,7 @@ fn zone(services: Vec<serde_json::Value>, slices: Vec<serde_json::Value>) -> Zon
     Zone::new("cluster.local", s.as_reader(), e.as_reader()).unwrap()
 }
 
-fn cluster_ip(name: &str, ip: &str) -> serde_json::Value {
+pub(crate) fn cluster_ip(name: &str, ip: &str) -> serde_json::Value {
     json!({"metadata": {"name": name, "namespace": "default"},
         "spec": {"clusterIP": ip, "clusterIPs": [ip], "ports": [
             {"name": "http", "port": 80, "protocol": "TCP"},

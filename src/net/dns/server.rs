@@ -162,16 +162,26 @@ pub fn upstream(resolv_conf: &Path, exclude: &[IpAddr]) -> Option<TokioResolver>
     )
 }
 
-/// Serves `handler` on `address` (UDP and TCP) until the process ends. The sockets are
-/// bound with `IP_FREEBIND`: the address may not be on any link yet (the bridge gets the
-/// pod gateway with the first pod), and queries arrive once it is.
-pub async fn serve(handler: Handler, address: SocketAddr) -> std::io::Result<()> {
-    let mut server = ServerFuture::new(handler);
+/// The UDP socket and TCP listener of `address`, bound with `IP_FREEBIND`: the address
+/// may not be on any link yet (the bridge gets the pod gateway with the first pod), and
+/// queries arrive once it is.
+pub fn listen(
+    address: SocketAddr,
+) -> std::io::Result<(std::net::UdpSocket, std::net::TcpListener)> {
     let udp = std::net::UdpSocket::from(bind(address, socket2::Type::DGRAM)?);
-    server.register_socket(tokio::net::UdpSocket::from_std(udp)?);
     let tcp = std::net::TcpListener::from(bind(address, socket2::Type::STREAM)?);
+    Ok((udp, tcp))
+}
+
+/// Serves `handler` on the sockets of [`listen`] until the process ends.
+pub async fn serve(
+    handler: Handler,
+    udp: std::net::UdpSocket,
+    tcp: std::net::TcpListener,
+) -> std::io::Result<()> {
+    let mut server = ServerFuture::new(handler);
+    server.register_socket(tokio::net::UdpSocket::from_std(udp)?);
     server.register_listener(tokio::net::TcpListener::from_std(tcp)?, TCP_TIMEOUT);
-    tracing::info!(%address, "cluster DNS listening");
     server
         .block_until_done()
         .await
@@ -198,3 +208,7 @@ fn bind(address: SocketAddr, kind: socket2::Type) -> std::io::Result<socket2::So
     }
     Ok(socket)
 }
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;
