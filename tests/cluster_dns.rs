@@ -383,3 +383,52 @@ async fn pods_resolve_every_cluster_record_and_outside_names_through_the_node() 
     assert!(!ok && out.contains("NXDOMAIN"), "{out}");
     assert!(upstream.queries.load(Ordering::Relaxed) > before);
 }
+
+/// A sleeping busybox pod with `spec` lines (indented two spaces) added.
+fn sleeper(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  terminationGracePeriodSeconds: 1\n{spec}  containers:\n  - name: main\n    image: busybox:1.35\n    command: [\"sleep\", \"3600\"]\n"
+    )
+}
+
+/// Pods' `/etc/resolv.conf` per `dnsPolicy`, as upstream's kubelet writes it; `Default`
+/// takes the node's (`--resolv-conf`).
+#[tokio::test]
+async fn pods_get_the_resolv_conf_of_their_dns_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let resolv = dir.path().join("node-resolv.conf");
+    std::fs::write(&resolv, "nameserver 127.0.0.1\nsearch example.test\n").unwrap();
+    let node = Node::start(dir.path(), &["--resolv-conf", resolv.to_str().unwrap()]).await;
+    let kubectl = node.kubectl();
+    let pods = [
+        ("cluster-first", ""),
+        ("default", "  dnsPolicy: Default\n"),
+        (
+            "none",
+            "  dnsPolicy: None\n  dnsConfig:\n    nameservers: [192.0.2.53]\n    searches: [a.test]\n    options:\n    - {name: ndots, value: \"2\"}\n",
+        ),
+        (
+            "host-cluster-first",
+            "  hostNetwork: true\n  dnsPolicy: ClusterFirstWithHostNet\n",
+        ),
+        ("host-default", "  hostNetwork: true\n"),
+    ];
+    for (name, spec) in pods {
+        kubectl.ok_with(&["apply", "-f", "-"], Some(&sleeper(name, spec)));
+    }
+    let names: Vec<String> = pods.iter().map(|(n, _)| format!("pod/{n}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    wait_ready(&kubectl, &names);
+    let resolv_conf = |pod: &str| kubectl.ok(&["exec", pod, "--", "cat", "/etc/resolv.conf"]);
+    let cluster = "nameserver 10.43.0.10\nsearch default.svc.cluster.local svc.cluster.local cluster.local example.test\noptions ndots:5\n";
+    let node_conf = "nameserver 127.0.0.1\nsearch example.test\n";
+    assert_eq!(resolv_conf("cluster-first"), cluster);
+    assert_eq!(resolv_conf("default"), node_conf);
+    assert_eq!(
+        resolv_conf("none"),
+        "nameserver 192.0.2.53\nsearch a.test\noptions ndots:2\n"
+    );
+    assert_eq!(resolv_conf("host-cluster-first"), cluster);
+    // ClusterFirst on the host network falls back to the node's.
+    assert_eq!(resolv_conf("host-default"), node_conf);
+}
