@@ -80,6 +80,14 @@ spec:
   externalName: web.default.svc.cluster.local
 ---
 apiVersion: v1
+kind: Service
+metadata:
+  name: ext
+spec:
+  type: ExternalName
+  externalName: outside.test
+---
+apiVersion: v1
 kind: Pod
 metadata:
   name: client
@@ -211,7 +219,7 @@ async fn pods_resolve_every_cluster_record_and_outside_names_through_the_node() 
     let dir = tempfile::tempdir().unwrap();
     let resolv = dir.path().join("upstream-resolv.conf");
     std::fs::write(&resolv, "nameserver 127.0.0.1\n").unwrap();
-    let node = Node::start(dir.path(), &["--resolv-conf", resolv.to_str().unwrap()]).await;
+    let mut node = Node::start(dir.path(), &["--resolv-conf", resolv.to_str().unwrap()]).await;
     let upstream = Upstream::start(&node);
     let kubectl = node.kubectl();
 
@@ -379,9 +387,29 @@ async fn pods_resolve_every_cluster_record_and_outside_names_through_the_node() 
     // Outside the cluster: forwarded to the node's upstream resolver.
     let before = upstream.queries.load(Ordering::Relaxed);
     resolves(&kubectl, gw, &["outside.test"], &["Address: 203.0.113.7"]).await;
+    // An ExternalName outside the cluster: the CNAME and, from upstream, its address.
+    resolves(
+        &kubectl,
+        gw,
+        &["ext.default.svc.cluster.local"],
+        &["canonical name = outside.test", "Address: 203.0.113.7"],
+    )
+    .await;
     let (ok, out) = nslookup(&kubectl, gw, &["missing.test"]);
     assert!(!ok && out.contains("NXDOMAIN"), "{out}");
     assert!(upstream.queries.load(Ordering::Relaxed) > before);
+
+    // The agent crashes and comes back: its DNS server answers again on the same address.
+    node.kill_and_restart().await;
+    let kubectl = node.kubectl();
+    resolves(&kubectl, gw, &[web], &[&format!("Address: {web_ip}")]).await;
+    resolves(
+        &kubectl,
+        gw,
+        &["db-1.db.default.svc.cluster.local"],
+        &[&format!("Address: {db1}")],
+    )
+    .await;
 }
 
 /// A sleeping busybox pod with `spec` lines (indented two spaces) added.

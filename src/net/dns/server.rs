@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use hickory_proto::op::{Edns, Header, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::{Name, RecordType};
+use hickory_proto::rr::{Name, RData, RecordType};
 use hickory_proto::ProtoErrorKind;
 use hickory_resolver::config::{NameServerConfigGroup, ResolveHosts, ResolverConfig};
 use hickory_resolver::name_server::TokioConnectionProvider;
@@ -34,6 +34,25 @@ impl Handler {
     /// `upstream`: the resolver for names outside the cluster, none to answer SERVFAIL.
     pub fn new(zone: Zone, upstream: Option<TokioResolver>) -> Handler {
         Handler { zone, upstream }
+    }
+
+    /// An ExternalName's CNAME to a name outside the cluster: its addresses from the
+    /// upstream resolvers appended, as CoreDNS does, so that clients get them in one answer.
+    async fn follow_external(&self, mut answer: Answer, kind: RecordType) -> Answer {
+        if !matches!(kind, RecordType::A | RecordType::AAAA) {
+            return answer;
+        }
+        let target = match answer.answers.last().map(|r| r.data()) {
+            Some(RData::CNAME(target)) if !self.zone.domain().zone_of(&target.0) => {
+                target.0.clone()
+            }
+            _ => return answer,
+        };
+        let followed = self.forward(&target, kind).await;
+        if followed.code == ResponseCode::NoError {
+            answer.answers.extend(followed.answers);
+        }
+        answer
     }
 
     async fn forward(&self, name: &Name, kind: RecordType) -> Answer {
@@ -92,7 +111,7 @@ impl RequestHandler for Handler {
                 match self.zone.answer(&name, kind) {
                     Outcome::Answer(answer) => {
                         header.set_authoritative(true);
-                        answer
+                        self.follow_external(answer, kind).await
                     }
                     Outcome::Forward => self.forward(&name, kind).await,
                 }
