@@ -54,6 +54,7 @@ bench:
 	cargo bench --locked --features bench --bench store
 	cargo bench --locked --bench api
 	cargo bench --locked --bench pods
+	cargo bench --locked --bench dns
 
 clean:
 	cargo clean

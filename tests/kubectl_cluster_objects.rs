@@ -62,6 +62,13 @@ async fn services_get_addresses_and_ports_that_survive_restarts() {
         "{.subsets[0].addresses[0].ip}:{.subsets[0].ports[0].port}",
     );
     assert_eq!(endpoints, format!("127.0.0.1:{}", server.port));
+    // The cluster DNS Service, as k3s's CoreDNS one (no selector: every node answers).
+    let dns = "{.spec.clusterIP} {.spec.ports[*].name} {.spec.ports[*].protocol} {.metadata.labels.k8s-app} {.spec.selector}";
+    let kube_dns = &["get", "svc", "-n", "kube-system", "kube-dns"];
+    assert_eq!(
+        jsonpath(&k, kube_dns, dns),
+        "10.43.0.10 dns dns-tcp UDP TCP kube-dns "
+    );
 
     k.ok_with(&["apply", "-f", "-"], Some(SERVICES));
     let web = jsonpath(&k, &["get", "svc", "web"], "{.spec.clusterIP} {.spec.ports[0].nodePort} {.spec.ports[1].nodePort} {.spec.ports[1].targetPort} {.spec.sessionAffinity} {.spec.externalTrafficPolicy} {.spec.ipFamilyPolicy}");
@@ -171,6 +178,12 @@ async fn services_get_addresses_and_ports_that_survive_restarts() {
     let k = server.kubectl();
     assert!(jsonpath(&k, &["get", "svc", "web"], "{.spec.clusterIP}").starts_with(fields[0]));
     let err = k.fails(&["create", "-f", "-"], Some(&format!(r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"dup2"}},"spec":{{"clusterIP":"{}","ports":[{{"port":80}}]}}}}"#, fields[0])));
+    assert!(err.contains("provided IP is already allocated"), "{err}");
+    assert_eq!(
+        jsonpath(&k, kube_dns, dns),
+        "10.43.0.10 dns dns-tcp UDP TCP kube-dns "
+    );
+    let err = k.fails(&["create", "-f", "-"], Some(r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"dns"},"spec":{"clusterIP":"10.43.0.10","ports":[{"port":53}]}}"#));
     assert!(err.contains("provided IP is already allocated"), "{err}");
 }
 

@@ -1,7 +1,9 @@
 //! Objects every cluster starts with: the namespaces `default`, `kube-system`, `kube-public`
 //! and `kube-node-lease`; the `kubernetes` ServiceCIDR; the `kubernetes` Service in
 //! `default` at the first address of the service range, with Endpoints and an
-//! EndpointSlice pointing at this API server; the system PriorityClasses.
+//! EndpointSlice pointing at this API server; the `kube-dns` Service in `kube-system` at
+//! the cluster DNS address (answered by every node's `net::dns`); the system
+//! PriorityClasses.
 
 use std::net::IpAddr;
 
@@ -204,5 +206,73 @@ pub async fn ensure_kubernetes_service(
         &["endpoints", "ports"],
     )
     .await?;
+    Ok(())
+}
+
+/// The `kube-dns` Service in `kube-system` at the cluster DNS address `ip`, as k3s's CoreDNS
+/// manifest has it (labels, port names), for clients that look it up. It has no selector:
+/// no pod backs it, each node's agent answers on its pod gateway (`net::dns`) and the
+/// service proxy sends the address there. Created once; an existing one is left as it is.
+pub async fn ensure_dns_service(api: &Api, ip: IpAddr) -> Result<(), StoreError> {
+    let IpAddr::V4(v4) = ip else {
+        tracing::warn!(%ip, "the cluster DNS address is not IPv4: no kube-dns Service");
+        return Ok(());
+    };
+    let owner = ServiceRef {
+        namespace: "kube-system".to_string(),
+        name: "kube-dns".to_string(),
+    };
+    match api.services.allocate_ip(Some(v4), &owner).await {
+        Ok(_) => {}
+        // Taken: by this Service on an earlier start, or by a user's Service.
+        Err(AllocationError::Taken { .. }) => {
+            let resource = api.registry.get("", "v1", "services").expect("built-in");
+            let key = resource.key(Some("kube-system"), "kube-dns");
+            if api
+                .store
+                .get(&key, Consistency::Linearizable)
+                .await?
+                .is_none()
+            {
+                tracing::warn!(%ip, "the cluster DNS address is held by another Service: no kube-dns Service");
+                return Ok(());
+            }
+        }
+        Err(AllocationError::Store(e)) => return Err(e),
+        Err(e) => {
+            tracing::warn!(%ip, error = %e, "the cluster DNS address is outside the service range: no kube-dns Service");
+            return Ok(());
+        }
+    }
+    let service = json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": "kube-dns",
+            "namespace": "kube-system",
+            "labels": {
+                "k8s-app": "kube-dns",
+                "kubernetes.io/cluster-service": "true",
+                "kubernetes.io/name": "CoreDNS",
+            },
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": ip.to_string(),
+            "clusterIPs": [ip.to_string()],
+            "ipFamilies": ["IPv4"],
+            "ipFamilyPolicy": "SingleStack",
+            "internalTrafficPolicy": "Cluster",
+            "sessionAffinity": "None",
+            "ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
+            ],
+        },
+        "status": {"loadBalancer": {}},
+    });
+    if create_missing(api, "", "services", service).await? {
+        tracing::info!(%ip, "created the kube-dns Service");
+    }
     Ok(())
 }

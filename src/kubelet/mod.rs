@@ -56,6 +56,9 @@ pub struct KubeletConfig {
     /// Cluster DNS address and domain, for pods' resolv.conf.
     pub cluster_dns: IpAddr,
     pub cluster_domain: String,
+    /// The node's resolv.conf (`--resolv-conf`): upstream resolvers of the cluster DNS and
+    /// pods' `dnsPolicy: Default`.
+    pub resolv_conf: PathBuf,
     /// `<data-dir>/agent`: everything the agent keeps on disk.
     pub agent_dir: PathBuf,
     /// Whether this node runs the control plane (`kedge server`): it gets the
@@ -92,6 +95,7 @@ impl KubeletConfig {
             kubelet_port: options.kubelet_port,
             cluster_dns: options.cluster_dns,
             cluster_domain: cluster_domain.to_string(),
+            resolv_conf: options.resolv_conf.clone(),
             agent_dir: data_dir.join("agent"),
             control_plane,
             node_status_update_frequency: NODE_STATUS_UPDATE_FREQUENCY,
@@ -241,6 +245,7 @@ pub async fn run(mut config: KubeletConfig) -> Result<(), KubeletError> {
     );
     pods.cluster_dns = vec![config.cluster_dns];
     pods.cluster_domain = config.cluster_domain.clone();
+    pods.resolv_conf = config.resolv_conf.clone();
     pods.registry = registry;
     pods.static_pods = static_pods_rx;
     tasks.spawn(
@@ -253,6 +258,19 @@ pub async fn run(mut config: KubeletConfig) -> Result<(), KubeletError> {
         }
         .run(),
     );
+    // The node's cluster DNS, on the pod gateway (crate::net::dns).
+    let dns = crate::net::dns::DnsConfig {
+        client: config.client.clone(),
+        network: pods.network.clone(),
+        cluster_domain: config.cluster_domain.clone(),
+        cluster_dns: config.cluster_dns,
+        resolv_conf: pods.resolv_conf.clone(),
+    };
+    tasks.spawn(async move {
+        if let Err(e) = crate::net::dns::run(dns).await {
+            tracing::error!(error = %e, "the cluster DNS server stopped");
+        }
+    });
     tasks.spawn(pods::run(pods));
     // The loops retry their own failures; they end only when the process does.
     while let Some(ended) = tasks.join_next().await {

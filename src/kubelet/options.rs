@@ -35,6 +35,11 @@ pub struct NodeOptions {
     #[arg(long, env = "KEDGE_CLUSTER_DNS", default_value = "10.43.0.10")]
     pub cluster_dns: IpAddr,
 
+    /// The resolv.conf whose nameservers are the cluster DNS's upstream resolvers and
+    /// pods' with `dnsPolicy: Default` (k3s's `--resolv-conf`)
+    #[arg(long, env = "KEDGE_RESOLV_CONF", default_value = "/etc/resolv.conf")]
+    pub resolv_conf: std::path::PathBuf,
+
     /// Percent of the image file system's disk usage at or above which unused images are
     /// garbage-collected (100 disables image garbage collection)
     #[arg(long, env = "KEDGE_IMAGE_GC_HIGH_THRESHOLD", default_value_t = 85)]

@@ -228,6 +228,7 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
     let background = {
         let api = api.clone();
         let advertise_ip = options.advertise_ip();
+        let cluster_dns = options.node.cluster_dns;
         let event_ttl = options.event_ttl;
         // Stable across restarts (a restarted leader takes its lease back at once) and unique
         // among the servers of a cluster, even on one host.
@@ -298,6 +299,10 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
                 api::bootstrap::ensure_kubernetes_service(&api, advertise_ip, port).await
             {
                 tracing::warn!(error = %e, "creating the kubernetes Service failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            while let Err(e) = api::bootstrap::ensure_dns_service(&api, cluster_dns).await {
+                tracing::warn!(error = %e, "creating the kube-dns Service failed; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             tokio::spawn(api::services::reconcile::run(
