@@ -3,10 +3,12 @@
 //! [`cni`] is the pod network of a node: the bridge `kedge0`, one veth pair per pod, and the
 //! host-local IPAM of the node's pod CIDR. The kubelet's pod workers call it when they set
 //! up and tear down a pod sandbox, and at agent start to reclaim what a crash left behind.
-//! The service proxy (nftables), cluster DNS and the VXLAN overlay between nodes are to
-//! come here beside it, building on `cni`'s seams (the bridge name, the pod CIDR).
+//! [`proxy`] is the service proxy (kube-proxy's nftables mode) the node agent runs.
+//! Cluster DNS and the VXLAN overlay between nodes are to come here beside them, building
+//! on `cni`'s seams (the bridge name, the pod CIDR).
 //!
 //! Must not touch: API objects (the kubelet writes pod status), pod namespaces' lifetime
 //! (the kubelet's sandbox), and anything on the node that kedge did not create.
 
 pub mod cni;
+pub mod proxy;
