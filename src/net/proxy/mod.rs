@@ -15,7 +15,7 @@
 //! binary but exposes expressions at the register level, so kedge would be writing the
 //! part of `nft` that compiles `numgen … vmap`, concatenated maps and `dnat` itself.
 //!
-//! Also owned here: the route of the service CIDR to the dummy link [`route::SERVICE_LINK`]
+//! Also owned here: the route of the service CIDR to the link [`route::SERVICE_LINK`]
 //! and `net.bridge.bridge-nf-call-iptables` (bridged pod traffic, e.g. a backend's reply to
 //! a client on the same bridge, must pass the ip hooks to be un-NATed).
 //!

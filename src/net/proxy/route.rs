@@ -1,5 +1,7 @@
-//! The node's route to the service CIDR: through the dummy link [`SERVICE_LINK`] (as
-//! kube-proxy's IPVS mode has `kube-ipvs0`), so that the node's own connections to a
+//! The node's route to the service CIDR: through the link [`SERVICE_LINK`], an empty bridge
+//! used as a dummy (as kube-proxy's IPVS mode has `kube-ipvs0`; a bridge rather than a
+//! `dummy` link because every kernel that runs the pod network has bridges, while dummy
+//! links need CONFIG_DUMMY), so that the node's own connections to a
 //! ClusterIP find a route before nat output DNATs them, and pod traffic to an address with
 //! no Service reaches the forward hook (where it is rejected) instead of the default route:
 //! service traffic is never routed off the node.
@@ -7,11 +9,11 @@
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::packet_route::link::LinkFlags;
-use rtnetlink::{Handle, LinkDummy, LinkUnspec, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, RouteMessageBuilder};
 
 use super::ProxyError;
 
-/// The dummy link the service CIDR is routed to.
+/// The portless bridge the service CIDR is routed to; packets sent to it go nowhere.
 pub const SERVICE_LINK: &str = "kedge-svc";
 
 fn netlink(action: &str) -> impl FnOnce(rtnetlink::Error) -> ProxyError + '_ {
@@ -49,7 +51,7 @@ async fn link_index(handle: &Handle, name: &str) -> Result<Option<(u32, bool)>, 
     }
 }
 
-/// Creates the dummy link (up) and routes `service_cidr` to it; idempotent.
+/// Creates the service link (up) and routes `service_cidr` to it; idempotent.
 pub async fn ensure(service_cidr: Ipv4Net) -> Result<(), ProxyError> {
     let handle = handle().await?;
     let index = match link_index(&handle, SERVICE_LINK).await? {
@@ -66,7 +68,7 @@ pub async fn ensure(service_cidr: Ipv4Net) -> Result<(), ProxyError> {
         None => {
             handle
                 .link()
-                .add(LinkDummy::new(SERVICE_LINK).up().build())
+                .add(LinkBridge::new(SERVICE_LINK).up().build())
                 .execute()
                 .await
                 .map_err(netlink("creating the service link"))?;
@@ -92,7 +94,7 @@ pub async fn ensure(service_cidr: Ipv4Net) -> Result<(), ProxyError> {
         .map_err(netlink("routing the service CIDR to the service link"))
 }
 
-/// Removes the dummy link (its route goes with it); false if there was none.
+/// Removes the service link (its route goes with it); false if there was none.
 pub async fn remove() -> Result<bool, ProxyError> {
     let handle = handle().await?;
     let Some((index, _)) = link_index(&handle, SERVICE_LINK).await? else {

@@ -212,7 +212,10 @@ fn base_chains(r: &mut Ruleset, node: &NodeView) {
         ("filter-input", "type filter hook input priority -110"),
         ("filter-forward", "type filter hook forward priority -110"),
         ("filter-output", "type filter hook output priority -110"),
-        ("filter-output-post-dnat", "type filter hook output priority -90"),
+        (
+            "filter-output-post-dnat",
+            "type filter hook output priority -90",
+        ),
     ];
     for (name, hook) in hooks {
         r.chain(name, Some(hook));
