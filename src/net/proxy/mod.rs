@@ -28,7 +28,6 @@ pub mod nft;
 pub mod route;
 pub mod ruleset;
 
-use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -197,21 +196,15 @@ async fn sync(
 }
 
 /// Drives a reflector's stream, waking the sync loop on every event.
-fn notify_on_events<S, K>(
-    what: &'static str,
-    stream: S,
-    changed: Arc<Notify>,
-) -> impl Future<Output = ()>
+async fn notify_on_events<S, K>(what: &'static str, stream: S, changed: Arc<Notify>)
 where
     S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
 {
-    async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(_) => changed.notify_one(),
-                Err(e) => tracing::debug!(what, error = %e, "service proxy watch error"),
-            }
+    let mut stream = std::pin::pin!(stream);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(_) => changed.notify_one(),
+            Err(e) => tracing::debug!(what, error = %e, "service proxy watch error"),
         }
     }
 }

@@ -445,7 +445,7 @@ mod tests {
             "10.43.0.5",
             &[("10.42.0.5", true), ("10.42.0.6", false)],
         );
-        let r = render(&[web.clone()], &node(), &Existing::default());
+        let r = render(std::slice::from_ref(&web), &node(), &Existing::default());
         let service = service_chain(&web);
         assert!(service.starts_with("service-") && service.ends_with("-default/web/tcp/http"));
         assert_eq!(
@@ -492,7 +492,7 @@ mod tests {
     fn stale_chains_and_affinity_sets_are_deleted_and_live_ones_kept() {
         let mut web = port("web", "10.43.0.5", &[("10.42.0.5", true)]);
         web.affinity_seconds = Some(30);
-        let live = render(&[web.clone()], &node(), &Existing::default());
+        let live = render(std::slice::from_ref(&web), &node(), &Existing::default());
         assert_eq!(live.sets.len(), 1);
         assert!(live.script.contains("flags dynamic,timeout; timeout 30s;"));
         assert!(live.script.contains("update @affinity-"));
@@ -501,7 +501,7 @@ mod tests {
             sets: live.sets.clone(),
         };
         // Same ports again: nothing deleted, the affinity sets are not flushed.
-        let again = render(&[web.clone()], &node(), &existing);
+        let again = render(std::slice::from_ref(&web), &node(), &existing);
         assert!(lines_with(&again, "delete ").is_empty(), "{}", again.script);
         assert!(lines_with(&again, "flush set ip kedge-proxy affinity-").is_empty());
         // The service gone: its chains and set go, the base chains stay.
@@ -520,7 +520,7 @@ mod tests {
         );
         web.node_port = Some(30080);
         web.external_local = true;
-        let r = render(&[web.clone()], &node(), &Existing::default());
+        let r = render(std::slice::from_ref(&web), &node(), &Existing::default());
         let external = external_chain(&web);
         assert!(r.script.contains(&format!(
             "add element ip kedge-proxy service-nodeports {{ tcp . 30080 : goto {external} }}"
@@ -533,7 +533,7 @@ mod tests {
         assert!(picks[0].contains("__10.42.0.6/8080"));
         // No local endpoint: the node port rejects, the ClusterIP still works.
         web.endpoints.retain(|e| !e.local);
-        let r = render(&[web.clone()], &node(), &Existing::default());
+        let r = render(std::slice::from_ref(&web), &node(), &Existing::default());
         assert!(r
             .script
             .contains("no-endpoint-nodeports { tcp . 30080 : goto reject-chain }"));
