@@ -58,6 +58,16 @@ spec:
   - {name: http, port: 80, targetPort: 8080}
 ---
 apiVersion: v1
+kind: Service
+metadata:
+  name: sticky
+spec:
+  selector: {app: web}
+  sessionAffinity: ClientIP
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
+---
+apiVersion: v1
 kind: Pod
 metadata:
   name: client
@@ -211,6 +221,16 @@ async fn cluster_ip_and_node_port_balance_over_ready_pods_and_refuse_what_has_no
     )
     .await;
 
+    // sessionAffinity: ClientIP: one client, one backend.
+    let sticky = format!("http://{}/", cluster_ip(&kubectl, "sticky"));
+    let seen: BTreeSet<String> = fetches(&kubectl, "client", &sticky, 20)
+        .into_iter()
+        .collect();
+    assert!(
+        seen.len() == 1 && pods.contains(seen.iter().next().unwrap()),
+        "{seen:?}"
+    );
+
     // Hairpin: a backend reaching its own Service, itself included.
     let me = pods.iter().next().unwrap().clone();
     let seen = fetches(&kubectl, &me, &url, 30);
@@ -267,14 +287,17 @@ async fn cluster_ip_and_node_port_balance_over_ready_pods_and_refuse_what_has_no
     .await;
 
     // Gone with the Services: no chain of theirs; the other table untouched.
-    kubectl.ok(&["delete", "service", "web", "empty"]);
+    kubectl.ok(&["delete", "service", "web", "empty", "sticky"]);
     kubectl.ok(&["delete", "deployment", "web"]);
     until(
         Duration::from_secs(10),
         "the Services' chains to go",
         || {
             let ruleset = nft_ruleset(&node);
-            if ruleset.contains("/web/") || ruleset.contains("/empty/") {
+            if ["/web/", "/empty/", "/sticky/"]
+                .iter()
+                .any(|s| ruleset.contains(s))
+            {
                 Err(ruleset)
             } else {
                 Ok(())
@@ -292,7 +315,7 @@ async fn cluster_ip_and_node_port_balance_over_ready_pods_and_refuse_what_has_no
 #[tokio::test]
 async fn udp_to_the_cluster_dns_address_reaches_the_node_local_server() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path(), &[]).await;
+    let mut node = Node::start(dir.path(), &[]).await;
     let kubectl = node.kubectl();
     kubectl.ok_with(
         &["apply", "-f", "-"],
@@ -352,34 +375,33 @@ spec:
             }
         });
     }
+    let lookup = |kubectl: &Kubectl<'_>| {
+        let args = [
+            "exec",
+            "client",
+            "--",
+            "timeout",
+            "5",
+            "nslookup",
+            "kedge.test",
+            "10.43.0.10",
+        ];
+        let out = kubectl.run(&args, None);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if text.contains("NXDOMAIN") {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    };
     until(
         Duration::from_secs(20),
         "an answer through 10.43.0.10",
-        || {
-            let out = kubectl.run(
-                &[
-                    "exec",
-                    "client",
-                    "--",
-                    "timeout",
-                    "5",
-                    "nslookup",
-                    "kedge.test",
-                    "10.43.0.10",
-                ],
-                None,
-            );
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            if text.contains("NXDOMAIN") {
-                Ok(())
-            } else {
-                Err(text)
-            }
-        },
+        || lookup(&kubectl),
     )
     .await;
     // Pod traffic inside the cluster keeps its source address.
@@ -388,4 +410,19 @@ spec:
         "{:?}",
         senders.lock().unwrap()
     );
+
+    // The ruleset is rebuilt from the API when the agent starts again, even if the table
+    // was lost meanwhile.
+    node.server.kill();
+    let deleted = on_node(&node, "nft", &["delete table ip kedge-proxy"]);
+    assert!(deleted.status.success());
+    node.server.start();
+    node.wait_ready(Duration::from_secs(60)).await;
+    let kubectl = node.kubectl();
+    until(
+        Duration::from_secs(20),
+        "an answer after the restart",
+        || lookup(&kubectl),
+    )
+    .await;
 }

@@ -74,6 +74,8 @@ pub struct KubeletConfig {
     /// agent, which is not told the server's).
     pub cluster_cidr: ipnet::Ipv4Net,
     pub service_cidr: ipnet::Ipv4Net,
+    /// Whether the node runs the service proxy (`--disable-kube-proxy` turns it off).
+    pub service_proxy: bool,
 }
 
 impl KubeletConfig {
@@ -108,6 +110,7 @@ impl KubeletConfig {
             },
             cluster_cidr: crate::net::proxy::default_cidrs().0,
             service_cidr: crate::net::proxy::default_cidrs().1,
+            service_proxy: !options.disable_kube_proxy,
         }
     }
 
@@ -259,13 +262,15 @@ pub async fn run(mut config: KubeletConfig) -> Result<(), KubeletError> {
         .run(),
     );
     tasks.spawn(pods::run(pods));
-    tasks.spawn(crate::net::proxy::run(crate::net::proxy::ProxyConfig {
-        client: config.client.clone(),
-        node_name: config.node_name.clone(),
-        node_ip: config.node_ip,
-        cluster_cidr: config.cluster_cidr,
-        service_cidr: config.service_cidr,
-    }));
+    if config.service_proxy {
+        tasks.spawn(crate::net::proxy::run(crate::net::proxy::ProxyConfig {
+            client: config.client.clone(),
+            node_name: config.node_name.clone(),
+            node_ip: config.node_ip,
+            cluster_cidr: config.cluster_cidr,
+            service_cidr: config.service_cidr,
+        }));
+    }
     // The loops retry their own failures; they end only when the process does.
     while let Some(ended) = tasks.join_next().await {
         if let Err(e) = ended {
