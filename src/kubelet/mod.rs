@@ -73,6 +73,12 @@ pub struct KubeletConfig {
     pub kubelet_tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     /// Image garbage collection's thresholds and period.
     pub image_gc: image_gc::ImageGcPolicy,
+    /// `--cluster-cidr` and `--service-cidr`, for the service proxy (k3s's defaults on an
+    /// agent, which is not told the server's).
+    pub cluster_cidr: ipnet::Ipv4Net,
+    pub service_cidr: ipnet::Ipv4Net,
+    /// Whether the node runs the service proxy (`--disable-kube-proxy` turns it off).
+    pub service_proxy: bool,
 }
 
 impl KubeletConfig {
@@ -106,6 +112,9 @@ impl KubeletConfig {
                 low_percent: options.image_gc_low_threshold,
                 period: options.image_gc_period,
             },
+            cluster_cidr: crate::net::proxy::default_cidrs().0,
+            service_cidr: crate::net::proxy::default_cidrs().1,
+            service_proxy: !options.disable_kube_proxy,
         }
     }
 
@@ -272,6 +281,15 @@ pub async fn run(mut config: KubeletConfig) -> Result<(), KubeletError> {
         }
     });
     tasks.spawn(pods::run(pods));
+    if config.service_proxy {
+        tasks.spawn(crate::net::proxy::run(crate::net::proxy::ProxyConfig {
+            client: config.client.clone(),
+            node_name: config.node_name.clone(),
+            node_ip: config.node_ip,
+            cluster_cidr: config.cluster_cidr,
+            service_cidr: config.service_cidr,
+        }));
+    }
     // The loops retry their own failures; they end only when the process does.
     while let Some(ended) = tasks.join_next().await {
         if let Err(e) = ended {

@@ -53,6 +53,11 @@ pub struct NodeOptions {
     #[arg(long, env = "KEDGE_IMAGE_GC_PERIOD", default_value = "5m", hide = true,
           value_parser = crate::server::options::parse_duration)]
     pub image_gc_period: Duration,
+
+    /// Do not run the service proxy on this node (as k3s's flag of the same name): no
+    /// nftables table, no service route
+    #[arg(long, env = "KEDGE_DISABLE_KUBE_PROXY")]
+    pub disable_kube_proxy: bool,
 }
 
 impl NodeOptions {

@@ -4,11 +4,13 @@
 //! host-local IPAM of the node's pod CIDR. The kubelet's pod workers call it when they set
 //! up and tear down a pod sandbox, and at agent start to reclaim what a crash left behind.
 //! [`dns`] is the node's cluster DNS server, on the pod gateway of the bridge.
-//! The service proxy (nftables) and the VXLAN overlay between nodes are to come here beside
-//! them, building on `cni`'s seams (the bridge name, the pod CIDR).
+//! [`proxy`] is the service proxy (kube-proxy's nftables mode) the node agent runs; it sends
+//! the cluster DNS address to this node's DNS server. The VXLAN overlay between nodes is to
+//! come here beside them, building on `cni`'s seams (the bridge name, the pod CIDR).
 //!
 //! Must not touch: API objects (the kubelet writes pod status), pod namespaces' lifetime
 //! (the kubelet's sandbox), and anything on the node that kedge did not create.
 
 pub mod cni;
 pub mod dns;
+pub mod proxy;

@@ -258,6 +258,14 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
                     preferred_ip,
                     true,
                 );
+                if let (Ok(cluster), Ok(services)) =
+                    (options.cluster_cidr.parse(), options.service_cidr.parse())
+                {
+                    (config.cluster_cidr, config.service_cidr) = (
+                        ipnet::Ipv4Net::trunc(&cluster),
+                        ipnet::Ipv4Net::trunc(&services),
+                    );
+                }
                 // A server signs its own agent's kubelet serving certificate.
                 let tls_dir = config.agent_dir.join("tls");
                 config.kubelet_tls = Some(

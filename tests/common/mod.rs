@@ -88,11 +88,13 @@ impl Server {
 
     /// Runs the server with its node agent in the test's own network namespace (for tests of
     /// the agent's API side that start no container; anything that runs pods uses
-    /// [`Server::with_agent`]).
+    /// [`Server::with_agent`]). Without the service proxy: it would program the machine's
+    /// own namespace.
     pub fn with_local_agent(mut self) -> Server {
         // Before the agent creates its cgroup parents, to know whether it did.
         agent::preexisting_agent_cgroups();
         self.args.retain(|a| a != "--disable-agent");
+        self.args.push("--disable-kube-proxy".into());
         self
     }
 
@@ -100,6 +102,7 @@ impl Server {
     /// `host.name()` at `host.ip()`.
     pub fn with_agent(self, host: &agent::TestHost) -> Server {
         let mut server = self.with_local_agent();
+        server.args.retain(|a| a != "--disable-kube-proxy");
         server.args.extend([
             "--node-name".to_string(),
             host.name().to_string(),

@@ -1,0 +1,113 @@
+//! Service proxy benchmark: the nftables sync of kedge's table (src/net/proxy) for 100,
+//! 1,000 and 5,000 services with 10 ready endpoints each, inside a throwaway network
+//! namespace (the process unshares its own before anything else, so the machine's ruleset
+//! is never touched). Reports, per size: the render time, the first sync (empty table), a
+//! full resync of the same ruleset, one endpoint changed (the latency of an endpoint
+//! update), the script's size and the rule and chain counts.
+//!
+//! Run as root: `cargo bench --bench proxy [-- --quick]` (quick: 100 and 1,000). Prints a
+//! Markdown table for BENCHMARKS.md.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use kedge::net::proxy::model::{Endpoint, NodeView, Protocol, ServicePort};
+use kedge::net::proxy::nft;
+use kedge::net::proxy::ruleset::{self, Existing};
+
+const ENDPOINTS: usize = 10;
+
+fn ports(count: usize) -> Vec<ServicePort> {
+    (0..count)
+        .map(|i| ServicePort {
+            namespace: "bench".into(),
+            name: format!("svc-{i}"),
+            port_name: "http".into(),
+            protocol: Protocol::Tcp,
+            cluster_ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 43, 0, 0)) + 10 + i as u32),
+            port: 80,
+            node_port: None,
+            external_local: false,
+            internal_local: false,
+            affinity_seconds: None,
+            endpoints: (0..ENDPOINTS)
+                .map(|e| Endpoint {
+                    ip: Ipv4Addr::from(
+                        u32::from(Ipv4Addr::new(10, 42, 0, 0)) + (i * ENDPOINTS + e) as u32 + 2,
+                    ),
+                    port: 8080,
+                    local: true,
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// Renders and applies `ports` over `existing`; (render time, apply time, what is left).
+fn sync(
+    ports: &[ServicePort],
+    node: &NodeView,
+    existing: &Existing,
+) -> (Duration, Duration, Existing, usize, usize) {
+    let started = Instant::now();
+    let rendered = ruleset::render(ports, node, existing);
+    let render = started.elapsed();
+    let started = Instant::now();
+    nft::apply(&rendered.script).expect("nft applies the ruleset");
+    let apply = started.elapsed();
+    let size = rendered.script.len();
+    let rules = rendered.rules;
+    (
+        render,
+        apply,
+        Existing {
+            chains: rendered.chains,
+            sets: rendered.sets,
+        },
+        size,
+        rules,
+    )
+}
+
+fn main() {
+    // SAFETY: still single-threaded; the process leaves the machine's network namespace.
+    let unshared = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+    assert_eq!(
+        unshared,
+        0,
+        "unshare(CLONE_NEWNET) (run as root): {}",
+        std::io::Error::last_os_error()
+    );
+    let quick = std::env::args().any(|a| a == "--quick");
+    let sizes: &[usize] = if quick {
+        &[100, 1000]
+    } else {
+        &[100, 1000, 5000]
+    };
+    let node = NodeView {
+        node_name: "bench".into(),
+        node_ip: Ipv4Addr::new(192, 0, 2, 1),
+        cluster_cidr: "10.42.0.0/16".parse().unwrap(),
+        service_cidr: "10.43.0.0/16".parse().unwrap(),
+        dns_gateway: None,
+    };
+    println!("| services × endpoints | render | first sync | resync | one endpoint changed | script | rules | chains |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for &count in sizes {
+        let _ = nft::delete_table();
+        let mut ports = ports(count);
+        let (render, first, existing, size, rules) = sync(&ports, &node, &Existing::default());
+        let (_, resync, existing, _, _) = sync(&ports, &node, &existing);
+        ports[count / 2].endpoints[0].ip = Ipv4Addr::new(10, 42, 255, 250);
+        let started = Instant::now();
+        let (_, _, existing, _, _) = sync(&ports, &node, &existing);
+        let change = started.elapsed();
+        println!(
+            "| {count} × {ENDPOINTS} | {render:.1?} | {:.1?} | {resync:.1?} | {change:.1?} | {} KiB | {rules} | {} |",
+            render + first,
+            size / 1024,
+            existing.chains.len()
+        );
+    }
+    let _ = nft::delete_table();
+}

@@ -1,0 +1,428 @@
+//! Services on a real node (a `kedge server` with its agent inside a test network
+//! namespace, tests/common/agent.rs): the node's service proxy (kube-proxy's nftables mode,
+//! src/net/proxy) load-balances ClusterIP and NodePort traffic over ready pods, rejects at
+//! once what has nowhere to go, serves UDP and the node-local cluster DNS address, and keeps
+//! to its own nftables table. All traffic stays inside the test's namespaces.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, UdpSocket};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::agent::Node;
+use common::kubectl::Kubectl;
+
+/// A Deployment of 3 busybox httpd pods answering on 8080 with their own name, a NodePort
+/// Service `web` (80 → 8080, node port 30080) over them, a Service `empty` whose selector
+/// matches nothing, and a client pod.
+const MANIFESTS: &str = r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 3
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: httpd
+        image: busybox:1.35
+        command: ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"]
+        readinessProbe:
+          tcpSocket: {port: 8080}
+          periodSeconds: 1
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports:
+  - {name: http, port: 80, targetPort: 8080, nodePort: 30080}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: empty
+spec:
+  selector: {app: nothing}
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: sticky
+spec:
+  selector: {app: web}
+  sessionAffinity: ClientIP
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: client
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: busybox:1.35
+    command: ["sleep", "3600"]
+"#;
+
+fn wait_ready(kubectl: &Kubectl<'_>, what: &[&str]) {
+    let mut args = vec!["wait", "--for=condition=Ready", "--timeout=90s"];
+    args.extend(what);
+    let out = kubectl.run(&args, None);
+    if !out.status.success() {
+        let described = kubectl.run(&["describe", "pods"], None);
+        panic!(
+            "not Ready: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&described.stdout)
+        );
+    }
+}
+
+fn cluster_ip(kubectl: &Kubectl<'_>, service: &str) -> String {
+    kubectl.ok(&[
+        "get",
+        "service",
+        service,
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ])
+}
+
+fn web_pods(kubectl: &Kubectl<'_>) -> BTreeSet<String> {
+    kubectl
+        .ok(&[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ])
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// `count` fetches of `url` from the pod `from` (busybox's own `wget -T` crashes, hence
+/// `timeout`): one line per fetch, the body or `FAILED <wget's error>`.
+fn fetches(kubectl: &Kubectl<'_>, from: &str, url: &str, count: usize) -> Vec<String> {
+    let script = format!(
+        "for i in $(seq {count}); do timeout 10 wget -qO- {url} 2>/tmp/err || echo FAILED $(cat /tmp/err); done"
+    );
+    kubectl
+        .ok(&["exec", from, "--", "sh", "-c", &script])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// One fetch from the pod `from` that must fail: how long it took and wget's error.
+fn refused(kubectl: &Kubectl<'_>, from: &str, url: &str) -> (Duration, String) {
+    let started = Instant::now();
+    let out = kubectl.run(
+        &["exec", from, "--", "timeout", "10", "wget", "-qO-", url],
+        None,
+    );
+    assert!(!out.status.success(), "{url} answered");
+    (
+        started.elapsed(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `program args` inside the node's host namespace (the node itself, not a pod).
+fn on_node(node: &Node, program: &str, args: &[&str]) -> std::process::Output {
+    node.host.command(program).args(args).output().unwrap()
+}
+
+fn nft_ruleset(node: &Node) -> String {
+    let out = on_node(node, "nft", &["list", "ruleset"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Polls `check` (Ok when done, Err with what it saw) for up to `timeout`.
+async fn until(timeout: Duration, what: &str, mut check: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match check() {
+            Ok(()) => return,
+            Err(last) => last,
+        };
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; last seen:\n{last}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test]
+async fn cluster_ip_and_node_port_balance_over_ready_pods_and_refuse_what_has_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]).await;
+    let kubectl = node.kubectl();
+    // Someone else's table on the node: the proxy must leave it alone.
+    let bystander = on_node(
+        &node,
+        "nft",
+        &["add table inet bystander; add chain inet bystander c; add rule inet bystander c counter"],
+    );
+    assert!(bystander.status.success());
+
+    kubectl.ok_with(&["apply", "-f", "-"], Some(MANIFESTS));
+    wait_ready(&kubectl, &["pod/client"]);
+    let out = kubectl.run(
+        &["rollout", "status", "deployment/web", "--timeout=90s"],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pods = web_pods(&kubectl);
+    assert_eq!(pods.len(), 3, "{pods:?}");
+    let ip = cluster_ip(&kubectl, "web");
+    let url = format!("http://{ip}/");
+
+    // All three backends answer through the ClusterIP, at random.
+    until(
+        Duration::from_secs(30),
+        "all 3 backends behind the ClusterIP",
+        || {
+            let seen = fetches(&kubectl, "client", &url, 60);
+            let names: BTreeSet<String> = seen.iter().cloned().collect();
+            if names == pods {
+                Ok(())
+            } else {
+                Err(format!("{names:?}\n{}", nft_ruleset(&node)))
+            }
+        },
+    )
+    .await;
+
+    // sessionAffinity: ClientIP: one client, one backend.
+    let sticky = format!("http://{}/", cluster_ip(&kubectl, "sticky"));
+    let seen: BTreeSet<String> = fetches(&kubectl, "client", &sticky, 20)
+        .into_iter()
+        .collect();
+    assert!(
+        seen.len() == 1 && pods.contains(seen.iter().next().unwrap()),
+        "{seen:?}"
+    );
+
+    // Hairpin: a backend reaching its own Service, itself included.
+    let me = pods.iter().next().unwrap().clone();
+    let seen = fetches(&kubectl, &me, &url, 30);
+    assert!(seen.iter().all(|s| pods.contains(s)), "{seen:?}");
+    assert!(seen.contains(&me), "{me} never reached itself: {seen:?}");
+
+    // From the node itself: the ClusterIP and the node port on the node's address.
+    for target in [url.clone(), format!("http://{}:30080/", node.host.ip())] {
+        let out = on_node(&node, "curl", &["-sS", "--max-time", "10", &target]);
+        let body = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && pods.contains(body.trim()),
+            "{target}: {body}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // Nowhere to go: refused at once, not a timeout.
+    let empty = format!("http://{}/", cluster_ip(&kubectl, "empty"));
+    for target in [empty, "http://10.43.255.254/".to_string()] {
+        let (took, error) = refused(&kubectl, "client", &target);
+        assert!(
+            error.contains("Connection refused") && took < Duration::from_secs(5),
+            "{target}: {error} after {took:?}"
+        );
+    }
+    let out = on_node(
+        &node,
+        "curl",
+        &["-sS", "--max-time", "10", "http://10.43.255.254/"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A deleted backend leaves the rotation.
+    kubectl.ok(&["delete", "pod", &me, "--wait=false"]);
+    until(
+        Duration::from_secs(30),
+        "the deleted pod to leave the rotation",
+        || {
+            let seen = fetches(&kubectl, "client", &url, 30);
+            let ok = seen.iter().all(|s| !s.starts_with("FAILED")) && !seen.contains(&me);
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("{seen:?}"))
+            }
+        },
+    )
+    .await;
+
+    // Gone with the Services: no chain of theirs; the other table untouched.
+    kubectl.ok(&["delete", "service", "web", "empty", "sticky"]);
+    kubectl.ok(&["delete", "deployment", "web"]);
+    until(
+        Duration::from_secs(10),
+        "the Services' chains to go",
+        || {
+            let ruleset = nft_ruleset(&node);
+            if ["/web/", "/empty/", "/sticky/"]
+                .iter()
+                .any(|s| ruleset.contains(s))
+            {
+                Err(ruleset)
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
+    let ruleset = nft_ruleset(&node);
+    assert!(ruleset.contains("table inet bystander"), "{ruleset}");
+    assert!(ruleset.contains("table ip kedge-proxy"), "{ruleset}");
+}
+
+/// The cluster DNS Service (kube-system/kube-dns, no endpoints) reaches the node-local DNS
+/// server on the bridge gateway, over UDP; here a stand-in answering NXDOMAIN to anything.
+#[tokio::test]
+async fn udp_to_the_cluster_dns_address_reaches_the_node_local_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Node::start(dir.path(), &[]).await;
+    let kubectl = node.kubectl();
+    kubectl.ok_with(
+        &["apply", "-f", "-"],
+        Some(
+            r#"apiVersion: v1
+kind: Service
+metadata:
+  name: kube-dns
+  namespace: kube-system
+spec:
+  clusterIP: 10.43.0.10
+  ports:
+  - {name: dns, port: 53, protocol: UDP}
+  - {name: dns-tcp, port: 53, protocol: TCP}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: client
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: busybox:1.35
+    command: ["sleep", "3600"]
+"#,
+        ),
+    );
+    wait_ready(&kubectl, &["pod/client"]);
+    let client_ip: Ipv4Addr = kubectl
+        .ok(&["get", "pod", "client", "-o", "jsonpath={.status.podIP}"])
+        .parse()
+        .unwrap();
+    let cidr: ipnet::Ipv4Net = kubectl
+        .ok(&["get", "node", node.name(), "-o", "jsonpath={.spec.podCIDR}"])
+        .parse()
+        .unwrap();
+    let gateway = Ipv4Addr::from(u32::from(cidr.network()) + 1);
+
+    // The stand-in server, on the gateway's port 53 inside the node's namespace.
+    let socket = common::agent::in_netns(node.host.netns(), || {
+        UdpSocket::bind((gateway, 53)).expect("binding the gateway's port 53")
+    });
+    let senders = Arc::new(Mutex::new(Vec::new()));
+    {
+        let senders = senders.clone();
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 512];
+            while let Ok((length, from)) = socket.recv_from(&mut buffer) {
+                senders.lock().unwrap().push(from.ip());
+                let mut reply = buffer[..length].to_vec();
+                if reply.len() >= 4 {
+                    reply[2] |= 0x80; // a response
+                    reply[3] = (reply[3] & 0xf0) | 3; // NXDOMAIN
+                }
+                let _ = socket.send_to(&reply, from);
+            }
+        });
+    }
+    let lookup = |kubectl: &Kubectl<'_>| {
+        let args = [
+            "exec",
+            "client",
+            "--",
+            "timeout",
+            "5",
+            "nslookup",
+            "kedge.test",
+            "10.43.0.10",
+        ];
+        let out = kubectl.run(&args, None);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if text.contains("NXDOMAIN") {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    };
+    until(
+        Duration::from_secs(20),
+        "an answer through 10.43.0.10",
+        || lookup(&kubectl),
+    )
+    .await;
+    // Pod traffic inside the cluster keeps its source address.
+    assert!(
+        senders.lock().unwrap().contains(&client_ip.into()),
+        "{:?}",
+        senders.lock().unwrap()
+    );
+
+    // The ruleset is rebuilt from the API when the agent starts again, even if the table
+    // was lost meanwhile.
+    node.server.kill();
+    let deleted = on_node(&node, "nft", &["delete table ip kedge-proxy"]);
+    assert!(deleted.status.success());
+    node.server.start();
+    node.wait_ready(Duration::from_secs(60)).await;
+    let kubectl = node.kubectl();
+    until(
+        Duration::from_secs(20),
+        "an answer after the restart",
+        || lookup(&kubectl),
+    )
+    .await;
+}
