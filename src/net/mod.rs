@@ -14,3 +14,13 @@
 pub mod cni;
 pub mod dns;
 pub mod proxy;
+
+/// Whether an EndpointSlice endpoint takes traffic: a missing `ready` condition means ready,
+/// as kube-proxy and CoreDNS read it.
+pub fn endpoint_ready(endpoint: &k8s_openapi::api::discovery::v1::Endpoint) -> bool {
+    endpoint
+        .conditions
+        .as_ref()
+        .and_then(|c| c.ready)
+        .unwrap_or(true)
+}

@@ -513,12 +513,7 @@ fn slice_endpoints(slice: &EndpointSlice) -> Vec<Endpoint> {
         .collect();
     let mut out = Vec::new();
     for endpoint in &slice.endpoints {
-        let ready = endpoint
-            .conditions
-            .as_ref()
-            .and_then(|c| c.ready)
-            .unwrap_or(true);
-        if !ready {
+        if !crate::net::endpoint_ready(endpoint) {
             continue;
         }
         for address in &endpoint.addresses {

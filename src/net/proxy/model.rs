@@ -224,13 +224,7 @@ fn endpoints_of(
             continue;
         };
         for endpoint in &slice.endpoints {
-            // As kube-proxy: a missing `ready` condition means ready.
-            let ready = endpoint
-                .conditions
-                .as_ref()
-                .and_then(|c| c.ready)
-                .unwrap_or(true);
-            if !ready {
+            if !crate::net::endpoint_ready(endpoint) {
                 continue;
             }
             let local = endpoint.node_name.as_deref() == Some(node_name);
