@@ -77,8 +77,8 @@ kind: Service
 metadata: {name: web, namespace: default}
 spec:
   type: ClusterIP
-  clusterIP: 10.43.0.10
-  clusterIPs: [10.43.0.10]
+  clusterIP: 10.43.0.20
+  clusterIPs: [10.43.0.20]
   selector: {app: web}
   ports:
   - {name: http, port: 80, protocol: TCP, targetPort: 8080}
@@ -270,7 +270,7 @@ async fn kubectl_get_prints_upstream_tables() {
         &kubectl.ok(&["get", "svc", "web", "-n", "default", "-o", "wide"]),
         &[
             "NAME TYPE CLUSTER-IP EXTERNAL-IP PORT(S) AGE SELECTOR",
-            "web ClusterIP 10.43.0.10 <none> 80/TCP,53/UDP AGE app=web",
+            "web ClusterIP 10.43.0.20 <none> 80/TCP,53/UDP AGE app=web",
         ],
     );
     assert_prints(
