@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::agent::Node;
 use common::kubectl::Kubectl;
+use common::workloads::wait_all_ready;
 use hickory_proto::op::{Message, MessageType, ResponseCode};
 use hickory_proto::rr::{rdata::A, RData, Record, RecordType};
 
@@ -156,20 +157,6 @@ impl Drop for Upstream {
     }
 }
 
-fn wait_ready(kubectl: &Kubectl<'_>, what: &[&str]) {
-    let mut args = vec!["wait", "--for=condition=Ready", "--timeout=120s"];
-    args.extend_from_slice(what);
-    let out = kubectl.run(&args, None);
-    if !out.status.success() {
-        let described = kubectl.run(&["describe", "pods"], None);
-        panic!(
-            "not Ready: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&described.stdout)
-        );
-    }
-}
-
 /// `nslookup [args] <gateway>` in the client pod: (succeeded, output).
 fn nslookup(kubectl: &Kubectl<'_>, gateway: &str, args: &[&str]) -> (bool, String) {
     let mut command = vec!["exec", "client", "--", "nslookup"];
@@ -243,13 +230,13 @@ async fn pods_resolve_every_cluster_record_and_outside_names_through_the_node() 
     );
 
     kubectl.ok_with(&["apply", "-f", "-"], Some(MANIFESTS));
-    wait_ready(&kubectl, &["pod/web", "pod/client"]);
+    wait_all_ready(&kubectl, &["pod/web", "pod/client"], "120s");
     let deadline = Instant::now() + Duration::from_secs(120);
     while !kubectl.run(&["get", "pod", "db-1"], None).status.success() {
         assert!(Instant::now() < deadline, "db-1 never created");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    wait_ready(&kubectl, &["pod/db-0", "pod/db-1"]);
+    wait_all_ready(&kubectl, &["pod/db-0", "pod/db-1"], "120s");
 
     let cidr: ipnet::Ipv4Net = jsonpath(&kubectl, &["node", node.name()], "{.spec.podCIDR}")
         .parse()
@@ -446,7 +433,7 @@ async fn pods_get_the_resolv_conf_of_their_dns_policy() {
     }
     let names: Vec<String> = pods.iter().map(|(n, _)| format!("pod/{n}")).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    wait_ready(&kubectl, &names);
+    wait_all_ready(&kubectl, &names, "120s");
     let resolv_conf = |pod: &str| kubectl.ok(&["exec", pod, "--", "cat", "/etc/resolv.conf"]);
     let cluster = "nameserver 10.43.0.10\nsearch default.svc.cluster.local svc.cluster.local cluster.local example.test\noptions ndots:5\n";
     let node_conf = "nameserver 127.0.0.1\nsearch example.test\n";

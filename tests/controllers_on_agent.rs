@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use common::agent::{in_netns, Node};
 use common::kubectl::Kubectl;
-use common::workloads::{busybox_pod, in_terminal, pod_field, until, wait_ready, Streaming};
+use common::workloads::{
+    apply_and_wait_ready, busybox_pod, in_terminal, pod_field, until, wait_ready, Streaming,
+};
 
 /// The rows of `kubectl get KIND NAME` (headers left out), split into columns.
 fn row(kubectl: &Kubectl<'_>, kind: &str, name: &str) -> Vec<String> {
@@ -587,8 +589,7 @@ async fn kubectl_attach_follows_output_and_feeds_stdin() {
     let term = busybox_pod("term", "sh")
         .replace("  containers:", "  restartPolicy: Never\n  containers:")
         + "    stdin: true\n    tty: true\n";
-    kubectl.ok_with(&["apply", "-f", "-"], Some(&term));
-    wait_ready(&kubectl, "term");
+    apply_and_wait_ready(&kubectl, &term, "term");
     let transcript = in_terminal(
         &kubectl,
         &["attach", "-it", "pod/term"],
@@ -646,8 +647,7 @@ async fn kubectl_port_forward_reaches_a_pods_port() {
         "www",
         "mkdir -p /www && echo served by the pod > /www/index.html && exec httpd -f -p 80 -h /www",
     ) + "    ports:\n    - containerPort: 80\n";
-    kubectl.ok_with(&["apply", "-f", "-"], Some(&pod));
-    wait_ready(&kubectl, "www");
+    apply_and_wait_ready(&kubectl, &pod, "www");
 
     // A chosen local port: kubectl listens inside the node's host, where the test connects.
     let mut forward = Streaming::start(&kubectl, &["port-forward", "pod/www", "18080:80"]);
@@ -718,8 +718,7 @@ async fn kubectl_debug_runs_an_ephemeral_container_in_the_pod() {
         "app",
         "echo app-data > /tmp/app.txt; trap 'exit 0' TERM; while true; do sleep 1; done",
     );
-    kubectl.ok_with(&["apply", "-f", "-"], Some(&app));
-    wait_ready(&kubectl, "app");
+    apply_and_wait_ready(&kubectl, &app, "app");
 
     // -i: kubectl adds the container, waits for it to run and attaches to its stdin (not
     // stdinOnce: kubectl leaving does not end it).

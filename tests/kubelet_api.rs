@@ -417,18 +417,9 @@ async fn kubectl_port_forward_reaches_a_port_in_the_pods_network_namespace() {
     std::fs::create_dir_all(&pod_dir).unwrap();
     let netns = pod_dir.join("netns");
     kedge::runtime::netns::create(&netns).unwrap();
-    let path = netns.clone();
-    let listener = tokio::task::spawn_blocking(move || {
-        kedge::runtime::netns::run_in(&path, || {
-            let listener = std::net::TcpListener::bind("127.0.0.1:8080")?;
-            listener.set_nonblocking(true)?;
-            Ok(listener)
-        })
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    let listener = kedge::runtime::netns::listen_tcp(&netns, ([127, 0, 0, 1], 8080).into())
+        .await
+        .unwrap();
     tokio::spawn(async move {
         while let Ok((mut tcp, _)) = listener.accept().await {
             tokio::spawn(async move {

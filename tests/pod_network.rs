@@ -9,10 +9,11 @@ mod common;
 
 use std::net::Ipv4Addr;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::agent::Node;
 use common::kubectl::Kubectl;
+use common::workloads::until_ok;
 
 /// A busybox pod; `server` ones answer HTTP on 8080 (busybox httpd, logging each client's
 /// address) with their own name, and are Ready once the port accepts connections.
@@ -142,22 +143,6 @@ fn fetch(kubectl: &Kubectl<'_>, from: &str, ip: &str) -> String {
     kubectl.ok(&["exec", from, "--", "timeout", "10", "wget", "-qO-", &url])
 }
 
-/// Polls `check` until it passes; after `timeout`, panics with `what` and its last answer.
-async fn until(timeout: Duration, what: &str, mut check: impl FnMut() -> Result<(), String>) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let last = match check() {
-            Ok(()) => return,
-            Err(last) => last,
-        };
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; last seen:\n{last}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
 /// Ok when `done`, else the node's ports, allocations and pods as the failure context.
 fn state(node: &Node, done: bool) -> Result<(), String> {
     if done {
@@ -237,7 +222,7 @@ async fn pods_get_addresses_from_the_node_range_and_reach_each_other() {
 
     // Gone with the pods: no veth on the bridge, no allocation.
     kubectl.ok(&["delete", "pod", "web", "client", "--timeout=60s"]);
-    until(
+    until_ok(
         Duration::from_secs(30),
         "the pods' veths and addresses to go",
         || {
@@ -279,7 +264,7 @@ async fn pods_keep_their_addresses_across_an_agent_crash_and_free_them_when_dele
         .1
         .parse()
         .unwrap();
-    until(
+    until_ok(
         Duration::from_secs(30),
         "web's veth and address to go",
         || {
@@ -313,7 +298,7 @@ async fn after_a_node_crash_the_pods_old_addresses_are_reclaimed() {
     for netns in &namespaces {
         nix::mount::umount2(netns, nix::mount::MntFlags::MNT_DETACH).unwrap();
     }
-    until(Duration::from_secs(10), "the pods' veths to vanish", || {
+    until_ok(Duration::from_secs(10), "the pods' veths to vanish", || {
         state(&node, bridge_ports(&node).is_empty())
     })
     .await;
@@ -323,7 +308,7 @@ async fn after_a_node_crash_the_pods_old_addresses_are_reclaimed() {
     node.wait_ready(Duration::from_secs(60)).await;
     let kubectl = node.kubectl();
     // The containers restart (crash-loop back-off's first delay) in new sandboxes.
-    until(
+    until_ok(
         Duration::from_secs(90),
         "both pods back with new addresses",
         || {
@@ -369,7 +354,7 @@ spec:
     command: ["sh", "-c", "ip -4 -o addr show eth0"]
 "#;
     kubectl.ok_with(&["apply", "-f", "-"], Some(manifest));
-    until(
+    until_ok(
         Duration::from_secs(60),
         "the pod to succeed and its address to go back",
         || {

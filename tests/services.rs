@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::agent::Node;
 use common::kubectl::Kubectl;
+use common::workloads::{until_ok, wait_all_ready};
 
 /// A Deployment of 3 busybox httpd pods answering on 8080 with their own name, a NodePort
 /// Service `web` (80 → 8080, node port 30080) over them, a Service `empty` whose selector
@@ -76,20 +77,6 @@ spec:
     image: busybox:1.35
     command: ["sleep", "3600"]
 "#;
-
-fn wait_ready(kubectl: &Kubectl<'_>, what: &[&str]) {
-    let mut args = vec!["wait", "--for=condition=Ready", "--timeout=90s"];
-    args.extend(what);
-    let out = kubectl.run(&args, None);
-    if !out.status.success() {
-        let described = kubectl.run(&["describe", "pods"], None);
-        panic!(
-            "not Ready: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&described.stdout)
-        );
-    }
-}
 
 fn cluster_ip(kubectl: &Kubectl<'_>, service: &str) -> String {
     kubectl.ok(&[
@@ -158,22 +145,6 @@ fn nft_ruleset(node: &Node) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Polls `check` (Ok when done, Err with what it saw) for up to `timeout`.
-async fn until(timeout: Duration, what: &str, mut check: impl FnMut() -> Result<(), String>) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let last = match check() {
-            Ok(()) => return,
-            Err(last) => last,
-        };
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; last seen:\n{last}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
 #[tokio::test]
 async fn cluster_ip_and_node_port_balance_over_ready_pods_and_refuse_what_has_none() {
     let dir = tempfile::tempdir().unwrap();
@@ -188,7 +159,7 @@ async fn cluster_ip_and_node_port_balance_over_ready_pods_and_refuse_what_has_no
     assert!(bystander.status.success());
 
     kubectl.ok_with(&["apply", "-f", "-"], Some(MANIFESTS));
-    wait_ready(&kubectl, &["pod/client"]);
+    wait_all_ready(&kubectl, &["pod/client"], "90s");
     let out = kubectl.run(
         &["rollout", "status", "deployment/web", "--timeout=90s"],
         None,
@@ -204,7 +175,7 @@ async fn cluster_ip_and_node_port_balance_over_ready_pods_and_refuse_what_has_no
     let url = format!("http://{ip}/");
 
     // All three backends answer through the ClusterIP, at random.
-    until(
+    until_ok(
         Duration::from_secs(30),
         "all 3 backends behind the ClusterIP",
         || {
@@ -269,7 +240,7 @@ async fn cluster_ip_and_node_port_balance_over_ready_pods_and_refuse_what_has_no
 
     // A deleted backend leaves the rotation.
     kubectl.ok(&["delete", "pod", &me, "--wait=false"]);
-    until(
+    until_ok(
         Duration::from_secs(30),
         "the deleted pod to leave the rotation",
         || {
@@ -287,7 +258,7 @@ async fn cluster_ip_and_node_port_balance_over_ready_pods_and_refuse_what_has_no
     // Gone with the Services: no chain of theirs; the other table untouched.
     kubectl.ok(&["delete", "service", "web", "empty", "sticky"]);
     kubectl.ok(&["delete", "deployment", "web"]);
-    until(
+    until_ok(
         Duration::from_secs(10),
         "the Services' chains to go",
         || {
@@ -331,7 +302,7 @@ spec:
 "#,
         ),
     );
-    wait_ready(&kubectl, &["pod/client"]);
+    wait_all_ready(&kubectl, &["pod/client"], "90s");
     let lookup = |kubectl: &Kubectl<'_>| {
         let args = [
             "exec",
@@ -355,7 +326,7 @@ spec:
             Err(text)
         }
     };
-    until(
+    until_ok(
         Duration::from_secs(20),
         "an answer through 10.43.0.10",
         || lookup(&kubectl),
@@ -369,7 +340,7 @@ spec:
     node.server.start();
     node.wait_ready(Duration::from_secs(60)).await;
     let kubectl = node.kubectl();
-    until(
+    until_ok(
         Duration::from_secs(20),
         "an answer after the restart",
         || lookup(&kubectl),

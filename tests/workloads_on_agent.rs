@@ -10,7 +10,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::agent::{Node, TestHost, API_PORT};
-use common::workloads::{busybox_pod, in_terminal, pod_field, restarts, until, wait_ready};
+use common::workloads::{
+    apply_and_wait_ready, busybox_pod, in_terminal, pod_field, restarts, until, wait_ready,
+};
 use common::Server;
 
 /// The harness itself: a server inside a test host runs in that host's network namespace
@@ -47,14 +49,14 @@ async fn a_pod_runs_and_kubectl_logs_shows_its_output() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path(), &[]).await;
     let kubectl = node.kubectl();
-    kubectl.ok_with(
-        &["apply", "-f", "-"],
-        Some(&busybox_pod(
+    apply_and_wait_ready(
+        &kubectl,
+        &busybox_pod(
             "hello",
             "echo hello from kedge; echo to stderr >&2; sleep 3600",
-        )),
+        ),
+        "hello",
     );
-    wait_ready(&kubectl, "hello");
     let table = kubectl.ok(&["get", "pod", "hello"]);
     let row = table.lines().nth(1).unwrap_or_default().to_string();
     assert!(
@@ -117,11 +119,7 @@ async fn exec_with_piped_stdin_and_with_a_terminal() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path(), &[]).await;
     let kubectl = node.kubectl();
-    kubectl.ok_with(
-        &["apply", "-f", "-"],
-        Some(&busybox_pod("shell", "sleep 3600")),
-    );
-    wait_ready(&kubectl, "shell");
+    apply_and_wait_ready(&kubectl, &busybox_pod("shell", "sleep 3600"), "shell");
 
     let out = kubectl.ok_with(
         &["exec", "-i", "shell", "--", "sh", "-c", "cat; echo done"],
@@ -154,14 +152,14 @@ async fn kubectl_cp_both_ways() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path(), &[]).await;
     let kubectl = node.kubectl();
-    kubectl.ok_with(
-        &["apply", "-f", "-"],
-        Some(&busybox_pod(
+    apply_and_wait_ready(
+        &kubectl,
+        &busybox_pod(
             "files",
             "mkdir -p /data/sub && echo from the pod > /data/sub/out.txt && sleep 3600",
-        )),
+        ),
+        "files",
     );
-    wait_ready(&kubectl, "files");
 
     let local = dir.path().join("local");
     std::fs::create_dir_all(local.join("tree")).unwrap();
@@ -268,8 +266,7 @@ async fn a_failing_liveness_probe_restarts_the_container() {
       periodSeconds: 1
       failureThreshold: 2
 "#;
-    kubectl.ok_with(&["apply", "-f", "-"], Some(&pod));
-    wait_ready(&kubectl, "alive");
+    apply_and_wait_ready(&kubectl, &pod, "alive");
     let first = pod_field(
         &kubectl,
         "alive",
@@ -428,8 +425,7 @@ spec:
         exec:
           command: ["sh", "-c", "echo pre-stop ran > /proc/1/fd/1"]
 "#;
-    kubectl.ok_with(&["apply", "-f", "-"], Some(pod));
-    wait_ready(&kubectl, "stubborn");
+    apply_and_wait_ready(&kubectl, pod, "stubborn");
     // Follow the logs while deleting: the pre-stop hook's line and the trap's show there.
     let mut follow = kubectl
         .command(&["logs", "-f", "stubborn"])
@@ -608,8 +604,7 @@ async fn kubectl_top_pod_shows_usage() {
         cpu: 100m
         memory: 64Mi
 "#;
-    kubectl.ok_with(&["apply", "-f", "-"], Some(&pod));
-    wait_ready(&kubectl, "busy");
+    apply_and_wait_ready(&kubectl, &pod, "busy");
     let top = until(
         &kubectl,
         &["top", "pod", "busy", "--no-headers"],
@@ -639,11 +634,7 @@ async fn exec_with_a_terminal_ends_when_its_input_does() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path(), &[]).await;
     let kubectl = node.kubectl();
-    kubectl.ok_with(
-        &["apply", "-f", "-"],
-        Some(&busybox_pod("shell", "sleep 3600")),
-    );
-    wait_ready(&kubectl, "shell");
+    apply_and_wait_ready(&kubectl, &busybox_pod("shell", "sleep 3600"), "shell");
 
     let pty = nix::pty::openpty(None, None).expect("a pseudo-terminal");
     let (master, slave): (OwnedFd, OwnedFd) = (pty.master, pty.slave);

@@ -86,6 +86,21 @@ pub async fn connect_tcp(path: &Path, addr: SocketAddr) -> io::Result<tokio::net
     socket.connect(addr).await
 }
 
+/// A listener on `addr` inside the namespace at `path` (the twin of [`connect_tcp`]).
+pub async fn listen_tcp(path: &Path, addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
+    let path: PathBuf = path.to_path_buf();
+    let listener = tokio::task::spawn_blocking(move || {
+        run_in(&path, move || {
+            let listener = std::net::TcpListener::bind(addr)?;
+            listener.set_nonblocking(true)?;
+            Ok(listener)
+        })
+    })
+    .await
+    .map_err(io::Error::other)??;
+    tokio::net::TcpListener::from_std(listener)
+}
+
 /// A non-blocking, unconnected TCP socket for `addr`'s family, created in the calling
 /// thread's namespace.
 fn socket2_like_nonblocking(addr: SocketAddr) -> io::Result<std::net::TcpStream> {

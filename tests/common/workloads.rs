@@ -44,19 +44,54 @@ pub fn pod_field(kubectl: &Kubectl<'_>, pod: &str, expr: &str) -> String {
 
 /// Waits until pod `name` is Ready (through `kubectl wait`, as a user would).
 pub fn wait_ready(kubectl: &Kubectl<'_>, name: &str) {
-    let pod = format!("pod/{name}");
-    let out = kubectl.run(
-        &["wait", "--for=condition=Ready", &pod, "--timeout=90s"],
-        None,
-    );
+    wait_all_ready(kubectl, &[&format!("pod/{name}")], "90s");
+}
+
+/// Waits until every one of `pods` (`pod/NAME`) is Ready, for at most `timeout` (`90s`);
+/// panics with `kubectl describe` of them if not.
+pub fn wait_all_ready(kubectl: &Kubectl<'_>, pods: &[&str], timeout: &str) {
+    let timeout = format!("--timeout={timeout}");
+    let mut args = vec!["wait", "--for=condition=Ready", timeout.as_str()];
+    args.extend_from_slice(pods);
+    let out = kubectl.run(&args, None);
     if !out.status.success() {
-        let described = kubectl.run(&["describe", &pod], None);
+        let mut describe = vec!["describe"];
+        describe.extend_from_slice(pods);
+        let described = kubectl.run(&describe, None);
         panic!(
-            "{pod} not Ready: {}\n{}",
+            "{} not Ready: {}\n{}",
+            pods.join(" "),
             String::from_utf8_lossy(&out.stderr),
             String::from_utf8_lossy(&described.stdout)
         );
     }
+}
+
+/// Polls `check` (Ok when done, Err with what it saw) until it passes; after `timeout`,
+/// panics with `what` and its last answer.
+pub async fn until_ok(
+    timeout: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Result<(), String>,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match check() {
+            Ok(()) => return,
+            Err(last) => last,
+        };
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; last seen:\n{last}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// `kubectl apply` of `manifest`, then [`wait_ready`] for pod `name`.
+pub fn apply_and_wait_ready(kubectl: &Kubectl<'_>, manifest: &str, name: &str) {
+    kubectl.ok_with(&["apply", "-f", "-"], Some(manifest));
+    wait_ready(kubectl, name);
 }
 
 /// A pod of the busybox test image running `script` with `sh -c`.

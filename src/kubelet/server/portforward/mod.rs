@@ -105,18 +105,9 @@ mod tests {
     async fn echo_in_netns(dir: &Path) -> PathBuf {
         let netns = dir.join("netns");
         crate::runtime::netns::create(&netns).unwrap();
-        let path = netns.clone();
-        let listener = tokio::task::spawn_blocking(move || {
-            crate::runtime::netns::run_in(&path, || {
-                let listener = std::net::TcpListener::bind("127.0.0.1:7777")?;
-                listener.set_nonblocking(true)?;
-                Ok(listener)
-            })
-        })
-        .await
-        .unwrap()
-        .unwrap();
-        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        let listener = crate::runtime::netns::listen_tcp(&netns, ([127, 0, 0, 1], 7777).into())
+            .await
+            .unwrap();
         tokio::spawn(async move {
             while let Ok((mut tcp, _)) = listener.accept().await {
                 tokio::spawn(async move {
