@@ -149,26 +149,12 @@ pub async fn ensure_kubernetes_service(
         Err(AllocationError::Store(e)) => return Err(e),
         Err(e) => return Err(StoreError::Internal(format!("allocating {ip}: {e}"))),
     }
-    let service = json!({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {
-            "name": "kubernetes",
-            "namespace": "default",
-            "labels": {"component": "apiserver", "provider": "kubernetes"},
-        },
-        "spec": {
-            "type": "ClusterIP",
-            "clusterIP": ip.to_string(),
-            "clusterIPs": [ip.to_string()],
-            "ipFamilies": ["IPv4"],
-            "ipFamilyPolicy": "SingleStack",
-            "internalTrafficPolicy": "Cluster",
-            "sessionAffinity": "None",
-            "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}],
-        },
-        "status": {"loadBalancer": {}},
-    });
+    let service = selectorless_service(
+        &owner,
+        json!({"component": "apiserver", "provider": "kubernetes"}),
+        ip,
+        json!([{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]),
+    );
     ensure_fields(api, "", "services", service, &["spec"]).await?;
 
     let endpoints = json!({
@@ -209,6 +195,32 @@ pub async fn ensure_kubernetes_service(
     Ok(())
 }
 
+/// A single-stack IPv4 ClusterIP Service without a selector at `ip`: the `kubernetes` and
+/// `kube-dns` Services the servers keep.
+fn selectorless_service(
+    owner: &ServiceRef,
+    labels: serde_json::Value,
+    ip: std::net::Ipv4Addr,
+    ports: serde_json::Value,
+) -> serde_json::Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": owner.name, "namespace": owner.namespace, "labels": labels},
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": ip.to_string(),
+            "clusterIPs": [ip.to_string()],
+            "ipFamilies": ["IPv4"],
+            "ipFamilyPolicy": "SingleStack",
+            "internalTrafficPolicy": "Cluster",
+            "sessionAffinity": "None",
+            "ports": ports,
+        },
+        "status": {"loadBalancer": {}},
+    })
+}
+
 /// The `kube-dns` Service in `kube-system` at the cluster DNS address `ip`, as k3s's CoreDNS
 /// manifest has it (labels, port names), for clients that look it up. It has no selector:
 /// no pod backs it, each node's agent answers on its pod gateway (`net::dns`) and the
@@ -244,33 +256,19 @@ pub async fn ensure_dns_service(api: &Api, ip: IpAddr) -> Result<(), StoreError>
             return Ok(());
         }
     }
-    let service = json!({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {
-            "name": "kube-dns",
-            "namespace": "kube-system",
-            "labels": {
-                "k8s-app": "kube-dns",
-                "kubernetes.io/cluster-service": "true",
-                "kubernetes.io/name": "CoreDNS",
-            },
-        },
-        "spec": {
-            "type": "ClusterIP",
-            "clusterIP": ip.to_string(),
-            "clusterIPs": [ip.to_string()],
-            "ipFamilies": ["IPv4"],
-            "ipFamilyPolicy": "SingleStack",
-            "internalTrafficPolicy": "Cluster",
-            "sessionAffinity": "None",
-            "ports": [
-                {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
-                {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
-            ],
-        },
-        "status": {"loadBalancer": {}},
-    });
+    let service = selectorless_service(
+        &owner,
+        json!({
+            "k8s-app": "kube-dns",
+            "kubernetes.io/cluster-service": "true",
+            "kubernetes.io/name": "CoreDNS",
+        }),
+        v4,
+        json!([
+            {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+            {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
+        ]),
+    );
     if create_missing(api, "", "services", service).await? {
         tracing::info!(%ip, "created the kube-dns Service");
     }
