@@ -282,16 +282,7 @@ pub fn resource_value(
     facts: &Facts,
 ) -> Result<String, ConfigError> {
     let target = match container_name.filter(|n| !n.is_empty()) {
-        Some(name) => pod
-            .spec
-            .iter()
-            .flat_map(|s| {
-                s.containers
-                    .iter()
-                    .chain(s.init_containers.iter().flatten())
-            })
-            .find(|c| c.name == name)
-            .unwrap_or(container),
+        Some(name) => super::spec_container(pod, name).unwrap_or(container),
         None => container,
     };
     let resources = target.resources.as_ref();

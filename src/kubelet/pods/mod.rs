@@ -45,6 +45,18 @@ use crate::runtime::images::ImageStore;
 pub use meta::{images_in_use, ContainerMeta};
 pub use registry::PodRegistry;
 
+/// The container (regular or init) of `pod`'s spec named `name`.
+pub fn spec_container<'a>(
+    pod: &'a Pod,
+    name: &str,
+) -> Option<&'a k8s_openapi::api::core::v1::Container> {
+    let spec = pod.spec.as_ref()?;
+    spec.containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .find(|c| c.name == name)
+}
+
 /// What the pod workers need from the agent.
 #[derive(Clone)]
 pub struct PodsContext {

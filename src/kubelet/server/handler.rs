@@ -15,7 +15,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::logs::{self, LogOptions};
 use super::remotecommand::{self, query_map, Session, StreamError, StreamOptions};
-use super::{portforward, ContainerRecord, KubeletApiState};
+use super::{portforward, KubeletApiState};
 use crate::api::http::{full, Body, BoxError};
 use crate::auth::user_from_certificate;
 use crate::pki::{ADMIN_GROUP, KUBELET_CLIENT_USER};
@@ -332,16 +332,6 @@ enum Upgraded {
     Spdy(TokioIo<hyper::upgrade::Upgraded>),
 }
 
-fn find_container(
-    state: &KubeletApiState,
-    namespace: &str,
-    pod: &str,
-    uid: Option<&str>,
-    container: &str,
-) -> Option<ContainerRecord> {
-    state.containers.find(namespace, pod, uid, container)
-}
-
 fn remote_command(
     state: &Arc<KubeletApiState>,
     request: Request<Incoming>,
@@ -355,7 +345,7 @@ fn remote_command(
         Ok(options) => options,
         Err(e) => return plain(StatusCode::BAD_REQUEST, e),
     };
-    let Some(record) = find_container(state, namespace, pod, uid, container) else {
+    let Some(record) = state.containers.find(namespace, pod, uid, container) else {
         return container_not_found(namespace, pod, container);
     };
     if !record.running() {

@@ -212,15 +212,7 @@ pub fn resource_value(
         .as_deref()
         .or(default_container)
         .unwrap_or_default();
-    let container = pod
-        .spec
-        .iter()
-        .flat_map(|s| {
-            s.containers
-                .iter()
-                .chain(s.init_containers.iter().flatten())
-        })
-        .find(|c| c.name == name)
+    let container = crate::kubelet::pods::spec_container(pod, name)
         .ok_or_else(|| format!("container {name} not found in pod"))?;
     let resources = container.resources.as_ref();
     let (kind, resource) = selector
