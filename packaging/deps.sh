@@ -6,8 +6,8 @@ set -eu
 packages="build-essential pkg-config libseccomp-dev nftables busybox-static iproute2 curl ca-certificates git"
 if [ "${1:-}" = "--test" ]; then
     # The Python client test runs the official `kubernetes` package from a venv; the image
-    # pull test runs a registry on loopback.
-    packages="$packages python3 python3-venv docker-registry"
+    # pull test runs a registry on loopback; the UDP Service test builds an image with socat.
+    packages="$packages python3 python3-venv docker-registry socat"
 fi
 if [ "${1:-}" = "--bench" ]; then
     # etcd is the store benchmark's point of comparison; its client crate compiles protobufs.

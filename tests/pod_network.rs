@@ -8,11 +8,11 @@
 mod common;
 
 use std::net::Ipv4Addr;
-use std::process::Command;
 use std::time::Duration;
 
 use common::agent::Node;
 use common::kubectl::Kubectl;
+use common::node_net::{allocations, bridge_ports, ip_in_host};
 use common::workloads::until_ok;
 
 /// A busybox pod; `server` ones answer HTTP on 8080 (busybox httpd, logging each client's
@@ -87,53 +87,6 @@ fn pod_cidr(node: &Node) -> ipnet::Ipv4Net {
         .kubectl()
         .ok(&["get", "node", node.name(), "-o", "jsonpath={.spec.podCIDR}"]);
     cidr.parse().unwrap_or_else(|_| panic!("podCIDR {cidr:?}"))
-}
-
-/// `ip` run inside the node's host (test tooling; kedge itself never shells out to it).
-fn ip_in_host(node: &Node, args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .arg("-n")
-        .arg(node.name())
-        .args(args)
-        .output()
-        .expect("iproute2's ip runs");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Names of the ports of the bridge `kedge0` on the node (none without a bridge).
-fn bridge_ports(node: &Node) -> Vec<String> {
-    let bridge = Command::new("ip")
-        .args(["-n", node.name(), "link", "show", "kedge0"])
-        .output()
-        .expect("iproute2's ip runs");
-    if !bridge.status.success() {
-        return Vec::new();
-    }
-    let mut ports: Vec<String> = ip_in_host(node, &["-o", "link", "show", "master", "kedge0"])
-        .lines()
-        .filter_map(|l| l.split(": ").nth(1))
-        .map(|name| name.split('@').next().unwrap_or(name).to_string())
-        .collect();
-    ports.sort();
-    ports
-}
-
-/// The addresses allocated on the node (one file per address in `<agent>/net/ipam`).
-fn allocations(node: &Node) -> Vec<Ipv4Addr> {
-    let mut found: Vec<Ipv4Addr> = std::fs::read_dir(node.agent_dir().join("net/ipam"))
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    found.sort();
-    found
 }
 
 /// `wget` from `from` to `http://ip:8080/`; the body. (busybox's own `wget -T` crashes,

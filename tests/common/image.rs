@@ -1,9 +1,12 @@
-//! The tests' container image: an OCI (or `docker save`) archive built from Debian's
-//! `busybox-static` (`/bin/busybox`), so no test downloads an image.
+//! The tests' container images: OCI (or `docker save`) archives built from Debian's
+//! `busybox-static` (`/bin/busybox`) and, for tests that need UDP servers and clients,
+//! Debian's `socat`, so no test downloads an image.
 //!
 //! `busybox_oci_archive` / `busybox_docker_archive` give the standard image
-//! `docker.io/library/busybox:1.35`; [`LayerBuilder`] and [`TestImage`] build any other image
-//! (several layers, whiteouts, zstd or plain layers) for the image store's own tests.
+//! `docker.io/library/busybox:1.35`; `socat_oci_archive` the image `socat:test` (busybox
+//! plus `/usr/bin/socat` and its shared libraries); [`LayerBuilder`] and [`TestImage`] build
+//! any other image (several layers, whiteouts, zstd or plain layers) for the image store's
+//! own tests.
 #![allow(dead_code)]
 
 use std::io::Write;
@@ -16,6 +19,10 @@ use sha2::{Digest, Sha256};
 pub const BUSYBOX_IMAGE: &str = "docker.io/library/busybox:1.35";
 /// Where Debian's `busybox-static` installs the binary.
 pub const BUSYBOX_BIN: &str = "/bin/busybox";
+/// The name the socat archive carries (tests write `image: socat:test`).
+pub const SOCAT_IMAGE: &str = "docker.io/library/socat:test";
+/// Where Debian's `socat` installs the binary.
+pub const SOCAT_BIN: &str = "/usr/bin/socat";
 /// The image's `PATH` (Docker's default).
 pub const PATH_ENV: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -27,21 +34,69 @@ const ETC_GROUP: &str = "root:x:0:\napp:x:1000:\nnobody:x:65534:\n";
 /// The busybox image as an OCI image-layout tar, copied (hard-linked) into directory `dest`
 /// as `busybox-oci.tar`; built once per busybox binary and cached under the target dir.
 pub fn busybox_oci_archive(dest: &Path) -> PathBuf {
-    place(&cached_busybox("oci"), &dest.join("busybox-oci.tar"))
+    let cached = cached("busybox", "oci", &[BUSYBOX_BIN], busybox_image);
+    place(&cached, &dest.join("busybox-oci.tar"))
 }
 
 /// The busybox image as a `docker save` tar (manifest.json, `<id>.json`, `<layer>/layer.tar`),
 /// placed in directory `dest` as `busybox-docker.tar`.
 pub fn busybox_docker_archive(dest: &Path) -> PathBuf {
-    place(&cached_busybox("docker"), &dest.join("busybox-docker.tar"))
+    let cached = cached("busybox", "docker", &[BUSYBOX_BIN], busybox_image);
+    place(&cached, &dest.join("busybox-docker.tar"))
+}
+
+/// The socat image as an OCI image-layout tar, placed in directory `dest` as
+/// `socat-oci.tar` (an agent imports every archive of its `agent/images` at start).
+pub fn socat_oci_archive(dest: &Path) -> PathBuf {
+    let cached = cached("socat", "oci", &[BUSYBOX_BIN, SOCAT_BIN], socat_image);
+    place(&cached, &dest.join("socat-oci.tar"))
+}
+
+/// The socat image: the busybox layer (a shell, `hostname`, `cat`) and one with
+/// `/usr/bin/socat` and every shared library `ldd` says it loads, at the same paths as on
+/// this machine (the dynamic loader finds them in its default directories).
+pub fn socat_image() -> TestImage {
+    let binary = read_binary(SOCAT_BIN, "socat");
+    let ldd = std::process::Command::new("ldd")
+        .arg(SOCAT_BIN)
+        .output()
+        .expect("ldd runs");
+    assert!(ldd.status.success(), "ldd {SOCAT_BIN} failed");
+    // Lines are `name => /path (0x…)`, `/path (0x…)` (the loader) or `linux-vdso… (0x…)`.
+    let libraries: Vec<String> = String::from_utf8_lossy(&ldd.stdout)
+        .lines()
+        .filter_map(|line| {
+            let path = line.rsplit_once(" => ").map_or(line, |(_, p)| p).trim();
+            let path = path.split(" (").next()?;
+            path.starts_with('/').then(|| path.to_string())
+        })
+        .collect();
+    // Every folder on the way to each library, parents first (a sorted set puts `a`
+    // before `a/b`).
+    let dirs: std::collections::BTreeSet<String> = libraries
+        .iter()
+        .flat_map(|library| Path::new(library).ancestors().skip(1))
+        .filter_map(|dir| dir.to_str()?.strip_prefix('/').map(str::to_string))
+        .filter(|dir| !dir.is_empty())
+        .collect();
+    let mut layer = LayerBuilder::new();
+    for dir in &dirs {
+        layer.dir(dir, 0o755, 0, 0);
+    }
+    for library in &libraries {
+        // The file itself, not the symlink the path may be (`/lib64/ld-linux…`).
+        let data = std::fs::read(library).unwrap_or_else(|e| panic!("{library}: {e}"));
+        layer.file(library.trim_start_matches('/'), 0o755, 0, 0, &data);
+    }
+    layer.file("usr/bin/socat", 0o755, 0, 0, &binary);
+    TestImage::new(SOCAT_IMAGE, vec![busybox_layer(), layer.finish()])
 }
 
 /// The busybox root file system as one uncompressed layer tar: `bin/busybox` and a symlink
 /// per applet, `/etc/passwd` and `/etc/group` (root 0, app 1000, nobody 65534), the usual
 /// top-level dirs, `tmp` 1777.
 pub fn busybox_layer() -> Vec<u8> {
-    let binary = std::fs::read(BUSYBOX_BIN)
-        .unwrap_or_else(|e| panic!("{BUSYBOX_BIN}: {e} (install Debian's busybox-static)"));
+    let binary = read_binary(BUSYBOX_BIN, "busybox-static");
     let list = std::process::Command::new(BUSYBOX_BIN)
         .arg("--list")
         .output()
@@ -74,25 +129,33 @@ pub fn busybox_image() -> TestImage {
     TestImage::new(BUSYBOX_IMAGE, vec![busybox_layer()])
 }
 
-/// Builds the archive of `format` once per busybox binary (keyed by its hash) in the
-/// target dir; concurrent test processes race benignly (write temp, then rename).
-fn cached_busybox(format: &str) -> PathBuf {
-    let binary = std::fs::read(BUSYBOX_BIN)
-        .unwrap_or_else(|e| panic!("{BUSYBOX_BIN}: {e} (install Debian's busybox-static)"));
-    let key = &hex::encode(Sha256::digest(&binary))[..16];
+/// `path`, a binary Debian's `package` installs.
+fn read_binary(path: &str, package: &str) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e} (install Debian's {package})"))
+}
+
+/// Builds the archive of image `name` in `format` (`oci` or `docker`) once per version of
+/// the `binaries` it is made of (keyed by their hash) in the target dir; concurrent test
+/// processes race benignly (write temp, then rename).
+fn cached(name: &str, format: &str, binaries: &[&str], image: fn() -> TestImage) -> PathBuf {
+    let mut hash = Sha256::new();
+    for binary in binaries {
+        hash.update(read_binary(binary, name));
+    }
+    let key = &hex::encode(hash.finalize())[..16];
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("test-images");
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("busybox-{key}-{format}.tar"));
+    let path = dir.join(format!("{name}-{key}-{format}.tar"));
     if path.exists() {
         return path;
     }
     // Unique per process and thread: tests in one process may build it at the same time.
     let tmp = dir.join(format!(
-        ".busybox-{key}-{format}.{}.{:?}.tmp",
+        ".{name}-{key}-{format}.{}.{:?}.tmp",
         std::process::id(),
         std::thread::current().id()
     ));
-    let image = busybox_image();
+    let image = image();
     match format {
         "oci" => image.write_oci(&tmp),
         _ => image.write_docker(&tmp),

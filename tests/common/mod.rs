@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod image;
 pub mod kubectl;
+pub mod node_net;
 pub mod nodes;
 pub mod workloads;
 
