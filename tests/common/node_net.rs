@@ -1,12 +1,14 @@
 //! What a test [`Node`]'s network looks like from the outside, for tests that check kedge
 //! leaves nothing behind: its links (`ip -n <host>`), the bridge's ports, the pod network's
 //! address allocations (one file per address in `<agent>/net/ipam`) and the nftables ruleset
-//! of its namespace. Test tooling only: kedge itself never shells out to `ip`.
+//! of its namespace, and [`NetState`], all of them at once. Test tooling only: kedge itself never shells out to `ip`.
 
 use std::net::Ipv4Addr;
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use super::agent::Node;
+use super::workloads::until_ok;
 
 /// `program args` inside the node's host namespace (the node itself, not a pod).
 pub fn on_node(node: &Node, program: &str, args: &[&str]) -> Output {
@@ -107,4 +109,39 @@ pub fn duplicated_chains(ruleset: &str) -> Vec<String> {
         }
     }
     twice
+}
+
+/// The node's network as a user could inspect it: kedge's nftables table, the links, and
+/// the address allocations.
+#[derive(Debug, PartialEq)]
+pub struct NetState {
+    pub table: String,
+    pub links: Vec<String>,
+    pub allocations: Vec<Ipv4Addr>,
+}
+
+/// The node's network now.
+pub fn net_state(node: &Node) -> NetState {
+    let table = on_node(node, "nft", &["list", "table", "ip", "kedge-proxy"]);
+    NetState {
+        table: String::from_utf8_lossy(&table.stdout).into_owned(),
+        links: links(node),
+        allocations: allocations(node),
+    }
+}
+
+/// Waits until the node's network is `expected` with no chain declared twice.
+pub async fn net_state_is(node: &Node, expected: &NetState, what: &str) {
+    until_ok(Duration::from_secs(30), what, || {
+        let now = net_state(node);
+        let twice = duplicated_chains(&nft_ruleset(node));
+        if &now == expected && twice.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "chains twice: {twice:?}\nnow {now:#?}\nwanted {expected:#?}"
+            ))
+        }
+    })
+    .await;
 }

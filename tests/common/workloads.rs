@@ -3,7 +3,9 @@
 //! fields as kubectl prints them, following a long-running kubectl's output, and
 //! kubectl on a terminal.
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
+use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Stdio};
@@ -275,4 +277,67 @@ pub fn in_terminal(kubectl: &Kubectl<'_>, args: &[&str], input: &str, expect: &s
     }
     drop(writer);
     String::from_utf8_lossy(&text).into_owned()
+}
+
+/// `kubectl get service NAME`'s ClusterIP.
+pub fn cluster_ip(kubectl: &Kubectl<'_>, service: &str) -> String {
+    kubectl.ok(&[
+        "get",
+        "service",
+        service,
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ])
+}
+
+/// The names of the pods with labels `selector` (terminating ones included).
+pub fn labelled(kubectl: &Kubectl<'_>, selector: &str) -> BTreeSet<String> {
+    kubectl
+        .ok(&[
+            "get",
+            "pods",
+            "-l",
+            selector,
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ])
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits until the pods with labels `selector` are exactly `count` (the terminating ones
+/// gone); their names.
+pub async fn settled(kubectl: &Kubectl<'_>, selector: &str, count: usize) -> BTreeSet<String> {
+    until_ok(
+        Duration::from_secs(60),
+        &format!("{count} pods {selector}"),
+        || {
+            let pods = labelled(kubectl, selector);
+            if pods.len() == count {
+                Ok(())
+            } else {
+                Err(format!("{pods:?}"))
+            }
+        },
+    )
+    .await;
+    let pods = labelled(kubectl, selector);
+    let names: Vec<String> = pods.iter().map(|p| format!("pod/{p}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    if !names.is_empty() {
+        wait_all_ready(kubectl, &names, "90s");
+    }
+    pods
+}
+
+/// The pod IPs of the pods now of the namespace, sorted.
+pub fn pod_ips(kubectl: &Kubectl<'_>) -> Vec<Ipv4Addr> {
+    let ips = kubectl.ok(&["get", "pods", "-o", "jsonpath={.items[*].status.podIP}"]);
+    let mut ips: Vec<Ipv4Addr> = ips
+        .split_whitespace()
+        .map(|ip| ip.parse().unwrap())
+        .collect();
+    ips.sort();
+    ips
 }
