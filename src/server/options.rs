@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::api::services::ServiceNetwork;
+use crate::kubelet::ClusterNetwork;
 use crate::raft::types::NodeId;
 
 #[derive(Args, Clone, Debug)]
@@ -106,6 +107,11 @@ pub struct ServerOptions {
     #[arg(long, env = "KEDGE_CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,
 
+    /// ClusterIP of the cluster DNS Service (kube-system/kube-dns), the nameserver of pods'
+    /// resolv.conf [default: the 10th address of --service-cidr, 10.43.0.10]
+    #[arg(long, env = "KEDGE_CLUSTER_DNS")]
+    pub cluster_dns: Option<std::net::Ipv4Addr>,
+
     /// This server's Raft node id (unique in the cluster; fixed for the life of its data dir)
     #[arg(long, env = "KEDGE_RAFT_ID", default_value_t = 1)]
     pub raft_id: NodeId,
@@ -178,6 +184,40 @@ impl ServerOptions {
             .map_err(|e| format!("--service-cidr/--service-node-port-range: {e}"))
     }
 
+    /// `--cluster-cidr`, `--service-cidr`, `--cluster-dns` and `--cluster-domain`, checked:
+    /// what this server's agent uses and what it tells joining agents.
+    pub fn cluster_network(&self) -> Result<ClusterNetwork, String> {
+        let cidr = |flag: &str, text: &str| {
+            text.parse::<ipnet::Ipv4Net>()
+                .map(|net| net.trunc())
+                .map_err(|e| format!("--{flag} {text:?}: {e} (an IPv4 CIDR like 10.42.0.0/16)"))
+        };
+        let cluster_cidr = cidr("cluster-cidr", &self.cluster_cidr)?;
+        let service_cidr = cidr("service-cidr", &self.service_cidr)?;
+        // k3s's default: the 10th address of the service range.
+        let tenth = service_cidr.hosts().nth(9);
+        let cluster_dns = match (self.cluster_dns, tenth) {
+            (Some(ip), _) if service_cidr.contains(&ip) => ip,
+            (Some(ip), _) => {
+                return Err(format!(
+                    "--cluster-dns {ip} is not in --service-cidr {service_cidr}"
+                ))
+            }
+            (None, Some(ip)) => ip,
+            (None, None) => {
+                return Err(format!(
+                    "--service-cidr {service_cidr} is too small for the cluster DNS address"
+                ))
+            }
+        };
+        Ok(ClusterNetwork {
+            cluster_cidr,
+            service_cidr,
+            cluster_dns: IpAddr::V4(cluster_dns),
+            cluster_domain: self.cluster_domain.clone(),
+        })
+    }
+
     /// The first address of the service CIDR (the `kubernetes` Service's ClusterIP).
     pub fn service_ip(&self) -> Result<IpAddr, String> {
         Ok(IpAddr::V4(self.service_network()?.first_ip()))
@@ -243,6 +283,36 @@ mod tests {
             .unwrap()
             .server;
         assert!(cli.initial_members("https://b").is_err());
+    }
+
+    #[test]
+    fn cluster_network_defaults_and_checks_like_k3s() {
+        let network = |args: &[&str]| {
+            let argv = std::iter::once("kedge").chain(args.iter().copied());
+            Cli::try_parse_from(argv).unwrap().server.cluster_network()
+        };
+        let defaults = network(&[]).unwrap();
+        assert_eq!(defaults.cluster_cidr.to_string(), "10.42.0.0/16");
+        assert_eq!(defaults.service_cidr.to_string(), "10.43.0.0/16");
+        assert_eq!(defaults.cluster_dns.to_string(), "10.43.0.10");
+        assert_eq!(defaults.cluster_domain, "cluster.local");
+        // The DNS address follows a changed service range unless given.
+        let moved = network(&["--service-cidr", "10.96.0.0/12"]).unwrap();
+        assert_eq!(moved.cluster_dns.to_string(), "10.96.0.10");
+        let given = network(&[
+            "--service-cidr",
+            "10.96.0.0/12",
+            "--cluster-dns",
+            "10.96.0.53",
+        ]);
+        assert_eq!(given.unwrap().cluster_dns.to_string(), "10.96.0.53");
+        let outside = network(&["--cluster-dns", "10.96.0.10"]).unwrap_err();
+        assert!(
+            outside.contains("not in --service-cidr 10.43.0.0/16"),
+            "{outside}"
+        );
+        let bad = network(&["--cluster-cidr", "10.42.0.0"]).unwrap_err();
+        assert!(bad.starts_with("--cluster-cidr \"10.42.0.0\""), "{bad}");
     }
 
     #[test]
