@@ -79,7 +79,7 @@ pub struct ServerOptions {
     /// Packaged components not to run, as k3s's `--disable` (repeatable or comma-separated):
     /// servicelb; k3s's coredns, traefik, local-storage, metrics-server and runtimes are
     /// accepted with a warning
-    #[arg(long, env = "KEDGE_DISABLE", value_delimiter = ',', value_parser = Component::parse)]
+    #[arg(long, env = "KEDGE_DISABLE", value_name = "COMPONENT", value_delimiter = ',', value_parser = Component::parse)]
     pub disable: Vec<Component>,
 
     /// IPv4 range Service ClusterIPs come from; its first address is the `kubernetes` Service
