@@ -2,7 +2,8 @@
 //! nodes that would run k3s's svclb pods under EXTERNAL-IP, a second Service asking for a
 //! port another one holds stays `<pending>` with an event saying why until the port is
 //! free, the address goes when a Service stops being a LoadBalancer, and `--disable
-//! servicelb` leaves them all pending. On a real node (inside a test network namespace) and
+//! servicelb` leaves them all pending. The node's service proxy forwards the published
+//! address to the pods. On a real node (inside a test network namespace) and
 //! on simulated nodes for what needs several of them; kubectl is the judge.
 
 mod common;
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::agent::{Node, TestHost};
 use common::kubectl::Kubectl;
 use common::nodes::{NodeSpec, SimulatedNodes};
-use common::workloads::until;
+use common::workloads::{until, until_ok};
 use common::{started_server_with, LogDump, KEDGE};
 
 /// A Deployment of 3 busybox httpd pods answering on 8080 with their own name, behind the
@@ -105,8 +106,23 @@ async fn until_event(kubectl: &Kubectl<'_>, service: &str, wanted: &str) -> Stri
     .await
 }
 
+/// `curl URL` from the node's own namespace: whether it answered, and the body (or error).
+fn fetch_on_node(node: &Node, url: &str) -> (bool, String) {
+    let out = node
+        .host
+        .command("curl")
+        .args(["-sS", "--max-time", "5", url])
+        .output()
+        .unwrap();
+    if out.status.success() {
+        (true, String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        (false, String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
 #[tokio::test]
-async fn the_node_address_is_published_and_a_taken_port_stays_pending_until_freed() {
+async fn the_node_address_is_published_and_forwarded_and_a_taken_port_waits_until_freed() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path(), &[]).await;
     let kubectl = node.kubectl();
@@ -131,6 +147,31 @@ async fn the_node_address_is_published_and_a_taken_port_stays_pending_until_free
     )
     .await;
 
+    // The node's service proxy forwards the address: from the node, it reaches the pods.
+    kubectl.ok(&["rollout", "status", "deployment/web", "--timeout=90s"]);
+    let pods = kubectl.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ]);
+    let url = format!("http://{address}:8080/");
+    until_ok(
+        Duration::from_secs(30),
+        &format!("an answer from {url}"),
+        || {
+            let (ok, body) = fetch_on_node(&node, &url);
+            if ok && pods.split_whitespace().any(|p| p == body.trim()) {
+                Ok(())
+            } else {
+                Err(body)
+            }
+        },
+    )
+    .await;
+
     // The same port again: the node's port is taken, the newer Service waits, and says why.
     kubectl.ok_with(&["apply", "-f", "-"], Some(&load_balancer("web-b", 8080)));
     let events = until_event(&kubectl, "web-b", "didn't have free ports").await;
@@ -150,6 +191,15 @@ async fn the_node_address_is_published_and_a_taken_port_stays_pending_until_free
     // The holder goes: the waiting Service takes the port.
     kubectl.ok(&["delete", "service", "web"]);
     until_external_ip(&kubectl, "web-b", &address).await;
+    until_ok(
+        Duration::from_secs(30),
+        "web-b serving the port",
+        || match fetch_on_node(&node, &url) {
+            (true, _) => Ok(()),
+            (false, error) => Err(error),
+        },
+    )
+    .await;
 
     // No longer a LoadBalancer: the address goes.
     kubectl.ok(&[
@@ -161,6 +211,15 @@ async fn the_node_address_is_published_and_a_taken_port_stays_pending_until_free
         r#"{"spec": {"type": "ClusterIP"}}"#,
     ]);
     until_external_ip(&kubectl, "web-b", "<none>").await;
+    until_ok(
+        Duration::from_secs(30),
+        "the port no longer forwarded",
+        || match fetch_on_node(&node, &url) {
+            (true, body) => Err(body),
+            (false, _) => Ok(()),
+        },
+    )
+    .await;
     assert_eq!(
         kubectl.ok(&[
             "get",
@@ -171,52 +230,6 @@ async fn the_node_address_is_published_and_a_taken_port_stays_pending_until_free
         ]),
         "{}"
     );
-}
-
-/// The LoadBalancer's address forwards the service port to the backends (the node's service
-/// proxy forwards what ServiceLB publishes).
-#[tokio::test]
-#[ignore = "needs the proxy's forwarding of status.loadBalancer.ingress (branch proxy), not merged yet"]
-async fn the_load_balancer_address_reaches_the_backends_from_the_node() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path(), &[]).await;
-    let kubectl = node.kubectl();
-    let address = node.host.ip().to_string();
-    kubectl.ok_with(&["apply", "-f", "-"], Some(WEB));
-    kubectl.ok(&["rollout", "status", "deployment/web", "--timeout=90s"]);
-    until_external_ip(&kubectl, "web", &address).await;
-    let pods = kubectl.ok(&[
-        "get",
-        "pods",
-        "-l",
-        "app=web",
-        "-o",
-        "jsonpath={.items[*].metadata.name}",
-    ]);
-    let url = format!("http://{address}:8080/");
-    common::workloads::until_ok(
-        Duration::from_secs(30),
-        "an answer on the LoadBalancer address",
-        || {
-            let out = node
-                .host
-                .command("curl")
-                .args(["-sS", "--max-time", "5", &url])
-                .output()
-                .unwrap();
-            let body = String::from_utf8_lossy(&out.stdout);
-            let name = body.trim();
-            if out.status.success()
-                && !name.is_empty()
-                && pods.split_whitespace().any(|p| p == name)
-            {
-                Ok(())
-            } else {
-                Err(format!("{body}{}", String::from_utf8_lossy(&out.stderr)))
-            }
-        },
-    )
-    .await;
 }
 
 const ENABLE_LB: &str = "svccontroller.k3s.cattle.io/enablelb";
@@ -272,12 +285,6 @@ async fn addresses_follow_node_labels_readiness_local_endpoints_and_external_ips
     kubectl.ok(&["label", "node", "sim-2", &format!("{ENABLE_LB}-")]);
     until_external_ip(&kubectl, "web", both).await;
 
-    // A node that stops reporting leaves; back, it returns.
-    nodes.silence("sim-1");
-    until_external_ip(&kubectl, "web", "172.30.0.2").await;
-    nodes.revive("sim-1");
-    until_external_ip(&kubectl, "web", both).await;
-
     // externalTrafficPolicy: Local: only the node running the ready pod.
     until(
         &kubectl,
@@ -307,24 +314,16 @@ async fn addresses_follow_node_labels_readiness_local_endpoints_and_external_ips
     } else {
         "172.30.0.2"
     };
-    let policy = |p: &str| format!(r#"{{"spec": {{"externalTrafficPolicy": "{p}"}}}}"#);
-    kubectl.ok(&[
-        "patch",
-        "service",
-        "web",
-        "--type=merge",
-        "-p",
-        &policy("Local"),
-    ]);
-    until_external_ip(&kubectl, "web", local).await;
-    kubectl.ok(&[
-        "patch",
-        "service",
-        "web",
-        "--type=merge",
-        "-p",
-        &policy("Cluster"),
-    ]);
+    for (policy, want) in [("Local", local), ("Cluster", both)] {
+        let patch = format!(r#"{{"spec": {{"externalTrafficPolicy": "{policy}"}}}}"#);
+        kubectl.ok(&["patch", "service", "web", "--type=merge", "-p", &patch]);
+        until_external_ip(&kubectl, "web", want).await;
+    }
+
+    // A node that stops reporting leaves; back, it returns.
+    nodes.silence("sim-1");
+    until_external_ip(&kubectl, "web", "172.30.0.2").await;
+    nodes.revive("sim-1");
     until_external_ip(&kubectl, "web", both).await;
 
     // A node with an ExternalIP: ExternalIPs are published instead of InternalIPs.

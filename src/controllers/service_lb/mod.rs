@@ -64,7 +64,10 @@ pub async fn run(client: Client) {
     };
     // A Service's ports or age can move another one's svclb pods: every Service is looked at
     // again when any changes in what placement reads.
-    let (_, service_changes) = cached(&client, service_fingerprint);
+    let service_changes = changes(
+        watch_all::<Service>(&client).default_backoff(),
+        service_fingerprint,
+    );
     let changes = stream::select(stream::select(node_changes, slice_changes), service_changes);
     let results = controller.reconcile_all_on(changes).run(
         reconcile,
@@ -74,9 +77,7 @@ pub async fn run(client: Client) {
     super::drive("service-lb", results).await;
 }
 
-/// A cache of all objects of kind `K`, and a tick whenever one appears, goes, or changes
-/// in `fingerprint` (so that heartbeats and the controller's own status writes do not
-/// wake every Service).
+/// A cache of all objects of kind `K`, and its [`changes`].
 fn cached<K>(
     client: &Client,
     fingerprint: fn(&K) -> u64,
@@ -85,13 +86,31 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store();
+    let events = reflector::reflector(writer, watch_all(client)).default_backoff();
+    (store, changes(events, fingerprint))
+}
+
+fn watch_all<K>(
+    client: &Client,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    watcher::watcher(Api::<K>::all(client.clone()), watcher::Config::default())
+}
+
+/// A tick whenever an object appears, goes, or changes in `fingerprint` (so that node
+/// heartbeats and this controller's own status writes do not wake every Service), and
+/// after every (re)list.
+fn changes<K, E>(
+    events: impl Stream<Item = Result<watcher::Event<K>, E>> + Send + 'static,
+    fingerprint: fn(&K) -> u64,
+) -> impl Stream<Item = ()> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Send + 'static,
+{
     let mut seen: HashMap<String, u64> = HashMap::new();
-    let changes = reflector::reflector(
-        writer,
-        watcher::watcher(Api::<K>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .filter_map(move |event| {
+    events.filter_map(move |event| {
         let id = |o: &K| format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any());
         let changed = match event {
             Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
@@ -103,8 +122,7 @@ where
             _ => false,
         };
         ready(changed.then_some(()))
-    });
-    (store, changes)
+    })
 }
 
 fn hash(value: impl Hash) -> u64 {
