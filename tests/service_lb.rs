@@ -254,7 +254,7 @@ async fn two_simulated_nodes(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn addresses_follow_node_labels_readiness_local_endpoints_and_external_ips() {
+async fn addresses_follow_node_labels_readiness_local_endpoints_external_ips_and_deletion() {
     let dir = tempfile::tempdir().unwrap();
     let (server, _logs, nodes) = two_simulated_nodes(dir.path(), &[]).await;
     let kubectl = server.kubectl();
@@ -352,6 +352,10 @@ async fn addresses_follow_node_labels_readiness_local_endpoints_and_external_ips
     kubectl.ok_with(&["apply", "-f", "-"], Some(&load_balancer("ours", 82)));
     until_external_ip(&kubectl, "ours", "203.0.113.7").await;
     assert_eq!(external_ip(&kubectl, "other"), "<pending>");
+
+    // A node that goes takes its address along.
+    kubectl.ok(&["delete", "node", "sim-1"]);
+    until_external_ip(&kubectl, "web", "172.30.0.2").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
