@@ -30,13 +30,14 @@ fn ports(count: usize) -> Vec<ServicePort> {
             external_local: false,
             internal_local: false,
             affinity_seconds: None,
+            external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
+            source_ranges: Vec::new(),
             endpoints: (0..ENDPOINTS)
-                .map(|e| Endpoint {
-                    ip: Ipv4Addr::from(
-                        u32::from(Ipv4Addr::new(10, 42, 0, 0)) + (i * ENDPOINTS + e) as u32 + 2,
-                    ),
-                    port: 8080,
-                    local: true,
+                .map(|e| {
+                    let ip =
+                        u32::from(Ipv4Addr::new(10, 42, 0, 0)) + (i * ENDPOINTS + e) as u32 + 2;
+                    Endpoint::ready(Ipv4Addr::from(ip), 8080, true)
                 })
                 .collect(),
         })

@@ -278,7 +278,17 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
                 anyhow::Ok(config)
             })
             .transpose()?;
+        for component in &options.disable {
+            if let Some(why) = component.ignored_because() {
+                tracing::warn!(
+                    component = component.name(),
+                    "--disable {}: {why}",
+                    component.name()
+                );
+            }
+        }
         let settings = controllers::Settings {
+            service_lb: !options.disabled(options::Component::ServiceLb),
             cluster_cidr: options.cluster_cidr.clone(),
             node_monitor_grace_period: options.node_monitor_grace_period,
             storage: controllers::local_path::Storage {

@@ -77,6 +77,12 @@ pub struct ServerOptions {
     #[arg(long, env = "KEDGE_DISABLE_CONTROLLER_MANAGER")]
     pub disable_controller_manager: bool,
 
+    /// Packaged components not to run, as k3s's `--disable` (repeatable or comma-separated):
+    /// servicelb; k3s's coredns, traefik, local-storage, metrics-server and runtimes are
+    /// accepted with a warning
+    #[arg(long, env = "KEDGE_DISABLE", value_name = "COMPONENT", value_delimiter = ',', value_parser = Component::parse)]
+    pub disable: Vec<Component>,
+
     /// IPv4 range Service ClusterIPs come from; its first address is the `kubernetes` Service
     #[arg(long, env = "KEDGE_SERVICE_CIDR", default_value = "10.43.0.0/16")]
     pub service_cidr: String,
@@ -133,6 +139,68 @@ pub struct ServerOptions {
     /// ... but at most this many revisions of it
     #[arg(long, env = "KEDGE_STORE_HISTORY_REVISIONS", default_value_t = 10_000)]
     pub store_history_revisions: u64,
+}
+
+/// A packaged component k3s's `--disable` names. Only ServiceLB is a component of kedge that
+/// can be turned off; the others are accepted so that a k3s configuration starts kedge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Component {
+    ServiceLb,
+    CoreDns,
+    Traefik,
+    LocalStorage,
+    MetricsServer,
+    Runtimes,
+}
+
+impl Component {
+    /// k3s's name of each component, as `--disable` takes it.
+    const NAMES: [(&'static str, Component); 6] = [
+        ("servicelb", Component::ServiceLb),
+        ("coredns", Component::CoreDns),
+        ("traefik", Component::Traefik),
+        ("local-storage", Component::LocalStorage),
+        ("metrics-server", Component::MetricsServer),
+        ("runtimes", Component::Runtimes),
+    ];
+
+    fn parse(s: &str) -> Result<Component, String> {
+        let name = s.trim();
+        Component::NAMES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, c)| *c)
+            .ok_or_else(|| {
+                let known: Vec<&str> = Component::NAMES.iter().map(|(n, _)| *n).collect();
+                format!("unknown component {name:?} (one of {})", known.join(", "))
+            })
+    }
+
+    /// Why disabling this k3s component changes nothing in kedge; `None` for one that kedge
+    /// really turns off.
+    pub fn ignored_because(self) -> Option<&'static str> {
+        match self {
+            Component::ServiceLb => None,
+            Component::CoreDns => {
+                Some("kedge's cluster DNS is built into the node agent and stays on")
+            }
+            Component::LocalStorage => {
+                Some("kedge's local-path provisioner is built into the controllers and stays on")
+            }
+            Component::Traefik | Component::MetricsServer | Component::Runtimes => {
+                Some("kedge does not ship it, so there is nothing to disable")
+            }
+        }
+    }
+
+    /// k3s's name.
+    pub fn name(self) -> &'static str {
+        Component::NAMES
+            .iter()
+            .find(|(_, c)| *c == self)
+            .map(|(n, _)| *n)
+            .unwrap_or_default()
+    }
 }
 
 /// A duration as `90`, `90s`, `500ms`, `2m` or `1h`.
@@ -216,6 +284,11 @@ impl ServerOptions {
             cluster_dns: IpAddr::V4(cluster_dns),
             cluster_domain: self.cluster_domain.clone(),
         })
+    }
+
+    /// Whether `--disable` names `component`.
+    pub fn disabled(&self, component: Component) -> bool {
+        self.disable.contains(&component)
     }
 
     /// The first address of the service CIDR (the `kubernetes` Service's ClusterIP).
@@ -313,6 +386,37 @@ mod tests {
         );
         let bad = network(&["--cluster-cidr", "10.42.0.0"]).unwrap_err();
         assert!(bad.starts_with("--cluster-cidr \"10.42.0.0\""), "{bad}");
+    }
+
+    #[test]
+    fn disable_takes_k3s_component_names_repeated_or_comma_separated() {
+        let cli = Cli::try_parse_from([
+            "kedge",
+            "--disable",
+            "traefik,servicelb",
+            "--disable=metrics-server",
+        ])
+        .unwrap()
+        .server;
+        assert!(cli.disabled(Component::ServiceLb));
+        assert_eq!(
+            cli.disable,
+            [
+                Component::Traefik,
+                Component::ServiceLb,
+                Component::MetricsServer
+            ]
+        );
+        assert!(Component::Traefik.ignored_because().is_some());
+        assert!(!Cli::try_parse_from(["kedge"])
+            .unwrap()
+            .server
+            .disabled(Component::ServiceLb));
+        let error = Cli::try_parse_from(["kedge", "--disable", "servicelb,klipper"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("unknown component \"klipper\""), "{error}");
     }
 
     #[test]

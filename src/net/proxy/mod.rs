@@ -24,11 +24,10 @@
 //! Must not touch: other nftables tables, API objects (read-only), the pod network's links.
 //!
 //! Not done yet (issue 6): partial syncs (only changed service ports; every sync is a full
-//! transaction now, 44 s at 5,000 services, BENCHMARKS.md); LoadBalancer (a ServiceLB-like
-//! status writer, and `external-…` chains for its addresses), externalIPs,
-//! loadBalancerSourceRanges (kube-proxy's `firewall` chains); terminating-endpoint
-//! fallback; IPv6 (an `ip6` table); `kedge agent` uses k3s's default CIDRs instead of the
-//! server's; [`uninstall`] is not wired to a command yet.
+//! transaction now, 44 s at 5,000 services, BENCHMARKS.md); IPv6 (an `ip6` table);
+//! `kedge agent` uses k3s's default CIDRs instead of the server's; [`uninstall`] is not
+//! wired to a command yet. LoadBalancer addresses come from `status.loadBalancer.ingress`,
+//! written by the ServiceLB controller (src/controllers), not by the proxy.
 
 pub mod model;
 pub mod nft;

@@ -3,22 +3,32 @@
 //!
 //! - Base chains hook nat prerouting/output (→ `services`), nat postrouting
 //!   (→ `masquerading`, and masquerade of pod traffic leaving the cluster CIDR), and filter
-//!   input/forward/output (→ the endpoint and cluster-IP checks), at kube-proxy's priorities.
-//! - `services` looks up `daddr . l4proto . dport` in the vmap `service-ips` and jumps to the
-//!   port's `service-…` chain, which marks traffic from outside the cluster CIDR for
-//!   masquerade and picks an `endpoint-…` chain with `numgen random mod N` (or the one the
-//!   client's affinity set remembers); the endpoint chain DNATs (and marks hairpin traffic,
-//!   a pod reaching itself, for masquerade).
-//! - Node ports: `nodeport-ips . l4proto . dport` → `external-…` chains.
+//!   prerouting/input/forward/output (→ the firewall, endpoint and cluster-IP checks), at
+//!   kube-proxy's priorities.
+//! - `services` looks up `daddr . l4proto . dport` in the vmap `service-ips`: a ClusterIP
+//!   goes to the port's `service-…` chain (`local-…` under `internalTrafficPolicy: Local`),
+//!   which marks traffic from outside the cluster CIDR for masquerade and picks an
+//!   `endpoint-…` chain with `numgen random mod N` (or the one the client's affinity set
+//!   remembers); the endpoint chain DNATs (and marks hairpin traffic, a pod reaching
+//!   itself, for masquerade).
+//! - External addresses (`spec.externalIPs`, load balancer ingress IPs, in `service-ips`)
+//!   and node ports (`nodeport-ips . l4proto . dport`) go to the port's `external-…` chain:
+//!   masquerade and any endpoint under `externalTrafficPolicy: Cluster`; under `Local`, the
+//!   source kept and only this node's endpoints (pods and the node itself still get the
+//!   cluster-wide behaviour, kube-proxy's short-circuit).
+//! - `loadBalancerSourceRanges`: `firewall-ips` sends new connections to a load balancer
+//!   address to the port's `firewall-…` chain, which drops other sources (before DNAT).
 //! - No endpoints: `no-endpoint-services` / `no-endpoint-nodeports` send new connections to
-//!   `reject-chain` (ICMP port unreachable: a refused connection at once); anything else
-//!   addressed to the service CIDR is rejected by `cluster-ips-check`.
+//!   `reject-chain` (ICMP port unreachable: a refused connection at once), or drop them on
+//!   an external path whose `Local` policy has no endpoint here; anything else addressed
+//!   to the service CIDR is rejected by `cluster-ips-check`.
 //!
-//! The transaction flushes the table's rules and its maps (not the affinity sets: clients
-//! keep their backend across syncs), re-adds everything, and deletes chains and sets of
-//! service ports that are gone.
+//! Each service port's share is computed alone ([`port_rules`]): its own chains and
+//! affinity sets, and its elements in the shared sets and maps. A full sync flushes the
+//! table's rules and its maps (not the affinity sets: clients keep their backend across
+//! syncs), re-adds everything, and deletes chains and sets of service ports that are gone.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use sha2::{Digest, Sha256};
 
@@ -29,11 +39,65 @@ pub const TABLE: &str = "kedge-proxy";
 /// The packet mark asking `masquerading` to masquerade (kube-proxy's bit).
 const MASQUERADE_MARK: &str = "0x4000";
 
+/// The shared sets and maps: name, kind, type.
+const COLLECTIONS: [(&str, &str, &str); 7] = [
+    ("cluster-ips", "set", "type ipv4_addr"),
+    ("nodeport-ips", "set", "type ipv4_addr"),
+    ("service-ips", "map", ADDR_PORT),
+    ("no-endpoint-services", "map", ADDR_PORT),
+    ("firewall-ips", "map", ADDR_PORT),
+    ("service-nodeports", "map", PORT_ONLY),
+    ("no-endpoint-nodeports", "map", PORT_ONLY),
+];
+const ADDR_PORT: &str = "type ipv4_addr . inet_proto . inet_service : verdict";
+const PORT_ONLY: &str = "type inet_proto . inet_service : verdict";
+
 /// What already exists in the table (from `nft list table`), for the stale deletions.
 #[derive(Debug, Default, Clone)]
 pub struct Existing {
     pub chains: BTreeSet<String>,
     pub sets: BTreeSet<String>,
+}
+
+/// One element of a shared set (`value` none) or verdict map.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Element {
+    pub collection: &'static str,
+    pub key: String,
+    pub value: Option<String>,
+}
+
+/// What one service port puts in the table.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PortRules {
+    /// Its chains, each with its rules in order.
+    pub chains: Vec<(String, Vec<String>)>,
+    /// Its affinity sets: name and timeout in seconds.
+    pub affinity_sets: Vec<(String, u32)>,
+    /// Its elements in the shared sets and maps.
+    pub elements: Vec<Element>,
+}
+
+impl PortRules {
+    fn chain(&mut self, name: &str) -> &mut Vec<String> {
+        if let Some(i) = self.chains.iter().position(|(c, _)| c == name) {
+            return &mut self.chains[i].1;
+        }
+        self.chains.push((name.to_string(), Vec::new()));
+        &mut self.chains.last_mut().expect("just pushed").1
+    }
+
+    fn rule(&mut self, chain: &str, rule: impl Into<String>) {
+        self.chain(chain).push(rule.into());
+    }
+
+    fn element(&mut self, collection: &'static str, key: String, value: Option<String>) {
+        self.elements.push(Element {
+            collection,
+            key,
+            value,
+        });
+    }
 }
 
 /// The script and what it leaves in the table.
@@ -74,14 +138,41 @@ impl Ruleset {
         self.line(format!("add rule ip {TABLE} {chain} {}", rule.as_ref()));
     }
 
-    /// A set or map, emptied, then given `elements`.
-    fn collection(&mut self, kind: &str, name: &str, spec: &str, elements: &[String]) {
-        self.declare(format!("add {kind} ip {TABLE} {name} {{ {spec}; }}"));
-        self.declare(format!("flush {kind} ip {TABLE} {name}"));
-        if !elements.is_empty() {
+    fn affinity_set(&mut self, name: &str, timeout: u32) {
+        self.sets.insert(name.to_string());
+        self.declare(format!(
+            "add set ip {TABLE} {name} {{ type ipv4_addr; flags dynamic,timeout; timeout {timeout}s; }}"
+        ));
+    }
+
+    /// A port's chains (declared) and rules.
+    fn port(&mut self, rules: &PortRules) {
+        for (name, timeout) in &rules.affinity_sets {
+            self.affinity_set(name, *timeout);
+        }
+        for (chain, _) in &rules.chains {
+            self.chain(chain, None);
+        }
+        for (chain, chain_rules) in &rules.chains {
+            for rule in chain_rules {
+                self.rule(chain, rule);
+            }
+        }
+    }
+
+    /// `add element` lines for `elements` of one collection.
+    fn elements<'a>(&mut self, collection: &str, elements: impl IntoIterator<Item = &'a Element>) {
+        let items: Vec<String> = elements
+            .into_iter()
+            .map(|e| match &e.value {
+                Some(value) => format!("{} : {value}", e.key),
+                None => e.key.clone(),
+            })
+            .collect();
+        if !items.is_empty() {
             self.line(format!(
-                "add element ip {TABLE} {name} {{ {} }}",
-                elements.join(", ")
+                "add element ip {TABLE} {collection} {{ {} }}",
+                items.join(", ")
             ));
         }
     }
@@ -91,14 +182,6 @@ impl Ruleset {
 fn chain_name(prefix: &str, name: &str) -> String {
     let hash = hex::encode_upper(&Sha256::digest(name.as_bytes())[..4]);
     format!("{prefix}-{hash}-{name}")
-}
-
-fn service_chain(port: &ServicePort) -> String {
-    chain_name("service", &port.key())
-}
-
-fn external_chain(port: &ServicePort) -> String {
-    chain_name("external", &port.key())
 }
 
 fn endpoint_key(port: &ServicePort, endpoint: &Endpoint) -> String {
@@ -118,62 +201,32 @@ pub fn render(ports: &[ServicePort], node: &NodeView, existing: &Existing) -> Ru
     let mut r = Ruleset::default();
     r.declare(format!("add table ip {TABLE}"));
     r.declare(format!("flush table ip {TABLE}"));
+    for (name, kind, spec) in COLLECTIONS {
+        r.declare(format!("add {kind} ip {TABLE} {name} {{ {spec}; }}"));
+        r.declare(format!("flush {kind} ip {TABLE} {name}"));
+    }
+    base_chains(&mut r, node);
 
-    let addr_port = "type ipv4_addr . inet_proto . inet_service : verdict";
-    let mut cluster_ips: BTreeSet<String> = BTreeSet::new();
-    let mut service_ips = Vec::new();
-    let mut no_endpoint_services = Vec::new();
-    let mut service_nodeports = Vec::new();
-    let mut no_endpoint_nodeports = Vec::new();
+    let mut elements: BTreeMap<(&str, String), Element> = BTreeMap::new();
+    let nodeport_ip = Element {
+        collection: "nodeport-ips",
+        key: node.node_ip.to_string(),
+        value: None,
+    };
+    elements.insert(("nodeport-ips", nodeport_ip.key.clone()), nodeport_ip);
     for port in ports {
-        cluster_ips.insert(port.cluster_ip.to_string());
-        let target = format!(
-            "{} . {} . {}",
-            port.cluster_ip,
-            port.protocol.nft(),
-            port.port
-        );
-        if usable(port, port.internal_local).is_empty() {
-            no_endpoint_services.push(format!("{target} : goto reject-chain"));
-        } else {
-            service_ips.push(format!("{target} : goto {}", service_chain(port)));
-        }
-        if let Some(node_port) = port.node_port {
-            let target = format!("{} . {node_port}", port.protocol.nft());
-            if usable(port, port.external_local).is_empty() {
-                no_endpoint_nodeports.push(format!("{target} : goto reject-chain"));
-            } else {
-                service_nodeports.push(format!("{target} : goto {}", external_chain(port)));
-            }
+        let rules = port_rules(port, node);
+        r.port(&rules);
+        for element in rules.elements {
+            elements.insert((element.collection, element.key.clone()), element);
         }
     }
-    let cluster_ips: Vec<String> = cluster_ips.into_iter().collect();
-    r.collection("set", "cluster-ips", "type ipv4_addr", &cluster_ips);
-    r.collection(
-        "set",
-        "nodeport-ips",
-        "type ipv4_addr",
-        &[node.node_ip.to_string()],
-    );
-    r.collection("map", "service-ips", addr_port, &service_ips);
-    r.collection(
-        "map",
-        "no-endpoint-services",
-        addr_port,
-        &no_endpoint_services,
-    );
-    let port_only = "type inet_proto . inet_service : verdict";
-    r.collection("map", "service-nodeports", port_only, &service_nodeports);
-    r.collection(
-        "map",
-        "no-endpoint-nodeports",
-        port_only,
-        &no_endpoint_nodeports,
-    );
-
-    base_chains(&mut r, node);
-    for port in ports {
-        service_port(&mut r, port, node);
+    for (collection, _, _) in COLLECTIONS {
+        let of_collection = elements
+            .range((collection, String::new())..)
+            .take_while(|((c, _), _)| *c == collection)
+            .map(|(_, e)| e);
+        r.elements(collection, of_collection);
     }
 
     // Stale chains and sets last, once nothing refers to them.
@@ -190,19 +243,14 @@ pub fn render(ports: &[ServicePort], node: &NodeView, existing: &Existing) -> Ru
     r
 }
 
-/// The endpoints a path may use: this node's only under a `Local` policy.
-fn usable(port: &ServicePort, local_only: bool) -> Vec<Endpoint> {
-    port.endpoints
-        .iter()
-        .filter(|e| !local_only || e.local)
-        .copied()
-        .collect()
-}
-
 fn base_chains(r: &mut Ruleset, node: &NodeView) {
     // Numeric priorities (dstnat -100, srcnat 100): older nft knows the names only for
-    // some hooks.
+    // some hooks. The filter chains see the addresses before DNAT.
     let hooks = [
+        (
+            "filter-prerouting",
+            "type filter hook prerouting priority -110",
+        ),
         ("nat-prerouting", "type nat hook prerouting priority -100"),
         ("nat-output", "type nat hook output priority -100"),
         (
@@ -226,6 +274,7 @@ fn base_chains(r: &mut Ruleset, node: &NodeView) {
         "mark-for-masquerade",
         "service-endpoints-check",
         "nodeport-endpoints-check",
+        "firewall-check",
         "cluster-ips-check",
         "reject-chain",
     ] {
@@ -241,6 +290,7 @@ fn base_chains(r: &mut Ruleset, node: &NodeView) {
         "nat-postrouting",
         format!("ip saddr {cluster} ip daddr != {cluster} ip daddr != 224.0.0.0/4 masquerade fully-random"),
     );
+    r.rule("filter-prerouting", "ct state new jump firewall-check");
     r.rule("filter-input", "ct state new jump nodeport-endpoints-check");
     r.rule("filter-input", "ct state new jump service-endpoints-check");
     r.rule(
@@ -249,6 +299,7 @@ fn base_chains(r: &mut Ruleset, node: &NodeView) {
     );
     r.rule("filter-forward", "ct state new jump cluster-ips-check");
     r.rule("filter-output", "ct state new jump service-endpoints-check");
+    r.rule("filter-output", "ct state new jump firewall-check");
     r.rule(
         "filter-output-post-dnat",
         "ct state new jump cluster-ips-check",
@@ -268,6 +319,10 @@ fn base_chains(r: &mut Ruleset, node: &NodeView) {
     r.rule(
         "nodeport-endpoints-check",
         "ip daddr @nodeport-ips meta l4proto . th dport vmap @no-endpoint-nodeports",
+    );
+    r.rule(
+        "firewall-check",
+        "ip daddr . meta l4proto . th dport vmap @firewall-ips",
     );
     // Still addressed to the service range after DNAT: a port the Service lacks, or an
     // address no Service has. Rejected here, never routed off the node.
@@ -292,58 +347,193 @@ fn base_chains(r: &mut Ruleset, node: &NodeView) {
     r.rule("masquerading", "masquerade fully-random");
 }
 
-fn service_port(r: &mut Ruleset, port: &ServicePort, node: &NodeView) {
-    let internal = usable(port, port.internal_local);
-    let external = usable(port, port.external_local);
-    let chain = service_chain(port);
-    // Every endpoint chain a path may pick (all ready ones; Local paths pick among theirs).
-    for endpoint in &port.endpoints {
-        endpoint_chain_rules(r, port, endpoint);
-    }
-    if !internal.is_empty() {
-        r.chain(&chain, None);
-        r.rule(
+/// One service port's chains, affinity sets and elements (kube-proxy's `syncProxyRules`
+/// body for one port).
+pub fn port_rules(port: &ServicePort, node: &NodeView) -> PortRules {
+    let mut out = PortRules::default();
+    let endpoints = port.categorize();
+    let key = port.key();
+    let proto = port.protocol.nft();
+    let cluster_chain = chain_name("service", &key);
+    let local_chain = chain_name("local", &key);
+    let external_chain = chain_name("external", &key);
+    let firewall_chain = chain_name("firewall", &key);
+    let uses_cluster_chain = !endpoints.cluster.is_empty() && port.uses_cluster_endpoints();
+    let uses_local_chain = !endpoints.local.is_empty() && port.uses_local_endpoints();
+    let has_local = !endpoints.local.is_empty();
+    let (internal_chain, has_internal) = if port.internal_local {
+        (&local_chain, endpoints.any && has_local)
+    } else {
+        (&cluster_chain, endpoints.any)
+    };
+    let external_local = port.external_policy_local();
+    let (external_policy_chain, has_external) = if external_local {
+        (&local_chain, endpoints.any && has_local)
+    } else {
+        (&cluster_chain, endpoints.any)
+    };
+    // Also without usable external endpoints: the short-circuits for pods and the node.
+    let uses_external_chain = endpoints.any && port.externally_accessible();
+    let uses_firewall = !port.load_balancer_ips.is_empty() && !port.source_ranges.is_empty();
+    // No endpoint at all: refused; none for a Local policy: dropped (the client may
+    // retry another node).
+    let no_endpoint_verdict = if endpoints.any {
+        "drop".to_string()
+    } else {
+        "goto reject-chain".to_string()
+    };
+
+    // Endpoint chains first: the others jump to them.
+    for endpoint in &endpoints.reachable {
+        let chain = endpoint_chain(port, endpoint);
+        // Hairpin: a pod reaching itself through its Service must see the reply come
+        // from elsewhere than itself.
+        out.rule(
+            &chain,
+            format!("ip saddr {} jump mark-for-masquerade", endpoint.ip),
+        );
+        if let Some(timeout) = port.affinity_seconds {
+            let set = affinity_set(port, endpoint);
+            out.rule(&chain, format!("update @{set} {{ ip saddr }}"));
+            out.affinity_sets.push((set, timeout));
+        }
+        out.rule(
             &chain,
             format!(
-                "ip daddr {} {} dport {} ip saddr != {} jump mark-for-masquerade",
-                port.cluster_ip,
-                port.protocol.nft(),
-                port.port,
-                node.cluster_cidr
+                "meta l4proto {proto} dnat to {}:{}",
+                endpoint.ip, endpoint.port
             ),
         );
-        pick_endpoint(r, &chain, port, &internal);
     }
-    if port.node_port.is_some() && !external.is_empty() {
-        let chain = external_chain(port);
-        r.chain(&chain, None);
-        if port.external_local {
-            // Source kept: only this node's endpoints. Pods and the node itself still
-            // get the cluster-wide behaviour (kube-proxy's short-circuit).
-            if !internal.is_empty() {
-                r.rule(
-                    &chain,
-                    format!(
-                        "ip saddr {} goto {}",
-                        node.cluster_cidr,
-                        service_chain(port)
-                    ),
-                );
-            }
-            r.rule(&chain, "fib saddr type local jump mark-for-masquerade");
-            pick_endpoint(r, &chain, port, &external);
+    if uses_cluster_chain {
+        out.chain(&cluster_chain);
+    }
+    if uses_local_chain {
+        out.chain(&local_chain);
+    }
+    if has_internal {
+        // Traffic from outside the cluster network to the ClusterIP may leave the node
+        // again: masqueraded.
+        out.rule(
+            internal_chain,
+            format!(
+                "ip daddr {} {proto} dport {} ip saddr != {} jump mark-for-masquerade",
+                port.cluster_ip, port.port, node.cluster_cidr
+            ),
+        );
+    }
+    if uses_cluster_chain {
+        pick_endpoint(&mut out, &cluster_chain, port, &endpoints.cluster);
+    }
+    if uses_local_chain {
+        pick_endpoint(&mut out, &local_chain, port, &endpoints.local);
+    }
+    if uses_external_chain {
+        out.chain(&external_chain);
+        if !external_local {
+            // Any node's endpoint: masqueraded, so that the reply comes back this way.
+            out.rule(&external_chain, "jump mark-for-masquerade");
+        } else if uses_cluster_chain {
+            // Source kept, this node's endpoints only; but pods and the node itself get
+            // the cluster-wide behaviour (as if through an outside load balancer), the
+            // node's own traffic masqueraded (its source is the external address).
+            out.rule(
+                &external_chain,
+                format!("ip saddr {} goto {cluster_chain}", node.cluster_cidr),
+            );
+            out.rule(
+                &external_chain,
+                "fib saddr type local jump mark-for-masquerade",
+            );
+            out.rule(
+                &external_chain,
+                format!("fib saddr type local goto {cluster_chain}"),
+            );
         } else {
-            r.rule(&chain, "jump mark-for-masquerade");
-            pick_endpoint(r, &chain, port, &external);
+            out.rule(
+                &external_chain,
+                "fib saddr type local jump mark-for-masquerade",
+            );
+        }
+        if has_external {
+            out.rule(&external_chain, format!("goto {external_policy_chain}"));
         }
     }
+    if uses_firewall {
+        let mut sources: Vec<String> = port.source_ranges.iter().map(|r| r.to_string()).collect();
+        // A node reaching a load balancer address that is its own may do so from that
+        // address: allowed when the node itself is.
+        if port.source_ranges.iter().any(|r| r.contains(&node.node_ip)) {
+            sources.extend(port.load_balancer_ips.iter().map(|ip| ip.to_string()));
+        }
+        out.rule(
+            &firewall_chain,
+            format!("ip saddr != {{ {} }} drop", sources.join(", ")),
+        );
+    }
+
+    // Elements in the shared maps.
+    let target = |ip: &dyn std::fmt::Display| format!("{ip} . {proto} . {}", port.port);
+    out.element("cluster-ips", port.cluster_ip.to_string(), None);
+    if has_internal {
+        out.element(
+            "service-ips",
+            target(&port.cluster_ip),
+            Some(format!("goto {internal_chain}")),
+        );
+    } else {
+        out.element(
+            "no-endpoint-services",
+            target(&port.cluster_ip),
+            Some(no_endpoint_verdict.clone()),
+        );
+    }
+    for ip in port.external_ips.iter().chain(&port.load_balancer_ips) {
+        if endpoints.any {
+            out.element(
+                "service-ips",
+                target(ip),
+                Some(format!("goto {external_chain}")),
+            );
+        }
+        if !has_external {
+            out.element(
+                "no-endpoint-services",
+                target(ip),
+                Some(no_endpoint_verdict.clone()),
+            );
+        }
+    }
+    if uses_firewall {
+        for ip in &port.load_balancer_ips {
+            out.element(
+                "firewall-ips",
+                target(ip),
+                Some(format!("goto {firewall_chain}")),
+            );
+        }
+    }
+    if let Some(node_port) = port.node_port {
+        let target = format!("{proto} . {node_port}");
+        if endpoints.any {
+            out.element(
+                "service-nodeports",
+                target.clone(),
+                Some(format!("goto {external_chain}")),
+            );
+        }
+        if !has_external {
+            out.element("no-endpoint-nodeports", target, Some(no_endpoint_verdict));
+        }
+    }
+    out
 }
 
 /// The affinity lookups then the random pick among `endpoints` (not empty).
-fn pick_endpoint(r: &mut Ruleset, chain: &str, port: &ServicePort, endpoints: &[Endpoint]) {
+fn pick_endpoint(out: &mut PortRules, chain: &str, port: &ServicePort, endpoints: &[Endpoint]) {
     if port.affinity_seconds.is_some() {
         for endpoint in endpoints {
-            r.rule(
+            out.rule(
                 chain,
                 format!(
                     "ip saddr @{} goto {}",
@@ -358,40 +548,12 @@ fn pick_endpoint(r: &mut Ruleset, chain: &str, port: &ServicePort, endpoints: &[
         .enumerate()
         .map(|(i, e)| format!("{i} : goto {}", endpoint_chain(port, e)))
         .collect();
-    r.rule(
+    out.rule(
         chain,
         format!(
             "numgen random mod {} vmap {{ {} }}",
             endpoints.len(),
             choices.join(", ")
-        ),
-    );
-}
-
-fn endpoint_chain_rules(r: &mut Ruleset, port: &ServicePort, endpoint: &Endpoint) {
-    let chain = endpoint_chain(port, endpoint);
-    r.chain(&chain, None);
-    // Hairpin: a pod reaching itself through its Service must see the reply come from
-    // elsewhere than itself.
-    r.rule(
-        &chain,
-        format!("ip saddr {} jump mark-for-masquerade", endpoint.ip),
-    );
-    if let Some(timeout) = port.affinity_seconds {
-        let set = affinity_set(port, endpoint);
-        r.sets.insert(set.clone());
-        r.declare(format!(
-            "add set ip {TABLE} {set} {{ type ipv4_addr; flags dynamic,timeout; timeout {timeout}s; }}"
-        ));
-        r.rule(&chain, format!("update @{set} {{ ip saddr }}"));
-    }
-    r.rule(
-        &chain,
-        format!(
-            "meta l4proto {} dnat to {}:{}",
-            port.protocol.nft(),
-            endpoint.ip,
-            endpoint.port
         ),
     );
 }
@@ -423,15 +585,22 @@ mod tests {
             external_local: false,
             internal_local: false,
             affinity_seconds: None,
+            external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
+            source_ranges: Vec::new(),
             endpoints: endpoints
                 .iter()
-                .map(|(ip, local)| Endpoint {
-                    ip: ip.parse().unwrap(),
-                    port: 8080,
-                    local: *local,
-                })
+                .map(|(ip, local)| Endpoint::ready(ip.parse().unwrap(), 8080, *local))
                 .collect(),
         }
+    }
+
+    fn service_chain(port: &ServicePort) -> String {
+        chain_name("service", &port.key())
+    }
+
+    fn external_chain(port: &ServicePort) -> String {
+        chain_name("external", &port.key())
     }
 
     fn lines_with<'a>(r: &'a Ruleset, needle: &str) -> Vec<&'a str> {
@@ -511,6 +680,14 @@ mod tests {
         assert!(deleted.iter().all(|l| l.contains("default/web/tcp/http")));
     }
 
+    fn rules_of<'a>(r: &'a Ruleset, chain: &str) -> Vec<&'a str> {
+        let prefix = format!("add rule ip kedge-proxy {chain} ");
+        r.script
+            .lines()
+            .filter_map(|l| l.strip_prefix(prefix.as_str()))
+            .collect()
+    }
+
     #[test]
     fn node_ports_and_local_policies() {
         let mut web = port(
@@ -522,26 +699,128 @@ mod tests {
         web.external_local = true;
         let r = render(std::slice::from_ref(&web), &node(), &Existing::default());
         let external = external_chain(&web);
+        let service = service_chain(&web);
+        let local = chain_name("local", &web.key());
         assert!(r.script.contains(&format!(
             "add element ip kedge-proxy service-nodeports {{ tcp . 30080 : goto {external} }}"
         )));
         assert!(r
             .script
             .contains("add element ip kedge-proxy nodeport-ips { 192.0.2.10 }"));
-        let picks = lines_with(&r, &format!("{external} numgen random mod 1 "));
+        // Source kept, this node's endpoint only; pods and the node itself short-circuit
+        // to the cluster-wide chain (the node masqueraded).
+        assert_eq!(
+            rules_of(&r, &external),
+            [
+                format!("ip saddr 10.42.0.0/16 goto {service}"),
+                "fib saddr type local jump mark-for-masquerade".to_string(),
+                format!("fib saddr type local goto {service}"),
+                format!("goto {local}"),
+            ]
+        );
+        let picks = rules_of(&r, &local);
         assert_eq!(picks.len(), 1);
-        assert!(picks[0].contains("__10.42.0.6/8080"));
-        // No local endpoint: the node port rejects, the ClusterIP still works.
+        assert!(
+            picks[0].starts_with("numgen random mod 1 ") && picks[0].contains("__10.42.0.6/8080")
+        );
+        assert!(rules_of(&r, &service)[1].starts_with("numgen random mod 2 "));
+        // No local endpoint: the node port drops what is not short-circuited (the client
+        // may try another node); the ClusterIP still works.
         web.endpoints.retain(|e| !e.local);
         let r = render(std::slice::from_ref(&web), &node(), &Existing::default());
         assert!(r
             .script
-            .contains("no-endpoint-nodeports { tcp . 30080 : goto reject-chain }"));
+            .contains("no-endpoint-nodeports { tcp . 30080 : drop }"));
+        assert!(r.script.contains(&format!(
+            "service-nodeports {{ tcp . 30080 : goto {external} }}"
+        )));
+        assert!(!rules_of(&r, &external).contains(&format!("goto {local}").as_str()));
+        assert!(lines_with(&r, &local).is_empty());
         web.internal_local = true;
+        let r = render(std::slice::from_ref(&web), &node(), &Existing::default());
+        assert!(r
+            .script
+            .contains("no-endpoint-services { 10.43.0.5 . tcp . 80 : drop }"));
+        // No endpoint anywhere: both refused.
+        web.endpoints.clear();
         let r = render(&[web], &node(), &Existing::default());
         assert!(r
             .script
             .contains("no-endpoint-services { 10.43.0.5 . tcp . 80 : goto reject-chain }"));
+        assert!(r
+            .script
+            .contains("no-endpoint-nodeports { tcp . 30080 : goto reject-chain }"));
+        assert!(lines_with(&r, "service-nodeports {")
+            .iter()
+            .all(|l| !l.contains("element")));
+    }
+
+    #[test]
+    fn load_balancer_and_external_addresses_go_to_the_external_chain() {
+        let mut web = port(
+            "web",
+            "10.43.0.5",
+            &[("10.42.0.5", false), ("10.42.0.6", true)],
+        );
+        web.external_ips = vec!["192.0.2.77".parse().unwrap()];
+        web.load_balancer_ips = vec!["192.0.2.10".parse().unwrap()];
+        let r = render(std::slice::from_ref(&web), &node(), &Existing::default());
+        let external = external_chain(&web);
+        let service = service_chain(&web);
+        assert_eq!(
+            lines_with(&r, "add element ip kedge-proxy service-ips"),
+            [format!(
+                "add element ip kedge-proxy service-ips {{ 10.43.0.5 . tcp . 80 : goto {service}, \
+                 192.0.2.10 . tcp . 80 : goto {external}, 192.0.2.77 . tcp . 80 : goto {external} }}"
+            )]
+        );
+        // externalTrafficPolicy: Cluster: masqueraded, any endpoint.
+        assert_eq!(
+            rules_of(&r, &external),
+            [
+                "jump mark-for-masquerade".to_string(),
+                format!("goto {service}")
+            ]
+        );
+        assert!(lines_with(&r, "firewall-")
+            .iter()
+            .all(|l| !l.contains("element")));
+
+        // loadBalancerSourceRanges: other sources dropped before DNAT, on the load
+        // balancer address only (not the external IP).
+        web.source_ranges = vec!["198.51.100.0/24".parse().unwrap()];
+        let r = render(std::slice::from_ref(&web), &node(), &Existing::default());
+        let firewall = chain_name("firewall", &web.key());
+        assert!(r.script.contains(&format!(
+            "add element ip kedge-proxy firewall-ips {{ 192.0.2.10 . tcp . 80 : goto {firewall} }}"
+        )));
+        assert_eq!(
+            rules_of(&r, &firewall),
+            ["ip saddr != { 198.51.100.0/24 } drop"]
+        );
+        assert!(r.script.contains(
+            "add rule ip kedge-proxy filter-prerouting ct state new jump firewall-check"
+        ));
+        assert!(r
+            .script
+            .contains("add rule ip kedge-proxy filter-output ct state new jump firewall-check"));
+        // The node in the ranges: its traffic from the load balancer address is too.
+        web.source_ranges = vec!["192.0.2.0/24".parse().unwrap()];
+        let r = render(std::slice::from_ref(&web), &node(), &Existing::default());
+        assert_eq!(
+            rules_of(&r, &firewall),
+            ["ip saddr != { 192.0.2.0/24, 192.0.2.10 } drop"]
+        );
+
+        // No endpoints: every address refused, nothing in service-ips.
+        web.endpoints.clear();
+        let r = render(std::slice::from_ref(&web), &node(), &Existing::default());
+        assert!(r.script.contains(
+            "no-endpoint-services { 10.43.0.5 . tcp . 80 : goto reject-chain, \
+             192.0.2.10 . tcp . 80 : goto reject-chain, 192.0.2.77 . tcp . 80 : goto reject-chain }"
+        ));
+        assert!(lines_with(&r, "add element ip kedge-proxy service-ips").is_empty());
+        assert!(lines_with(&r, &external).is_empty());
     }
 
     #[test]
@@ -561,6 +840,9 @@ mod tests {
         let mut local = port("local", "10.43.0.6", &[("10.42.0.5", true)]);
         local.node_port = Some(30081);
         local.external_local = true;
+        local.external_ips = vec!["192.0.2.77".parse().unwrap()];
+        local.load_balancer_ips = vec!["192.0.2.10".parse().unwrap()];
+        local.source_ranges = vec!["192.0.2.0/24".parse().unwrap()];
         let r = render(
             &[web, local, port("empty", "10.43.0.7", &[])],
             &node(),
