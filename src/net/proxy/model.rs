@@ -199,7 +199,7 @@ impl ServicePort {
 }
 
 /// What the proxy knows about its own node.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeView {
     pub node_name: String,
     /// The address node ports are served on (the node's InternalIP).
