@@ -26,6 +26,9 @@
 //! ClusterIP is DNATed to this node's bridge gateway, where `src/net/dns` listens.
 //! Must not touch: other nftables tables, API objects (read-only), the pod network's links.
 //!
+//! Terminating endpoints that still serve take the traffic of a path that has no ready one
+//! (KEP-1669, in [`model::ServicePort::categorize`]).
+//!
 //! Not done yet (issue 6): IPv6 (an `ip6` table);
 //! `kedge agent` uses k3s's default CIDRs instead of the server's; [`uninstall`] is not
 //! wired to a command yet. LoadBalancer addresses come from `status.loadBalancer.ingress`,

@@ -1072,6 +1072,44 @@ mod tests {
     }
 
     #[test]
+    fn terminating_endpoints_take_traffic_when_none_is_ready() {
+        let mut web = port(
+            "web",
+            "10.43.0.5",
+            &[("10.42.0.5", true), ("10.42.0.6", true)],
+        );
+        web.endpoints[0].ready = false;
+        web.endpoints[0].terminating = true;
+        let r = render(
+            std::slice::from_ref(&web),
+            &node(),
+            &Existing::default(),
+            None,
+        );
+        assert_eq!(lines_with(&r, "dnat to").len(), 1);
+        assert!(r.script.contains("dnat to 10.42.0.6:8080"));
+        // The ready one gone: the terminating one, still serving, takes the traffic.
+        web.endpoints.remove(1);
+        let r = render(
+            std::slice::from_ref(&web),
+            &node(),
+            &Existing::default(),
+            None,
+        );
+        assert!(r.script.contains(&format!(
+            "service-ips {{ 10.43.0.5 . tcp . 80 : goto {} }}",
+            service_chain(&web)
+        )));
+        assert!(r.script.contains("dnat to 10.42.0.5:8080"));
+        // No longer serving: refused.
+        web.endpoints[0].serving = false;
+        let r = render(&[web], &node(), &Existing::default(), None);
+        assert!(r
+            .script
+            .contains("no-endpoint-services { 10.43.0.5 . tcp . 80 : goto reject-chain }"));
+    }
+
+    #[test]
     fn a_partial_sync_rewrites_only_the_ports_that_changed() {
         let a = port("a", "10.43.0.5", &[("10.42.0.5", true)]);
         let mut b = port(
