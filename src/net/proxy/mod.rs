@@ -26,6 +26,9 @@
 //! ClusterIP is DNATed to this node's bridge gateway, where `src/net/dns` listens.
 //! Must not touch: other nftables tables, API objects (read-only), the pod network's links.
 //!
+//! After a sync, [`conntrack`] deletes the UDP conntrack entries it made stale (to removed
+//! endpoints; to ports that got endpoints), as kube-proxy does.
+//!
 //! Terminating endpoints that still serve take the traffic of a path that has no ready one
 //! (KEP-1669, in [`model::ServicePort::categorize`]).
 //!
@@ -34,6 +37,7 @@
 //! wired to a command yet. LoadBalancer addresses come from `status.loadBalancer.ingress`,
 //! written by the ServiceLB controller (src/controllers), not by the proxy.
 
+pub mod conntrack;
 pub mod model;
 pub mod nft;
 pub mod route;
@@ -151,6 +155,8 @@ pub async fn run(config: ProxyConfig) {
     // What the last sync left; none: the next sync is a full one.
     let mut programmed: Option<Programmed> = None;
     let mut last_full = Instant::now();
+    // The service ports of the last successful sync, for the conntrack cleanup.
+    let mut last_ports: Option<Vec<model::ServicePort>> = None;
     loop {
         if node.dns_gateway.is_none() {
             node.dns_gateway = bridge_gateway(&config.client, &config.node_name).await;
@@ -177,6 +183,10 @@ pub async fn run(config: ProxyConfig) {
                     last_full = started;
                 }
                 programmed = Some(synced.programmed);
+                if let Some(before) = &last_ports {
+                    clear_stale_udp(conntrack::stale(before, &ports)).await;
+                }
+                last_ports = Some(ports);
             }
             Err(e) => {
                 // The table is in an unknown state: the next sync is a full one.
@@ -189,6 +199,19 @@ pub async fn run(config: ProxyConfig) {
             _ = changed.notified() => tokio::time::sleep(DEBOUNCE).await,
             _ = tokio::time::sleep(RESYNC) => {}
         }
+    }
+}
+
+/// Deletes the UDP conntrack entries the last sync made stale (after it: the new rules
+/// are in place for the flows that start again).
+async fn clear_stale_udp(stale: conntrack::Stale) {
+    if stale.is_empty() {
+        return;
+    }
+    match tokio::task::spawn_blocking(move || conntrack::clear(&stale)).await {
+        Ok(Ok(deleted)) => tracing::debug!(deleted, "stale UDP conntrack entries deleted"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "deleting stale UDP conntrack entries failed"),
+        Err(e) => tracing::warn!(error = %e, "the conntrack cleanup task failed"),
     }
 }
 
