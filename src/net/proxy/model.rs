@@ -199,7 +199,7 @@ impl ServicePort {
 }
 
 /// What the proxy knows about its own node.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeView {
     pub node_name: String,
     /// The address node ports are served on (the node's InternalIP).
@@ -466,5 +466,83 @@ mod tests {
         let ports = service_ports([&cluster_ip], [], &node());
         assert!(ports[0].load_balancer_ips.is_empty() && ports[0].node_port.is_none());
         assert_eq!(ports[0].external_ips.len(), 1);
+    }
+
+    fn endpoint(ip: &str, local: bool, ready: bool, serving: bool, terminating: bool) -> Endpoint {
+        Endpoint {
+            ip: ip.parse().unwrap(),
+            port: 8080,
+            local,
+            ready,
+            serving,
+            terminating,
+        }
+    }
+
+    fn ips(endpoints: &[Endpoint]) -> Vec<String> {
+        endpoints.iter().map(|e| e.ip.to_string()).collect()
+    }
+
+    #[test]
+    fn terminating_endpoints_serve_only_when_a_path_has_no_ready_one() {
+        let lb = service("LoadBalancer");
+        let mut port = service_ports([&lb], [], &node()).remove(0);
+        let ready_remote = endpoint("10.42.1.5", false, true, true, false);
+        let terminating_local = endpoint("10.42.0.6", true, false, true, true);
+        let terminating_remote = endpoint("10.42.1.7", false, false, true, true);
+        let not_serving = endpoint("10.42.0.8", true, false, false, true);
+        port.endpoints = vec![
+            ready_remote,
+            terminating_local,
+            terminating_remote,
+            not_serving,
+        ];
+        // Ready ones win over terminating ones.
+        let c = port.categorize();
+        assert_eq!(ips(&c.cluster), ["10.42.1.5"]);
+        assert!(c.local.is_empty() && c.any);
+        // None ready: the serving terminating ones (never a non-serving one).
+        port.endpoints = vec![terminating_local, terminating_remote, not_serving];
+        let c = port.categorize();
+        assert_eq!(ips(&c.cluster), ["10.42.0.6", "10.42.1.7"]);
+        assert!(c.any);
+        // externalTrafficPolicy Local: this node's ready ones, else its serving
+        // terminating ones, even while other nodes have ready ones.
+        port.external_local = true;
+        port.endpoints = vec![ready_remote, terminating_local, not_serving];
+        let c = port.categorize();
+        assert_eq!(ips(&c.cluster), ["10.42.1.5"]);
+        assert_eq!(ips(&c.local), ["10.42.0.6"]);
+        assert_eq!(ips(&c.reachable), ["10.42.0.6", "10.42.1.5"]);
+        // Nothing serving: no endpoint at all (rejected).
+        port.endpoints = vec![not_serving];
+        let c = port.categorize();
+        assert!(!c.any && c.cluster.is_empty() && c.local.is_empty());
+    }
+
+    #[test]
+    fn endpoint_conditions_default_as_kube_proxy_reads_them() {
+        let svc = service("ClusterIP");
+        let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "default", "name": "web-1",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080}],
+            "endpoints": [
+                {"addresses": ["10.42.0.5"], "nodeName": "n1"},
+                {"addresses": ["10.42.0.6"], "conditions": {"ready": false, "serving": true, "terminating": true}},
+                {"addresses": ["10.42.0.7"], "conditions": {"ready": false}},
+            ],
+        }))
+        .unwrap();
+        let port = service_ports([&svc], [&slice], &node()).remove(0);
+        assert_eq!(
+            port.endpoints,
+            [
+                endpoint("10.42.0.5", true, true, true, false),
+                endpoint("10.42.0.6", false, false, true, true),
+                endpoint("10.42.0.7", false, false, true, false),
+            ]
+        );
     }
 }

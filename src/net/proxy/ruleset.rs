@@ -100,16 +100,59 @@ impl PortRules {
     }
 }
 
-/// The script and what it leaves in the table.
+/// The script of one sync, and what the table holds after it.
 #[derive(Debug, Default)]
 pub struct Ruleset {
     pub script: String,
-    pub chains: BTreeSet<String>,
-    pub sets: BTreeSet<String>,
+    /// Rules the script adds.
     pub rules: usize,
-    /// Chains, sets and maps: declared before any element or rule names them.
+    /// The table's content after the script, for the next (partial) sync.
+    pub programmed: Programmed,
+    /// Tables, chains, sets and maps: declared (and flushed) before anything names them.
     declarations: String,
+    /// Elements going away (or changing), before their chains do.
+    removals: String,
+    /// Rules.
     body: String,
+    /// Elements added, once their chains have their rules.
+    additions: String,
+    /// Stale chains and sets, last, once nothing refers to them.
+    deletes: String,
+}
+
+/// What kedge's table holds after a sync: kept so that the next sync need only write what
+/// changed (kube-proxy's partial syncs).
+#[derive(Debug, Clone, Default)]
+pub struct Programmed {
+    /// The node the base chains were written for; none before a first sync.
+    node: Option<NodeView>,
+    /// Every service port (by key) with what it put in the table.
+    ports: BTreeMap<String, (ServicePort, PortRules)>,
+    /// Every element of the shared sets and maps.
+    elements: BTreeMap<(&'static str, String), Option<String>>,
+}
+
+impl Programmed {
+    /// The chains the table holds (base chains included).
+    pub fn chains(&self) -> BTreeSet<String> {
+        let ports = self
+            .ports
+            .values()
+            .flat_map(|(_, rules)| rules.chains.iter());
+        BASE_CHAINS
+            .iter()
+            .map(|c| c.to_string())
+            .chain(ports.map(|(name, _)| name.clone()))
+            .collect()
+    }
+
+    /// The affinity sets the table holds.
+    pub fn affinity_sets(&self) -> BTreeSet<String> {
+        let ports = self.ports.values();
+        ports
+            .flat_map(|(_, rules)| rules.affinity_sets.iter().map(|(name, _)| name.clone()))
+            .collect()
+    }
 }
 
 impl Ruleset {
@@ -118,13 +161,7 @@ impl Ruleset {
         self.declarations.push('\n');
     }
 
-    fn line(&mut self, line: String) {
-        self.body.push_str(&line);
-        self.body.push('\n');
-    }
-
     fn chain(&mut self, name: &str, hook: Option<&str>) {
-        self.chains.insert(name.to_string());
         match hook {
             Some(hook) => self.declare(format!(
                 "add chain ip {TABLE} {name} {{ {hook}; policy accept; }}"
@@ -135,23 +172,23 @@ impl Ruleset {
 
     fn rule(&mut self, chain: &str, rule: impl AsRef<str>) {
         self.rules += 1;
-        self.line(format!("add rule ip {TABLE} {chain} {}", rule.as_ref()));
+        self.body
+            .push_str(&format!("add rule ip {TABLE} {chain} {}\n", rule.as_ref()));
     }
 
-    fn affinity_set(&mut self, name: &str, timeout: u32) {
-        self.sets.insert(name.to_string());
-        self.declare(format!(
-            "add set ip {TABLE} {name} {{ type ipv4_addr; flags dynamic,timeout; timeout {timeout}s; }}"
-        ));
-    }
-
-    /// A port's chains (declared) and rules.
-    fn port(&mut self, rules: &PortRules) {
+    /// A port's affinity sets and chains (declared; emptied when `refresh`, for a chain
+    /// that may hold rules already) and its rules.
+    fn port(&mut self, rules: &PortRules, refresh: bool) {
         for (name, timeout) in &rules.affinity_sets {
-            self.affinity_set(name, *timeout);
+            self.declare(format!(
+                "add set ip {TABLE} {name} {{ type ipv4_addr; flags dynamic,timeout; timeout {timeout}s; }}"
+            ));
         }
         for (chain, _) in &rules.chains {
             self.chain(chain, None);
+            if refresh {
+                self.declare(format!("flush chain ip {TABLE} {chain}"));
+            }
         }
         for (chain, chain_rules) in &rules.chains {
             for rule in chain_rules {
@@ -160,21 +197,60 @@ impl Ruleset {
         }
     }
 
-    /// `add element` lines for `elements` of one collection.
-    fn elements<'a>(&mut self, collection: &str, elements: impl IntoIterator<Item = &'a Element>) {
-        let items: Vec<String> = elements
-            .into_iter()
-            .map(|e| match &e.value {
-                Some(value) => format!("{} : {value}", e.key),
-                None => e.key.clone(),
-            })
-            .collect();
-        if !items.is_empty() {
-            self.line(format!(
-                "add element ip {TABLE} {collection} {{ {} }}",
+    /// `add element` (or `delete element`, keys only) lines, one per collection.
+    fn elements<'a>(
+        &mut self,
+        verb: &str,
+        elements: impl IntoIterator<Item = (&'a (&'static str, String), &'a Option<String>)>,
+    ) {
+        let mut by_collection: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for ((collection, key), value) in elements {
+            let item = match value {
+                Some(value) if verb == "add" => format!("{key} : {value}"),
+                _ => key.clone(),
+            };
+            by_collection.entry(collection).or_default().push(item);
+        }
+        let section = if verb == "add" {
+            &mut self.additions
+        } else {
+            &mut self.removals
+        };
+        for (collection, items) in by_collection {
+            section.push_str(&format!(
+                "{verb} element ip {TABLE} {collection} {{ {} }}\n",
                 items.join(", ")
             ));
         }
+    }
+
+    /// Deletes the chains (emptied first: they may jump to each other) and affinity sets.
+    fn delete_stale<'a>(
+        &mut self,
+        chains: impl IntoIterator<Item = &'a String>,
+        sets: impl IntoIterator<Item = &'a String>,
+    ) {
+        for chain in chains {
+            self.declare(format!("flush chain ip {TABLE} {chain}"));
+            self.deletes
+                .push_str(&format!("delete chain ip {TABLE} {chain}\n"));
+        }
+        for set in sets {
+            self.deletes
+                .push_str(&format!("delete set ip {TABLE} {set}\n"));
+        }
+    }
+
+    fn finish(mut self) -> Ruleset {
+        self.script = [
+            self.declarations.as_str(),
+            &self.removals,
+            &self.body,
+            &self.additions,
+            &self.deletes,
+        ]
+        .concat();
+        self
     }
 }
 
@@ -196,8 +272,52 @@ fn affinity_set(port: &ServicePort, endpoint: &Endpoint) -> String {
     chain_name("affinity", &endpoint_key(port, endpoint))
 }
 
-/// The whole sync for `ports` on `node`; `existing` names what to delete if unused.
-pub fn render(ports: &[ServicePort], node: &NodeView, existing: &Existing) -> Ruleset {
+/// Every port's rules: unchanged ports (same port, same node) reuse what `previous`
+/// rendered for them.
+fn rules_of(
+    ports: &[ServicePort],
+    node: &NodeView,
+    previous: Option<&Programmed>,
+) -> BTreeMap<String, (ServicePort, PortRules)> {
+    let reusable = previous.filter(|p| p.node.as_ref() == Some(node));
+    ports
+        .iter()
+        .map(|port| {
+            let key = port.key();
+            let rules = match reusable.and_then(|p| p.ports.get(&key)) {
+                Some((old, rules)) if old == port => rules.clone(),
+                _ => port_rules(port, node),
+            };
+            (key, (port.clone(), rules))
+        })
+        .collect()
+}
+
+/// What the table holds with `ports` programmed on `node`.
+fn programmed(node: &NodeView, ports: BTreeMap<String, (ServicePort, PortRules)>) -> Programmed {
+    let mut elements = BTreeMap::new();
+    elements.insert(("nodeport-ips", node.node_ip.to_string()), None);
+    for (_, rules) in ports.values() {
+        for e in &rules.elements {
+            elements.insert((e.collection, e.key.clone()), e.value.clone());
+        }
+    }
+    Programmed {
+        node: Some(node.clone()),
+        ports,
+        elements,
+    }
+}
+
+/// A full sync for `ports` on `node`: everything rewritten; `existing` (what the table
+/// holds, from `nft list`) names what to delete if unused. `previous` only saves
+/// rendering the ports that did not change.
+pub fn render(
+    ports: &[ServicePort],
+    node: &NodeView,
+    existing: &Existing,
+    previous: Option<&Programmed>,
+) -> Ruleset {
     let mut r = Ruleset::default();
     r.declare(format!("add table ip {TABLE}"));
     r.declare(format!("flush table ip {TABLE}"));
@@ -206,42 +326,104 @@ pub fn render(ports: &[ServicePort], node: &NodeView, existing: &Existing) -> Ru
         r.declare(format!("flush {kind} ip {TABLE} {name}"));
     }
     base_chains(&mut r, node);
-
-    let mut elements: BTreeMap<(&str, String), Element> = BTreeMap::new();
-    let nodeport_ip = Element {
-        collection: "nodeport-ips",
-        key: node.node_ip.to_string(),
-        value: None,
-    };
-    elements.insert(("nodeport-ips", nodeport_ip.key.clone()), nodeport_ip);
-    for port in ports {
-        let rules = port_rules(port, node);
-        r.port(&rules);
-        for element in rules.elements {
-            elements.insert((element.collection, element.key.clone()), element);
-        }
+    let now = programmed(node, rules_of(ports, node, previous));
+    for (_, rules) in now.ports.values() {
+        r.port(rules, false);
     }
-    for (collection, _, _) in COLLECTIONS {
-        let of_collection = elements
-            .range((collection, String::new())..)
-            .take_while(|((c, _), _)| *c == collection)
-            .map(|(_, e)| e);
-        r.elements(collection, of_collection);
-    }
-
-    // Stale chains and sets last, once nothing refers to them.
-    let mut deletes = String::new();
-    for stale in existing.chains.difference(&r.chains) {
-        deletes.push_str(&format!("delete chain ip {TABLE} {stale}\n"));
-    }
-    for stale in existing.sets.difference(&r.sets) {
-        if stale.starts_with("affinity-") {
-            deletes.push_str(&format!("delete set ip {TABLE} {stale}\n"));
-        }
-    }
-    r.script = [r.declarations.as_str(), r.body.as_str(), &deletes].concat();
-    r
+    r.elements("add", &now.elements);
+    let chains = now.chains();
+    let sets = now.affinity_sets();
+    r.delete_stale(
+        existing.chains.difference(&chains),
+        existing
+            .sets
+            .difference(&sets)
+            .filter(|s| s.starts_with("affinity-")),
+    );
+    r.programmed = now;
+    r.finish()
 }
+
+/// A partial sync from `previous` (what the last sync left): only the chains of service
+/// ports that changed are rewritten (emptied and refilled), those of ports that are gone
+/// deleted, and the shared maps get only the elements that changed. None when the node
+/// changed: that takes a full sync.
+pub fn render_partial(
+    ports: &[ServicePort],
+    node: &NodeView,
+    previous: &Programmed,
+) -> Option<Ruleset> {
+    if previous.node.as_ref() != Some(node) {
+        return None;
+    }
+    let mut r = Ruleset::default();
+    let now = programmed(node, rules_of(ports, node, Some(previous)));
+    let mut stale_chains = BTreeSet::new();
+    let mut stale_sets = BTreeSet::new();
+    for (key, (_, rules)) in &now.ports {
+        let old = previous.ports.get(key).map(|(_, rules)| rules);
+        if old == Some(rules) {
+            continue;
+        }
+        r.port(rules, true);
+        if let Some(old) = old {
+            let chains: BTreeSet<&String> = rules.chains.iter().map(|(c, _)| c).collect();
+            let sets: BTreeSet<&String> = rules.affinity_sets.iter().map(|(s, _)| s).collect();
+            stale_chains.extend(
+                old.chains
+                    .iter()
+                    .map(|(c, _)| c)
+                    .filter(|c| !chains.contains(c)),
+            );
+            stale_sets.extend(
+                old.affinity_sets
+                    .iter()
+                    .map(|(s, _)| s)
+                    .filter(|s| !sets.contains(s)),
+            );
+        }
+    }
+    for (key, (_, old)) in &previous.ports {
+        if !now.ports.contains_key(key) {
+            stale_chains.extend(old.chains.iter().map(|(c, _)| c));
+            stale_sets.extend(old.affinity_sets.iter().map(|(s, _)| s));
+        }
+    }
+    // Elements gone or changed go first (kube-proxy's delete + add for a new value).
+    let removed = previous
+        .elements
+        .iter()
+        .filter(|(k, v)| now.elements.get(*k) != Some(*v));
+    r.elements("delete", removed);
+    let added = now
+        .elements
+        .iter()
+        .filter(|(k, v)| previous.elements.get(*k) != Some(*v));
+    r.elements("add", added);
+    r.delete_stale(stale_chains, stale_sets);
+    r.programmed = now;
+    Some(r.finish())
+}
+
+/// The chains every sync writes (the hooks' and the shared ones).
+const BASE_CHAINS: [&str; 16] = [
+    "filter-prerouting",
+    "nat-prerouting",
+    "nat-output",
+    "nat-postrouting",
+    "filter-input",
+    "filter-forward",
+    "filter-output",
+    "filter-output-post-dnat",
+    "services",
+    "masquerading",
+    "mark-for-masquerade",
+    "service-endpoints-check",
+    "nodeport-endpoints-check",
+    "firewall-check",
+    "cluster-ips-check",
+    "reject-chain",
+];
 
 fn base_chains(r: &mut Ruleset, node: &NodeView) {
     // Numeric priorities (dstnat -100, srcnat 100): older nft knows the names only for
@@ -265,19 +447,11 @@ fn base_chains(r: &mut Ruleset, node: &NodeView) {
             "type filter hook output priority -90",
         ),
     ];
-    for (name, hook) in hooks {
+    for (i, (name, hook)) in hooks.into_iter().enumerate() {
+        debug_assert_eq!(BASE_CHAINS[i], name);
         r.chain(name, Some(hook));
     }
-    for name in [
-        "services",
-        "masquerading",
-        "mark-for-masquerade",
-        "service-endpoints-check",
-        "nodeport-endpoints-check",
-        "firewall-check",
-        "cluster-ips-check",
-        "reject-chain",
-    ] {
+    for name in &BASE_CHAINS[hooks.len()..] {
         r.chain(name, None);
     }
     r.rule("nat-prerouting", "jump services");
@@ -614,7 +788,12 @@ mod tests {
             "10.43.0.5",
             &[("10.42.0.5", true), ("10.42.0.6", false)],
         );
-        let r = render(std::slice::from_ref(&web), &node(), &Existing::default());
+        let r = render(
+            std::slice::from_ref(&web),
+            &node(),
+            &Existing::default(),
+            None,
+        );
         let service = service_chain(&web);
         assert!(service.starts_with("service-") && service.ends_with("-default/web/tcp/http"));
         assert_eq!(
@@ -643,7 +822,7 @@ mod tests {
     #[test]
     fn no_endpoints_reject_and_unallocated_addresses_are_rejected() {
         let empty = port("empty", "10.43.0.7", &[]);
-        let r = render(&[empty], &node(), &Existing::default());
+        let r = render(&[empty], &node(), &Existing::default(), None);
         assert!(r.script.contains(
             "add element ip kedge-proxy no-endpoint-services { 10.43.0.7 . tcp . 80 : goto reject-chain }"
         ));
@@ -661,20 +840,25 @@ mod tests {
     fn stale_chains_and_affinity_sets_are_deleted_and_live_ones_kept() {
         let mut web = port("web", "10.43.0.5", &[("10.42.0.5", true)]);
         web.affinity_seconds = Some(30);
-        let live = render(std::slice::from_ref(&web), &node(), &Existing::default());
-        assert_eq!(live.sets.len(), 1);
+        let live = render(
+            std::slice::from_ref(&web),
+            &node(),
+            &Existing::default(),
+            None,
+        );
+        assert_eq!(live.programmed.affinity_sets().len(), 1);
         assert!(live.script.contains("flags dynamic,timeout; timeout 30s;"));
         assert!(live.script.contains("update @affinity-"));
         let existing = Existing {
-            chains: live.chains.clone(),
-            sets: live.sets.clone(),
+            chains: live.programmed.chains(),
+            sets: live.programmed.affinity_sets(),
         };
         // Same ports again: nothing deleted, the affinity sets are not flushed.
-        let again = render(std::slice::from_ref(&web), &node(), &existing);
+        let again = render(std::slice::from_ref(&web), &node(), &existing, None);
         assert!(lines_with(&again, "delete ").is_empty(), "{}", again.script);
         assert!(lines_with(&again, "flush set ip kedge-proxy affinity-").is_empty());
         // The service gone: its chains and set go, the base chains stay.
-        let gone = render(&[], &node(), &existing);
+        let gone = render(&[], &node(), &existing, None);
         let deleted = lines_with(&gone, "delete ");
         assert_eq!(deleted.len(), 3, "{deleted:?}");
         assert!(deleted.iter().all(|l| l.contains("default/web/tcp/http")));
@@ -697,7 +881,12 @@ mod tests {
         );
         web.node_port = Some(30080);
         web.external_local = true;
-        let r = render(std::slice::from_ref(&web), &node(), &Existing::default());
+        let r = render(
+            std::slice::from_ref(&web),
+            &node(),
+            &Existing::default(),
+            None,
+        );
         let external = external_chain(&web);
         let service = service_chain(&web);
         let local = chain_name("local", &web.key());
@@ -727,7 +916,12 @@ mod tests {
         // No local endpoint: the node port drops what is not short-circuited (the client
         // may try another node); the ClusterIP still works.
         web.endpoints.retain(|e| !e.local);
-        let r = render(std::slice::from_ref(&web), &node(), &Existing::default());
+        let r = render(
+            std::slice::from_ref(&web),
+            &node(),
+            &Existing::default(),
+            None,
+        );
         assert!(r
             .script
             .contains("no-endpoint-nodeports { tcp . 30080 : drop }"));
@@ -737,13 +931,18 @@ mod tests {
         assert!(!rules_of(&r, &external).contains(&format!("goto {local}").as_str()));
         assert!(lines_with(&r, &local).is_empty());
         web.internal_local = true;
-        let r = render(std::slice::from_ref(&web), &node(), &Existing::default());
+        let r = render(
+            std::slice::from_ref(&web),
+            &node(),
+            &Existing::default(),
+            None,
+        );
         assert!(r
             .script
             .contains("no-endpoint-services { 10.43.0.5 . tcp . 80 : drop }"));
         // No endpoint anywhere: both refused.
         web.endpoints.clear();
-        let r = render(&[web], &node(), &Existing::default());
+        let r = render(&[web], &node(), &Existing::default(), None);
         assert!(r
             .script
             .contains("no-endpoint-services { 10.43.0.5 . tcp . 80 : goto reject-chain }"));
@@ -764,7 +963,12 @@ mod tests {
         );
         web.external_ips = vec!["192.0.2.77".parse().unwrap()];
         web.load_balancer_ips = vec!["192.0.2.10".parse().unwrap()];
-        let r = render(std::slice::from_ref(&web), &node(), &Existing::default());
+        let r = render(
+            std::slice::from_ref(&web),
+            &node(),
+            &Existing::default(),
+            None,
+        );
         let external = external_chain(&web);
         let service = service_chain(&web);
         assert_eq!(
@@ -789,7 +993,12 @@ mod tests {
         // loadBalancerSourceRanges: other sources dropped before DNAT, on the load
         // balancer address only (not the external IP).
         web.source_ranges = vec!["198.51.100.0/24".parse().unwrap()];
-        let r = render(std::slice::from_ref(&web), &node(), &Existing::default());
+        let r = render(
+            std::slice::from_ref(&web),
+            &node(),
+            &Existing::default(),
+            None,
+        );
         let firewall = chain_name("firewall", &web.key());
         assert!(r.script.contains(&format!(
             "add element ip kedge-proxy firewall-ips {{ 192.0.2.10 . tcp . 80 : goto {firewall} }}"
@@ -806,7 +1015,12 @@ mod tests {
             .contains("add rule ip kedge-proxy filter-output ct state new jump firewall-check"));
         // The node in the ranges: its traffic from the load balancer address is too.
         web.source_ranges = vec!["192.0.2.0/24".parse().unwrap()];
-        let r = render(std::slice::from_ref(&web), &node(), &Existing::default());
+        let r = render(
+            std::slice::from_ref(&web),
+            &node(),
+            &Existing::default(),
+            None,
+        );
         assert_eq!(
             rules_of(&r, &firewall),
             ["ip saddr != { 192.0.2.0/24, 192.0.2.10 } drop"]
@@ -814,7 +1028,12 @@ mod tests {
 
         // No endpoints: every address refused, nothing in service-ips.
         web.endpoints.clear();
-        let r = render(std::slice::from_ref(&web), &node(), &Existing::default());
+        let r = render(
+            std::slice::from_ref(&web),
+            &node(),
+            &Existing::default(),
+            None,
+        );
         assert!(r.script.contains(
             "no-endpoint-services { 10.43.0.5 . tcp . 80 : goto reject-chain, \
              192.0.2.10 . tcp . 80 : goto reject-chain, 192.0.2.77 . tcp . 80 : goto reject-chain }"
@@ -847,7 +1066,224 @@ mod tests {
             &[web, local, port("empty", "10.43.0.7", &[])],
             &node(),
             &Existing::default(),
+            None,
         );
         super::super::nft::check(&r.script).unwrap_or_else(|e| panic!("{e}\n{}", r.script));
+    }
+
+    #[test]
+    fn terminating_endpoints_take_traffic_when_none_is_ready() {
+        let mut web = port(
+            "web",
+            "10.43.0.5",
+            &[("10.42.0.5", true), ("10.42.0.6", true)],
+        );
+        web.endpoints[0].ready = false;
+        web.endpoints[0].terminating = true;
+        let r = render(
+            std::slice::from_ref(&web),
+            &node(),
+            &Existing::default(),
+            None,
+        );
+        assert_eq!(lines_with(&r, "dnat to").len(), 1);
+        assert!(r.script.contains("dnat to 10.42.0.6:8080"));
+        // The ready one gone: the terminating one, still serving, takes the traffic.
+        web.endpoints.remove(1);
+        let r = render(
+            std::slice::from_ref(&web),
+            &node(),
+            &Existing::default(),
+            None,
+        );
+        assert!(r.script.contains(&format!(
+            "service-ips {{ 10.43.0.5 . tcp . 80 : goto {} }}",
+            service_chain(&web)
+        )));
+        assert!(r.script.contains("dnat to 10.42.0.5:8080"));
+        // No longer serving: refused.
+        web.endpoints[0].serving = false;
+        let r = render(&[web], &node(), &Existing::default(), None);
+        assert!(r
+            .script
+            .contains("no-endpoint-services { 10.43.0.5 . tcp . 80 : goto reject-chain }"));
+    }
+
+    #[test]
+    fn a_partial_sync_rewrites_only_the_ports_that_changed() {
+        let a = port("a", "10.43.0.5", &[("10.42.0.5", true)]);
+        let mut b = port(
+            "b",
+            "10.43.0.6",
+            &[("10.42.0.6", true), ("10.42.0.7", false)],
+        );
+        let full = render(&[a.clone(), b.clone()], &node(), &Existing::default(), None);
+        // Nothing changed: nothing to write.
+        let same = render_partial(&[a.clone(), b.clone()], &node(), &full.programmed).unwrap();
+        assert_eq!(same.script, "");
+        // One endpoint of b replaced: b's chains emptied and refilled, the old endpoint's
+        // chain deleted, a untouched, the maps unchanged (b's chain keeps its name).
+        b.endpoints[1].ip = "10.42.0.8".parse().unwrap();
+        let partial = render_partial(&[a.clone(), b.clone()], &node(), &full.programmed).unwrap();
+        let script = &partial.script;
+        assert!(!script.contains("/a/"), "{script}");
+        assert!(script.contains(&format!(
+            "flush chain ip kedge-proxy {}\n",
+            service_chain(&b)
+        )));
+        assert!(lines_with(&partial, " element ").is_empty(), "{script}");
+        let deleted = lines_with(&partial, "delete chain");
+        assert_eq!(deleted.len(), 1, "{script}");
+        assert!(deleted[0].ends_with("__10.42.0.7/8080"));
+        assert!(script.contains("dnat to 10.42.0.8:8080"));
+        assert!(partial.rules < full.rules);
+        // b without endpoints, a gone: elements moved between maps, a's chains deleted.
+        b.endpoints.clear();
+        let partial =
+            render_partial(std::slice::from_ref(&b), &node(), &partial.programmed).unwrap();
+        let script = &partial.script;
+        assert!(script.contains("delete element ip kedge-proxy service-ips { 10.43.0.5 . tcp . 80, 10.43.0.6 . tcp . 80 }"), "{script}");
+        assert!(
+            script.contains("delete element ip kedge-proxy cluster-ips { 10.43.0.5 }"),
+            "{script}"
+        );
+        assert!(script.contains("add element ip kedge-proxy no-endpoint-services { 10.43.0.6 . tcp . 80 : goto reject-chain }"), "{script}");
+        assert_eq!(lines_with(&partial, "delete chain").len(), 5, "{script}");
+        // Another node view: a full sync is needed.
+        let mut moved = node();
+        moved.node_ip = "192.0.2.11".parse().unwrap();
+        assert!(render_partial(&[b], &moved, &partial.programmed).is_none());
+    }
+
+    /// The states of the equivalence test: each a change kube-proxy's syncs see.
+    fn states() -> Vec<Vec<ServicePort>> {
+        let a = port(
+            "a",
+            "10.43.0.5",
+            &[("10.42.0.5", true), ("10.42.0.6", false)],
+        );
+        let b = port("b", "10.43.0.6", &[("10.42.0.7", true)]);
+        let mut states = vec![vec![a.clone(), b.clone()]];
+        let mut next = |change: &dyn Fn(&mut Vec<ServicePort>)| {
+            let mut state = states.last().unwrap().clone();
+            change(&mut state);
+            states.push(state);
+        };
+        next(&|s| {
+            s[0].endpoints
+                .push(Endpoint::ready("10.42.0.9".parse().unwrap(), 8080, true))
+        });
+        next(&|s| s[0].endpoints.remove(0).ip = "0.0.0.0".parse().unwrap());
+        next(&|s| s[1].affinity_seconds = Some(60));
+        next(&|s| {
+            s[1].node_port = Some(30080);
+            s[1].load_balancer_ips = vec!["192.0.2.10".parse().unwrap()];
+            s[1].source_ranges = vec!["192.0.2.0/24".parse().unwrap()];
+            s[1].external_ips = vec!["192.0.2.77".parse().unwrap()];
+        });
+        next(&|s| s[1].external_local = true);
+        next(&|s| {
+            for e in &mut s[1].endpoints {
+                e.ready = false;
+                e.terminating = true;
+            }
+        });
+        next(&|s| s[1].endpoints.clear());
+        next(&|s| {
+            s.remove(0);
+        });
+        next(&|s| s.push(port("c", "10.43.0.9", &[("10.42.0.5", false)])));
+        next(&|s| s[0].affinity_seconds = None);
+        states
+    }
+
+    /// `scripts` applied in turn in a new network namespace; what the table holds then,
+    /// normalized (`nft -j list`, without handles, sets' elements sorted, rules per chain
+    /// in order). None when the test cannot make a namespace (not root).
+    fn table_after(scripts: &[&str]) -> Option<serde_json::Value> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut shell = String::new();
+        for (i, script) in scripts.iter().enumerate() {
+            let path = dir.path().join(format!("{i}.nft"));
+            std::fs::write(&path, script).unwrap();
+            shell.push_str(&format!("nft -f {} || exit 3\n", path.display()));
+        }
+        shell.push_str(&format!("nft -j list table ip {TABLE}\n"));
+        let out = std::process::Command::new("unshare")
+            .args(["--net", "sh", "-c", &shell])
+            .output()
+            .ok()?;
+        if out.status.code() != Some(0) {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.code() != Some(3), "nft failed: {stderr}");
+            return None;
+        }
+        let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let mut objects = BTreeSet::new();
+        let mut rules: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for object in listing["nftables"].as_array().unwrap() {
+            let (kind, body) = object.as_object().unwrap().iter().next().unwrap();
+            let mut body = body.clone();
+            body.as_object_mut().unwrap().remove("handle");
+            if let Some(elements) = body.get_mut("elem").and_then(|e| e.as_array_mut()) {
+                elements.sort_by_key(|e| e.to_string());
+            }
+            match kind.as_str() {
+                "metainfo" => {}
+                "rule" => rules
+                    .entry(body["chain"].to_string())
+                    .or_default()
+                    .push(body["expr"].to_string()),
+                _ => {
+                    objects.insert(format!("{kind} {body}"));
+                }
+            }
+        }
+        Some(serde_json::json!({"objects": objects, "rules": rules}))
+    }
+
+    #[test]
+    fn partial_syncs_leave_the_table_a_full_sync_writes() {
+        let states = states();
+        let mut scripts = Vec::new();
+        let mut programmed = render(&states[0], &node(), &Existing::default(), None);
+        scripts.push(programmed.script.clone());
+        for (i, state) in states.iter().enumerate().skip(1) {
+            let partial = render_partial(state, &node(), &programmed.programmed).unwrap();
+            scripts.push(partial.script.clone());
+            programmed = partial;
+            let applied: Vec<&str> = scripts.iter().map(String::as_str).collect();
+            let Some(after_partials) = table_after(&applied) else {
+                return; // no network namespace here (not root)
+            };
+            let full = render(state, &node(), &Existing::default(), None);
+            let after_full = table_after(&[&full.script]).unwrap();
+            assert_eq!(
+                after_partials,
+                after_full,
+                "state {i}: partial syncs\n{}\ndiffer from a full sync\n{}",
+                scripts.join("\n---\n"),
+                full.script
+            );
+        }
+        // A full resync instead of the last partial one: the same table, stale chains
+        // and affinity sets deleted.
+        let before_last = render(
+            &states[states.len() - 2],
+            &node(),
+            &Existing::default(),
+            None,
+        );
+        let existing = Existing {
+            chains: before_last.programmed.chains(),
+            sets: before_last.programmed.affinity_sets(),
+        };
+        let last = states.last().unwrap();
+        let resync = render(last, &node(), &existing, None);
+        let mut with_resync: Vec<&str> = scripts.iter().map(String::as_str).collect();
+        with_resync.pop();
+        with_resync.push(&resync.script);
+        let full = render(last, &node(), &Existing::default(), None);
+        assert_eq!(table_after(&with_resync), table_after(&[&full.script]));
     }
 }
