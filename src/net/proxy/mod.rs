@@ -32,10 +32,9 @@
 //! Terminating endpoints that still serve take the traffic of a path that has no ready one
 //! (KEP-1669, in [`model::ServicePort::categorize`]).
 //!
-//! Not done yet (issue 6): IPv6 (an `ip6` table);
-//! `kedge agent` uses k3s's default CIDRs instead of the server's; [`uninstall`] is not
-//! wired to a command yet. LoadBalancer addresses come from `status.loadBalancer.ingress`,
-//! written by the ServiceLB controller (src/controllers), not by the proxy.
+//! LoadBalancer addresses come from `status.loadBalancer.ingress`, written by the ServiceLB
+//! controller (src/controllers/service_lb), not by the proxy. [`uninstall`] is what
+//! `kedge killall` calls. Not done yet: IPv6 (an `ip6` table).
 
 pub mod conntrack;
 pub mod model;
@@ -90,14 +89,6 @@ pub struct ProxyConfig {
     pub cluster_cidr: Ipv4Net,
     /// `--service-cidr` (10.43.0.0/16).
     pub service_cidr: Ipv4Net,
-}
-
-/// k3s's defaults, for nodes that are not told otherwise.
-pub fn default_cidrs() -> (Ipv4Net, Ipv4Net) {
-    (
-        "10.42.0.0/16".parse().expect("a valid CIDR"),
-        "10.43.0.0/16".parse().expect("a valid CIDR"),
-    )
 }
 
 /// Runs the proxy until the process ends; failures are logged and retried.
