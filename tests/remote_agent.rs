@@ -1,7 +1,9 @@
 //! A `kedge agent` on another host than its server: the server (control plane only) in one
 //! test host, the agent in a second one joined to it by a veth pair, the agent joined with
 //! the K10 token. The kubelet API of the agent serves with the certificate the server
-//! issued at join, so `kubectl logs` and `kubectl exec` reach its pods.
+//! issued at join, so `kubectl logs` and `kubectl exec` reach its pods; and the agent
+//! takes the cluster's service range, DNS address and domain from the server, so its pods
+//! resolve Services through its node DNS.
 
 mod common;
 
@@ -17,7 +19,17 @@ const WAIT: Duration = Duration::from_secs(90);
 async fn logs_and_exec_reach_pods_on_a_joined_agent() {
     let dir = tempfile::tempdir().unwrap();
     let (server_host, agent_host) = TestHost::pair();
-    let mut server = Server::new(&dir.path().join("server"), API_PORT, &[])
+    // Not k3s's defaults: the agent must be told them.
+    let network = [
+        "--service-cidr",
+        "10.45.0.0/16",
+        "--cluster-cidr",
+        "10.46.0.0/16",
+        "--cluster-domain",
+        "kedge.test",
+    ]
+    .map(String::from);
+    let mut server = Server::new(&dir.path().join("server"), API_PORT, &network)
         .listening_on_all()
         .inside(&server_host);
     server.start();
@@ -88,6 +100,34 @@ async fn logs_and_exec_reach_pods_on_a_joined_agent() {
     })
     .await;
     assert_eq!(kubectl.ok(&["exec", "greeter", "--", "echo", "hi"]), "hi\n");
+
+    // The server's network settings, on the agent.
+    let ip = kubectl.ok(&["get", "pod", "greeter", "-o", "jsonpath={.status.podIP}"]);
+    assert!(ip.starts_with("10.46."), "pod IP {ip}");
+    let resolv = kubectl.ok(&["exec", "greeter", "--", "cat", "/etc/resolv.conf"]);
+    assert!(
+        resolv.contains("nameserver 10.45.0.10\n")
+            && resolv.contains("search default.svc.kedge.test svc.kedge.test kedge.test\n"),
+        "{resolv}"
+    );
+    eventually(
+        WAIT,
+        "the kubernetes Service to resolve from the pod",
+        || async {
+            let lookup = [
+                "exec",
+                "greeter",
+                "--",
+                "timeout",
+                "5",
+                "nslookup",
+                "kubernetes.default.svc.kedge.test",
+            ];
+            let out = kubectl.run(&lookup, None);
+            String::from_utf8_lossy(&out.stdout).contains("Address: 10.45.0.1\n")
+        },
+    )
+    .await;
     kubectl.ok(&["delete", "pod", "greeter", "--grace-period=1"]);
     drop(agent);
 }

@@ -7,7 +7,7 @@
 //! Pods are created unbound, pinned to their node by node affinity; the scheduler binds
 //! them.
 
-mod placement;
+pub(super) mod placement;
 mod plan;
 
 use std::collections::hash_map::DefaultHasher;

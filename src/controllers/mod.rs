@@ -29,6 +29,7 @@ pub mod revisions;
 mod root_ca;
 mod service_account;
 mod service_endpoints;
+mod service_lb;
 mod stateful_set;
 mod ttl_after_finished;
 mod volume_match;
@@ -219,6 +220,8 @@ pub struct Settings {
     pub cluster_cidr: String,
     /// `--node-monitor-grace-period`: how long a silent node stays Ready.
     pub node_monitor_grace_period: Duration,
+    /// Whether ServiceLB runs (`--disable servicelb` turns it off).
+    pub service_lb: bool,
     /// Where the local-path provisioner keeps volumes.
     pub storage: local_path::Storage,
 }
@@ -234,7 +237,16 @@ pub async fn run(router: Arc<Router>, identity: String, ca_pem: String, settings
 }
 
 async fn run_all(client: Client, ca_pem: String, settings: Settings) {
+    let service_lb = {
+        let (client, enabled) = (client.clone(), settings.service_lb);
+        async move {
+            if enabled {
+                service_lb::run(client).await
+            }
+        }
+    };
     tokio::join!(
+        service_lb,
         node_lifecycle::run(client.clone(), settings.node_monitor_grace_period),
         node_ipam::run(client.clone(), settings.cluster_cidr),
         service_account::run(client.clone()),

@@ -2,7 +2,7 @@
 //! server. It joins as k3s' agents do ([`super::join`]): the CA from the server, checked
 //! against the token's hash; a `system:node:<name>` client certificate for the token's
 //! secret, and a serving certificate for its kubelet API (for the node's name and address);
-//! then the kubelet over HTTPS. Its files: `<data-dir>/agent/server-ca.crt`,
+//! the cluster's CIDRs and DNS settings; then the kubelet over HTTPS. Its files: `<data-dir>/agent/server-ca.crt`,
 //! `client-kubelet.crt` and `client-kubelet.key` (0600), and `tls/` as a server's own agent
 //! has it (`ca.crt`, `kubelet.crt`, `kubelet.key`).
 
@@ -33,10 +33,6 @@ pub struct AgentOptions {
         default_value = "/var/lib/kedge"
     )]
     pub data_dir: PathBuf,
-
-    /// Cluster DNS domain
-    #[arg(long, env = "KEDGE_CLUSTER_DOMAIN", default_value = "cluster.local")]
-    pub cluster_domain: String,
 
     #[command(flatten)]
     pub node: NodeOptions,
@@ -80,6 +76,10 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
     identity
         .save(&agent_dir, "client-kubelet")
         .context("saving the node's client certificate")?;
+    // Only servers are configured with the cluster's CIDRs and DNS: the agent is told.
+    let network = join::cluster_network(&server, &ca_pem, &token)
+        .await
+        .context("reading the cluster's network settings")?;
     tracing::info!(%server, node = %node_name, "joined the cluster");
 
     let tls = pki::client_config(&ca_pem, Some(&identity)).context("client TLS")?;
@@ -88,7 +88,7 @@ pub async fn run(options: AgentOptions) -> anyhow::Result<()> {
         client,
         &options.node,
         &options.data_dir,
-        &options.cluster_domain,
+        network,
         None,
         false,
     );

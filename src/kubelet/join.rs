@@ -4,7 +4,9 @@
 //!   `POST /v1-kedge/node-certificate`, a client certificate `system:node:<name>` in
 //!   `system:nodes`, and `POST /v1-kedge/serving-kubelet-certificate`, the kubelet API's
 //!   serving certificate for the node's name and addresses (each with its key, as k3s'
-//!   server issues its agents' `client-kubelet.crt` and `serving-kubelet.crt`);
+//!   server issues its agents' `client-kubelet.crt` and `serving-kubelet.crt`), and
+//!   `GET /v1-kedge/config`, the cluster's CIDRs and DNS settings (k3s's `/v1-k3s/config`:
+//!   only servers are configured with them);
 //! - the agent fetches the CA without verifying the server (it cannot yet), accepts it only
 //!   if its SHA-256 is the hash in the K10 token, then asks for its certificates over TLS
 //!   verified against that CA.
@@ -22,6 +24,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+use super::ClusterNetwork;
 use crate::pki::{self, Ca, CertKeyPair, JoinToken};
 
 /// Path of the CA certificate, as k3s serves it.
@@ -30,6 +33,8 @@ pub const CACERTS_PATH: &str = "/cacerts";
 pub const NODE_CERTIFICATE_PATH: &str = "/v1-kedge/node-certificate";
 /// Path agents get their kubelet serving certificate from.
 pub const SERVING_CERTIFICATE_PATH: &str = "/v1-kedge/serving-kubelet-certificate";
+/// Path agents read the cluster's network settings from.
+pub const CLUSTER_NETWORK_PATH: &str = "/v1-kedge/config";
 /// At most this many node addresses in one serving certificate.
 const MAX_NODE_IPS: usize = 16;
 /// User name the basic credentials carry (the password is the token's secret).
@@ -79,13 +84,15 @@ fn valid_node_name(name: &str) -> bool {
 pub struct JoinService {
     ca: Ca,
     secret: String,
+    network: ClusterNetwork,
 }
 
 impl JoinService {
-    pub fn new(ca: Ca, token: &JoinToken) -> JoinService {
+    pub fn new(ca: Ca, token: &JoinToken, network: ClusterNetwork) -> JoinService {
         JoinService {
             ca,
             secret: token.secret.clone(),
+            network,
         }
     }
 
@@ -95,6 +102,7 @@ impl JoinService {
             CACERTS_PATH,
             NODE_CERTIFICATE_PATH,
             SERVING_CERTIFICATE_PATH,
+            CLUSTER_NETWORK_PATH,
         ]
         .contains(&path)
     }
@@ -111,14 +119,22 @@ impl JoinService {
             (&Method::GET, CACERTS_PATH) => {
                 reply(StatusCode::OK, "text/plain", self.ca.cert_pem().to_string())
             }
+            (&Method::GET, CLUSTER_NETWORK_PATH)
+            | (&Method::POST, NODE_CERTIFICATE_PATH | SERVING_CERTIFICATE_PATH)
+                if !self.authorized(authorization) =>
+            {
+                reply(
+                    StatusCode::UNAUTHORIZED,
+                    "text/plain",
+                    "the join token's secret is required as basic credentials node:<secret>\n",
+                )
+            }
+            (&Method::GET, CLUSTER_NETWORK_PATH) => reply(
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_string(&self.network).unwrap_or_default(),
+            ),
             (&Method::POST, NODE_CERTIFICATE_PATH | SERVING_CERTIFICATE_PATH) => {
-                if !self.authorized(authorization) {
-                    return reply(
-                        StatusCode::UNAUTHORIZED,
-                        "text/plain",
-                        "the join token's secret is required as basic credentials node:<secret>\n",
-                    );
-                }
                 self.issue(body, path == SERVING_CERTIFICATE_PATH)
             }
             _ => reply(
@@ -396,6 +412,22 @@ pub async fn serving_certificate(
     certificate(server, ca_pem, token, SERVING_CERTIFICATE_PATH, &request).await
 }
 
+/// Asks the server (trusted through `ca_pem`) for the cluster's network settings.
+pub async fn cluster_network(
+    server: &str,
+    ca_pem: &str,
+    token: &JoinToken,
+) -> Result<ClusterNetwork, JoinError> {
+    let request = Authenticated {
+        server,
+        ca_pem,
+        token,
+    };
+    request
+        .exchange(Method::GET, CLUSTER_NETWORK_PATH, Bytes::new())
+        .await
+}
+
 async fn certificate(
     server: &str,
     ca_pem: &str,
@@ -403,29 +435,53 @@ async fn certificate(
     path: &str,
     wanted: &CertificateRequest,
 ) -> Result<CertKeyPair, JoinError> {
-    let tls = pki::client_config(ca_pem, None)?;
-    let url = format!("{}{path}", server.trim_end_matches('/'));
-    let credentials =
-        base64::engine::general_purpose::STANDARD.encode(format!("{BASIC_USER}:{}", token.secret));
+    let request = Authenticated {
+        server,
+        ca_pem,
+        token,
+    };
     let body = serde_json::to_vec(wanted).unwrap_or_default();
-    let (status, answer) = request(
-        tls,
-        Method::POST,
-        &url,
-        Some(format!("Basic {credentials}")),
-        body.into(),
-    )
-    .await?;
-    check(&url, status, &answer)?;
-    let answer: CertificateResponse =
-        serde_json::from_slice(&answer).map_err(|e| JoinError::Request {
-            url: url.clone(),
-            reason: format!("unexpected answer: {e}"),
-        })?;
+    let answer: CertificateResponse = request.exchange(Method::POST, path, body.into()).await?;
     Ok(CertKeyPair {
         cert_pem: answer.certificate,
         key_pem: answer.key,
     })
+}
+
+/// A request to a join path that proves the token's secret, to a server trusted through
+/// the CA.
+struct Authenticated<'a> {
+    server: &'a str,
+    ca_pem: &'a str,
+    token: &'a JoinToken,
+}
+
+impl Authenticated<'_> {
+    /// Sends `body` to `path`; the JSON answer of a success, or the failure.
+    async fn exchange<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<T, JoinError> {
+        let tls = pki::client_config(self.ca_pem, None)?;
+        let url = format!("{}{path}", self.server.trim_end_matches('/'));
+        let credentials = base64::engine::general_purpose::STANDARD
+            .encode(format!("{BASIC_USER}:{}", self.token.secret));
+        let (status, answer) = request(
+            tls,
+            method,
+            &url,
+            Some(format!("Basic {credentials}")),
+            body,
+        )
+        .await?;
+        check(&url, status, &answer)?;
+        serde_json::from_slice(&answer).map_err(|e| JoinError::Request {
+            url,
+            reason: format!("unexpected answer: {e}"),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -444,7 +500,13 @@ mod tests {
             ca_hash: JoinToken::ca_hash_of(ca.cert_pem()),
             secret: "s3cret".into(),
         };
-        let service = JoinService::new(ca, &token);
+        let network = ClusterNetwork {
+            cluster_cidr: "10.42.0.0/16".parse().unwrap(),
+            service_cidr: "10.96.0.0/12".parse().unwrap(),
+            cluster_dns: "10.96.0.10".parse().unwrap(),
+            cluster_domain: "edge.test".into(),
+        };
+        let service = JoinService::new(ca, &token, network.clone());
         let basic = |s: &str| {
             format!(
                 "Basic {}",
@@ -521,6 +583,14 @@ mod tests {
             );
             assert_eq!(refused.status(), StatusCode::BAD_REQUEST, "{body}");
         }
+        // The network settings: for token holders only.
+        let denied = service.handle(&Method::GET, CLUSTER_NETWORK_PATH, Some(&wrong), b"");
+        assert_eq!(denied.status(), StatusCode::UNAUTHORIZED);
+        let told = service.handle(&Method::GET, CLUSTER_NETWORK_PATH, Some(&right), b"");
+        assert_eq!(told.status(), StatusCode::OK);
+        let told: ClusterNetwork = serde_json::from_slice(told.body()).unwrap();
+        assert_eq!(told, network);
+
         let ca = service.handle(&Method::GET, CACERTS_PATH, None, b"");
         assert_eq!(ca.status(), StatusCode::OK);
         assert!(token

@@ -36,6 +36,25 @@ pub use options::{hostname, NodeOptions};
 /// Upstream's `nodeStatusUpdateFrequency` and Lease renew interval.
 pub const NODE_STATUS_UPDATE_FREQUENCY: Duration = Duration::from_secs(10);
 
+/// The cluster-wide settings every node needs but only servers are configured with: a
+/// server takes them from its flags, `kedge agent` from its server when it joins
+/// ([`join::CLUSTER_NETWORK_PATH`]), as k3s's agents are told theirs.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterNetwork {
+    /// `--cluster-cidr`: pod addresses (masquerade and the proxy's "from a pod" matches).
+    #[serde(rename = "clusterCIDR")]
+    pub cluster_cidr: ipnet::Ipv4Net,
+    /// `--service-cidr`: ClusterIPs (routed to the proxy's reject link).
+    #[serde(rename = "serviceCIDR")]
+    pub service_cidr: ipnet::Ipv4Net,
+    /// `--cluster-dns`: the nameserver of pods' resolv.conf.
+    #[serde(rename = "clusterDNS")]
+    pub cluster_dns: IpAddr,
+    /// `--cluster-domain`.
+    pub cluster_domain: String,
+}
+
 /// Everything one node agent needs to know; built by `kedge server` or `kedge agent`.
 #[derive(Clone)]
 pub struct KubeletConfig {
@@ -53,9 +72,9 @@ pub struct KubeletConfig {
     pub taints: Vec<Taint>,
     /// The kubelet API's port, published in `status.daemonEndpoints`.
     pub kubelet_port: u16,
-    /// Cluster DNS address and domain, for pods' resolv.conf.
-    pub cluster_dns: IpAddr,
-    pub cluster_domain: String,
+    /// The cluster's CIDRs, DNS address and domain (pods' resolv.conf, the node DNS, the
+    /// service proxy).
+    pub network: ClusterNetwork,
     /// The node's resolv.conf (`--resolv-conf`): upstream resolvers of the cluster DNS and
     /// pods' `dnsPolicy: Default`.
     pub resolv_conf: PathBuf,
@@ -73,10 +92,6 @@ pub struct KubeletConfig {
     pub kubelet_tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     /// Image garbage collection's thresholds and period.
     pub image_gc: image_gc::ImageGcPolicy,
-    /// `--cluster-cidr` and `--service-cidr`, for the service proxy (k3s's defaults on an
-    /// agent, which is not told the server's).
-    pub cluster_cidr: ipnet::Ipv4Net,
-    pub service_cidr: ipnet::Ipv4Net,
     /// Whether the node runs the service proxy (`--disable-kube-proxy` turns it off).
     pub service_proxy: bool,
 }
@@ -87,7 +102,7 @@ impl KubeletConfig {
         client: kube::Client,
         options: &NodeOptions,
         data_dir: &Path,
-        cluster_domain: &str,
+        network: ClusterNetwork,
         preferred_ip: Option<IpAddr>,
         control_plane: bool,
     ) -> KubeletConfig {
@@ -99,8 +114,7 @@ impl KubeletConfig {
             labels: options.labels(),
             taints: options.node_taints.clone(),
             kubelet_port: options.kubelet_port,
-            cluster_dns: options.cluster_dns,
-            cluster_domain: cluster_domain.to_string(),
+            network,
             resolv_conf: options.resolv_conf.clone(),
             agent_dir: data_dir.join("agent"),
             control_plane,
@@ -112,8 +126,6 @@ impl KubeletConfig {
                 low_percent: options.image_gc_low_threshold,
                 period: options.image_gc_period,
             },
-            cluster_cidr: crate::net::proxy::default_cidrs().0,
-            service_cidr: crate::net::proxy::default_cidrs().1,
             service_proxy: !options.disable_kube_proxy,
         }
     }
@@ -252,8 +264,8 @@ pub async fn run(mut config: KubeletConfig) -> Result<(), KubeletError> {
         config.agent_dir.clone(),
         images,
     );
-    pods.cluster_dns = vec![config.cluster_dns];
-    pods.cluster_domain = config.cluster_domain.clone();
+    pods.cluster_dns = vec![config.network.cluster_dns];
+    pods.cluster_domain = config.network.cluster_domain.clone();
     pods.resolv_conf = config.resolv_conf.clone();
     pods.registry = registry;
     pods.static_pods = static_pods_rx;
@@ -271,8 +283,8 @@ pub async fn run(mut config: KubeletConfig) -> Result<(), KubeletError> {
     let dns = crate::net::dns::DnsConfig {
         client: config.client.clone(),
         network: pods.network.clone(),
-        cluster_domain: config.cluster_domain.clone(),
-        cluster_dns: config.cluster_dns,
+        cluster_domain: config.network.cluster_domain.clone(),
+        cluster_dns: config.network.cluster_dns,
         resolv_conf: pods.resolv_conf.clone(),
     };
     tasks.spawn(async move {
@@ -286,8 +298,8 @@ pub async fn run(mut config: KubeletConfig) -> Result<(), KubeletError> {
             client: config.client.clone(),
             node_name: config.node_name.clone(),
             node_ip: config.node_ip,
-            cluster_cidr: config.cluster_cidr,
-            service_cidr: config.service_cidr,
+            cluster_cidr: config.network.cluster_cidr,
+            service_cidr: config.network.service_cidr,
         }));
     }
     // The loops retry their own failures; they end only when the process does.

@@ -31,10 +31,6 @@ pub struct NodeOptions {
     #[arg(long, env = "KEDGE_KUBELET_PORT", default_value_t = 10250)]
     pub kubelet_port: u16,
 
-    /// IP of the cluster DNS service, written into pods' resolv.conf
-    #[arg(long, env = "KEDGE_CLUSTER_DNS", default_value = "10.43.0.10")]
-    pub cluster_dns: IpAddr,
-
     /// The resolv.conf whose nameservers are the cluster DNS's upstream resolvers and
     /// pods' with `dnsPolicy: Default` (k3s's `--resolv-conf`)
     #[arg(long, env = "KEDGE_RESOLV_CONF", default_value = "/etc/resolv.conf")]
@@ -199,7 +195,6 @@ mod tests {
         assert_eq!(cli.node_taints[1].value, None);
         assert_eq!(cli.node_taints[1].effect, "NoExecute");
         assert_eq!(cli.kubelet_port, 10250);
-        assert_eq!(cli.cluster_dns.to_string(), "10.43.0.10");
         let preferred = IpAddr::from([10, 0, 0, 5]);
         assert_eq!(cli.node_ip(Some(preferred)), preferred);
 

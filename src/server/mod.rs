@@ -111,6 +111,7 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
             )
         })?;
     let service_network = options.service_network().map_err(anyhow::Error::msg)?;
+    let cluster_network = options.cluster_network().map_err(anyhow::Error::msg)?;
     let service_ip = std::net::IpAddr::V4(service_network.first_ip());
     let server_dir = options.data_dir.join("server");
     create_private_dir(&options.data_dir)?;
@@ -199,7 +200,11 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
             api.authenticator.clone(),
             Some(Arc::new(RaftPeers(node.clone()))),
         )
-        .with_open_service(Arc::new(kubelet::join::JoinService::new(join_ca, &token))),
+        .with_open_service(Arc::new(kubelet::join::JoinService::new(
+            join_ca,
+            &token,
+            cluster_network.clone(),
+        ))),
     );
     // Written before the API answers: whoever sees it ready can use the kubeconfig.
     let kubeconfig_url = local_url(&options, port);
@@ -228,7 +233,7 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
     let background = {
         let api = api.clone();
         let advertise_ip = options.advertise_ip();
-        let cluster_dns = options.node.cluster_dns;
+        let cluster_dns = cluster_network.cluster_dns;
         let event_ttl = options.event_ttl;
         // Stable across restarts (a restarted leader takes its lease back at once) and unique
         // among the servers of a cluster, even on one host.
@@ -254,18 +259,10 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
                     client,
                     &options.node,
                     &options.data_dir,
-                    &options.cluster_domain,
+                    cluster_network.clone(),
                     preferred_ip,
                     true,
                 );
-                if let (Ok(cluster), Ok(services)) =
-                    (options.cluster_cidr.parse(), options.service_cidr.parse())
-                {
-                    (config.cluster_cidr, config.service_cidr) = (
-                        ipnet::Ipv4Net::trunc(&cluster),
-                        ipnet::Ipv4Net::trunc(&services),
-                    );
-                }
                 // A server signs its own agent's kubelet serving certificate.
                 let tls_dir = config.agent_dir.join("tls");
                 config.kubelet_tls = Some(
@@ -281,7 +278,17 @@ pub async fn run(options: ServerOptions) -> anyhow::Result<()> {
                 anyhow::Ok(config)
             })
             .transpose()?;
+        for component in &options.disable {
+            if let Some(why) = component.ignored_because() {
+                tracing::warn!(
+                    component = component.name(),
+                    "--disable {}: {why}",
+                    component.name()
+                );
+            }
+        }
         let settings = controllers::Settings {
+            service_lb: !options.disabled(options::Component::ServiceLb),
             cluster_cidr: options.cluster_cidr.clone(),
             node_monitor_grace_period: options.node_monitor_grace_period,
             storage: controllers::local_path::Storage {

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use crate::api::services::ServiceNetwork;
+use crate::kubelet::ClusterNetwork;
 use crate::raft::types::NodeId;
 
 #[derive(Args, Clone, Debug)]
@@ -76,6 +77,12 @@ pub struct ServerOptions {
     #[arg(long, env = "KEDGE_DISABLE_CONTROLLER_MANAGER")]
     pub disable_controller_manager: bool,
 
+    /// Packaged components not to run, as k3s's `--disable` (repeatable or comma-separated):
+    /// servicelb; k3s's coredns, traefik, local-storage, metrics-server and runtimes are
+    /// accepted with a warning
+    #[arg(long, env = "KEDGE_DISABLE", value_name = "COMPONENT", value_delimiter = ',', value_parser = Component::parse)]
+    pub disable: Vec<Component>,
+
     /// IPv4 range Service ClusterIPs come from; its first address is the `kubernetes` Service
     #[arg(long, env = "KEDGE_SERVICE_CIDR", default_value = "10.43.0.0/16")]
     pub service_cidr: String,
@@ -106,6 +113,11 @@ pub struct ServerOptions {
     #[arg(long, env = "KEDGE_CLUSTER_DOMAIN", default_value = "cluster.local")]
     pub cluster_domain: String,
 
+    /// ClusterIP of the cluster DNS Service (kube-system/kube-dns), the nameserver of pods'
+    /// resolv.conf [default: the 10th address of --service-cidr, 10.43.0.10]
+    #[arg(long, env = "KEDGE_CLUSTER_DNS")]
+    pub cluster_dns: Option<std::net::Ipv4Addr>,
+
     /// This server's Raft node id (unique in the cluster; fixed for the life of its data dir)
     #[arg(long, env = "KEDGE_RAFT_ID", default_value_t = 1)]
     pub raft_id: NodeId,
@@ -127,6 +139,68 @@ pub struct ServerOptions {
     /// ... but at most this many revisions of it
     #[arg(long, env = "KEDGE_STORE_HISTORY_REVISIONS", default_value_t = 10_000)]
     pub store_history_revisions: u64,
+}
+
+/// A packaged component k3s's `--disable` names. Only ServiceLB is a component of kedge that
+/// can be turned off; the others are accepted so that a k3s configuration starts kedge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Component {
+    ServiceLb,
+    CoreDns,
+    Traefik,
+    LocalStorage,
+    MetricsServer,
+    Runtimes,
+}
+
+impl Component {
+    /// k3s's name of each component, as `--disable` takes it.
+    const NAMES: [(&'static str, Component); 6] = [
+        ("servicelb", Component::ServiceLb),
+        ("coredns", Component::CoreDns),
+        ("traefik", Component::Traefik),
+        ("local-storage", Component::LocalStorage),
+        ("metrics-server", Component::MetricsServer),
+        ("runtimes", Component::Runtimes),
+    ];
+
+    fn parse(s: &str) -> Result<Component, String> {
+        let name = s.trim();
+        Component::NAMES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, c)| *c)
+            .ok_or_else(|| {
+                let known: Vec<&str> = Component::NAMES.iter().map(|(n, _)| *n).collect();
+                format!("unknown component {name:?} (one of {})", known.join(", "))
+            })
+    }
+
+    /// Why disabling this k3s component changes nothing in kedge; `None` for one that kedge
+    /// really turns off.
+    pub fn ignored_because(self) -> Option<&'static str> {
+        match self {
+            Component::ServiceLb => None,
+            Component::CoreDns => {
+                Some("kedge's cluster DNS is built into the node agent and stays on")
+            }
+            Component::LocalStorage => {
+                Some("kedge's local-path provisioner is built into the controllers and stays on")
+            }
+            Component::Traefik | Component::MetricsServer | Component::Runtimes => {
+                Some("kedge does not ship it, so there is nothing to disable")
+            }
+        }
+    }
+
+    /// k3s's name.
+    pub fn name(self) -> &'static str {
+        Component::NAMES
+            .iter()
+            .find(|(_, c)| *c == self)
+            .map(|(n, _)| *n)
+            .unwrap_or_default()
+    }
 }
 
 /// A duration as `90`, `90s`, `500ms`, `2m` or `1h`.
@@ -176,6 +250,45 @@ impl ServerOptions {
     pub fn service_network(&self) -> Result<ServiceNetwork, String> {
         ServiceNetwork::parse(&self.service_cidr, &self.service_node_port_range)
             .map_err(|e| format!("--service-cidr/--service-node-port-range: {e}"))
+    }
+
+    /// `--cluster-cidr`, `--service-cidr`, `--cluster-dns` and `--cluster-domain`, checked:
+    /// what this server's agent uses and what it tells joining agents.
+    pub fn cluster_network(&self) -> Result<ClusterNetwork, String> {
+        let cidr = |flag: &str, text: &str| {
+            text.parse::<ipnet::Ipv4Net>()
+                .map(|net| net.trunc())
+                .map_err(|e| format!("--{flag} {text:?}: {e} (an IPv4 CIDR like 10.42.0.0/16)"))
+        };
+        let cluster_cidr = cidr("cluster-cidr", &self.cluster_cidr)?;
+        let service_cidr = cidr("service-cidr", &self.service_cidr)?;
+        // k3s's default: the 10th address of the service range.
+        let tenth = service_cidr.hosts().nth(9);
+        let cluster_dns = match (self.cluster_dns, tenth) {
+            (Some(ip), _) if service_cidr.contains(&ip) => ip,
+            (Some(ip), _) => {
+                return Err(format!(
+                    "--cluster-dns {ip} is not in --service-cidr {service_cidr}"
+                ))
+            }
+            (None, Some(ip)) => ip,
+            (None, None) => {
+                return Err(format!(
+                    "--service-cidr {service_cidr} is too small for the cluster DNS address"
+                ))
+            }
+        };
+        Ok(ClusterNetwork {
+            cluster_cidr,
+            service_cidr,
+            cluster_dns: IpAddr::V4(cluster_dns),
+            cluster_domain: self.cluster_domain.clone(),
+        })
+    }
+
+    /// Whether `--disable` names `component`.
+    pub fn disabled(&self, component: Component) -> bool {
+        self.disable.contains(&component)
     }
 
     /// The first address of the service CIDR (the `kubernetes` Service's ClusterIP).
@@ -243,6 +356,67 @@ mod tests {
             .unwrap()
             .server;
         assert!(cli.initial_members("https://b").is_err());
+    }
+
+    #[test]
+    fn cluster_network_defaults_and_checks_like_k3s() {
+        let network = |args: &[&str]| {
+            let argv = std::iter::once("kedge").chain(args.iter().copied());
+            Cli::try_parse_from(argv).unwrap().server.cluster_network()
+        };
+        let defaults = network(&[]).unwrap();
+        assert_eq!(defaults.cluster_cidr.to_string(), "10.42.0.0/16");
+        assert_eq!(defaults.service_cidr.to_string(), "10.43.0.0/16");
+        assert_eq!(defaults.cluster_dns.to_string(), "10.43.0.10");
+        assert_eq!(defaults.cluster_domain, "cluster.local");
+        // The DNS address follows a changed service range unless given.
+        let moved = network(&["--service-cidr", "10.96.0.0/12"]).unwrap();
+        assert_eq!(moved.cluster_dns.to_string(), "10.96.0.10");
+        let given = network(&[
+            "--service-cidr",
+            "10.96.0.0/12",
+            "--cluster-dns",
+            "10.96.0.53",
+        ]);
+        assert_eq!(given.unwrap().cluster_dns.to_string(), "10.96.0.53");
+        let outside = network(&["--cluster-dns", "10.96.0.10"]).unwrap_err();
+        assert!(
+            outside.contains("not in --service-cidr 10.43.0.0/16"),
+            "{outside}"
+        );
+        let bad = network(&["--cluster-cidr", "10.42.0.0"]).unwrap_err();
+        assert!(bad.starts_with("--cluster-cidr \"10.42.0.0\""), "{bad}");
+    }
+
+    #[test]
+    fn disable_takes_k3s_component_names_repeated_or_comma_separated() {
+        let cli = Cli::try_parse_from([
+            "kedge",
+            "--disable",
+            "traefik,servicelb",
+            "--disable=metrics-server",
+        ])
+        .unwrap()
+        .server;
+        assert!(cli.disabled(Component::ServiceLb));
+        assert_eq!(
+            cli.disable,
+            [
+                Component::Traefik,
+                Component::ServiceLb,
+                Component::MetricsServer
+            ]
+        );
+        assert!(Component::Traefik.ignored_because().is_some());
+        assert!(!Cli::try_parse_from(["kedge"])
+            .unwrap()
+            .server
+            .disabled(Component::ServiceLb));
+        let error = Cli::try_parse_from(["kedge", "--disable", "servicelb,klipper"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("unknown component \"klipper\""), "{error}");
     }
 
     #[test]

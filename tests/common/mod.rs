@@ -400,7 +400,13 @@ impl Drop for LogDump {
 /// `default` namespace has what every namespace gets (its `default` ServiceAccount and the
 /// `kube-root-ca.crt` ConfigMap), so that tests start from what a settled cluster shows.
 pub async fn started_server(dir: &Path) -> Server {
-    let mut server = Server::new(dir, free_port(), &[]);
+    started_server_with(dir, &[]).await
+}
+
+/// [`started_server`] with extra `kedge server` flags.
+pub async fn started_server_with(dir: &Path, args: &[&str]) -> Server {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let mut server = Server::new(dir, free_port(), &args);
     server.start();
     server.wait_ready(Duration::from_secs(30)).await;
     let client = server.admin_client();
