@@ -8,7 +8,7 @@ LOG ?= /var/log/kedge.log
 PIDFILE ?= /run/kedge.pid
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: deps build install run stop test lint bench clean
+.PHONY: deps build install run stop killall test lint bench clean
 
 deps:
 	sh packaging/deps.sh
@@ -40,6 +40,11 @@ stop:
 		while kill -0 $$(cat $(PIDFILE)) 2>/dev/null; do sleep 0.2; done; \
 	fi
 	@rm -f $(PIDFILE)
+
+# Stops the server, then every container it started, and removes the node's mounts, pod
+# network and service rules (k3s-killall.sh's job); the data dir stays.
+killall: stop
+	$(PREFIX)/bin/kedge killall --data-dir $(DATA_DIR)
 
 test:
 	sh packaging/deps.sh --test
