@@ -60,6 +60,7 @@ bench:
 	cargo bench --locked --bench api
 	cargo bench --locked --bench pods
 	cargo bench --locked --bench dns
+	cargo bench --locked --bench pod_network
 
 clean:
 	cargo clean
