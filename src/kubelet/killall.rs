@@ -44,12 +44,8 @@ pub enum KillallError {
     },
     #[error("pod cgroups: {0}")]
     Cgroup(#[from] cgroups::CgroupError),
-    #[error("processes of pod {uid} still alive after {seconds}s: {pids:?}")]
-    Survivors {
-        uid: String,
-        seconds: u64,
-        pids: Vec<u32>,
-    },
+    #[error("pod processes still alive {seconds}s after SIGKILL: {pids:?}")]
+    Survivors { seconds: u64, pids: Vec<u32> },
     #[error("the pod network: {0}")]
     Network(#[from] crate::net::cni::CniError),
     #[error("the service proxy: {0}")]
@@ -186,9 +182,7 @@ pub async fn killall(data_dir: &Path) -> Result<Killed, KillallError> {
     let agent_dir = data_dir.join("agent");
 
     killed.shims = kill_and_wait(&shims_of(&agent_dir));
-    for uid in pod_uids(&agent_dir)? {
-        killed.container_processes += kill_pod_processes(&uid)?;
-    }
+    killed.container_processes = kill_pod_processes(&pod_uids(&agent_dir)?)?;
     killed.unmounted = unmount_under(&data_dir)?;
     for uid in pod_uids(&agent_dir)? {
         let path = agent_dir.join("pods").join(&uid).join("netns");
@@ -248,21 +242,28 @@ fn is_under(path: &Path, dir: &Path) -> bool {
     path.starts_with(dir) || path.canonicalize().is_ok_and(|p| p.starts_with(dir))
 }
 
-/// Kills every process of pod `uid`'s cgroup (whatever its QoS class was), waits for them
-/// to be gone and removes the cgroup; returns how many there were.
-fn kill_pod_processes(uid: &str) -> Result<usize, KillallError> {
-    let paths: Vec<String> = [
-        QosClass::Guaranteed,
-        QosClass::Burstable,
-        QosClass::BestEffort,
-    ]
-    .into_iter()
-    .map(|qos| cgroups::qos_cgroup_path(qos, uid))
-    .collect();
-    let mut pids = Vec::new();
-    for path in &paths {
-        pids.extend(cgroups::processes(path)?);
-    }
+/// Kills every process in the cgroups of the pods `uids` (whatever their QoS class was),
+/// waits for them to be gone and removes the cgroups; returns how many there were.
+fn kill_pod_processes(uids: &[String]) -> Result<usize, KillallError> {
+    let paths: Vec<String> = uids
+        .iter()
+        .flat_map(|uid| {
+            [
+                QosClass::Guaranteed,
+                QosClass::Burstable,
+                QosClass::BestEffort,
+            ]
+            .map(|qos| cgroups::qos_cgroup_path(qos, uid))
+        })
+        .collect();
+    let processes = || -> Result<Vec<u32>, KillallError> {
+        let mut pids = Vec::new();
+        for path in &paths {
+            pids.extend(cgroups::processes(path)?);
+        }
+        Ok(pids)
+    };
+    let mut pids = processes()?;
     let count = pids.len();
     let deadline = Instant::now() + KILL_WAIT;
     while !pids.is_empty() {
@@ -274,13 +275,9 @@ fn kill_pod_processes(uid: &str) -> Result<usize, KillallError> {
             );
         }
         std::thread::sleep(Duration::from_millis(50));
-        pids.clear();
-        for path in &paths {
-            pids.extend(cgroups::processes(path)?);
-        }
+        pids = processes()?;
         if !pids.is_empty() && Instant::now() > deadline {
             return Err(KillallError::Survivors {
-                uid: uid.to_string(),
                 seconds: KILL_WAIT.as_secs(),
                 pids,
             });
