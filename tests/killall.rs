@@ -2,7 +2,8 @@
 //! namespace (tests/common/agent.rs): after the server is SIGKILLed with a pod and a Service
 //! running, killall leaves no shim or container process, no mount under the data dir, no
 //! pod network namespace, no kedge link and no kedge nftables table; it is idempotent,
-//! refuses while the server runs, and the node starts its pods again afterwards.
+//! refuses while the server runs, and the node starts its pods again afterwards; another
+//! node on the same machine keeps running.
 
 mod common;
 
@@ -76,6 +77,15 @@ fn inode(path: &Path) -> (u64, u64) {
 async fn killall_stops_the_nodes_containers_and_removes_its_mounts_links_and_rules() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = Node::start(dir.path(), &[]).await;
+    // Another node on the same machine, whose pod killall must leave alone.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = Node::start(other_dir.path(), &[]).await;
+    apply_and_wait_ready(&other.kubectl(), MANIFESTS, "web");
+    let other_uid = other
+        .kubectl()
+        .ok(&["get", "pod", "web", "-o", "jsonpath={.metadata.uid}"]);
+    let other_netns = other.agent_dir().join("pods").join(other_uid).join("netns");
+    let other_namespace = HashSet::from([inode(&other_netns)]);
     let kubectl = node.kubectl();
     apply_and_wait_ready(&kubectl, MANIFESTS, "web");
     let uid = kubectl.ok(&["get", "pod", "web", "-o", "jsonpath={.metadata.uid}"]);
