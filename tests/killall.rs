@@ -137,6 +137,21 @@ async fn killall_stops_the_nodes_containers_and_removes_its_mounts_links_and_rul
             .all(|name| name.parse::<std::net::Ipv4Addr>().is_err()),
         "address allocations are left: {allocations:?}"
     );
+    assert!(
+        !pids_in(&other_namespace).is_empty(),
+        "the other node's pod runs on"
+    );
+    assert!(
+        !mounts_under(other_dir.path()).is_empty(),
+        "the other node keeps its mounts"
+    );
+    let other_links = other
+        .host
+        .command("ip")
+        .args(["-o", "link"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&other_links.stdout).contains("kedge0"));
 
     let again = killall(&node);
     assert!(again.status.success(), "a second run: {}", text(&again));
