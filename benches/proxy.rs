@@ -1,9 +1,10 @@
 //! Service proxy benchmark: the nftables sync of kedge's table (src/net/proxy) for 100,
 //! 1,000 and 5,000 services with 10 ready endpoints each, inside a throwaway network
 //! namespace (the process unshares its own before anything else, so the machine's ruleset
-//! is never touched). Reports, per size: the render time, the first sync (empty table), a
-//! full resync of the same ruleset, one endpoint changed (the latency of an endpoint
-//! update), the script's size and the rule and chain counts.
+//! is never touched). Reports, per size: the render time, the first sync (a full one into
+//! an empty table, render included), a full resync of the same ruleset (as on start, after
+//! a failure and hourly), one endpoint changed (a partial sync, render included: the
+//! latency of an endpoint update), the first script's size and its rule and chain counts.
 //!
 //! Run as root: `cargo bench --bench proxy [-- --quick]` (quick: 100 and 1,000). Prints a
 //! Markdown table for BENCHMARKS.md.
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use kedge::net::proxy::model::{Endpoint, NodeView, Protocol, ServicePort};
 use kedge::net::proxy::nft;
-use kedge::net::proxy::ruleset::{self, Existing};
+use kedge::net::proxy::ruleset::{self, Existing, Ruleset};
 
 const ENDPOINTS: usize = 10;
 
@@ -30,43 +31,25 @@ fn ports(count: usize) -> Vec<ServicePort> {
             external_local: false,
             internal_local: false,
             affinity_seconds: None,
+            external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
+            source_ranges: Vec::new(),
             endpoints: (0..ENDPOINTS)
-                .map(|e| Endpoint {
-                    ip: Ipv4Addr::from(
-                        u32::from(Ipv4Addr::new(10, 42, 0, 0)) + (i * ENDPOINTS + e) as u32 + 2,
-                    ),
-                    port: 8080,
-                    local: true,
+                .map(|e| {
+                    let ip =
+                        u32::from(Ipv4Addr::new(10, 42, 0, 0)) + (i * ENDPOINTS + e) as u32 + 2;
+                    Endpoint::ready(Ipv4Addr::from(ip), 8080, true)
                 })
                 .collect(),
         })
         .collect()
 }
 
-/// Renders and applies `ports` over `existing`; (render time, apply time, what is left).
-fn sync(
-    ports: &[ServicePort],
-    node: &NodeView,
-    existing: &Existing,
-) -> (Duration, Duration, Existing, usize, usize) {
-    let started = Instant::now();
-    let rendered = ruleset::render(ports, node, existing);
-    let render = started.elapsed();
+/// Applies `rendered`; how long `nft` took.
+fn apply(rendered: &Ruleset) -> Duration {
     let started = Instant::now();
     nft::apply(&rendered.script).expect("nft applies the ruleset");
-    let apply = started.elapsed();
-    let size = rendered.script.len();
-    let rules = rendered.rules;
-    (
-        render,
-        apply,
-        Existing {
-            chains: rendered.chains,
-            sets: rendered.sets,
-        },
-        size,
-        rules,
-    )
+    started.elapsed()
 }
 
 fn main() {
@@ -91,22 +74,37 @@ fn main() {
         service_cidr: "10.43.0.0/16".parse().unwrap(),
         dns_gateway: None,
     };
-    println!("| services × endpoints | render | first sync | resync | one endpoint changed | script | rules | chains |");
+    println!("| services × endpoints | render | first sync (full) | full resync | one endpoint changed (partial) | script | rules | chains |");
     println!("|---|---|---|---|---|---|---|---|");
     for &count in sizes {
         let _ = nft::delete_table();
         let mut ports = ports(count);
-        let (render, first, existing, size, rules) = sync(&ports, &node, &Existing::default());
-        let (_, resync, existing, _, _) = sync(&ports, &node, &existing);
+        let started = Instant::now();
+        let first = ruleset::render(&ports, &node, &Existing::default(), None);
+        let render = started.elapsed();
+        let first_sync = render + apply(&first);
+        let chains = first.programmed.chains();
+        // A full resync of the same ruleset (start, failure, hourly): all rewritten.
+        let existing = Existing {
+            chains: chains.clone(),
+            sets: first.programmed.affinity_sets(),
+        };
+        let started = Instant::now();
+        let resync = ruleset::render(&ports, &node, &existing, Some(&first.programmed));
+        let resync_time = started.elapsed() + apply(&resync);
+        // One endpoint replaced: a partial sync, model to kernel.
         ports[count / 2].endpoints[0].ip = Ipv4Addr::new(10, 42, 255, 250);
         let started = Instant::now();
-        let (_, _, existing, _, _) = sync(&ports, &node, &existing);
+        let partial = ruleset::render_partial(&ports, &node, &resync.programmed)
+            .expect("same node: a partial sync");
+        apply(&partial);
         let change = started.elapsed();
         println!(
-            "| {count} × {ENDPOINTS} | {render:.1?} | {:.1?} | {resync:.1?} | {change:.1?} | {} KiB | {rules} | {} |",
-            render + first,
-            size / 1024,
-            existing.chains.len()
+            "| {count} × {ENDPOINTS} | {render:.1?} | {first_sync:.1?} | {resync_time:.1?} | {change:.1?} ({} rules) | {} KiB | {} | {} |",
+            partial.rules,
+            first.script.len() / 1024,
+            first.rules,
+            chains.len()
         );
     }
     let _ = nft::delete_table();

@@ -113,10 +113,18 @@ impl TestHost {
     /// other's address (and still none anywhere else).
     pub fn pair() -> (TestHost, TestHost) {
         let first = TestHost::new();
+        let second = first.neighbour();
+        (first, second)
+    }
+
+    /// A new host with another address, joined to this one as in [`TestHost::pair`] (a
+    /// client outside a node started by `Node::start`).
+    pub fn neighbour(&self) -> TestHost {
         let mut second = TestHost::new();
-        while second.ip == first.ip {
+        while second.ip == self.ip {
             second = TestHost::new();
         }
+        let first = self;
         let suffix = &first.name["kedge-t-".len()..];
         let (a, b) = (format!("kva{suffix}"), format!("kvb{suffix}"));
         ip(&[
@@ -133,7 +141,7 @@ impl TestHost {
             "netns",
             &second.name,
         ]);
-        for (host, link, peer) in [(&first, &a, &second), (&second, &b, &first)] {
+        for (host, link, peer) in [(first, &a, &second), (&second, &b, first)] {
             ip(&["-n", &host.name, "link", "set", link, "up"]);
             ip(&[
                 "-n",
@@ -147,7 +155,7 @@ impl TestHost {
                 &host.ip.to_string(),
             ]);
         }
-        (first, second)
+        second
     }
 
     /// A command that runs inside this host.

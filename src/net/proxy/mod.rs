@@ -2,10 +2,13 @@
 //!
 //! A reconcile loop ([`run`], started by the node agent) watches Services and
 //! EndpointSlices through kube-runtime reflectors and, shortly after every change (and
-//! every [`RESYNC`] regardless), writes the whole ruleset of kedge's table
-//! [`ruleset::TABLE`] in one `nft -f -` transaction: [`model`] turns the caches into
-//! service ports, [`ruleset`] renders kube-proxy's chain layout, [`nft`] applies it.
-//! The table is rebuilt from the API on start; [`uninstall`] removes it.
+//! every [`RESYNC`] regardless), syncs kedge's table [`ruleset::TABLE`] in one `nft -f -`
+//! transaction: [`model`] turns the caches into service ports, [`ruleset`] renders
+//! kube-proxy's chain layout, [`nft`] applies it. As kube-proxy's nftables mode, a sync
+//! is partial (only the chains of service ports that changed, and the map elements that
+//! changed) except on start, after a failed sync, when the node changed and every
+//! [`FULL_RESYNC`]: then the whole table is rewritten. The table is rebuilt from the API
+//! on start; [`uninstall`] removes it.
 //!
 //! Why `nft -f -` scripts and not a crate: kube-proxy itself feeds `nft` text scripts
 //! (through knftables), which keeps the generated rules readable, testable as text (and
@@ -23,12 +26,10 @@
 //! ClusterIP is DNATed to this node's bridge gateway, where `src/net/dns` listens.
 //! Must not touch: other nftables tables, API objects (read-only), the pod network's links.
 //!
-//! Not done yet (issue 6): partial syncs (only changed service ports; every sync is a full
-//! transaction now, 44 s at 5,000 services, BENCHMARKS.md); LoadBalancer (a ServiceLB-like
-//! status writer, and `external-…` chains for its addresses), externalIPs,
-//! loadBalancerSourceRanges (kube-proxy's `firewall` chains); terminating-endpoint
-//! fallback; IPv6 (an `ip6` table); `kedge agent` uses k3s's default CIDRs instead of the
-//! server's; [`uninstall`] is not wired to a command yet.
+//! Not done yet (issue 6): IPv6 (an `ip6` table);
+//! `kedge agent` uses k3s's default CIDRs instead of the server's; [`uninstall`] is not
+//! wired to a command yet. LoadBalancer addresses come from `status.loadBalancer.ingress`,
+//! written by the ServiceLB controller (src/controllers), not by the proxy.
 
 pub mod model;
 pub mod nft;
@@ -48,13 +49,17 @@ use kube::runtime::{reflector, watcher, WatchStreamExt};
 use tokio::sync::Notify;
 
 use model::NodeView;
-use ruleset::Existing;
+use ruleset::Programmed;
 
 /// How long after a change the proxy waits for more before syncing (bursts of endpoint
 /// updates make one sync).
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
-/// A full sync at least this often, whatever changed (repairs a flushed table).
+/// A sync at least this often, whatever changed (kube-proxy's `syncPeriod`).
 pub const RESYNC: Duration = Duration::from_secs(30);
+/// A full sync at least this often (kube-proxy's `FullSyncPeriod`, also the nftables
+/// mode's longest interval between syncs): rewrites what was changed behind the proxy's
+/// back. Between full syncs, a sync writes only what changed.
+pub const FULL_RESYNC: Duration = Duration::from_secs(3600);
 /// How soon a failed sync is tried again.
 const RETRY: Duration = Duration::from_secs(1);
 const BRIDGE_NF_CALL: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
@@ -140,7 +145,9 @@ pub async fn run(config: ProxyConfig) {
         service_cidr: config.service_cidr,
         dns_gateway: None,
     };
-    let mut existing: Option<Existing> = None;
+    // What the last sync left; none: the next sync is a full one.
+    let mut programmed: Option<Programmed> = None;
+    let mut last_full = Instant::now();
     loop {
         if node.dns_gateway.is_none() {
             node.dns_gateway = bridge_gateway(&config.client, &config.node_name).await;
@@ -150,18 +157,26 @@ pub async fn run(config: ProxyConfig) {
             slices.state().iter().map(|s| s.as_ref()),
             &node,
         );
+        if last_full.elapsed() >= FULL_RESYNC {
+            programmed = None;
+        }
         let started = Instant::now();
-        match sync(&ports, &node, existing.take()).await {
-            Ok(now) => {
+        match sync(&ports, &node, programmed.take()).await {
+            Ok(synced) => {
                 tracing::debug!(
                     ports = ports.len(),
-                    chains = now.chains.len(),
+                    full = synced.full,
+                    rules = synced.rules,
                     elapsed = ?started.elapsed(),
                     "service proxy synced"
                 );
-                existing = Some(now);
+                if synced.full {
+                    last_full = started;
+                }
+                programmed = Some(synced.programmed);
             }
             Err(e) => {
+                // The table is in an unknown state: the next sync is a full one.
                 tracing::warn!(error = %e, "service proxy sync failed; retrying");
                 tokio::time::sleep(RETRY).await;
                 continue;
@@ -174,25 +189,39 @@ pub async fn run(config: ProxyConfig) {
     }
 }
 
-/// One sync: the route, then the ruleset; what the table holds afterwards.
+/// What one sync did.
+struct Synced {
+    programmed: Programmed,
+    full: bool,
+    rules: usize,
+}
+
+/// One sync: the route, then the ruleset, partial from `previous` if there is one (and
+/// the node did not change), else full.
 async fn sync(
     ports: &[model::ServicePort],
     node: &NodeView,
-    existing: Option<Existing>,
-) -> Result<Existing, ProxyError> {
+    previous: Option<Programmed>,
+) -> Result<Synced, ProxyError> {
     route::ensure(node.service_cidr).await?;
     let ports = ports.to_vec();
     let node = node.clone();
     tokio::task::spawn_blocking(move || {
-        let existing = match existing {
-            Some(existing) => existing,
-            None => nft::existing()?,
+        let partial = previous
+            .as_ref()
+            .and_then(|p| ruleset::render_partial(&ports, &node, p));
+        let full = partial.is_none();
+        let rendered = match partial {
+            Some(rendered) => rendered,
+            None => ruleset::render(&ports, &node, &nft::existing()?, previous.as_ref()),
         };
-        let rendered = ruleset::render(&ports, &node, &existing);
-        nft::apply(&rendered.script)?;
-        Ok(Existing {
-            chains: rendered.chains,
-            sets: rendered.sets,
+        if !rendered.script.is_empty() {
+            nft::apply(&rendered.script)?;
+        }
+        Ok(Synced {
+            programmed: rendered.programmed,
+            full,
+            rules: rendered.rules,
         })
     })
     .await
