@@ -8,7 +8,7 @@ LOG ?= /var/log/kedge.log
 PIDFILE ?= /run/kedge.pid
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: deps build install run stop test lint bench clean
+.PHONY: deps build install run stop killall test lint bench clean
 
 deps:
 	sh packaging/deps.sh
@@ -41,6 +41,11 @@ stop:
 	fi
 	@rm -f $(PIDFILE)
 
+# Stops the server, then every container it started, and removes the node's mounts, pod
+# network and service rules (k3s-killall.sh's job); the data dir stays.
+killall: stop
+	$(PREFIX)/bin/kedge killall --data-dir $(DATA_DIR)
+
 test:
 	sh packaging/deps.sh --test
 	cargo test --locked
@@ -55,6 +60,7 @@ bench:
 	cargo bench --locked --bench api
 	cargo bench --locked --bench pods
 	cargo bench --locked --bench dns
+	cargo bench --locked --bench pod_network
 
 clean:
 	cargo clean

@@ -12,8 +12,10 @@ fi
 if [ "${1:-}" = "--bench" ]; then
     # etcd is the store benchmark's point of comparison; its client crate compiles protobufs.
     # containerd + runc (started by the pods benchmark on its own socket) are the pod
-    # benchmark's.
+    # benchmark's; the reference CNI plugins the pod network benchmark's; dnsmasq (the binary
+    # only, no system service) the cluster DNS benchmark's.
     packages="$packages etcd-server procps protobuf-compiler libprotobuf-dev containerd runc"
+    packages="$packages containernetworking-plugins dnsmasq-base"
 fi
 
 missing=""

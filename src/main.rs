@@ -48,6 +48,9 @@ enum Command {
     },
     /// Import, list, remove and pull images of this node's image store
     Images(kedge::runtime::images::cli::ImagesArgs),
+    /// Stop every container of this node and remove its mounts, pod network and service
+    /// rules (as k3s-killall.sh; the server or agent must be stopped first)
+    Killall(kedge::kubelet::killall::KillallArgs),
     /// Run one container (started by the node agent, not by hand)
     #[command(hide = true)]
     Shim(Box<kedge::runtime::shim::ShimCommand>),
@@ -97,15 +100,30 @@ fn main() -> ExitCode {
         Command::Shim(args) => kedge::runtime::shim::shim_command(*args),
         Command::Kubectl { args } => kubectl(args),
         Command::Images(args) => kedge::runtime::images::cli::run(args),
+        Command::Killall(args) => kedge::kubelet::killall::run(args),
         Command::Server(options) => {
             init_logging(cli.log_format);
+            let Some(_lock) = lock_data_dir(&options.data_dir) else {
+                return ExitCode::FAILURE;
+            };
             block_on(server::run(*options))
         }
         Command::Agent(options) => {
             init_logging(cli.log_format);
+            let Some(_lock) = lock_data_dir(&options.data_dir) else {
+                return ExitCode::FAILURE;
+            };
             block_on(agent::run(*options))
         }
     }
+}
+
+/// The data dir's lock, held while the server or agent runs (`kedge killall` refuses while
+/// it is held); reports why not.
+fn lock_data_dir(data_dir: &std::path::Path) -> Option<kedge::kubelet::killall::DataDirLock> {
+    kedge::kubelet::killall::lock_data_dir(data_dir)
+        .map_err(|e| eprintln!("kedge: error: {e}"))
+        .ok()
 }
 
 /// Runs `task` on a multi-threaded tokio runtime and reports its error.

@@ -6,7 +6,8 @@
 //! client (unless `--disable-agent`), `kedge agent` ([`agent`]) with an HTTPS client.
 //! [`node`] owns the Node object, its status and Lease; [`static_pods`] reads
 //! `<agent>/pod-manifests` and keeps their mirror pods; the pod workers run every pod bound
-//! to the node and the static pods.
+//! to the node and the static pods. [`killall`] (`kedge killall`) stops and removes what
+//! a stopped agent left on the host, and owns the data-dir lock a running one holds.
 //!
 //! Must not touch: the store (only the API, through a kube client), image or container
 //! internals (only [`crate::runtime`]'s interfaces).
@@ -14,6 +15,7 @@
 pub mod agent;
 pub mod image_gc;
 pub mod join;
+pub mod killall;
 pub mod node;
 mod options;
 pub mod pods;

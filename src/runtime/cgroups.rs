@@ -428,6 +428,39 @@ pub fn remove_pod_cgroup(path: &str) -> Result<(), CgroupError> {
     Ok(())
 }
 
+/// Every process in cgroup `path` and its descendants, over every hierarchy (for `kedge
+/// killall`, which kills what a dead agent's shims left). A missing cgroup has none.
+pub fn processes(path: &str) -> Result<Vec<u32>, CgroupError> {
+    check_path(path)?;
+    let mut pids = Vec::new();
+    for (_, dir) in hierarchy()?.dirs(path) {
+        collect_processes(&dir, &mut pids).map_err(io(&dir))?;
+    }
+    pids.sort_unstable();
+    pids.dedup();
+    Ok(pids)
+}
+
+fn collect_processes(dir: &Path, pids: &mut Vec<u32>) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    match std::fs::read_to_string(dir.join("cgroup.procs")) {
+        Ok(text) => pids.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            collect_processes(&entry.path(), pids)?;
+        }
+    }
+    Ok(())
+}
+
 fn is_busy(e: &std::io::Error) -> bool {
     e.raw_os_error() == Some(libc::EBUSY)
 }

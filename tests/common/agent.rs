@@ -247,7 +247,7 @@ pub fn kill_in_namespaces(namespaces: &[PathBuf]) {
 }
 
 /// Live (non-zombie) processes in any of the namespaces `inodes`.
-fn pids_in(inodes: &HashSet<(u64, u64)>) -> Vec<i32> {
+pub fn pids_in(inodes: &HashSet<(u64, u64)>) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -446,7 +446,7 @@ impl Drop for Agent {
 
 /// Mount points (and their file system types) at or under `dir`, from the test's own mount
 /// namespace (the agent's, too).
-fn mounts_under(dir: &Path) -> Vec<(PathBuf, String)> {
+pub fn mounts_under(dir: &Path) -> Vec<(PathBuf, String)> {
     let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
     let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     table

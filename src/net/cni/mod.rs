@@ -14,7 +14,8 @@
 //! - Teardown ([`PodNetwork::del`]) deletes the veth (its peer goes with it) and releases
 //!   the address; [`PodNetwork::reclaim`], at agent start, does the same for allocations
 //!   whose pod sandbox is gone (an agent crash or a reboot) and removes bridge ports no
-//!   allocation names: no address or veth leaks.
+//!   allocation names: no address or veth leaks. [`uninstall`] (`kedge killall`) removes
+//!   all of it, the bridge included.
 //!
 //! Seams for the rest of `net`: [`BRIDGE`] and [`PodNetwork::pod_cidr`] (masquerade of
 //! traffic leaving the cluster CIDR, the service proxy and the overlay build on them).
@@ -88,11 +89,13 @@ impl CniError {
     }
 }
 
-/// What [`PodNetwork::reclaim`] freed.
+/// What [`PodNetwork::reclaim`] or [`uninstall`] freed.
 #[derive(Debug, Default)]
 pub struct Reclaimed {
     pub addresses: Vec<Ipv4Addr>,
     pub veths: Vec<String>,
+    /// The bridge was deleted too ([`uninstall`] only).
+    pub bridge: bool,
 }
 
 /// The node's pod network; cheap to clone.
@@ -105,7 +108,7 @@ struct Inner {
     client: kube::Client,
     node_name: String,
     node_ip: IpAddr,
-    ipam: Ipam,
+    ipam: Arc<Ipam>,
     /// Netlink in the node's namespace, opened on first use.
     host: OnceCell<rtnetlink::Handle>,
     /// The node's range and MTU, known once the node has its pod CIDR.
@@ -134,7 +137,7 @@ impl PodNetwork {
                 client,
                 node_name: node_name.to_string(),
                 node_ip,
-                ipam: Ipam::new(&dir.join("ipam")),
+                ipam: Arc::new(Ipam::new(&dir.join("ipam"))),
                 host: OnceCell::new(),
                 node: OnceCell::new(),
             }),
@@ -196,43 +199,7 @@ impl PodNetwork {
         alive: impl Fn(&str) -> bool + Send + 'static,
     ) -> Result<Reclaimed, CniError> {
         let host = self.host().await?;
-        let released = self
-            .with_ipam(move |ipam| ipam.release_unless(alive))
-            .await?;
-        let mut reclaimed = Reclaimed::default();
-        for (ip, allocation) in released {
-            reclaimed.addresses.push(ip);
-            let mut names = vec![allocation.host_veth.clone()];
-            if !allocation.pod_uid.is_empty() {
-                names.push(host_veth(&allocation.pod_uid));
-            }
-            for name in names.iter().filter(|n| !n.is_empty()) {
-                if link::delete(&host, name).await? {
-                    reclaimed.veths.push(name.clone());
-                }
-            }
-        }
-        let Some(bridge) = link::by_name(&host, BRIDGE).await? else {
-            return Ok(reclaimed);
-        };
-        let kept: HashSet<String> = self
-            .with_ipam(|ipam| ipam.allocations())
-            .await?
-            .into_iter()
-            .map(|(_, a)| a.host_veth)
-            .collect();
-        for port in link::all(&host).await? {
-            if link::controller(&port) != Some(bridge.header.index) {
-                continue;
-            }
-            let Some(name) = link::name(&port).map(str::to_string) else {
-                continue;
-            };
-            if !kept.contains(&name) && link::delete(&host, &name).await? {
-                reclaimed.veths.push(name);
-            }
-        }
-        Ok(reclaimed)
+        reclaim_on(&host, &self.inner.ipam, alive).await
     }
 
     /// Creates (or checks) the veth pair and the pod side's configuration.
@@ -332,12 +299,75 @@ impl PodNetwork {
         T: Send + 'static,
         F: FnOnce(&Ipam) -> Result<T, IpamError> + Send + 'static,
     {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || work(&inner.ipam))
-            .await
-            .map_err(|e| CniError::io("the IPAM task", io::Error::other(e)))?
-            .map_err(CniError::from)
+        on_ipam(&self.inner.ipam, work).await
     }
+}
+
+/// Runs `work` on the allocations from a blocking thread (they are files).
+async fn on_ipam<T, F>(ipam: &Arc<Ipam>, work: F) -> Result<T, CniError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Ipam) -> Result<T, IpamError> + Send + 'static,
+{
+    let ipam = ipam.clone();
+    tokio::task::spawn_blocking(move || work(&ipam))
+        .await
+        .map_err(|e| CniError::io("the IPAM task", io::Error::other(e)))?
+        .map_err(CniError::from)
+}
+
+/// Releases the addresses (and deletes the veths) of pods that are not `alive`, then
+/// removes ports of the bridge that no remaining allocation names.
+async fn reclaim_on(
+    host: &rtnetlink::Handle,
+    ipam: &Arc<Ipam>,
+    alive: impl Fn(&str) -> bool + Send + 'static,
+) -> Result<Reclaimed, CniError> {
+    let released = on_ipam(ipam, move |ipam| ipam.release_unless(alive)).await?;
+    let mut reclaimed = Reclaimed::default();
+    for (ip, allocation) in released {
+        reclaimed.addresses.push(ip);
+        let mut names = vec![allocation.host_veth.clone()];
+        if !allocation.pod_uid.is_empty() {
+            names.push(host_veth(&allocation.pod_uid));
+        }
+        for name in names.iter().filter(|n| !n.is_empty()) {
+            if link::delete(host, name).await? {
+                reclaimed.veths.push(name.clone());
+            }
+        }
+    }
+    let Some(bridge) = link::by_name(host, BRIDGE).await? else {
+        return Ok(reclaimed);
+    };
+    let kept: HashSet<String> = on_ipam(ipam, |ipam| ipam.allocations())
+        .await?
+        .into_iter()
+        .map(|(_, a)| a.host_veth)
+        .collect();
+    for port in link::all(host).await? {
+        if link::controller(&port) != Some(bridge.header.index) {
+            continue;
+        }
+        let Some(name) = link::name(&port).map(str::to_string) else {
+            continue;
+        };
+        if !kept.contains(&name) && link::delete(host, &name).await? {
+            reclaimed.veths.push(name);
+        }
+    }
+    Ok(reclaimed)
+}
+
+/// Removes the node's whole pod network from the calling thread's namespace (`kedge
+/// killall`, with no agent running on `dir`, `<agent>/net`): every pod's veth, every
+/// address allocation and the bridge. Idempotent.
+pub async fn uninstall(dir: &Path) -> Result<Reclaimed, CniError> {
+    let host = link::connect_host().await?;
+    let ipam = Arc::new(Ipam::new(&dir.join("ipam")));
+    let mut reclaimed = reclaim_on(&host, &ipam, |_| false).await?;
+    reclaimed.bridge = link::delete(&host, BRIDGE).await?;
+    Ok(reclaimed)
 }
 
 /// Routing between the bridge and the node's other links (pods reaching other nodes, the
