@@ -13,33 +13,11 @@ use std::time::{Duration, Instant};
 use common::agent::{Node, TestHost};
 use common::kubectl::Kubectl;
 use common::nodes::{NodeSpec, SimulatedNodes};
-use common::workloads::{until, until_ok};
+use common::workloads::{until, until_ok, web_deployment};
 use common::{started_server_with, LogDump, KEDGE};
 
-/// A Deployment of 3 busybox httpd pods answering on 8080 with their own name, behind the
-/// LoadBalancer Service `web` on port 8080.
-const WEB: &str = r#"apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: web
-spec:
-  replicas: 3
-  selector:
-    matchLabels: {app: web}
-  template:
-    metadata:
-      labels: {app: web}
-    spec:
-      terminationGracePeriodSeconds: 1
-      containers:
-      - name: httpd
-        image: busybox:1.35
-        command: ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"]
-        readinessProbe:
-          tcpSocket: {port: 8080}
-          periodSeconds: 1
----
-apiVersion: v1
+/// The LoadBalancer Service `web` on port 8080 over [`web_deployment`]`("web", n)`'s pods.
+const WEB: &str = r#"apiVersion: v1
 kind: Service
 metadata:
   name: web
@@ -127,7 +105,8 @@ async fn the_node_address_is_published_and_forwarded_and_a_taken_port_waits_unti
     let node = Node::start(dir.path(), &[]).await;
     let kubectl = node.kubectl();
     let address = node.host.ip().to_string();
-    kubectl.ok_with(&["apply", "-f", "-"], Some(WEB));
+    let web = format!("{}---\n{WEB}", web_deployment("web", 3));
+    kubectl.ok_with(&["apply", "-f", "-"], Some(&web));
 
     until_external_ip(&kubectl, "web", &address).await;
     assert_eq!(
@@ -259,7 +238,7 @@ async fn addresses_follow_node_labels_readiness_local_endpoints_external_ips_and
     let (server, _logs, nodes) = two_simulated_nodes(dir.path(), &[]).await;
     let kubectl = server.kubectl();
     let both = "172.30.0.1,172.30.0.2";
-    let web = WEB.replace("replicas: 3", "replicas: 1");
+    let web = format!("{}---\n{WEB}", web_deployment("web", 1));
     kubectl.ok_with(&["apply", "-f", "-"], Some(&web));
     until_external_ip(&kubectl, "web", both).await;
     // Settled: node heartbeats, the pod starting and re-syncs write nothing more.

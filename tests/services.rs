@@ -13,33 +13,11 @@ use std::time::{Duration, Instant};
 use common::agent::Node;
 use common::kubectl::Kubectl;
 use common::node_net::{nft_ruleset, on_node};
-use common::workloads::{cluster_ip, labelled, until_ok, wait_all_ready};
+use common::workloads::{cluster_ip, labelled, until_ok, wait_all_ready, web_deployment};
 
-/// A Deployment of 3 busybox httpd pods answering on 8080 with their own name, a NodePort
-/// Service `web` (80 → 8080, node port 30080) over them, a Service `empty` whose selector
-/// matches nothing, and a client pod.
-const MANIFESTS: &str = r#"apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: web
-spec:
-  replicas: 3
-  selector:
-    matchLabels: {app: web}
-  template:
-    metadata:
-      labels: {app: web}
-    spec:
-      terminationGracePeriodSeconds: 1
-      containers:
-      - name: httpd
-        image: busybox:1.35
-        command: ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"]
-        readinessProbe:
-          tcpSocket: {port: 8080}
-          periodSeconds: 1
----
-apiVersion: v1
+/// Beside [`web_deployment`]`("web", 3)`: a NodePort Service `web` (80 → 8080, node port
+/// 30080) over its pods, a Service `empty` whose selector matches nothing, and a client pod.
+const MANIFESTS: &str = r#"apiVersion: v1
 kind: Service
 metadata:
   name: web
@@ -120,7 +98,8 @@ async fn cluster_ip_and_node_port_balance_over_ready_pods_and_refuse_what_has_no
     );
     assert!(bystander.status.success());
 
-    kubectl.ok_with(&["apply", "-f", "-"], Some(MANIFESTS));
+    let manifests = format!("{}---\n{MANIFESTS}", web_deployment("web", 3));
+    kubectl.ok_with(&["apply", "-f", "-"], Some(&manifests));
     wait_all_ready(&kubectl, &["pod/client"], "90s");
     let out = kubectl.run(
         &["rollout", "status", "deployment/web", "--timeout=90s"],

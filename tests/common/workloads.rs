@@ -96,6 +96,34 @@ pub fn apply_and_wait_ready(kubectl: &Kubectl<'_>, manifest: &str, name: &str) {
     wait_ready(kubectl, name);
 }
 
+/// A Deployment `name` of `replicas` busybox httpd pods (label `app: <name>`) answering on
+/// 8080 with their own name, ready once the port listens.
+pub fn web_deployment(name: &str, replicas: u32) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {name}
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: {name}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: httpd
+        image: busybox:1.35
+        command: ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www"]
+        readinessProbe:
+          tcpSocket: {{port: 8080}}
+          periodSeconds: 1
+"#
+    )
+}
+
 /// A pod of the busybox test image running `script` with `sh -c`.
 pub fn busybox_pod(name: &str, script: &str) -> String {
     format!(
