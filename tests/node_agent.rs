@@ -300,6 +300,9 @@ async fn kedge_agent_joins_with_the_token() {
             .arg(&agent_dir)
             .args(["--node-name", "worker-1", "--node-ip", "127.0.0.1"])
             .args(["--kubelet-port", &free_port().to_string()])
+            // It runs in the test's own namespace, which its service proxy must not program
+            // (tests whose agents run pods or proxies use a test host).
+            .arg("--disable-kube-proxy")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

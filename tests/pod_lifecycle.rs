@@ -40,6 +40,8 @@ struct Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.task.abort();
+        // The containers' root filesystems outlive the aborted workers.
+        common::agent::unmount_all_under(&self.agent_dir);
     }
 }
 
@@ -91,6 +93,10 @@ async fn agent(dir: &Path) -> Agent {
 fn pod(name: &str, spec: serde_json::Value) -> Pod {
     let mut spec = spec;
     spec["nodeName"] = NODE.into();
+    // The pod workers run in this test process, in the machine's own network namespace:
+    // host-network pods leave its links alone (the pod network is tested in a test host by
+    // tests/pod_network.rs).
+    spec["hostNetwork"] = true.into();
     serde_json::from_value(serde_json::json!({
         "metadata": {"name": name, "namespace": "default"},
         "spec": spec,
@@ -213,13 +219,18 @@ async fn pods_complete_fail_and_run_init_containers_in_order() {
         (ready.status.as_str(), ready.reason.as_deref()),
         ("False", Some("PodCompleted"))
     );
-    // The log (CRI format) has the expanded variable and the pod's hostname.
+    // The log (CRI format) has the expanded variable and the pod's hostname (the node's: a
+    // host-network pod).
     let log = agent
         .registry
         .log_path("default", "done", "c", false)
         .unwrap();
     let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.contains(" stdout F hello from done done\n"), "{text}");
+    let hostname = kedge::kubelet::hostname().to_ascii_lowercase();
+    assert!(
+        text.contains(&format!(" stdout F hello from done {hostname}\n")),
+        "{text}"
+    );
 
     let fails = wait_for(&api, "fails", t, "Failed", |p| phase(p) == "Failed").await;
     let terminated = container(&fails, "c").state.unwrap().terminated.unwrap();

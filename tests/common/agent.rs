@@ -381,8 +381,13 @@ fn clean_up_agent(data_dir: &Path, host: &TestHost) {
     kill_in_namespaces(&namespaces);
     remove_pod_cgroups(&data_dir.join("agent/pods"));
     remove_agent_cgroup_parents();
-    // Deepest first, detached: overlay rootfs, netns files, tmpfs volumes.
-    let mut mounts = mounts_under(data_dir);
+    unmount_all_under(data_dir);
+}
+
+/// Unmounts everything under `dir`, deepest first, detached: overlay rootfs, netns files,
+/// tmpfs volumes.
+pub fn unmount_all_under(dir: &Path) {
+    let mut mounts = mounts_under(dir);
     mounts.sort_by_key(|(path, _)| std::cmp::Reverse(path.components().count()));
     for (path, _) in mounts {
         let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
