@@ -190,6 +190,8 @@ async fn flags_are_read_from_kedge_environment_variables() {
         .env("KEDGE_KUBECONFIG_OUTPUT", &kubeconfig)
         .env("KEDGE_KUBECONFIG_MODE", "0644")
         .env("KEDGE_TOKEN", "my-shared-secret")
+        // No node agent: it would program the machine's own network namespace.
+        .env("KEDGE_DISABLE_AGENT", "true")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
