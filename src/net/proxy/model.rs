@@ -213,6 +213,18 @@ pub struct NodeView {
     pub dns_gateway: Option<Ipv4Addr>,
 }
 
+/// Node `n1` at 192.0.2.10 with k3s's ranges and its DNS gateway, for the proxy's tests.
+#[cfg(test)]
+pub(crate) fn test_node() -> NodeView {
+    NodeView {
+        node_name: "n1".into(),
+        node_ip: "192.0.2.10".parse().unwrap(),
+        cluster_cidr: "10.42.0.0/16".parse().unwrap(),
+        service_cidr: "10.43.0.0/16".parse().unwrap(),
+        dns_gateway: Some("10.42.0.1".parse().unwrap()),
+    }
+}
+
 /// The service ports to program, sorted by key.
 pub fn service_ports<'a>(
     services: impl IntoIterator<Item = &'a Service>,
@@ -407,16 +419,6 @@ fn endpoints_of(
 mod tests {
     use super::*;
 
-    fn node() -> NodeView {
-        NodeView {
-            node_name: "n1".into(),
-            node_ip: "192.0.2.10".parse().unwrap(),
-            cluster_cidr: "10.42.0.0/16".parse().unwrap(),
-            service_cidr: "10.43.0.0/16".parse().unwrap(),
-            dns_gateway: None,
-        }
-    }
-
     fn service(type_: &str) -> Service {
         serde_json::from_value(serde_json::json!({
             "metadata": {"namespace": "default", "name": "web"},
@@ -440,7 +442,7 @@ mod tests {
     #[test]
     fn load_balancer_ingress_external_ips_and_source_ranges() {
         let lb = service("LoadBalancer");
-        let ports = service_ports([&lb], [], &node());
+        let ports = service_ports([&lb], [], &test_node());
         let [port] = ports.as_slice() else {
             panic!("{ports:?}")
         };
@@ -463,7 +465,7 @@ mod tests {
         assert!(port.externally_accessible());
         // Ingress addresses count only for a LoadBalancer; externalIPs for any type.
         let cluster_ip = service("ClusterIP");
-        let ports = service_ports([&cluster_ip], [], &node());
+        let ports = service_ports([&cluster_ip], [], &test_node());
         assert!(ports[0].load_balancer_ips.is_empty() && ports[0].node_port.is_none());
         assert_eq!(ports[0].external_ips.len(), 1);
     }
@@ -486,7 +488,7 @@ mod tests {
     #[test]
     fn terminating_endpoints_serve_only_when_a_path_has_no_ready_one() {
         let lb = service("LoadBalancer");
-        let mut port = service_ports([&lb], [], &node()).remove(0);
+        let mut port = service_ports([&lb], [], &test_node()).remove(0);
         let ready_remote = endpoint("10.42.1.5", false, true, true, false);
         let terminating_local = endpoint("10.42.0.6", true, false, true, true);
         let terminating_remote = endpoint("10.42.1.7", false, false, true, true);
@@ -535,7 +537,7 @@ mod tests {
             ],
         }))
         .unwrap();
-        let port = service_ports([&svc], [&slice], &node()).remove(0);
+        let port = service_ports([&svc], [&slice], &test_node()).remove(0);
         assert_eq!(
             port.endpoints,
             [

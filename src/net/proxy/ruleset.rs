@@ -737,14 +737,11 @@ mod tests {
     use super::super::model::Protocol;
     use super::*;
 
-    fn node() -> NodeView {
-        NodeView {
-            node_name: "n1".into(),
-            node_ip: "192.0.2.10".parse().unwrap(),
-            cluster_cidr: "10.42.0.0/16".parse().unwrap(),
-            service_cidr: "10.43.0.0/16".parse().unwrap(),
-            dns_gateway: Some("10.42.0.1".parse().unwrap()),
-        }
+    use super::super::model::test_node as node;
+
+    /// A full sync of `ports` into an empty table.
+    fn fresh(ports: &[ServicePort]) -> Ruleset {
+        render(ports, &node(), &Existing::default(), None)
     }
 
     fn port(name: &str, ip: &str, endpoints: &[(&str, bool)]) -> ServicePort {
@@ -788,12 +785,7 @@ mod tests {
             "10.43.0.5",
             &[("10.42.0.5", true), ("10.42.0.6", false)],
         );
-        let r = render(
-            std::slice::from_ref(&web),
-            &node(),
-            &Existing::default(),
-            None,
-        );
+        let r = fresh(std::slice::from_ref(&web));
         let service = service_chain(&web);
         assert!(service.starts_with("service-") && service.ends_with("-default/web/tcp/http"));
         assert_eq!(
@@ -822,7 +814,7 @@ mod tests {
     #[test]
     fn no_endpoints_reject_and_unallocated_addresses_are_rejected() {
         let empty = port("empty", "10.43.0.7", &[]);
-        let r = render(&[empty], &node(), &Existing::default(), None);
+        let r = fresh(&[empty]);
         assert!(r.script.contains(
             "add element ip kedge-proxy no-endpoint-services { 10.43.0.7 . tcp . 80 : goto reject-chain }"
         ));
@@ -840,12 +832,7 @@ mod tests {
     fn stale_chains_and_affinity_sets_are_deleted_and_live_ones_kept() {
         let mut web = port("web", "10.43.0.5", &[("10.42.0.5", true)]);
         web.affinity_seconds = Some(30);
-        let live = render(
-            std::slice::from_ref(&web),
-            &node(),
-            &Existing::default(),
-            None,
-        );
+        let live = fresh(std::slice::from_ref(&web));
         assert_eq!(live.programmed.affinity_sets().len(), 1);
         assert!(live.script.contains("flags dynamic,timeout; timeout 30s;"));
         assert!(live.script.contains("update @affinity-"));
@@ -881,12 +868,7 @@ mod tests {
         );
         web.node_port = Some(30080);
         web.external_local = true;
-        let r = render(
-            std::slice::from_ref(&web),
-            &node(),
-            &Existing::default(),
-            None,
-        );
+        let r = fresh(std::slice::from_ref(&web));
         let external = external_chain(&web);
         let service = service_chain(&web);
         let local = chain_name("local", &web.key());
@@ -916,12 +898,7 @@ mod tests {
         // No local endpoint: the node port drops what is not short-circuited (the client
         // may try another node); the ClusterIP still works.
         web.endpoints.retain(|e| !e.local);
-        let r = render(
-            std::slice::from_ref(&web),
-            &node(),
-            &Existing::default(),
-            None,
-        );
+        let r = fresh(std::slice::from_ref(&web));
         assert!(r
             .script
             .contains("no-endpoint-nodeports { tcp . 30080 : drop }"));
@@ -931,18 +908,13 @@ mod tests {
         assert!(!rules_of(&r, &external).contains(&format!("goto {local}").as_str()));
         assert!(lines_with(&r, &local).is_empty());
         web.internal_local = true;
-        let r = render(
-            std::slice::from_ref(&web),
-            &node(),
-            &Existing::default(),
-            None,
-        );
+        let r = fresh(std::slice::from_ref(&web));
         assert!(r
             .script
             .contains("no-endpoint-services { 10.43.0.5 . tcp . 80 : drop }"));
         // No endpoint anywhere: both refused.
         web.endpoints.clear();
-        let r = render(&[web], &node(), &Existing::default(), None);
+        let r = fresh(&[web]);
         assert!(r
             .script
             .contains("no-endpoint-services { 10.43.0.5 . tcp . 80 : goto reject-chain }"));
@@ -963,12 +935,7 @@ mod tests {
         );
         web.external_ips = vec!["192.0.2.77".parse().unwrap()];
         web.load_balancer_ips = vec!["192.0.2.10".parse().unwrap()];
-        let r = render(
-            std::slice::from_ref(&web),
-            &node(),
-            &Existing::default(),
-            None,
-        );
+        let r = fresh(std::slice::from_ref(&web));
         let external = external_chain(&web);
         let service = service_chain(&web);
         assert_eq!(
@@ -993,12 +960,7 @@ mod tests {
         // loadBalancerSourceRanges: other sources dropped before DNAT, on the load
         // balancer address only (not the external IP).
         web.source_ranges = vec!["198.51.100.0/24".parse().unwrap()];
-        let r = render(
-            std::slice::from_ref(&web),
-            &node(),
-            &Existing::default(),
-            None,
-        );
+        let r = fresh(std::slice::from_ref(&web));
         let firewall = chain_name("firewall", &web.key());
         assert!(r.script.contains(&format!(
             "add element ip kedge-proxy firewall-ips {{ 192.0.2.10 . tcp . 80 : goto {firewall} }}"
@@ -1015,12 +977,7 @@ mod tests {
             .contains("add rule ip kedge-proxy filter-output ct state new jump firewall-check"));
         // The node in the ranges: its traffic from the load balancer address is too.
         web.source_ranges = vec!["192.0.2.0/24".parse().unwrap()];
-        let r = render(
-            std::slice::from_ref(&web),
-            &node(),
-            &Existing::default(),
-            None,
-        );
+        let r = fresh(std::slice::from_ref(&web));
         assert_eq!(
             rules_of(&r, &firewall),
             ["ip saddr != { 192.0.2.0/24, 192.0.2.10 } drop"]
@@ -1028,12 +985,7 @@ mod tests {
 
         // No endpoints: every address refused, nothing in service-ips.
         web.endpoints.clear();
-        let r = render(
-            std::slice::from_ref(&web),
-            &node(),
-            &Existing::default(),
-            None,
-        );
+        let r = fresh(std::slice::from_ref(&web));
         assert!(r.script.contains(
             "no-endpoint-services { 10.43.0.5 . tcp . 80 : goto reject-chain, \
              192.0.2.10 . tcp . 80 : goto reject-chain, 192.0.2.77 . tcp . 80 : goto reject-chain }"
@@ -1062,12 +1014,7 @@ mod tests {
         local.external_ips = vec!["192.0.2.77".parse().unwrap()];
         local.load_balancer_ips = vec!["192.0.2.10".parse().unwrap()];
         local.source_ranges = vec!["192.0.2.0/24".parse().unwrap()];
-        let r = render(
-            &[web, local, port("empty", "10.43.0.7", &[])],
-            &node(),
-            &Existing::default(),
-            None,
-        );
+        let r = fresh(&[web, local, port("empty", "10.43.0.7", &[])]);
         super::super::nft::check(&r.script).unwrap_or_else(|e| panic!("{e}\n{}", r.script));
     }
 
@@ -1080,22 +1027,12 @@ mod tests {
         );
         web.endpoints[0].ready = false;
         web.endpoints[0].terminating = true;
-        let r = render(
-            std::slice::from_ref(&web),
-            &node(),
-            &Existing::default(),
-            None,
-        );
+        let r = fresh(std::slice::from_ref(&web));
         assert_eq!(lines_with(&r, "dnat to").len(), 1);
         assert!(r.script.contains("dnat to 10.42.0.6:8080"));
         // The ready one gone: the terminating one, still serving, takes the traffic.
         web.endpoints.remove(1);
-        let r = render(
-            std::slice::from_ref(&web),
-            &node(),
-            &Existing::default(),
-            None,
-        );
+        let r = fresh(std::slice::from_ref(&web));
         assert!(r.script.contains(&format!(
             "service-ips {{ 10.43.0.5 . tcp . 80 : goto {} }}",
             service_chain(&web)
@@ -1103,7 +1040,7 @@ mod tests {
         assert!(r.script.contains("dnat to 10.42.0.5:8080"));
         // No longer serving: refused.
         web.endpoints[0].serving = false;
-        let r = render(&[web], &node(), &Existing::default(), None);
+        let r = fresh(&[web]);
         assert!(r
             .script
             .contains("no-endpoint-services { 10.43.0.5 . tcp . 80 : goto reject-chain }"));
@@ -1117,7 +1054,7 @@ mod tests {
             "10.43.0.6",
             &[("10.42.0.6", true), ("10.42.0.7", false)],
         );
-        let full = render(&[a.clone(), b.clone()], &node(), &Existing::default(), None);
+        let full = fresh(&[a.clone(), b.clone()]);
         // Nothing changed: nothing to write.
         let same = render_partial(&[a.clone(), b.clone()], &node(), &full.programmed).unwrap();
         assert_eq!(same.script, "");
@@ -1246,7 +1183,7 @@ mod tests {
     fn partial_syncs_leave_the_table_a_full_sync_writes() {
         let states = states();
         let mut scripts = Vec::new();
-        let mut programmed = render(&states[0], &node(), &Existing::default(), None);
+        let mut programmed = fresh(&states[0]);
         scripts.push(programmed.script.clone());
         for (i, state) in states.iter().enumerate().skip(1) {
             let partial = render_partial(state, &node(), &programmed.programmed).unwrap();
@@ -1256,7 +1193,7 @@ mod tests {
             let Some(after_partials) = table_after(&applied) else {
                 return; // no network namespace here (not root)
             };
-            let full = render(state, &node(), &Existing::default(), None);
+            let full = fresh(state);
             let after_full = table_after(&[&full.script]).unwrap();
             assert_eq!(
                 after_partials,
@@ -1268,12 +1205,7 @@ mod tests {
         }
         // A full resync instead of the last partial one: the same table, stale chains
         // and affinity sets deleted.
-        let before_last = render(
-            &states[states.len() - 2],
-            &node(),
-            &Existing::default(),
-            None,
-        );
+        let before_last = fresh(&states[states.len() - 2]);
         let existing = Existing {
             chains: before_last.programmed.chains(),
             sets: before_last.programmed.affinity_sets(),
@@ -1283,7 +1215,7 @@ mod tests {
         let mut with_resync: Vec<&str> = scripts.iter().map(String::as_str).collect();
         with_resync.pop();
         with_resync.push(&resync.script);
-        let full = render(last, &node(), &Existing::default(), None);
+        let full = fresh(last);
         assert_eq!(table_after(&with_resync), table_after(&[&full.script]));
     }
 }
