@@ -418,14 +418,15 @@ pub async fn cluster_network(
     ca_pem: &str,
     token: &JoinToken,
 ) -> Result<ClusterNetwork, JoinError> {
-    let request = Authenticated {
+    exchange(
         server,
         ca_pem,
         token,
-    };
-    request
-        .exchange(Method::GET, CLUSTER_NETWORK_PATH, Bytes::new())
-        .await
+        Method::GET,
+        CLUSTER_NETWORK_PATH,
+        Bytes::new(),
+    )
+    .await
 }
 
 async fn certificate(
@@ -435,53 +436,42 @@ async fn certificate(
     path: &str,
     wanted: &CertificateRequest,
 ) -> Result<CertKeyPair, JoinError> {
-    let request = Authenticated {
-        server,
-        ca_pem,
-        token,
-    };
     let body = serde_json::to_vec(wanted).unwrap_or_default();
-    let answer: CertificateResponse = request.exchange(Method::POST, path, body.into()).await?;
+    let answer: CertificateResponse =
+        exchange(server, ca_pem, token, Method::POST, path, body.into()).await?;
     Ok(CertKeyPair {
         cert_pem: answer.certificate,
         key_pem: answer.key,
     })
 }
 
-/// A request to a join path that proves the token's secret, to a server trusted through
-/// the CA.
-struct Authenticated<'a> {
-    server: &'a str,
-    ca_pem: &'a str,
-    token: &'a JoinToken,
-}
-
-impl Authenticated<'_> {
-    /// Sends `body` to `path`; the JSON answer of a success, or the failure.
-    async fn exchange<T: serde::de::DeserializeOwned>(
-        &self,
-        method: Method,
-        path: &str,
-        body: Bytes,
-    ) -> Result<T, JoinError> {
-        let tls = pki::client_config(self.ca_pem, None)?;
-        let url = format!("{}{path}", self.server.trim_end_matches('/'));
-        let credentials = base64::engine::general_purpose::STANDARD
-            .encode(format!("{BASIC_USER}:{}", self.token.secret));
-        let (status, answer) = request(
-            tls,
-            method,
-            &url,
-            Some(format!("Basic {credentials}")),
-            body,
-        )
-        .await?;
-        check(&url, status, &answer)?;
-        serde_json::from_slice(&answer).map_err(|e| JoinError::Request {
-            url,
-            reason: format!("unexpected answer: {e}"),
-        })
-    }
+/// Sends `body` to the join path `path` of `server` (trusted through `ca_pem`), proving the
+/// token's secret; the JSON answer of a success, or the failure.
+async fn exchange<T: serde::de::DeserializeOwned>(
+    server: &str,
+    ca_pem: &str,
+    token: &JoinToken,
+    method: Method,
+    path: &str,
+    body: Bytes,
+) -> Result<T, JoinError> {
+    let tls = pki::client_config(ca_pem, None)?;
+    let url = format!("{}{path}", server.trim_end_matches('/'));
+    let credentials =
+        base64::engine::general_purpose::STANDARD.encode(format!("{BASIC_USER}:{}", token.secret));
+    let (status, answer) = request(
+        tls,
+        method,
+        &url,
+        Some(format!("Basic {credentials}")),
+        body,
+    )
+    .await?;
+    check(&url, status, &answer)?;
+    serde_json::from_slice(&answer).map_err(|e| JoinError::Request {
+        url,
+        reason: format!("unexpected answer: {e}"),
+    })
 }
 
 #[cfg(test)]
