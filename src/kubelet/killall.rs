@@ -21,6 +21,7 @@ use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use nix::mount::{umount2, MntFlags};
 
+use crate::kubelet::volumes::mounts;
 use crate::runtime::cgroups::{self, QosClass};
 use crate::runtime::netns;
 
@@ -318,11 +319,16 @@ fn alive(pid: u32) -> bool {
 fn unmount_under(dir: &Path) -> Result<usize, KillallError> {
     let mut count = 0;
     loop {
-        let mut mounts = mounts_under(dir)?;
+        let mountinfo = Path::new("/proc/self/mountinfo");
+        // Deepest first; the dir itself is not killall's to unmount.
+        let mounts: Vec<PathBuf> = mounts::mounts_under(dir)
+            .map_err(io("reading", mountinfo))?
+            .into_iter()
+            .filter(|path| path != dir)
+            .collect();
         if mounts.is_empty() {
             return Ok(count);
         }
-        mounts.sort_by_key(|path| std::cmp::Reverse(path.components().count()));
         for path in mounts {
             match umount2(&path, MntFlags::empty()) {
                 Ok(()) => {}
@@ -337,52 +343,9 @@ fn unmount_under(dir: &Path) -> Result<usize, KillallError> {
     }
 }
 
-/// Mount points strictly under `dir`, from this mount namespace's mountinfo.
-fn mounts_under(dir: &Path) -> Result<Vec<PathBuf>, KillallError> {
-    let mountinfo = Path::new("/proc/self/mountinfo");
-    let text = std::fs::read_to_string(mountinfo).map_err(io("reading", mountinfo))?;
-    Ok(text
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(|field| PathBuf::from(unescape_mountinfo(field)))
-        .filter(|path| path.starts_with(dir) && path != dir)
-        .collect())
-}
-
-/// mountinfo writes space, tab, newline and backslash as `\ooo` octal escapes.
-fn unescape_mountinfo(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = bytes.get(i + 1..i + 4).and_then(|d| {
-            let text = std::str::from_utf8(d).ok()?;
-            u8::from_str_radix(text, 8).ok()
-        });
-        match (bytes[i], escaped) {
-            (b'\\', Some(byte)) => {
-                out.push(byte);
-                i += 4;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_escapes_are_decoded() {
-        assert_eq!(unescape_mountinfo(r"/var/lib/a\040b"), "/var/lib/a b");
-        assert_eq!(unescape_mountinfo(r"/x\134y"), r"/x\y");
-        assert_eq!(unescape_mountinfo("/plain"), "/plain");
-    }
 
     #[test]
     fn a_second_lock_on_a_data_dir_is_refused_until_the_first_is_dropped() {

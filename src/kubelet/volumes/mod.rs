@@ -14,7 +14,7 @@
 
 mod atomic_writer;
 mod local;
-mod mounts;
+pub(crate) mod mounts;
 mod ownership;
 mod sources;
 mod sub_path;
