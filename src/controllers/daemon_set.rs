@@ -10,14 +10,11 @@
 pub(super) mod placement;
 mod plan;
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::future::ready;
-use std::hash::{Hash, Hasher};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -65,18 +62,10 @@ pub async fn run(client: Client) {
 /// A tick whenever a node appears, goes, or changes in what placement looks at (labels,
 /// taints, schedulability, conditions) — not on every heartbeat.
 fn node_changes(client: Client) -> impl Stream<Item = ()> + Send {
-    let mut seen: HashMap<String, u64> = HashMap::new();
-    watcher(Api::<Node>::all(client), watcher::Config::default()).filter_map(move |event| {
-        let changed = match event {
-            Ok(watcher::Event::Apply(node) | watcher::Event::InitApply(node)) => {
-                let fingerprint = placement_fingerprint(&node);
-                seen.insert(node.name_any(), fingerprint) != Some(fingerprint)
-            }
-            Ok(watcher::Event::Delete(node)) => seen.remove(&node.name_any()).is_some(),
-            _ => false,
-        };
-        ready(changed.then_some(()))
-    })
+    super::changes(
+        watcher(Api::<Node>::all(client), watcher::Config::default()),
+        placement_fingerprint,
+    )
 }
 
 fn placement_fingerprint(node: &Node) -> u64 {
@@ -88,13 +77,8 @@ fn placement_fingerprint(node: &Node) -> u64 {
         .flatten()
         .map(|c| (c.type_.as_str(), c.status.as_str()))
         .collect();
-    let mut hasher = DefaultHasher::new();
-    node.metadata.labels.hash(&mut hasher);
-    serde_json::to_string(&node.spec)
-        .unwrap_or_default()
-        .hash(&mut hasher);
-    conditions.hash(&mut hasher);
-    hasher.finish()
+    let spec = serde_json::to_string(&node.spec).unwrap_or_default();
+    super::hash((&node.metadata.labels, spec, conditions))
 }
 
 async fn reconcile(ds: Arc<DaemonSet>, context: Arc<Context>) -> Result<Action, ControllerError> {

@@ -35,7 +35,11 @@ mod ttl_after_finished;
 mod volume_match;
 mod volume_protection;
 
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
 use std::fmt::Debug;
+use std::future::ready;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -131,6 +135,39 @@ async fn run_per_namespace<K, C, F, Fut>(
     )
     .run(reconcile, retry_later, Arc::new(context));
     drive(controller, results).await;
+}
+
+/// A tick whenever an object of `events` appears, goes, or changes in `fingerprint` (so
+/// that e.g. node heartbeats or a controller's own status writes do not wake every object it
+/// reconciles), and after every (re)list: the trigger for `reconcile_all_on`.
+pub(crate) fn changes<K, E>(
+    events: impl Stream<Item = Result<watcher::Event<K>, E>> + Send + 'static,
+    fingerprint: fn(&K) -> u64,
+) -> impl Stream<Item = ()> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Send + 'static,
+{
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    events.filter_map(move |event| {
+        let id = |o: &K| format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any());
+        let changed = match event {
+            Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                let print = fingerprint(&o);
+                seen.insert(id(&o), print) != Some(print)
+            }
+            Ok(watcher::Event::Delete(o)) => seen.remove(&id(&o)).is_some(),
+            Ok(watcher::Event::InitDone) => true,
+            _ => false,
+        };
+        ready(changed.then_some(()))
+    })
+}
+
+/// `value`'s hash, for fingerprints.
+pub(crate) fn hash(value: impl Hash) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// This moment as the API writes times in objects (RFC 3339, whole seconds, UTC), for

@@ -12,14 +12,11 @@
 
 mod placement;
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::fmt::Debug;
-use std::future::ready;
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
-use futures::{stream, Stream, StreamExt};
+use futures::{stream, Stream};
 use k8s_openapi::api::core::v1::{LoadBalancerIngress, Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::controller::Action;
@@ -30,7 +27,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::events::Recorder;
-use super::{merge_status, ControllerError};
+use super::{changes, hash, merge_status, ControllerError};
 use placement::{addresses, handles, key, nodes_with_local_endpoints, only_local, Placement};
 
 /// The component k3s's ServiceLB records events as.
@@ -97,38 +94,6 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
 {
     watcher::watcher(Api::<K>::all(client.clone()), watcher::Config::default())
-}
-
-/// A tick whenever an object appears, goes, or changes in `fingerprint` (so that node
-/// heartbeats and this controller's own status writes do not wake every Service), and
-/// after every (re)list.
-fn changes<K, E>(
-    events: impl Stream<Item = Result<watcher::Event<K>, E>> + Send + 'static,
-    fingerprint: fn(&K) -> u64,
-) -> impl Stream<Item = ()> + Send + 'static
-where
-    K: Resource<DynamicType = ()> + Send + 'static,
-{
-    let mut seen: HashMap<String, u64> = HashMap::new();
-    events.filter_map(move |event| {
-        let id = |o: &K| format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any());
-        let changed = match event {
-            Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
-                let print = fingerprint(&o);
-                seen.insert(id(&o), print) != Some(print)
-            }
-            Ok(watcher::Event::Delete(o)) => seen.remove(&id(&o)).is_some(),
-            Ok(watcher::Event::InitDone) => true,
-            _ => false,
-        };
-        ready(changed.then_some(()))
-    })
-}
-
-fn hash(value: impl Hash) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    value.hash(&mut hasher);
-    hasher.finish()
 }
 
 /// What of a Node placement and addresses read: labels, taints, readiness, addresses.
