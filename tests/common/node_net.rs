@@ -124,10 +124,27 @@ pub struct NetState {
 pub fn net_state(node: &Node) -> NetState {
     let table = on_node(node, "nft", &["list", "table", "ip", "kedge-proxy"]);
     NetState {
-        table: String::from_utf8_lossy(&table.stdout).into_owned(),
+        table: in_declaration_free_order(&String::from_utf8_lossy(&table.stdout)),
         links: links(node),
         allocations: allocations(node),
     }
+}
+
+/// An `nft list table` listing with its sets, maps and chains sorted: `nft` lists them in
+/// the order they were added, which differs between a table built by one full sync and
+/// the same table grown by partial syncs, and means nothing.
+fn in_declaration_free_order(listing: &str) -> String {
+    let Some((header, body)) = listing.split_once('\n') else {
+        return listing.to_string();
+    };
+    let body = body.trim_end().strip_suffix('}').unwrap_or(body);
+    let mut blocks: Vec<&str> = body
+        .split("\n\n")
+        .map(|b| b.trim_matches('\n'))
+        .filter(|b| !b.is_empty())
+        .collect();
+    blocks.sort_unstable();
+    format!("{header}\n{}\n}}\n", blocks.join("\n\n"))
 }
 
 /// Waits until the node's network is `expected` with no chain declared twice.
